@@ -1,0 +1,455 @@
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use crdts::orswot::Op;
+use crdts::{CmRDT, CvRDT, OrdDot, Orswot, VClock};
+use serde::{Deserialize, Serialize};
+
+use crate::error::CartError;
+use crate::ids::{Actor, CartId, CouponCode, ProductId};
+use crate::limits::Limits;
+use crate::snapshot::ItemSnapshot;
+use crate::view::{self, CartView};
+
+/// A node folds its own quantity entries of a line into one once it holds more than this many,
+/// which bounds a line to about `actors × COMPACT_AFTER` entries however many adds it sees.
+pub const COMPACT_AFTER: usize = 4;
+
+/// What one line entry says. Entries are write-once: a change adds a new entry and removes the
+/// observed ones. `quantity = max(Set) + sum(Inc)`, shown clamped at 0.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LineKind {
+    Snapshot(ItemSnapshot),
+    Inc(i64),
+    Set(u64),
+}
+
+/// One write-once entry of a line, carrying the dot it was added with so that two entries with
+/// equal content are still distinct members.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LineEntry {
+    pub product_id: ProductId,
+    pub dot: OrdDot<Actor>,
+    pub kind: LineKind,
+}
+
+/// An item saved for later, with the quantity it had in the cart.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SavedEntry {
+    pub product_id: ProductId,
+    pub dot: OrdDot<Actor>,
+    pub snapshot: ItemSnapshot,
+    pub quantity: u64,
+}
+
+/// The cart CRDT. Field order is part of the storage format (see [`crate::codec`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cart {
+    pub(crate) lines: Orswot<LineEntry, Actor>,
+    pub(crate) saved: Orswot<SavedEntry, Actor>,
+    pub(crate) coupons: Orswot<CouponCode, Actor>,
+    pub(crate) touched_at_ms: u64,
+}
+
+/// A user-level cart operation, already validated (see [`crate::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CartOp {
+    AddItem { product_id: ProductId, quantity: u64, snapshot: ItemSnapshot },
+    SetQuantity { product_id: ProductId, quantity: u64 },
+    /// Adds a signed delta to an existing line (the counter operation; no snapshot needed).
+    AdjustQuantity { product_id: ProductId, delta: i64 },
+    RemoveItem { product_id: ProductId },
+    /// Removes every observed line and coupon; saved-for-later stays.
+    Clear,
+    SaveForLater { product_id: ProductId },
+    MoveToCart { product_id: ProductId },
+    ApplyCoupon { code: CouponCode },
+    RemoveCoupon { code: CouponCode },
+    Touch,
+}
+
+impl CartOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CartOp::AddItem { .. } => "add_item",
+            CartOp::SetQuantity { .. } => "set_quantity",
+            CartOp::AdjustQuantity { .. } => "adjust_quantity",
+            CartOp::RemoveItem { .. } => "remove_item",
+            CartOp::Clear => "clear_cart",
+            CartOp::SaveForLater { .. } => "save_for_later",
+            CartOp::MoveToCart { .. } => "move_to_cart",
+            CartOp::ApplyCoupon { .. } => "apply_coupon",
+            CartOp::RemoveCoupon { .. } => "remove_coupon",
+            CartOp::Touch => "touch",
+        }
+    }
+}
+
+/// Who writes and when; the limits the write must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteCtx<'a> {
+    pub actor: Actor,
+    pub now_ms: u64,
+    pub limits: &'a Limits,
+}
+
+/// One primitive change inside a [`CartDelta`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaOp {
+    Lines(Op<LineEntry, Actor>),
+    Saved(Op<SavedEntry, Actor>),
+    Coupons(Op<CouponCode, Actor>),
+    Touch(u64),
+}
+
+/// The primitive changes one [`Cart::apply`] made, in order. Delivering every delta of an actor
+/// in order (per-actor FIFO) reaches the same state as merging the whole cart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartDelta {
+    pub ops: Vec<DeltaOp>,
+}
+
+/// The entries of one product's line as seen now.
+struct LineState {
+    snapshot: Option<ItemSnapshot>,
+    quantity: i64,
+}
+
+impl LineState {
+    fn visible(&self) -> bool {
+        self.snapshot.is_some() && self.quantity >= 1
+    }
+}
+
+impl Cart {
+    pub fn touched_at_ms(&self) -> u64 {
+        self.touched_at_ms
+    }
+
+    /// Applies `op` as `ctx.actor`. Preconditions are all checked before anything changes, so an
+    /// error leaves the cart exactly as it was.
+    pub fn apply(&mut self, ctx: &WriteCtx<'_>, op: &CartOp) -> Result<CartDelta, CartError> {
+        self.check(ctx.limits, op)?;
+        let mut w = Writer { cart: self, actor: ctx.actor, delta: CartDelta::default() };
+        match op {
+            CartOp::AddItem { product_id, quantity, snapshot } => {
+                w.add_to_line(product_id, *quantity as i64, snapshot.clone())
+            }
+            CartOp::SetQuantity { product_id, quantity: 0 } | CartOp::RemoveItem { product_id } => {
+                w.remove_lines(|e| &e.product_id == product_id)
+            }
+            CartOp::SetQuantity { product_id, quantity } => {
+                w.remove_lines(|e| &e.product_id == product_id && !matches!(e.kind, LineKind::Snapshot(_)));
+                w.add_line(product_id, LineKind::Set(*quantity));
+            }
+            CartOp::AdjustQuantity { product_id, delta } => {
+                w.add_line(product_id, LineKind::Inc(*delta));
+                w.compact(product_id);
+            }
+            CartOp::Clear => {
+                w.remove_lines(|_| true);
+                w.remove_coupons(|_| true);
+            }
+            CartOp::SaveForLater { product_id } => {
+                let line = w.cart.line_state(product_id);
+                let snapshot = line.snapshot.unwrap_or_else(|| unreachable_snapshot(product_id));
+                w.remove_lines(|e| &e.product_id == product_id);
+                w.remove_saved(|e| &e.product_id == product_id);
+                w.add_saved(product_id, snapshot, line.quantity.max(1) as u64);
+            }
+            CartOp::MoveToCart { product_id } => {
+                if let Some(saved) = w.cart.saved_winner(product_id) {
+                    w.remove_saved(|e| &e.product_id == product_id);
+                    w.add_to_line(product_id, saved.quantity as i64, saved.snapshot);
+                }
+            }
+            CartOp::ApplyCoupon { code } => w.add_coupon(code),
+            CartOp::RemoveCoupon { code } => w.remove_coupons(|c| c == code),
+            CartOp::Touch => {}
+        }
+        w.touch(ctx.now_ms);
+        Ok(w.delta)
+    }
+
+    /// Refuses an op that names something absent or would pass a limit.
+    fn check(&self, limits: &Limits, op: &CartOp) -> Result<(), CartError> {
+        match op {
+            CartOp::AddItem { product_id, quantity, .. } => self.check_line_room(limits, product_id, *quantity as i64),
+            CartOp::SetQuantity { product_id, .. } | CartOp::SaveForLater { product_id } => {
+                if !self.line_state(product_id).visible() {
+                    return Err(not_in_cart(product_id));
+                }
+                if let CartOp::SaveForLater { .. } = op {
+                    let saved = self.saved_products();
+                    if !saved.contains_key(product_id) && saved.len() >= limits.max_saved_per_cart {
+                        return Err(CartError::limit(
+                            "saved",
+                            format!("{} items are saved for later; the limit is {}", saved.len(), limits.max_saved_per_cart),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            CartOp::AdjustQuantity { product_id, delta } => {
+                let line = self.line_state(product_id);
+                if line.snapshot.is_none() {
+                    return Err(not_in_cart(product_id));
+                }
+                check_quantity(limits, line.quantity.saturating_add(*delta))
+            }
+            CartOp::RemoveItem { product_id } => match self.line_state(product_id).snapshot {
+                Some(_) => Ok(()),
+                None => Err(not_in_cart(product_id)),
+            },
+            CartOp::MoveToCart { product_id } => match self.saved_winner(product_id) {
+                Some(saved) => self.check_line_room(limits, product_id, saved.quantity as i64),
+                None => Err(CartError::not_found(
+                    "product_id",
+                    format!("{product_id} is not saved for later"),
+                )),
+            },
+            CartOp::ApplyCoupon { code } => {
+                let count = self.coupon_codes().len();
+                if !self.has_coupon(code) && count >= limits.max_coupons_per_cart {
+                    return Err(CartError::limit(
+                        "code",
+                        format!("{count} coupons are applied; the limit is {}", limits.max_coupons_per_cart),
+                    ));
+                }
+                Ok(())
+            }
+            CartOp::RemoveCoupon { code } if !self.has_coupon(code) => {
+                Err(CartError::not_found("code", format!("coupon {code} is not applied")))
+            }
+            CartOp::RemoveCoupon { .. } | CartOp::Clear | CartOp::Touch => Ok(()),
+        }
+    }
+
+    fn check_line_room(&self, limits: &Limits, product_id: &ProductId, add: i64) -> Result<(), CartError> {
+        let line = self.line_state(product_id);
+        if !line.visible() {
+            let count = self.visible_line_count();
+            if count >= limits.max_lines_per_cart {
+                return Err(CartError::limit(
+                    "lines",
+                    format!("the cart has {count} lines; the limit is {}", limits.max_lines_per_cart),
+                ));
+            }
+        }
+        let base = if line.snapshot.is_some() { line.quantity.max(0) } else { 0 };
+        check_quantity(limits, base.saturating_add(add))
+    }
+
+    /// Merges another replica's state of the *same* cart.
+    pub fn merge(&mut self, other: Cart) {
+        self.lines.merge(other.lines);
+        self.saved.merge(other.saved);
+        self.coupons.merge(other.coupons);
+        self.touched_at_ms = self.touched_at_ms.max(other.touched_at_ms);
+    }
+
+    /// Applies a delta produced by [`Cart::apply`] on another replica (per-actor FIFO).
+    pub fn apply_delta(&mut self, delta: &CartDelta) {
+        for op in &delta.ops {
+            match op {
+                DeltaOp::Lines(op) => self.lines.apply(op.clone()),
+                DeltaOp::Saved(op) => self.saved.apply(op.clone()),
+                DeltaOp::Coupons(op) => self.coupons.apply(op.clone()),
+                DeltaOp::Touch(at) => self.touched_at_ms = self.touched_at_ms.max(*at),
+            }
+        }
+    }
+
+    /// The read model: visible lines sorted by product id, saved items, coupons, subtotals.
+    pub fn view(&self, cart_id: &CartId) -> CartView {
+        view::build(self, cart_id)
+    }
+
+    pub(crate) fn line_entries(&self) -> impl Iterator<Item = &LineEntry> {
+        self.lines.iter().map(|ctx| ctx.val)
+    }
+
+    fn line_state(&self, product_id: &ProductId) -> LineState {
+        let acc = view::LineAcc::from_entries(self.line_entries().filter(|e| &e.product_id == product_id));
+        LineState { quantity: acc.quantity(), snapshot: acc.snapshot().cloned() }
+    }
+
+    fn visible_line_count(&self) -> usize {
+        view::line_accs(self).values().filter(|acc| acc.visible()).count()
+    }
+
+    pub(crate) fn saved_products(&self) -> BTreeMap<&ProductId, &SavedEntry> {
+        let mut winners: BTreeMap<&ProductId, &SavedEntry> = BTreeMap::new();
+        for ctx in self.saved.iter() {
+            let entry = ctx.val;
+            let slot = winners.entry(&entry.product_id).or_insert(entry);
+            if newer(&entry.dot, &slot.dot) {
+                *slot = entry;
+            }
+        }
+        winners
+    }
+
+    fn saved_winner(&self, product_id: &ProductId) -> Option<SavedEntry> {
+        self.saved_products().get(product_id).map(|e| (*e).clone())
+    }
+
+    pub(crate) fn coupon_codes(&self) -> Vec<&CouponCode> {
+        let mut codes: Vec<&CouponCode> = self.coupons.iter().map(|ctx| ctx.val).collect();
+        codes.sort();
+        codes
+    }
+
+    fn has_coupon(&self, code: &CouponCode) -> bool {
+        self.coupons.contains(code).val
+    }
+}
+
+/// Deterministic "latest" among concurrent write-once entries: higher counter, then actor.
+pub(crate) fn newer(a: &OrdDot<Actor>, b: &OrdDot<Actor>) -> bool {
+    (a.counter, a.actor) > (b.counter, b.actor)
+}
+
+fn not_in_cart(product_id: &ProductId) -> CartError {
+    CartError::not_found("product_id", format!("{product_id} is not in the cart"))
+}
+
+fn check_quantity(limits: &Limits, quantity: i64) -> Result<(), CartError> {
+    if quantity > limits.max_quantity as i64 {
+        return Err(CartError::limit(
+            "quantity",
+            format!("the line would hold {quantity}; the limit is {}", limits.max_quantity),
+        ));
+    }
+    Ok(())
+}
+
+/// `check` guarantees a visible line has a snapshot; this only documents that.
+fn unreachable_snapshot(product_id: &ProductId) -> ItemSnapshot {
+    debug_assert!(false, "checked line {product_id} has no snapshot");
+    ItemSnapshot {
+        name: product_id.to_string(),
+        unit_price_minor: 0,
+        currency: "XXX".into(),
+        image_url: None,
+        attributes: Default::default(),
+    }
+}
+
+/// Builds one op's delta while applying it to the cart.
+struct Writer<'c> {
+    cart: &'c mut Cart,
+    actor: Actor,
+    delta: CartDelta,
+}
+
+impl Writer<'_> {
+    /// Add `quantity` to a line and re-assert its snapshot, so a concurrent remove of the line
+    /// cannot leave the new quantity without a snapshot. If the line has no snapshot, entries
+    /// left over from concurrent removes are dropped first: the line starts afresh.
+    fn add_to_line(&mut self, product_id: &ProductId, quantity: i64, snapshot: ItemSnapshot) {
+        let fresh = self.cart.line_state(product_id).snapshot.is_none();
+        self.remove_lines(|e| &e.product_id == product_id && (fresh || matches!(e.kind, LineKind::Snapshot(_))));
+        self.add_line(product_id, LineKind::Inc(quantity));
+        self.add_line(product_id, LineKind::Snapshot(snapshot));
+        self.compact(product_id);
+    }
+
+    /// Folds this actor's own `Inc` entries of a line into one once there are too many. Only
+    /// own entries are folded: two nodes folding at once then never count an increment twice
+    /// nor drop one (folding into a `Set`, or folding others' entries, would).
+    fn compact(&mut self, product_id: &ProductId) {
+        let actor = self.actor;
+        let own = |e: &LineEntry| &e.product_id == product_id && e.dot.actor == actor && matches!(e.kind, LineKind::Inc(_));
+        let (count, sum) = self
+            .cart
+            .line_entries()
+            .filter(|e| own(e))
+            .fold((0usize, 0i64), |(n, s), e| match e.kind {
+                LineKind::Inc(d) => (n + 1, s.saturating_add(d)),
+                _ => (n, s),
+            });
+        if count > COMPACT_AFTER {
+            self.remove_lines(own);
+            self.add_line(product_id, LineKind::Inc(sum));
+        }
+    }
+
+    fn add_line(&mut self, product_id: &ProductId, kind: LineKind) {
+        let op = add_entry(&mut self.cart.lines, self.actor, |dot| LineEntry { product_id: product_id.clone(), dot, kind });
+        self.delta.ops.push(DeltaOp::Lines(op));
+    }
+
+    fn add_saved(&mut self, product_id: &ProductId, snapshot: ItemSnapshot, quantity: u64) {
+        let op = add_entry(&mut self.cart.saved, self.actor, |dot| SavedEntry {
+            product_id: product_id.clone(),
+            dot,
+            snapshot,
+            quantity,
+        });
+        self.delta.ops.push(DeltaOp::Saved(op));
+    }
+
+    fn add_coupon(&mut self, code: &CouponCode) {
+        let op = add_entry(&mut self.cart.coupons, self.actor, |_| code.clone());
+        self.delta.ops.push(DeltaOp::Coupons(op));
+    }
+
+    fn remove_lines(&mut self, pred: impl Fn(&LineEntry) -> bool) {
+        if let Some(op) = remove_entries(&mut self.cart.lines, pred) {
+            self.delta.ops.push(DeltaOp::Lines(op));
+        }
+    }
+
+    fn remove_saved(&mut self, pred: impl Fn(&SavedEntry) -> bool) {
+        if let Some(op) = remove_entries(&mut self.cart.saved, pred) {
+            self.delta.ops.push(DeltaOp::Saved(op));
+        }
+    }
+
+    fn remove_coupons(&mut self, pred: impl Fn(&CouponCode) -> bool) {
+        if let Some(op) = remove_entries(&mut self.cart.coupons, pred) {
+            self.delta.ops.push(DeltaOp::Coupons(op));
+        }
+    }
+
+    fn touch(&mut self, now_ms: u64) {
+        self.cart.touched_at_ms = self.cart.touched_at_ms.max(now_ms);
+        self.delta.ops.push(DeltaOp::Touch(now_ms));
+    }
+}
+
+/// Adds a member built from its own fresh dot and applies the op locally.
+fn add_entry<M>(set: &mut Orswot<M, Actor>, actor: Actor, make: impl FnOnce(OrdDot<Actor>) -> M) -> Op<M, Actor>
+where
+    M: Clone + Hash + Eq + Debug,
+{
+    let ctx = set.read_ctx().derive_add_ctx(actor);
+    let member = make(OrdDot::from(ctx.dot.clone()));
+    let op = set.add(member, ctx);
+    set.apply(op.clone());
+    op
+}
+
+/// Removes the observed members matching `pred`. The remove clock is the union of those
+/// members' own dots, not the set's whole clock, so it removes nothing it did not observe.
+fn remove_entries<M>(set: &mut Orswot<M, Actor>, pred: impl Fn(&M) -> bool) -> Option<Op<M, Actor>>
+where
+    M: Clone + Hash + Eq + Debug,
+{
+    let mut clock: VClock<Actor> = VClock::new();
+    let mut members = Vec::new();
+    for ctx in set.iter() {
+        if pred(ctx.val) {
+            clock.merge(ctx.rm_clock);
+            members.push(ctx.val.clone());
+        }
+    }
+    if members.is_empty() {
+        return None;
+    }
+    let op = Op::Rm { clock, members };
+    set.apply(op.clone());
+    Some(op)
+}

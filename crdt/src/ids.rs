@@ -1,0 +1,137 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CartError;
+use crate::limits::Limits;
+
+/// A writer identity: one node incarnation. A node draws a fresh random actor when it starts on
+/// an empty data directory, so a node that lost its disk never reuses dots it handed out before.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Actor(pub u64);
+
+impl fmt::Debug for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Who owns a cart, read from the cart id's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerKind {
+    User,
+    Guest,
+}
+
+/// A validated cart id: `user:<id>` or `guest:<session>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CartId(String);
+
+impl CartId {
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Self, CartError> {
+        let field = "cart_id";
+        let rest = raw
+            .strip_prefix("user:")
+            .or_else(|| raw.strip_prefix("guest:"))
+            .ok_or_else(|| {
+                if raw.is_empty() {
+                    CartError::invalid(field, "must not be empty")
+                } else {
+                    CartError::invalid(field, format!("{raw:?} must start with \"user:\" or \"guest:\""))
+                }
+            })?;
+        if rest.is_empty() {
+            return Err(CartError::invalid(field, "the part after the prefix must not be empty"));
+        }
+        check_token(field, raw, limits.max_id_bytes)?;
+        Ok(CartId(raw.to_owned()))
+    }
+
+    pub fn owner(&self) -> OwnerKind {
+        if self.0.starts_with("user:") {
+            OwnerKind::User
+        } else {
+            OwnerKind::Guest
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated product id (SKU): printable ASCII without spaces, at most `max_id_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProductId(String);
+
+impl ProductId {
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Self, CartError> {
+        check_token("product_id", raw, limits.max_id_bytes)?;
+        Ok(ProductId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated coupon code: printable ASCII without spaces, at most `max_id_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CouponCode(String);
+
+impl CouponCode {
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Self, CartError> {
+        check_token("code", raw, limits.max_id_bytes)?;
+        Ok(CouponCode(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CouponCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Ids are opaque tokens: non-empty, bounded, printable ASCII with no whitespace, so they are
+/// safe to print, log and use as storage keys.
+fn check_token(field: &'static str, raw: &str, max_bytes: usize) -> Result<(), CartError> {
+    if raw.is_empty() {
+        return Err(CartError::invalid(field, "must not be empty"));
+    }
+    if raw.len() > max_bytes {
+        return Err(CartError::invalid(
+            field,
+            format!("is {} bytes; the limit is {max_bytes}", raw.len()),
+        ));
+    }
+    if let Some(bad) = raw.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(CartError::invalid(
+            field,
+            format!("contains {bad:?}; only printable ASCII without spaces is allowed"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `cart-crdt`: the shopping cart as a state-based CRDT, its operations, read model and storage codec.
+//!
+//! Contract:
+//! - A [`Cart`] is three flat add-wins [`crdts::Orswot`]s of write-once dotted entries (lines,
+//!   saved-for-later, coupons) plus a max-register `touched_at_ms`. [`Cart::merge`] is commutative,
+//!   associative and idempotent; [`Cart::apply`] returns a [`CartDelta`] whose per-actor FIFO
+//!   delivery reaches the same state as merging whole carts.
+//! - Actors are node incarnations ([`Actor`]), never clients. The caller serialises writes to one
+//!   cart per actor: two ops built from the same state would reuse one dot and one would be lost.
+//! - Never merge two *different* carts (guest into user): replay lines as new ops instead.
+//! - Input validation ([`validate`]) and limits ([`Limits`]) live here so every binary agrees;
+//!   errors name the offending field.
+//! - [`codec`] stores a cart as one format-version byte followed by bincode 2 of a canonical
+//!   (sorted) form, so equal states encode to equal bytes.
+//!
+//! This crate never does IO, async, networking or storage.
+
+mod cart;
+pub mod codec;
+mod error;
+mod ids;
+mod limits;
+mod snapshot;
+pub mod validate;
+mod view;
+
+pub use cart::{Cart, CartDelta, CartOp, DeltaOp, LineEntry, LineKind, SavedEntry, WriteCtx};
+pub use error::CartError;
+pub use ids::{Actor, CartId, CouponCode, OwnerKind, ProductId};
+pub use limits::Limits;
+pub use snapshot::{format_money, ItemSnapshot, Money};
+pub use view::{CartView, LineView, SavedView};

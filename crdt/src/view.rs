@@ -1,0 +1,133 @@
+use std::collections::BTreeMap;
+
+use crdts::OrdDot;
+use serde::{Deserialize, Serialize};
+
+use crate::cart::{newer, Cart, LineEntry, LineKind};
+use crate::ids::{Actor, CartId, OwnerKind, ProductId};
+use crate::snapshot::{ItemSnapshot, Money};
+
+/// What a storefront renders: the cart's read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartView {
+    pub cart_id: String,
+    pub owner: OwnerKind,
+    /// Lines with quantity ≥ 1, sorted by product id.
+    pub lines: Vec<LineView>,
+    /// Saved-for-later items, sorted by product id.
+    pub saved: Vec<SavedView>,
+    /// Applied coupon codes, sorted.
+    pub coupons: Vec<String>,
+    /// Σ quantity × unit price per currency, sorted by currency code.
+    pub subtotals: Vec<Money>,
+    pub touched_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineView {
+    pub product_id: String,
+    pub quantity: u64,
+    pub snapshot: ItemSnapshot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedView {
+    pub product_id: String,
+    pub quantity: u64,
+    pub snapshot: ItemSnapshot,
+}
+
+/// The entries of one line folded into quantity and winning snapshot.
+#[derive(Default)]
+pub(crate) struct LineAcc<'a> {
+    max_set: u64,
+    sum_inc: i64,
+    snapshot: Option<(&'a OrdDot<Actor>, &'a ItemSnapshot)>,
+}
+
+impl<'a> LineAcc<'a> {
+    pub(crate) fn from_entries(entries: impl Iterator<Item = &'a LineEntry>) -> Self {
+        let mut acc = LineAcc::default();
+        for e in entries {
+            acc.push(e);
+        }
+        acc
+    }
+
+    fn push(&mut self, e: &'a LineEntry) {
+        match &e.kind {
+            LineKind::Inc(d) => self.sum_inc = self.sum_inc.saturating_add(*d),
+            LineKind::Set(n) => self.max_set = self.max_set.max(*n),
+            LineKind::Snapshot(s) => {
+                if self.snapshot.is_none_or(|(dot, _)| newer(&e.dot, dot)) {
+                    self.snapshot = Some((&e.dot, s));
+                }
+            }
+        }
+    }
+
+    /// `max(Set entries, 0) + sum(Inc entries)`; may be ≤ 0 after concurrent decrements.
+    pub(crate) fn quantity(&self) -> i64 {
+        i64::try_from(self.max_set).unwrap_or(i64::MAX).saturating_add(self.sum_inc)
+    }
+
+    pub(crate) fn snapshot(&self) -> Option<&'a ItemSnapshot> {
+        self.snapshot.map(|(_, s)| s)
+    }
+
+    pub(crate) fn visible(&self) -> bool {
+        self.snapshot.is_some() && self.quantity() >= 1
+    }
+}
+
+pub(crate) fn line_accs(cart: &Cart) -> BTreeMap<&ProductId, LineAcc<'_>> {
+    let mut accs: BTreeMap<&ProductId, LineAcc<'_>> = BTreeMap::new();
+    for e in cart.line_entries() {
+        accs.entry(&e.product_id).or_default().push(e);
+    }
+    accs
+}
+
+pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
+    let lines: Vec<LineView> = line_accs(cart)
+        .into_iter()
+        .filter(|(_, acc)| acc.visible())
+        .filter_map(|(product_id, acc)| {
+            Some(LineView {
+                product_id: product_id.to_string(),
+                quantity: acc.quantity() as u64,
+                snapshot: acc.snapshot()?.clone(),
+            })
+        })
+        .collect();
+    let mut subtotals: BTreeMap<&str, i128> = BTreeMap::new();
+    for line in &lines {
+        *subtotals.entry(&line.snapshot.currency).or_default() +=
+            i128::from(line.quantity) * i128::from(line.snapshot.unit_price_minor);
+    }
+    let subtotals = subtotals
+        .into_iter()
+        .map(|(currency, amount)| Money {
+            currency: currency.to_owned(),
+            amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
+        })
+        .collect();
+    let saved = cart
+        .saved_products()
+        .into_iter()
+        .map(|(product_id, e)| SavedView {
+            product_id: product_id.to_string(),
+            quantity: e.quantity,
+            snapshot: e.snapshot.clone(),
+        })
+        .collect();
+    CartView {
+        cart_id: cart_id.to_string(),
+        owner: cart_id.owner(),
+        lines,
+        saved,
+        coupons: cart.coupon_codes().into_iter().map(|c| c.to_string()).collect(),
+        subtotals,
+        touched_at_ms: cart.touched_at_ms,
+    }
+}
