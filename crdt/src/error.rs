@@ -11,7 +11,7 @@ pub enum CartError {
     #[error("limit exceeded for {field}: {reason}")]
     LimitExceeded { field: &'static str, reason: String },
     /// The operation names something the cart does not hold.
-    #[error("{field} not found: {reason}")]
+    #[error("{field}: {reason}")]
     NotFound { field: &'static str, reason: String },
     /// Stored bytes that cannot be decoded.
     #[error("cannot decode stored cart: {reason}")]

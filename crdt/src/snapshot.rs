@@ -16,6 +16,27 @@ pub struct ItemSnapshot {
 }
 
 impl ItemSnapshot {
+    /// A snapshot with no image and no attributes. Nodes validate it when it arrives.
+    pub fn new(name: impl Into<String>, unit_price_minor: u64, currency: impl Into<String>) -> Self {
+        ItemSnapshot {
+            name: name.into(),
+            unit_price_minor,
+            currency: currency.into(),
+            image_url: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_image_url(mut self, url: impl Into<String>) -> Self {
+        self.image_url = Some(url.into());
+        self
+    }
+
+    pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
     /// Bytes the snapshot's text takes, the measure `max_snapshot_bytes` bounds.
     pub fn text_bytes(&self) -> usize {
         self.name.len()

@@ -1,1 +1,27 @@
-//! tmp
+//! `cart-node`: the cartdb server (`cartd`).
+//!
+//! Contract:
+//! - Serves the public `CartService` (see `proto/cart.proto`). Every request is validated once at
+//!   the edge (`cart-proto`), gets a tracing span with cart id, op and coordinator, and maps its
+//!   errors to a gRPC status in one place ([`error`]). Bad input changes nothing.
+//! - A write is acknowledged only after it is durable: per-key serialised read-modify-write
+//!   ([`store`]) and a group-committed flush ([`commit`]) shared by concurrent writers.
+//! - Storage, clock and transport are parameters ([`storage::Storage`], [`clock::Clock`], the
+//!   `incoming` stream of [`server::Node::serve`]) so the same code runs under simulation.
+//! - Every queue is bounded; overload is refused with `RESOURCE_EXHAUSTED`.
+//!
+//! It never panics on a request and never holds a cart lock across anything but its own write.
+
+pub mod clock;
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod launcher;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use error::NodeError;
+pub use server::Node;

@@ -1,1 +1,149 @@
-fn main(){}
+//! `cartd`: run one cartdb node (`cartd run --config FILE`) or a local dev cluster (`cartd dev`).
+
+use std::io::IsTerminal;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cart_node::clock::SystemClock;
+use cart_node::launcher::{NodeProcess, NodeSpec, READY_MARKER};
+use cart_node::storage::SledStorage;
+use cart_node::{Node, NodeConfig};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+#[derive(Parser)]
+#[command(name = "cartd", version, about = "cartdb node: a replicated shopping-cart store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node from a TOML config file.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start a local cluster of separate `cartd` processes on 127.0.0.1 and stop it on Ctrl-C.
+    Dev {
+        /// How many nodes to start.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+        nodes: u16,
+        /// Port of the first node; the others take the next ports.
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+        /// Folder holding one sub-folder per node (config, log, data).
+        #[arg(long, default_value = "./data/dev")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
+    match cli.command {
+        Cmd::Run { config } => runtime.block_on(run(&config)),
+        Cmd::Dev { nodes, base_port, data_dir } => runtime.block_on(dev(nodes, base_port, &data_dir)),
+    }
+}
+
+async fn run(config_path: &Path) -> Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
+    let storage = SledStorage::open(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("bind {}", config.listen_addr))?;
+    let addr = listener.local_addr().context("read bound address")?;
+    let node_id = config.node_id.clone();
+    let node = Node::open(config, Arc::new(storage), Arc::new(SystemClock), rand::random())?;
+    // The launcher and tests read this line to learn the bound port.
+    println!("cartd {node_id} {READY_MARKER}{addr} (actor {})", node.store().actor());
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
+    node.serve(incoming, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
+    let bin = std::env::current_exe().context("locate the cartd binary")?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize().with_context(|| format!("resolve {}", data_dir.display()))?;
+    let mut running: Vec<NodeProcess> = Vec::new();
+    for i in 1..=nodes {
+        let port = base_port.checked_add(i - 1).context("--base-port too high for that many nodes")?;
+        let spec = NodeSpec {
+            node_id: format!("n{i}"),
+            listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            dir: data_dir.join(format!("n{i}")),
+        };
+        let node = tokio::task::spawn_blocking({
+            let bin = bin.clone();
+            move || NodeProcess::start(&bin, spec)
+        })
+        .await??;
+        println!("node {} at {} (log {})", node.spec.node_id, node.addr, node.spec.log_path().display());
+        running.push(node);
+    }
+    let endpoints: Vec<String> = running.iter().map(|n| n.addr.to_string()).collect();
+    println!("cartdb dev cluster up: {}", endpoints.join(","));
+    println!("try: cartctl --endpoint {} cart get user:alice    (Ctrl-C stops every node)", endpoints[0]);
+
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        failed = watch_children(&mut running) => failed,
+    };
+    let mut clean = true;
+    for node in running.iter_mut() {
+        let status = node.terminate(Duration::from_secs(15))?;
+        println!("node {} stopped ({status})", node.spec.node_id);
+        clean &= status.success();
+    }
+    outcome?;
+    if !clean {
+        bail!("a node did not stop cleanly; see its log");
+    }
+    Ok(())
+}
+
+/// Returns an error as soon as any node exits on its own.
+async fn watch_children(nodes: &mut [NodeProcess]) -> Result<()> {
+    loop {
+        for node in nodes.iter_mut() {
+            if let Some(status) = node.try_wait()? {
+                bail!("node {} exited unexpectedly ({status}); log {}", node.spec.node_id, node.spec.log_path().display());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,412 @@
+//! CRDT laws as property tests (DESIGN §4): random schedules over three replicas, where each step
+//! is either "replica i applies a random op" or "replica i merges replica j's state".
+//!
+//! Replica i writes as `Actor(i + 1)`. Ops that the cart refuses (an `Err`) are simply skipped;
+//! every successful op's `CartDelta` is recorded with the replica that made it.
+
+mod common;
+
+use std::collections::VecDeque;
+
+use cart_crdt::{Cart, CartDelta, CartOp, DeltaOp, ItemSnapshot, LineKind, ProductId};
+use crdts::orswot::Op;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use common::*;
+
+const REPLICAS: usize = 3;
+const PRODUCTS: [&str; 4] = ["sku-a", "sku-b", "sku-c", "sku-d"];
+const COUPONS: [&str; 2] = ["WELCOME", "FREESHIP"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Apply { replica: usize, op: CartOp },
+    Merge { into: usize, from: usize },
+}
+
+/// The outcome of a schedule: the replicas' states and every successful op's delta, in the
+/// order each replica produced them.
+struct Run {
+    replicas: Vec<Replica>,
+    deltas: Vec<(usize, CartDelta)>,
+    /// Every replica's state after every step (what a full-state fallback could ship).
+    history: Vec<Cart>,
+}
+
+fn run(steps: &[Step]) -> Run {
+    let mut replicas: Vec<Replica> = (0..REPLICAS).map(|i| Replica::new(i as u64 + 1)).collect();
+    let mut deltas = Vec::new();
+    let mut history = Vec::new();
+    for step in steps {
+        match step {
+            Step::Apply { replica, op } => {
+                if let Ok(delta) = replicas[*replica].apply(op) {
+                    deltas.push((*replica, delta));
+                }
+            }
+            Step::Merge { into, from } => {
+                let source = replicas[*from].clone();
+                replicas[*into].merge_from(&source);
+            }
+        }
+        history.extend(replicas.iter().map(|r| r.cart.clone()));
+    }
+    Run { replicas, deltas, history }
+}
+
+fn carts(run: &Run) -> Vec<Cart> {
+    run.replicas.iter().map(|r| r.cart.clone()).collect()
+}
+
+/// The merge of every replica's state.
+fn merge_all(carts: &[Cart]) -> Cart {
+    carts.iter().fold(Cart::default(), |acc, c| merged(&acc, c))
+}
+
+/// A fresh cart that receives every delta, per-actor FIFO, with the interleaving across actors
+/// chosen by `picks` (then round-robin once `picks` runs out).
+fn deliver_deltas(deltas: &[(usize, CartDelta)], picks: &[Index]) -> Cart {
+    let mut queues: Vec<VecDeque<&CartDelta>> = vec![VecDeque::new(); REPLICAS];
+    for (replica, delta) in deltas {
+        queues[*replica].push_back(delta);
+    }
+    let mut cart = Cart::default();
+    let mut picks = picks.iter();
+    loop {
+        let ready: Vec<usize> = (0..REPLICAS).filter(|&i| !queues[i].is_empty()).collect();
+        if ready.is_empty() {
+            return cart;
+        }
+        let chosen = match picks.next() {
+            Some(pick) => ready[pick.index(ready.len())],
+            None => ready[0],
+        };
+        let delta = queues[chosen].pop_front().expect("chosen queue is not empty");
+        cart.apply_delta(delta);
+    }
+}
+
+/// What a receiver does next in [`deliver_mixed`].
+#[derive(Debug, Clone)]
+enum Receive {
+    /// The next delta of one actor (chosen among those with deltas left).
+    Delta(Index),
+    /// A full-state fallback: merge some replica's state as it was after some step.
+    State(Index),
+}
+
+/// A fresh cart that gets deltas (per-actor FIFO) mixed with full states taken at any point of
+/// the run, then the remaining deltas. Deltas already covered by a merged state are skipped by
+/// their dots, which is how a node mixes delta shipping with full-state fallback and repair.
+fn deliver_mixed(run: &Run, events: &[Receive]) -> Cart {
+    let mut queues: Vec<VecDeque<&CartDelta>> = vec![VecDeque::new(); REPLICAS];
+    for (replica, delta) in &run.deltas {
+        queues[*replica].push_back(delta);
+    }
+    let mut cart = Cart::default();
+    for event in events {
+        match event {
+            Receive::Delta(pick) => {
+                let ready: Vec<usize> = (0..REPLICAS).filter(|&i| !queues[i].is_empty()).collect();
+                if let Some(&chosen) = ready.get(pick.index(ready.len().max(1))) {
+                    let delta = queues[chosen].pop_front().expect("chosen queue is not empty");
+                    cart.apply_delta(delta);
+                }
+            }
+            Receive::State(pick) if !run.history.is_empty() => {
+                cart.merge(run.history[pick.index(run.history.len())].clone());
+            }
+            Receive::State(_) => {}
+        }
+    }
+    for queue in queues.iter_mut() {
+        while let Some(delta) = queue.pop_front() {
+            cart.apply_delta(delta);
+        }
+    }
+    cart
+}
+
+// ---- generators -----------------------------------------------------------------------------
+
+fn product() -> impl Strategy<Value = ProductId> {
+    prop::sample::select(PRODUCTS.to_vec()).prop_map(pid)
+}
+
+/// A few distinct valid snapshots, so concurrent adds can assert different ones.
+fn snapshot() -> impl Strategy<Value = ItemSnapshot> {
+    (0..3usize, prop::sample::select(vec![100i64, 1299, 2500]), prop::sample::select(vec!["EUR", "JPY"]))
+        .prop_map(|(version, price, currency)| snap(&format!("Item v{version}"), price, currency))
+}
+
+fn coupon() -> impl Strategy<Value = cart_crdt::CouponCode> {
+    prop::sample::select(COUPONS.to_vec()).prop_map(code)
+}
+
+fn cart_op() -> impl Strategy<Value = CartOp> {
+    prop_oneof![
+        5 => (product(), 1..=5u64, snapshot())
+            .prop_map(|(product_id, quantity, snapshot)| CartOp::AddItem { product_id, quantity, snapshot }),
+        2 => (product(), 0..=6u64).prop_map(|(product_id, quantity)| CartOp::SetQuantity { product_id, quantity }),
+        3 => (product(), -3..=4i64).prop_map(|(product_id, delta)| CartOp::AdjustQuantity { product_id, delta }),
+        2 => product().prop_map(|product_id| CartOp::RemoveItem { product_id }),
+        1 => Just(CartOp::Clear),
+        1 => product().prop_map(|product_id| CartOp::SaveForLater { product_id }),
+        1 => product().prop_map(|product_id| CartOp::MoveToCart { product_id }),
+        1 => coupon().prop_map(|code| CartOp::ApplyCoupon { code }),
+        1 => coupon().prop_map(|code| CartOp::RemoveCoupon { code }),
+        1 => Just(CartOp::Touch),
+    ]
+}
+
+fn step(op: impl Strategy<Value = CartOp>) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..REPLICAS, op).prop_map(|(replica, op)| Step::Apply { replica, op }),
+        1 => (0..REPLICAS, 0..REPLICAS).prop_map(|(into, from)| Step::Merge { into, from }),
+    ]
+}
+
+fn schedule() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step(cart_op()), 0..80)
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig { cases: 512, ..ProptestConfig::default() }
+}
+
+// ---- (a)-(c): merge laws and convergence ----------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// (a) On any reachable replica states, merge is commutative, associative and idempotent,
+    /// compared on canonical bytes.
+    #[test]
+    fn merge_is_commutative_associative_idempotent(steps in schedule()) {
+        let states = carts(&run(&steps));
+        for x in &states {
+            prop_assert_eq!(enc(&merged(x, x)), enc(x), "x ⊔ x == x");
+            for y in &states {
+                let xy = merged(x, y);
+                prop_assert_eq!(enc(&xy), enc(&merged(y, x)), "x ⊔ y == y ⊔ x");
+                prop_assert_eq!(enc(&merged(&xy, y)), enc(&xy), "(x ⊔ y) ⊔ y == x ⊔ y");
+                for z in &states {
+                    prop_assert_eq!(
+                        enc(&merged(&xy, z)),
+                        enc(&merged(x, &merged(y, z))),
+                        "(x ⊔ y) ⊔ z == x ⊔ (y ⊔ z)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// (b) Once every replica has merged every other one, all hold byte-identical state, and
+    /// applying an op on the converged state then re-merging keeps them identical.
+    #[test]
+    fn replicas_converge_after_merging_everything(steps in schedule(), extra in cart_op()) {
+        let mut replicas = run(&steps).replicas;
+        let before: Vec<Replica> = replicas.clone();
+        for r in replicas.iter_mut() {
+            for other in &before {
+                r.merge_from(other);
+            }
+        }
+        let expected = enc(&merge_all(&before.iter().map(|r| r.cart.clone()).collect::<Vec<_>>()));
+        for r in &replicas {
+            prop_assert_eq!(enc(&r.cart), expected.clone());
+            prop_assert_eq!(r.view(), replicas[0].view());
+        }
+        // One more write on replica 0, gossiped: still converged.
+        if replicas[0].apply(&extra).is_ok() {
+            let source = replicas[0].clone();
+            for r in replicas.iter_mut().skip(1) {
+                r.merge_from(&source);
+                prop_assert_eq!(enc(&r.cart), enc(&source.cart));
+            }
+        }
+    }
+
+    /// (c) A fresh cart that receives every recorded delta (per-actor FIFO, any interleaving
+    /// across actors) encodes byte-identical to the merge of all replicas' states.
+    #[test]
+    fn delta_delivery_converges_to_state_merge(
+        steps in schedule(),
+        picks in prop::collection::vec(any::<Index>(), 0..300),
+    ) {
+        let run = run(&steps);
+        let by_state = merge_all(&carts(&run));
+        let by_delta = deliver_deltas(&run.deltas, &picks);
+        prop_assert_eq!(enc(&by_delta), enc(&by_state));
+        prop_assert_eq!(by_delta.view(&cart_id()), by_state.view(&cart_id()));
+    }
+
+    /// (c') Deltas mixed with full-state merges of intermediate states (delta shipping with
+    /// full-state fallback, read repair) reach the same bytes as merging all replicas.
+    #[test]
+    fn mixed_delta_and_state_delivery_converges(
+        steps in schedule(),
+        events in prop::collection::vec(
+            prop_oneof![3 => any::<Index>().prop_map(Receive::Delta), 1 => any::<Index>().prop_map(Receive::State)],
+            0..200,
+        ),
+    ) {
+        let run = run(&steps);
+        let by_state = merge_all(&carts(&run));
+        prop_assert_eq!(enc(&deliver_mixed(&run, &events)), enc(&by_state));
+    }
+
+    /// Stored bytes round-trip for every reachable state, and equal states encode equally
+    /// whatever HashMap order they were built in.
+    #[test]
+    fn codec_round_trips(steps in schedule()) {
+        for cart in carts(&run(&steps)) {
+            let bytes = enc(&cart);
+            let decoded = cart_crdt::codec::decode(&bytes).expect("own encoding decodes");
+            prop_assert_eq!(&decoded, &cart);
+            prop_assert_eq!(enc(&decoded), bytes);
+        }
+    }
+}
+
+// ---- (d): quantities are counters, also while actors compact concurrently -------------------
+
+const COUNTED: &str = "sku-a";
+
+/// Increments only: AddItem (always allowed) and AdjustQuantity (needs the line to be known).
+fn increment() -> impl Strategy<Value = CartOp> {
+    prop_oneof![
+        1 => (1..=3u64, snapshot()).prop_map(|(quantity, snapshot)| CartOp::AddItem { product_id: pid(COUNTED), quantity, snapshot }),
+        2 => (1..=4i64).prop_map(|delta| CartOp::AdjustQuantity { product_id: pid(COUNTED), delta }),
+    ]
+}
+
+/// A random prefix, then a burst where every replica adds 5-8 times with no merges (so all
+/// three actors compact concurrently, `COMPACT_AFTER` = 4), then a random suffix.
+fn counter_schedule() -> impl Strategy<Value = Vec<Step>> {
+    let burst = prop::collection::vec(prop::collection::vec(increment(), 5..=8), REPLICAS).prop_map(|per_replica| {
+        per_replica
+            .into_iter()
+            .enumerate()
+            .flat_map(|(replica, ops)| {
+                // AddItem first so AdjustQuantity finds the line even on a replica that never
+                // merged; the burst then holds ≥ 5 successful increments per actor.
+                let first = CartOp::AddItem { product_id: pid(COUNTED), quantity: 1, snapshot: snap("Item v0", 100, "EUR") };
+                std::iter::once(first).chain(ops).map(move |op| Step::Apply { replica, op })
+            })
+            .collect::<Vec<_>>()
+    });
+    (
+        prop::collection::vec(step(increment()), 0..40),
+        burst,
+        prop::collection::vec(step(increment()), 10..60),
+    )
+        .prop_map(|(prefix, burst, suffix)| prefix.into_iter().chain(burst).chain(suffix).collect())
+}
+
+/// The quantity an op added, as recorded in its delta (AddItem / AdjustQuantity only).
+fn increment_of(op: &CartOp) -> i64 {
+    match op {
+        CartOp::AddItem { quantity, .. } => *quantity as i64,
+        CartOp::AdjustQuantity { delta, .. } => *delta,
+        other => panic!("not an increment: {other:?}"),
+    }
+}
+
+/// True when the delta folded (compacted) quantity entries: it removes `Inc` entries.
+fn compacts(delta: &CartDelta) -> bool {
+    delta.ops.iter().any(|op| match op {
+        DeltaOp::Lines(Op::Rm { members, .. }) => members.iter().any(|e| matches!(e.kind, LineKind::Inc(_))),
+        _ => false,
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// (d) With only increments on one product, the merged quantity is the sum of all successful
+    /// increments, on every replica and by delta delivery, though actors compact concurrently;
+    /// and compaction keeps the cart small.
+    #[test]
+    fn merged_quantity_is_the_sum_of_increments(steps in counter_schedule()) {
+        let mut replicas: Vec<Replica> = (0..REPLICAS).map(|i| Replica::new(i as u64 + 1)).collect();
+        let mut deltas = Vec::new();
+        let mut expected = 0i64;
+        let mut compacting_actors = [false; REPLICAS];
+        for step in &steps {
+            match step {
+                Step::Apply { replica, op } => {
+                    if let Ok(delta) = replicas[*replica].apply(op) {
+                        expected += increment_of(op);
+                        compacting_actors[*replica] |= compacts(&delta);
+                        deltas.push((*replica, delta));
+                    }
+                }
+                Step::Merge { into, from } => {
+                    let source = replicas[*from].clone();
+                    replicas[*into].merge_from(&source);
+                }
+            }
+        }
+        prop_assert_eq!(compacting_actors, [true; REPLICAS], "every actor compacted at least once");
+
+        let all = merge_all(&replicas.iter().map(|r| r.cart.clone()).collect::<Vec<_>>());
+        let expected = Some(expected as u64);
+        prop_assert_eq!(quantity_of(&all.view(&cart_id()), COUNTED), expected);
+        for r in replicas.iter_mut() {
+            r.cart.merge(all.clone());
+            prop_assert_eq!(r.quantity(COUNTED), expected);
+        }
+        let by_delta = deliver_deltas(&deltas, &[]);
+        prop_assert_eq!(quantity_of(&by_delta.view(&cart_id()), COUNTED), expected);
+        let size = enc(&all).len();
+        prop_assert!(size < 1024, "one line after {} increments encodes to {} bytes", deltas.len(), size);
+    }
+}
+
+/// Guards the laws against vacuous schedules: over generated schedules, every op kind succeeds
+/// many times (a generator whose ops all fail would make every law above trivially true).
+#[test]
+fn generated_schedules_exercise_every_op() {
+    use std::collections::BTreeMap;
+
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut runner = TestRunner::deterministic();
+    let mut successes: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for _ in 0..300 {
+        let steps = schedule().new_tree(&mut runner).expect("generate a schedule").current();
+        let mut replicas: Vec<Replica> = (0..REPLICAS).map(|i| Replica::new(i as u64 + 1)).collect();
+        for step in &steps {
+            match step {
+                Step::Apply { replica, op } => {
+                    if replicas[*replica].apply(op).is_ok() {
+                        *successes.entry(op.name()).or_default() += 1;
+                    }
+                }
+                Step::Merge { into, from } => {
+                    let source = replicas[*from].clone();
+                    replicas[*into].merge_from(&source);
+                }
+            }
+        }
+    }
+    println!("successful ops over 300 schedules: {successes:?}");
+    for name in [
+        "add_item",
+        "set_quantity",
+        "adjust_quantity",
+        "remove_item",
+        "clear_cart",
+        "save_for_later",
+        "move_to_cart",
+        "apply_coupon",
+        "remove_coupon",
+        "touch",
+    ] {
+        let n = successes.get(name).copied().unwrap_or(0);
+        assert!(n >= 50, "{name} succeeded only {n} times");
+    }
+}

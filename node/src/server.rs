@@ -1,0 +1,84 @@
+//! Assembles a node from its parts and serves it on a caller-supplied listener.
+//!
+//! The transport is a parameter (`incoming`): real nodes pass a TCP listener, a simulation passes
+//! its own streams. Storage and clock are parameters too.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use cart_proto::pb::cart_service_server::CartServiceServer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+use tonic::transport::Server;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::service::CartApi;
+use crate::storage::{Storage, StorageError};
+use crate::store::CartStore;
+
+pub struct Node {
+    config: NodeConfig,
+    store: Arc<CartStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("final flush: {0}")]
+    Flush(#[from] StorageError),
+}
+
+impl Node {
+    pub fn open(config: NodeConfig, storage: Arc<dyn Storage>, clock: Arc<dyn Clock>, fresh_actor: u64) -> Result<Self, NodeError> {
+        let store = CartStore::open(storage, clock, config.limits.clone(), config.max_inflight_writes, fresh_actor)?;
+        Ok(Node { config, store: Arc::new(store) })
+    }
+
+    pub fn store(&self) -> &Arc<CartStore> {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// (up to `shutdown_grace`), and flushes storage.
+    pub async fn serve<I, IO, IE>(self, incoming: I, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let limits = &self.config.limits;
+        let api = CartServiceServer::new(CartApi::new(self.store.clone(), self.config.node_id.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes);
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+            let _ = stopping_tx.send(());
+        };
+        let server = Server::builder()
+            .http2_keepalive_interval(Some(self.config.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.config.keepalive_interval))
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, signal);
+        let grace = self.config.shutdown_grace;
+        let grace_expired = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = server => served?,
+            () = grace_expired => tracing::warn!(?grace, "in-flight requests still running after the grace period; stopping"),
+        }
+        self.store.flush().await?;
+        tracing::info!("storage flushed; bye");
+        Ok(())
+    }
+}

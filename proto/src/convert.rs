@@ -1,0 +1,213 @@
+//! Wire ⇄ domain conversions. Requests are validated here, once, against the node's limits.
+
+use cart_crdt::validate::{self, SnapshotInput};
+use cart_crdt::{CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, LineView, Money, OwnerKind, ProductId, SavedView};
+
+use crate::pb;
+
+/// A per-request quorum override; `None` means the cluster default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Consistency {
+    pub r: Option<u32>,
+    pub w: Option<u32>,
+}
+
+impl From<Option<pb::Consistency>> for Consistency {
+    fn from(c: Option<pb::Consistency>) -> Self {
+        let c = c.unwrap_or_default();
+        Consistency { r: (c.r > 0).then_some(c.r), w: (c.w > 0).then_some(c.w) }
+    }
+}
+
+impl From<Consistency> for pb::Consistency {
+    fn from(c: Consistency) -> Self {
+        pb::Consistency { r: c.r.unwrap_or(0), w: c.w.unwrap_or(0) }
+    }
+}
+
+/// A validated mutating request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartRequest {
+    pub cart_id: CartId,
+    pub op: CartOp,
+    pub consistency: Consistency,
+}
+
+/// A validated read request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetRequest {
+    pub cart_id: CartId,
+    pub consistency: Consistency,
+}
+
+impl GetRequest {
+    pub fn from_wire(req: pb::GetCartRequest, limits: &Limits) -> Result<Self, CartError> {
+        Ok(GetRequest { cart_id: CartId::parse(&req.cart_id, limits)?, consistency: req.consistency.into() })
+    }
+}
+
+/// A wire request that becomes one cart operation.
+pub trait IntoDomain {
+    fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError>;
+}
+
+fn request(cart_id: &str, op: CartOp, consistency: Option<pb::Consistency>, limits: &Limits) -> Result<CartRequest, CartError> {
+    Ok(CartRequest { cart_id: CartId::parse(cart_id, limits)?, op, consistency: consistency.into() })
+}
+
+impl IntoDomain for pb::AddItemRequest {
+    fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+        // Validate in field order so the first bad field is the one reported.
+        let cart_id = CartId::parse(&self.cart_id, limits)?;
+        let product_id = ProductId::parse(&self.product_id, limits)?;
+        let quantity = validate::add_quantity(self.quantity, limits)?;
+        let snapshot = snapshot_from_wire(self.snapshot, limits)?;
+        Ok(CartRequest {
+            cart_id,
+            op: CartOp::AddItem { product_id, quantity, snapshot },
+            consistency: self.consistency.into(),
+        })
+    }
+}
+
+impl IntoDomain for pb::SetQuantityRequest {
+    fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+        let cart_id = CartId::parse(&self.cart_id, limits)?;
+        let product_id = ProductId::parse(&self.product_id, limits)?;
+        let quantity = validate::set_quantity(self.quantity, limits)?;
+        Ok(CartRequest { cart_id, op: CartOp::SetQuantity { product_id, quantity }, consistency: self.consistency.into() })
+    }
+}
+
+/// Requests shaped `{cart_id, product_id, consistency}`.
+macro_rules! product_request {
+    ($wire:ty, $variant:ident) => {
+        impl IntoDomain for $wire {
+            fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+                let cart_id = CartId::parse(&self.cart_id, limits)?;
+                let product_id = ProductId::parse(&self.product_id, limits)?;
+                Ok(CartRequest { cart_id, op: CartOp::$variant { product_id }, consistency: self.consistency.into() })
+            }
+        }
+    };
+}
+
+product_request!(pb::RemoveItemRequest, RemoveItem);
+product_request!(pb::SaveForLaterRequest, SaveForLater);
+product_request!(pb::MoveToCartRequest, MoveToCart);
+
+/// Requests shaped `{cart_id, code, consistency}`.
+macro_rules! coupon_request {
+    ($wire:ty, $variant:ident) => {
+        impl IntoDomain for $wire {
+            fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+                let cart_id = CartId::parse(&self.cart_id, limits)?;
+                let code = CouponCode::parse(&self.code, limits)?;
+                Ok(CartRequest { cart_id, op: CartOp::$variant { code }, consistency: self.consistency.into() })
+            }
+        }
+    };
+}
+
+coupon_request!(pb::ApplyCouponRequest, ApplyCoupon);
+coupon_request!(pb::RemoveCouponRequest, RemoveCoupon);
+
+impl IntoDomain for pb::ClearCartRequest {
+    fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+        request(&self.cart_id, CartOp::Clear, self.consistency, limits)
+    }
+}
+
+/// A snapshot is required on AddItem; its fields are checked by [`validate::snapshot`].
+pub fn snapshot_from_wire(snapshot: Option<pb::ItemSnapshot>, limits: &Limits) -> Result<ItemSnapshot, CartError> {
+    let s = snapshot.ok_or_else(|| CartError::InvalidArgument { field: "snapshot", reason: "is required".into() })?;
+    validate::snapshot(
+        SnapshotInput {
+            name: s.name,
+            unit_price_minor: s.unit_price_minor,
+            currency: s.currency,
+            image_url: s.image_url,
+            attributes: s.attributes,
+        },
+        limits,
+    )
+}
+
+impl From<ItemSnapshot> for pb::ItemSnapshot {
+    fn from(s: ItemSnapshot) -> Self {
+        pb::ItemSnapshot {
+            name: s.name,
+            unit_price_minor: i64::try_from(s.unit_price_minor).unwrap_or(i64::MAX),
+            currency: s.currency,
+            image_url: s.image_url.unwrap_or_default(),
+            attributes: s.attributes,
+        }
+    }
+}
+
+/// Wire snapshots coming *back* from a server are trusted as stored; negative prices clamp to 0.
+fn snapshot_to_domain(s: Option<pb::ItemSnapshot>) -> ItemSnapshot {
+    let s = s.unwrap_or_default();
+    ItemSnapshot {
+        name: s.name,
+        unit_price_minor: s.unit_price_minor.max(0) as u64,
+        currency: s.currency,
+        image_url: (!s.image_url.is_empty()).then_some(s.image_url),
+        attributes: s.attributes,
+    }
+}
+
+fn to_wire_quantity(q: u64) -> i64 {
+    i64::try_from(q).unwrap_or(i64::MAX)
+}
+
+impl From<CartView> for pb::Cart {
+    fn from(v: CartView) -> Self {
+        pb::Cart {
+            cart_id: v.cart_id,
+            owner: match v.owner {
+                OwnerKind::User => pb::OwnerKind::User,
+                OwnerKind::Guest => pb::OwnerKind::Guest,
+            } as i32,
+            lines: v
+                .lines
+                .into_iter()
+                .map(|l| pb::Line { product_id: l.product_id, quantity: to_wire_quantity(l.quantity), snapshot: Some(l.snapshot.into()) })
+                .collect(),
+            saved: v
+                .saved
+                .into_iter()
+                .map(|s| pb::SavedItem { product_id: s.product_id, quantity: to_wire_quantity(s.quantity), snapshot: Some(s.snapshot.into()) })
+                .collect(),
+            coupons: v.coupons,
+            subtotals: v.subtotals.into_iter().map(|m| pb::Money { currency: m.currency, amount_minor: m.amount_minor }).collect(),
+            touched_at_ms: v.touched_at_ms,
+        }
+    }
+}
+
+impl From<pb::Cart> for CartView {
+    fn from(c: pb::Cart) -> Self {
+        let owner = match pb::OwnerKind::try_from(c.owner) {
+            Ok(pb::OwnerKind::Guest) => OwnerKind::Guest,
+            _ => OwnerKind::User,
+        };
+        CartView {
+            cart_id: c.cart_id,
+            owner,
+            lines: c
+                .lines
+                .into_iter()
+                .map(|l| LineView { product_id: l.product_id, quantity: l.quantity.max(0) as u64, snapshot: snapshot_to_domain(l.snapshot) })
+                .collect(),
+            saved: c
+                .saved
+                .into_iter()
+                .map(|s| SavedView { product_id: s.product_id, quantity: s.quantity.max(0) as u64, snapshot: snapshot_to_domain(s.snapshot) })
+                .collect(),
+            coupons: c.coupons,
+            subtotals: c.subtotals.into_iter().map(|m| Money { currency: m.currency, amount_minor: m.amount_minor }).collect(),
+            touched_at_ms: c.touched_at_ms,
+        }
+    }
+}
