@@ -29,7 +29,11 @@ fn concurrently(setup: &[CartOp], left: &[CartOp], right: &[CartOp]) -> Replica 
     let (before1, before2) = (r1.clone(), r2.clone());
     r1.merge_from(&before2);
     r2.merge_from(&before1);
-    assert_eq!(enc(&r1.cart), enc(&r2.cart), "merging both ways must converge");
+    assert_eq!(
+        enc(&r1.cart),
+        enc(&r2.cart),
+        "merging both ways must converge"
+    );
     r1
 }
 
@@ -153,7 +157,9 @@ fn set_quantity_zero_removes_the_line() {
 fn save_for_later_and_move_back_to_cart() {
     let mut r = Replica::new(1);
     r.ok(add("p", 3)).ok(add("q", 1));
-    r.ok(CartOp::SaveForLater { product_id: pid("p") });
+    r.ok(CartOp::SaveForLater {
+        product_id: pid("p"),
+    });
     let view = r.view();
     assert_eq!(quantity_of(&view, "p"), None);
     assert_eq!(view.lines.len(), 1);
@@ -162,22 +168,42 @@ fn save_for_later_and_move_back_to_cart() {
     assert_eq!(view.saved[0].quantity, 3);
     assert_eq!(view.saved[0].snapshot, snap("Item p", 1299, "EUR"));
 
-    r.ok(CartOp::MoveToCart { product_id: pid("p") });
+    r.ok(CartOp::MoveToCart {
+        product_id: pid("p"),
+    });
     let view = r.view();
     assert!(view.saved.is_empty());
     assert_eq!(quantity_of(&view, "p"), Some(3));
-    assert_eq!(view.lines.iter().find(|l| l.product_id == "p").unwrap().snapshot, snap("Item p", 1299, "EUR"));
+    assert_eq!(
+        view.lines
+            .iter()
+            .find(|l| l.product_id == "p")
+            .unwrap()
+            .snapshot,
+        snap("Item p", 1299, "EUR")
+    );
 }
 
 /// Coupons apply (idempotently, listed sorted) and remove.
 #[test]
 fn coupons_apply_and_remove() {
     let mut r = Replica::new(1);
-    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
-    r.ok(CartOp::ApplyCoupon { code: code("FREESHIP") });
-    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
-    assert_eq!(r.view().coupons, vec!["FREESHIP".to_string(), "WELCOME".to_string()]);
-    r.ok(CartOp::RemoveCoupon { code: code("WELCOME") });
+    r.ok(CartOp::ApplyCoupon {
+        code: code("WELCOME"),
+    });
+    r.ok(CartOp::ApplyCoupon {
+        code: code("FREESHIP"),
+    });
+    r.ok(CartOp::ApplyCoupon {
+        code: code("WELCOME"),
+    });
+    assert_eq!(
+        r.view().coupons,
+        vec!["FREESHIP".to_string(), "WELCOME".to_string()]
+    );
+    r.ok(CartOp::RemoveCoupon {
+        code: code("WELCOME"),
+    });
     assert_eq!(r.view().coupons, vec!["FREESHIP".to_string()]);
 }
 
@@ -186,8 +212,12 @@ fn coupons_apply_and_remove() {
 fn clear_removes_lines_and_coupons_but_keeps_saved() {
     let mut r = Replica::new(1);
     r.ok(add("p", 1)).ok(add("q", 2)).ok(add("s", 4));
-    r.ok(CartOp::SaveForLater { product_id: pid("s") });
-    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
+    r.ok(CartOp::SaveForLater {
+        product_id: pid("s"),
+    });
+    r.ok(CartOp::ApplyCoupon {
+        code: code("WELCOME"),
+    });
     r.ok(CartOp::Clear);
     let view = r.view();
     assert!(view.lines.is_empty());
@@ -217,21 +247,42 @@ fn touch_and_owner_in_view() {
 #[test]
 fn subtotals_per_currency() {
     let mut r = Replica::new(1);
-    r.ok(CartOp::AddItem { product_id: pid("book"), quantity: 2, snapshot: snap("Book", 1299, "EUR") });
-    r.ok(CartOp::AddItem { product_id: pid("tea"), quantity: 3, snapshot: snap("Matcha", 500, "JPY") });
-    r.ok(CartOp::AddItem { product_id: pid("pen"), quantity: 1, snapshot: snap("Pen", 1, "EUR") });
+    r.ok(CartOp::AddItem {
+        product_id: pid("book"),
+        quantity: 2,
+        snapshot: snap("Book", 1299, "EUR"),
+    });
+    r.ok(CartOp::AddItem {
+        product_id: pid("tea"),
+        quantity: 3,
+        snapshot: snap("Matcha", 500, "JPY"),
+    });
+    r.ok(CartOp::AddItem {
+        product_id: pid("pen"),
+        quantity: 1,
+        snapshot: snap("Pen", 1, "EUR"),
+    });
     let subtotals = r.view().subtotals;
     assert_eq!(
         subtotals,
         vec![
-            Money { currency: "EUR".into(), amount_minor: 2599 },
-            Money { currency: "JPY".into(), amount_minor: 1500 },
+            Money {
+                currency: "EUR".into(),
+                amount_minor: 2599
+            },
+            Money {
+                currency: "JPY".into(),
+                amount_minor: 1500
+            },
         ]
     );
     assert_eq!(subtotals[0].display(), "25.99 EUR");
     assert_eq!(subtotals[1].display(), "1500 JPY");
 
-    let two_books = Money { currency: "EUR".into(), amount_minor: 2 * 1299 };
+    let two_books = Money {
+        currency: "EUR".into(),
+        amount_minor: 2 * 1299,
+    };
     assert_eq!(two_books.amount_minor, 2598);
     assert_eq!(two_books.display(), "25.98 EUR");
     assert_eq!(format_money(5, "EUR"), "0.05 EUR");
@@ -245,14 +296,20 @@ fn subtotals_per_currency() {
 fn refused(r: &mut Replica, limits: &Limits, op: CartOp) -> CartError {
     let before = enc(&r.cart);
     let err = r.apply_with(limits, &op).expect_err("op must be refused");
-    assert_eq!(enc(&r.cart), before, "{op:?} failed with {err:?} but changed the cart");
+    assert_eq!(
+        enc(&r.cart),
+        before,
+        "{op:?} failed with {err:?} but changed the cart"
+    );
     err
 }
 
 fn populated() -> Replica {
     let mut r = Replica::new(1);
     r.ok(add("p", 2)).ok(add("q", 1));
-    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
+    r.ok(CartOp::ApplyCoupon {
+        code: code("WELCOME"),
+    });
     r
 }
 
@@ -260,7 +317,16 @@ fn populated() -> Replica {
 fn remove_unknown_product_is_not_found() {
     let mut r = populated();
     let err = refused(&mut r, &LIMITS, remove("nope"));
-    assert!(matches!(err, CartError::NotFound { field: "product_id", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CartError::NotFound {
+                field: "product_id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -268,7 +334,16 @@ fn set_quantity_on_unknown_product_is_not_found() {
     let mut r = populated();
     for quantity in [0, 3] {
         let err = refused(&mut r, &LIMITS, set("nope", quantity));
-        assert!(matches!(err, CartError::NotFound { field: "product_id", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                CartError::NotFound {
+                    field: "product_id",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }
 
@@ -276,17 +351,56 @@ fn set_quantity_on_unknown_product_is_not_found() {
 fn adjust_unknown_product_is_not_found() {
     let mut r = populated();
     let err = refused(&mut r, &LIMITS, adjust("nope", 1));
-    assert!(matches!(err, CartError::NotFound { field: "product_id", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CartError::NotFound {
+                field: "product_id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn save_or_move_unknown_product_is_not_found() {
     let mut r = populated();
-    let err = refused(&mut r, &LIMITS, CartOp::SaveForLater { product_id: pid("nope") });
-    assert!(matches!(err, CartError::NotFound { field: "product_id", .. }), "{err:?}");
+    let err = refused(
+        &mut r,
+        &LIMITS,
+        CartOp::SaveForLater {
+            product_id: pid("nope"),
+        },
+    );
+    assert!(
+        matches!(
+            err,
+            CartError::NotFound {
+                field: "product_id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // `p` is in the cart but not saved for later.
-    let err = refused(&mut r, &LIMITS, CartOp::MoveToCart { product_id: pid("p") });
-    assert!(matches!(err, CartError::NotFound { field: "product_id", .. }), "{err:?}");
+    let err = refused(
+        &mut r,
+        &LIMITS,
+        CartOp::MoveToCart {
+            product_id: pid("p"),
+        },
+    );
+    assert!(
+        matches!(
+            err,
+            CartError::NotFound {
+                field: "product_id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// A removed line is gone for every op that needs it.
@@ -294,9 +408,25 @@ fn save_or_move_unknown_product_is_not_found() {
 fn ops_on_a_removed_line_are_not_found() {
     let mut r = populated();
     r.ok(remove("p"));
-    for op in [remove("p"), set("p", 2), adjust("p", 1), CartOp::SaveForLater { product_id: pid("p") }] {
+    for op in [
+        remove("p"),
+        set("p", 2),
+        adjust("p", 1),
+        CartOp::SaveForLater {
+            product_id: pid("p"),
+        },
+    ] {
         let err = refused(&mut r, &LIMITS, op);
-        assert!(matches!(err, CartError::NotFound { field: "product_id", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                CartError::NotFound {
+                    field: "product_id",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }
 
@@ -304,54 +434,133 @@ fn ops_on_a_removed_line_are_not_found() {
 fn remove_coupon_not_applied_is_not_found() {
     let mut r = populated();
     let err = refused(&mut r, &LIMITS, CartOp::RemoveCoupon { code: code("NOPE") });
-    assert!(matches!(err, CartError::NotFound { field: "code", .. }), "{err:?}");
+    assert!(
+        matches!(err, CartError::NotFound { field: "code", .. }),
+        "{err:?}"
+    );
 }
 
 /// A new line past `max_lines_per_cart` is refused; adding to an existing line still works.
 #[test]
 fn new_line_past_max_lines_is_limit_exceeded() {
-    let limits = Limits { max_lines_per_cart: 2, ..Limits::DEFAULT };
+    let limits = Limits {
+        max_lines_per_cart: 2,
+        ..Limits::DEFAULT
+    };
     let mut r = populated();
     let err = refused(&mut r, &limits, add("third", 1));
-    assert!(matches!(err, CartError::LimitExceeded { field: "lines", .. }), "{err:?}");
-    r.apply_with(&limits, &add("p", 1)).expect("existing line has room");
+    assert!(
+        matches!(err, CartError::LimitExceeded { field: "lines", .. }),
+        "{err:?}"
+    );
+    r.apply_with(&limits, &add("p", 1))
+        .expect("existing line has room");
     assert_eq!(r.quantity("p"), Some(3));
     // Removing a line makes room again.
     r.apply_with(&limits, &remove("q")).unwrap();
-    r.apply_with(&limits, &add("third", 1)).expect("room after a remove");
+    r.apply_with(&limits, &add("third", 1))
+        .expect("room after a remove");
 }
 
 /// Quantity past `max_quantity`, by add, adjust or move-to-cart, is refused.
 #[test]
 fn quantity_past_max_is_limit_exceeded() {
-    let limits = Limits { max_quantity: 10, ..Limits::DEFAULT };
+    let limits = Limits {
+        max_quantity: 10,
+        ..Limits::DEFAULT
+    };
     let mut r = Replica::new(1);
     r.apply_with(&limits, &add("p", 8)).unwrap();
     for op in [add("p", 3), adjust("p", 3), add("fresh", 11)] {
         let err = refused(&mut r, &limits, op);
-        assert!(matches!(err, CartError::LimitExceeded { field: "quantity", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                CartError::LimitExceeded {
+                    field: "quantity",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
-    r.apply_with(&limits, &add("p", 2)).expect("exactly the limit is fine");
+    r.apply_with(&limits, &add("p", 2))
+        .expect("exactly the limit is fine");
     assert_eq!(r.quantity("p"), Some(10));
 
     // Move-to-cart on top of a re-added line would pass the limit.
-    r.apply_with(&limits, &CartOp::SaveForLater { product_id: pid("p") }).unwrap();
+    r.apply_with(
+        &limits,
+        &CartOp::SaveForLater {
+            product_id: pid("p"),
+        },
+    )
+    .unwrap();
     r.apply_with(&limits, &add("p", 1)).unwrap();
-    let err = refused(&mut r, &limits, CartOp::MoveToCart { product_id: pid("p") });
-    assert!(matches!(err, CartError::LimitExceeded { field: "quantity", .. }), "{err:?}");
+    let err = refused(
+        &mut r,
+        &limits,
+        CartOp::MoveToCart {
+            product_id: pid("p"),
+        },
+    );
+    assert!(
+        matches!(
+            err,
+            CartError::LimitExceeded {
+                field: "quantity",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn coupon_and_saved_limits() {
-    let limits = Limits { max_coupons_per_cart: 1, max_saved_per_cart: 1, ..Limits::DEFAULT };
+    let limits = Limits {
+        max_coupons_per_cart: 1,
+        max_saved_per_cart: 1,
+        ..Limits::DEFAULT
+    };
     let mut r = populated();
-    let err = refused(&mut r, &limits, CartOp::ApplyCoupon { code: code("SECOND") });
-    assert!(matches!(err, CartError::LimitExceeded { field: "code", .. }), "{err:?}");
-    r.apply_with(&limits, &CartOp::ApplyCoupon { code: code("WELCOME") }).expect("re-applying is not a new coupon");
+    let err = refused(
+        &mut r,
+        &limits,
+        CartOp::ApplyCoupon {
+            code: code("SECOND"),
+        },
+    );
+    assert!(
+        matches!(err, CartError::LimitExceeded { field: "code", .. }),
+        "{err:?}"
+    );
+    r.apply_with(
+        &limits,
+        &CartOp::ApplyCoupon {
+            code: code("WELCOME"),
+        },
+    )
+    .expect("re-applying is not a new coupon");
 
-    r.apply_with(&limits, &CartOp::SaveForLater { product_id: pid("p") }).unwrap();
-    let err = refused(&mut r, &limits, CartOp::SaveForLater { product_id: pid("q") });
-    assert!(matches!(err, CartError::LimitExceeded { field: "saved", .. }), "{err:?}");
+    r.apply_with(
+        &limits,
+        &CartOp::SaveForLater {
+            product_id: pid("p"),
+        },
+    )
+    .unwrap();
+    let err = refused(
+        &mut r,
+        &limits,
+        CartOp::SaveForLater {
+            product_id: pid("q"),
+        },
+    );
+    assert!(
+        matches!(err, CartError::LimitExceeded { field: "saved", .. }),
+        "{err:?}"
+    );
 }
 
 // ---- validation -----------------------------------------------------------------------------
@@ -381,28 +590,50 @@ fn assert_invalid(err: CartError, expected_field: &str) {
 fn valid_snapshot_is_accepted() {
     let s = validate::snapshot(snapshot_input(), &LIMITS).unwrap();
     assert_eq!(s.unit_price_minor, 1299);
-    assert_eq!(s.image_url.as_deref(), Some("https://cdn.example.com/beans.jpg"));
-    let no_image = validate::snapshot(SnapshotInput { image_url: String::new(), ..snapshot_input() }, &LIMITS).unwrap();
+    assert_eq!(
+        s.image_url.as_deref(),
+        Some("https://cdn.example.com/beans.jpg")
+    );
+    let no_image = validate::snapshot(
+        SnapshotInput {
+            image_url: String::new(),
+            ..snapshot_input()
+        },
+        &LIMITS,
+    )
+    .unwrap();
     assert_eq!(no_image.image_url, None);
 }
 
 #[test]
 fn snapshot_with_empty_name_is_refused() {
     for name in ["", "   "] {
-        assert_invalid(snapshot_error(SnapshotInput { name: name.into(), ..snapshot_input() }), "snapshot.name");
+        assert_invalid(
+            snapshot_error(SnapshotInput {
+                name: name.into(),
+                ..snapshot_input()
+            }),
+            "snapshot.name",
+        );
     }
 }
 
 #[test]
 fn snapshot_with_negative_price_is_refused() {
-    let err = snapshot_error(SnapshotInput { unit_price_minor: -1, ..snapshot_input() });
+    let err = snapshot_error(SnapshotInput {
+        unit_price_minor: -1,
+        ..snapshot_input()
+    });
     assert_invalid(err, "snapshot.unit_price_minor");
 }
 
 #[test]
 fn snapshot_with_bad_currency_is_refused() {
     for currency in ["eur", "EURO", "ABC", "", "EU"] {
-        let err = snapshot_error(SnapshotInput { currency: currency.into(), ..snapshot_input() });
+        let err = snapshot_error(SnapshotInput {
+            currency: currency.into(),
+            ..snapshot_input()
+        });
         assert_invalid(err, "snapshot.currency");
     }
     validate::currency("JPY").expect("JPY is ISO 4217");
@@ -411,13 +642,22 @@ fn snapshot_with_bad_currency_is_refused() {
 #[test]
 fn snapshot_over_max_bytes_is_refused() {
     let name = "x".repeat(LIMITS.max_snapshot_bytes + 1);
-    assert_invalid(snapshot_error(SnapshotInput { name, ..snapshot_input() }), "snapshot");
+    assert_invalid(
+        snapshot_error(SnapshotInput {
+            name,
+            ..snapshot_input()
+        }),
+        "snapshot",
+    );
 }
 
 #[test]
 fn snapshot_with_bad_image_url_is_refused() {
     for url in ["ftp://x/y.jpg", "https://x/a b.jpg"] {
-        let err = snapshot_error(SnapshotInput { image_url: url.into(), ..snapshot_input() });
+        let err = snapshot_error(SnapshotInput {
+            image_url: url.into(),
+            ..snapshot_input()
+        });
         assert_invalid(err, "snapshot.image_url");
     }
 }
@@ -426,7 +666,10 @@ fn snapshot_with_bad_image_url_is_refused() {
 fn add_quantity_validation() {
     assert_invalid(validate::add_quantity(0, &LIMITS).unwrap_err(), "quantity");
     assert_invalid(validate::add_quantity(-3, &LIMITS).unwrap_err(), "quantity");
-    assert_invalid(validate::add_quantity(LIMITS.max_quantity as i64 + 1, &LIMITS).unwrap_err(), "quantity");
+    assert_invalid(
+        validate::add_quantity(LIMITS.max_quantity as i64 + 1, &LIMITS).unwrap_err(),
+        "quantity",
+    );
     assert_eq!(validate::add_quantity(1, &LIMITS), Ok(1));
     assert_eq!(validate::set_quantity(0, &LIMITS), Ok(0));
     assert_invalid(validate::set_quantity(-1, &LIMITS).unwrap_err(), "quantity");
@@ -435,9 +678,22 @@ fn add_quantity_validation() {
 #[test]
 fn cart_id_parse_refuses_bad_ids() {
     let too_long = format!("user:{}", "a".repeat(LIMITS.max_id_bytes));
-    for raw in ["", "cart:1", "User:1", "user:", "guest:", "user:a b", " user:1", "user:1\n", "user:\t", too_long.as_str()] {
+    for raw in [
+        "",
+        "cart:1",
+        "User:1",
+        "user:",
+        "guest:",
+        "user:a b",
+        " user:1",
+        "user:1\n",
+        "user:\t",
+        too_long.as_str(),
+    ] {
         match CartId::parse(raw, &LIMITS) {
-            Err(CartError::InvalidArgument { field: "cart_id", .. }) => {}
+            Err(CartError::InvalidArgument {
+                field: "cart_id", ..
+            }) => {}
             other => panic!("{raw:?} gave {other:?}, expected InvalidArgument for cart_id"),
         }
     }
@@ -451,5 +707,8 @@ fn cart_id_parse_accepts_good_ids() {
     let guest = CartId::parse("guest:sess-9f2c", &LIMITS).unwrap();
     assert_eq!(guest.owner(), OwnerKind::Guest);
     let longest = format!("user:{}", "a".repeat(LIMITS.max_id_bytes - "user:".len()));
-    assert!(CartId::parse(&longest, &LIMITS).is_ok(), "exactly max_id_bytes is allowed");
+    assert!(
+        CartId::parse(&longest, &LIMITS).is_ok(),
+        "exactly max_id_bytes is allowed"
+    );
 }

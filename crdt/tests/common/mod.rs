@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use cart_crdt::validate::{self, SnapshotInput};
 use cart_crdt::{
-    codec, Actor, Cart, CartDelta, CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits,
-    ProductId, WriteCtx,
+    codec, Actor, Cart, CartDelta, CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot,
+    Limits, ProductId, WriteCtx,
 };
 
 pub const LIMITS: Limits = Limits::DEFAULT;
@@ -41,19 +41,31 @@ pub fn snap(name: &str, unit_price_minor: i64, currency: &str) -> ItemSnapshot {
 }
 
 pub fn add(product: &str, quantity: u64) -> CartOp {
-    CartOp::AddItem { product_id: pid(product), quantity, snapshot: snap(&format!("Item {product}"), 1299, "EUR") }
+    CartOp::AddItem {
+        product_id: pid(product),
+        quantity,
+        snapshot: snap(&format!("Item {product}"), 1299, "EUR"),
+    }
 }
 
 pub fn set(product: &str, quantity: u64) -> CartOp {
-    CartOp::SetQuantity { product_id: pid(product), quantity }
+    CartOp::SetQuantity {
+        product_id: pid(product),
+        quantity,
+    }
 }
 
 pub fn adjust(product: &str, delta: i64) -> CartOp {
-    CartOp::AdjustQuantity { product_id: pid(product), delta }
+    CartOp::AdjustQuantity {
+        product_id: pid(product),
+        delta,
+    }
 }
 
 pub fn remove(product: &str) -> CartOp {
-    CartOp::RemoveItem { product_id: pid(product) }
+    CartOp::RemoveItem {
+        product_id: pid(product),
+    }
 }
 
 /// Canonical stored bytes of a cart.
@@ -78,7 +90,11 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(actor: u64) -> Self {
-        Replica { actor: Actor(actor), now_ms: 1_700_000_000_000, cart: Cart::default() }
+        Replica {
+            actor: Actor(actor),
+            now_ms: 1_700_000_000_000,
+            cart: Cart::default(),
+        }
     }
 
     /// Applies `op` with a clock that ticks 1 ms per write.
@@ -88,7 +104,11 @@ impl Replica {
 
     pub fn apply_with(&mut self, limits: &Limits, op: &CartOp) -> Result<CartDelta, CartError> {
         self.now_ms += 1;
-        let ctx = WriteCtx { actor: self.actor, now_ms: self.now_ms, limits };
+        let ctx = WriteCtx {
+            actor: self.actor,
+            now_ms: self.now_ms,
+            limits,
+        };
         self.cart.apply(&ctx, op)
     }
 
@@ -115,7 +135,10 @@ impl Replica {
 }
 
 pub fn quantity_of(view: &CartView, product: &str) -> Option<u64> {
-    view.lines.iter().find(|l| l.product_id == product).map(|l| l.quantity)
+    view.lines
+        .iter()
+        .find(|l| l.product_id == product)
+        .map(|l| l.quantity)
 }
 
 /// Lower-case hex of bytes (no extra dev-dependency needed).
@@ -124,8 +147,11 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 pub fn from_hex(hex: &str) -> Vec<u8> {
-    assert!(hex.len() % 2 == 0, "odd hex length");
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit")).collect()
+    assert!(hex.len().is_multiple_of(2), "odd hex length");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
+        .collect()
 }
 
 /// A small deterministic PRNG (splitmix64) for tests that want fixed pseudo-random schedules.
