@@ -86,9 +86,7 @@ fn deliver_deltas(deltas: &[(usize, CartDelta)], picks: &[Index]) -> Cart {
             Some(pick) => ready[pick.index(ready.len())],
             None => ready[0],
         };
-        let delta = queues[chosen]
-            .pop_front()
-            .expect("chosen queue is not empty");
+        let delta = queues[chosen].pop_front().expect("chosen queue is not empty");
         cart.apply_delta(delta);
     }
 }
@@ -116,9 +114,7 @@ fn deliver_mixed(run: &Run, events: &[Receive]) -> Cart {
             Receive::Delta(pick) => {
                 let ready: Vec<usize> = (0..REPLICAS).filter(|&i| !queues[i].is_empty()).collect();
                 if let Some(&chosen) = ready.get(pick.index(ready.len().max(1))) {
-                    let delta = queues[chosen]
-                        .pop_front()
-                        .expect("chosen queue is not empty");
+                    let delta = queues[chosen].pop_front().expect("chosen queue is not empty");
                     cart.apply_delta(delta);
                 }
             }
@@ -195,11 +191,15 @@ fn config() -> ProptestConfig {
 proptest! {
     #![proptest_config(config())]
 
-    /// (a) On any reachable replica states, merge is commutative, associative and idempotent,
-    /// compared on canonical bytes.
+    /// (a) On reachable replica states (the three final ones and two taken mid-run), merge is
+    /// commutative, associative and idempotent, compared on canonical bytes.
     #[test]
-    fn merge_is_commutative_associative_idempotent(steps in schedule()) {
-        let states = carts(&run(&steps));
+    fn merge_is_commutative_associative_idempotent(steps in schedule(), mid_run in any::<[Index; 2]>()) {
+        let run = run(&steps);
+        let mut states = carts(&run);
+        if !run.history.is_empty() {
+            states.extend(mid_run.iter().map(|i| run.history[i.index(run.history.len())].clone()));
+        }
         for x in &states {
             prop_assert_eq!(enc(&merged(x, x)), enc(x), "x ⊔ x == x");
             for y in &states {
@@ -300,25 +300,24 @@ fn increment() -> impl Strategy<Value = CartOp> {
 /// A random prefix, then a burst where every replica adds 5-8 times with no merges (so all
 /// three actors compact concurrently, `COMPACT_AFTER` = 4), then a random suffix.
 fn counter_schedule() -> impl Strategy<Value = Vec<Step>> {
-    let burst = prop::collection::vec(prop::collection::vec(increment(), 5..=8), REPLICAS)
-        .prop_map(|per_replica| {
-            per_replica
-                .into_iter()
-                .enumerate()
-                .flat_map(|(replica, ops)| {
-                    // AddItem first so AdjustQuantity finds the line even on a replica that never
-                    // merged; the burst then holds ≥ 5 successful increments per actor.
-                    let first = CartOp::AddItem {
-                        product_id: pid(COUNTED),
-                        quantity: 1,
-                        snapshot: snap("Item v0", 100, "EUR"),
-                    };
-                    std::iter::once(first)
-                        .chain(ops)
-                        .map(move |op| Step::Apply { replica, op })
-                })
-                .collect::<Vec<_>>()
-        });
+    let burst = prop::collection::vec(prop::collection::vec(increment(), 5..=8), REPLICAS).prop_map(|per_replica| {
+        per_replica
+            .into_iter()
+            .enumerate()
+            .flat_map(|(replica, ops)| {
+                // AddItem first so AdjustQuantity finds the line even on a replica that never
+                // merged; the burst then holds ≥ 5 successful increments per actor.
+                let first = CartOp::AddItem {
+                    product_id: pid(COUNTED),
+                    quantity: 1,
+                    snapshot: snap("Item v0", 100, "EUR"),
+                };
+                std::iter::once(first)
+                    .chain(ops)
+                    .map(move |op| Step::Apply { replica, op })
+            })
+            .collect::<Vec<_>>()
+    });
     (
         prop::collection::vec(step(increment()), 0..40),
         burst,
@@ -339,9 +338,7 @@ fn increment_of(op: &CartOp) -> i64 {
 /// True when the delta folded (compacted) quantity entries: it removes `Inc` entries.
 fn compacts(delta: &CartDelta) -> bool {
     delta.ops.iter().any(|op| match op {
-        DeltaOp::Lines(Op::Rm { members, .. }) => {
-            members.iter().any(|e| matches!(e.kind, LineKind::Inc(_)))
-        }
+        DeltaOp::Lines(Op::Rm { members, .. }) => members.iter().any(|e| matches!(e.kind, LineKind::Inc(_))),
         _ => false,
     })
 }
@@ -401,12 +398,8 @@ fn generated_schedules_exercise_every_op() {
     let mut runner = TestRunner::deterministic();
     let mut successes: BTreeMap<&'static str, usize> = BTreeMap::new();
     for _ in 0..300 {
-        let steps = schedule()
-            .new_tree(&mut runner)
-            .expect("generate a schedule")
-            .current();
-        let mut replicas: Vec<Replica> =
-            (0..REPLICAS).map(|i| Replica::new(i as u64 + 1)).collect();
+        let steps = schedule().new_tree(&mut runner).expect("generate a schedule").current();
+        let mut replicas: Vec<Replica> = (0..REPLICAS).map(|i| Replica::new(i as u64 + 1)).collect();
         for step in &steps {
             match step {
                 Step::Apply { replica, op } => {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use cart_crdt::validate::{self, SnapshotInput};
 use cart_crdt::{
-    codec, Actor, Cart, CartDelta, CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot,
-    Limits, ProductId, WriteCtx,
+    codec, Actor, Cart, CartDelta, CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, ProductId,
+    WriteCtx,
 };
 
 pub const LIMITS: Limits = Limits::DEFAULT;
@@ -135,10 +135,7 @@ impl Replica {
 }
 
 pub fn quantity_of(view: &CartView, product: &str) -> Option<u64> {
-    view.lines
-        .iter()
-        .find(|l| l.product_id == product)
-        .map(|l| l.quantity)
+    view.lines.iter().find(|l| l.product_id == product).map(|l| l.quantity)
 }
 
 /// Lower-case hex of bytes (no extra dev-dependency needed).
