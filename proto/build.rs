@@ -6,8 +6,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().btree_map(".").compile_fds(fds)?;
     Ok(())
 }

@@ -97,7 +97,10 @@ fn parse_attr(s: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> Result<String, ClientError> {
     let options = ClientOptions {
         request_timeout: Duration::from_millis(cli.timeout_ms),
-        consistency: Consistency { r: (cli.r > 0).then_some(cli.r), w: (cli.w > 0).then_some(cli.w) },
+        consistency: Consistency {
+            r: (cli.r > 0).then_some(cli.r),
+            w: (cli.w > 0).then_some(cli.w),
+        },
         ..ClientOptions::default()
     };
     let client = CartClient::connect_with(&cli.endpoints, options).await?;
@@ -134,7 +137,10 @@ pub fn render(cart: &CartView) -> String {
     let touched = if cart.touched_at_ms == 0 {
         "never written".to_owned()
     } else {
-        format!("touched {}", humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(cart.touched_at_ms)))
+        format!(
+            "touched {}",
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(cart.touched_at_ms))
+        )
     };
     let mut out = format!("cart {} ({owner}, {touched})\n", cart.cart_id);
     if cart.lines.is_empty() {
@@ -163,7 +169,10 @@ pub fn render(cart: &CartView) -> String {
         out.push_str(&format!("coupons: {}\n", cart.coupons.join(", ")));
     }
     for saved in &cart.saved {
-        out.push_str(&format!("saved for later: {} × {} ({})\n", saved.quantity, saved.snapshot.name, saved.product_id));
+        out.push_str(&format!(
+            "saved for later: {} × {} ({})\n",
+            saved.quantity, saved.snapshot.name, saved.product_id
+        ));
     }
     out
 }

@@ -47,7 +47,11 @@ pub enum ClientError {
     InvalidEndpoint { endpoint: String, reason: String },
     /// The server answered with an error status; `message` names the offending field.
     #[error("{code:?}: {message}")]
-    Status { code: Code, message: String, endpoint: String },
+    Status {
+        code: Code,
+        message: String,
+        endpoint: String,
+    },
     #[error("the server sent a reply without a cart")]
     EmptyReply,
     #[error("cannot format output: {reason}")]
@@ -94,8 +98,15 @@ impl CartClient {
         let mut nodes = Vec::new();
         for raw in endpoints {
             let raw = raw.as_ref().trim();
-            let uri = if raw.contains("://") { raw.to_owned() } else { format!("http://{raw}") };
-            let invalid = |reason: String| ClientError::InvalidEndpoint { endpoint: raw.to_owned(), reason };
+            let uri = if raw.contains("://") {
+                raw.to_owned()
+            } else {
+                format!("http://{raw}")
+            };
+            let invalid = |reason: String| ClientError::InvalidEndpoint {
+                endpoint: raw.to_owned(),
+                reason,
+            };
             let channel = Endpoint::from_shared(uri)
                 .map_err(|e| invalid(e.to_string()))?
                 .connect_timeout(options.connect_timeout)
@@ -105,12 +116,18 @@ impl CartClient {
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
                 .connect_lazy();
-            nodes.push(Node { address: raw.to_owned(), client: CartServiceClient::new(channel) });
+            nodes.push(Node {
+                address: raw.to_owned(),
+                client: CartServiceClient::new(channel),
+            });
         }
         if nodes.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
-        Ok(CartClient { nodes: std::sync::Arc::new(nodes), options })
+        Ok(CartClient {
+            nodes: std::sync::Arc::new(nodes),
+            options,
+        })
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -119,12 +136,24 @@ impl CartClient {
 
     /// The cart; a cart never written reads as empty.
     pub async fn get_cart(&self, cart_id: &str) -> Result<CartView, ClientError> {
-        let req = pb::GetCartRequest { cart_id: cart_id.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::Idempotent, req, |mut c, r| async move { c.get_cart(r).await }).await
+        let req = pb::GetCartRequest {
+            cart_id: cart_id.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::Idempotent, req, |mut c, r| async move {
+            c.get_cart(r).await
+        })
+        .await
     }
 
     /// Adds `quantity` (≥ 1) of a product, with what the storefront shows for it.
-    pub async fn add_item(&self, cart_id: &str, product_id: &str, quantity: u32, snapshot: ItemSnapshot) -> Result<CartView, ClientError> {
+    pub async fn add_item(
+        &self,
+        cart_id: &str,
+        product_id: &str,
+        quantity: u32,
+        snapshot: ItemSnapshot,
+    ) -> Result<CartView, ClientError> {
         let req = pb::AddItemRequest {
             cart_id: cart_id.into(),
             product_id: product_id.into(),
@@ -132,7 +161,10 @@ impl CartClient {
             snapshot: Some(snapshot.into()),
             consistency: self.consistency(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.add_item(r).await }).await
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.add_item(r).await
+        })
+        .await
     }
 
     /// Sets a line's quantity; 0 removes the line.
@@ -143,38 +175,82 @@ impl CartClient {
             quantity: i64::from(quantity),
             consistency: self.consistency(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.set_quantity(r).await }).await
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.set_quantity(r).await
+        })
+        .await
     }
 
     pub async fn remove_item(&self, cart_id: &str, product_id: &str) -> Result<CartView, ClientError> {
-        let req = pb::RemoveItemRequest { cart_id: cart_id.into(), product_id: product_id.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.remove_item(r).await }).await
+        let req = pb::RemoveItemRequest {
+            cart_id: cart_id.into(),
+            product_id: product_id.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.remove_item(r).await
+        })
+        .await
     }
 
     /// Removes every line and coupon; saved-for-later items stay.
     pub async fn clear_cart(&self, cart_id: &str) -> Result<CartView, ClientError> {
-        let req = pb::ClearCartRequest { cart_id: cart_id.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.clear_cart(r).await }).await
+        let req = pb::ClearCartRequest {
+            cart_id: cart_id.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.clear_cart(r).await
+        })
+        .await
     }
 
     pub async fn save_for_later(&self, cart_id: &str, product_id: &str) -> Result<CartView, ClientError> {
-        let req = pb::SaveForLaterRequest { cart_id: cart_id.into(), product_id: product_id.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.save_for_later(r).await }).await
+        let req = pb::SaveForLaterRequest {
+            cart_id: cart_id.into(),
+            product_id: product_id.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.save_for_later(r).await
+        })
+        .await
     }
 
     pub async fn move_to_cart(&self, cart_id: &str, product_id: &str) -> Result<CartView, ClientError> {
-        let req = pb::MoveToCartRequest { cart_id: cart_id.into(), product_id: product_id.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.move_to_cart(r).await }).await
+        let req = pb::MoveToCartRequest {
+            cart_id: cart_id.into(),
+            product_id: product_id.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.move_to_cart(r).await
+        })
+        .await
     }
 
     pub async fn apply_coupon(&self, cart_id: &str, code: &str) -> Result<CartView, ClientError> {
-        let req = pb::ApplyCouponRequest { cart_id: cart_id.into(), code: code.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.apply_coupon(r).await }).await
+        let req = pb::ApplyCouponRequest {
+            cart_id: cart_id.into(),
+            code: code.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.apply_coupon(r).await
+        })
+        .await
     }
 
     pub async fn remove_coupon(&self, cart_id: &str, code: &str) -> Result<CartView, ClientError> {
-        let req = pb::RemoveCouponRequest { cart_id: cart_id.into(), code: code.into(), consistency: self.consistency() };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move { c.remove_coupon(r).await }).await
+        let req = pb::RemoveCouponRequest {
+            cart_id: cart_id.into(),
+            code: code.into(),
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.remove_coupon(r).await
+        })
+        .await
     }
 
     fn consistency(&self) -> Option<pb::Consistency> {
@@ -198,12 +274,22 @@ impl CartClient {
             let mut request = Request::new(req.clone());
             request.set_timeout(self.options.request_timeout);
             let status = match rpc(node.client.clone(), request).await {
-                Ok(reply) => return reply.into_inner().cart.map(CartView::from).ok_or(ClientError::EmptyReply),
+                Ok(reply) => {
+                    return reply
+                        .into_inner()
+                        .cart
+                        .map(CartView::from)
+                        .ok_or(ClientError::EmptyReply)
+                }
                 Err(status) => status,
             };
             attempt += 1;
             if attempt >= attempts || !retry.allows(status.code()) {
-                return Err(ClientError::Status { code: status.code(), message: status.message().to_owned(), endpoint: node.address.clone() });
+                return Err(ClientError::Status {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                    endpoint: node.address.clone(),
+                });
             }
             tracing::debug!(endpoint = %node.address, code = ?status.code(), attempt, "retrying on the next endpoint");
             let jitter: f64 = rand::random_range(0.5..1.0);

@@ -28,8 +28,8 @@
 //! # Ok(()) }
 //! ```
 
-mod client;
 pub mod cli;
+mod client;
 
 pub use cart_crdt::{CartView, ItemSnapshot, LineView, Money, SavedView};
 pub use cart_proto::Consistency;

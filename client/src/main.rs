@@ -8,7 +8,10 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
     match runtime.block_on(run(cli)) {
         Ok(out) => {
             print!("{out}");

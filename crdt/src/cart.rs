@@ -12,17 +12,31 @@ use crate::limits::Limits;
 use crate::snapshot::ItemSnapshot;
 use crate::view::{self, CartView};
 
-/// A node folds its own quantity entries of a line into one once it holds more than this many,
-/// which bounds a line to about `actors × COMPACT_AFTER` entries however many adds it sees.
-pub const COMPACT_AFTER: usize = 4;
+/// A removed line leaves its counter entries behind (a few dozen bytes per writing node) so that
+/// a concurrent add on another replica still counts from the right base. After this long without
+/// a snapshot they are dropped, like Cassandra's `gc_grace_seconds`: only a replica partitioned
+/// for longer than this could then bring back quantity it had added before the remove.
+pub const RESIDUE_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// What one line entry says. Entries are write-once: a change adds a new entry and removes the
-/// observed ones. `quantity = max(Set) + sum(Inc)`, shown clamped at 0.
+/// observed ones it supersedes.
+///
+/// The quantity is a counter with observed resets: each node keeps one running `Total` of the
+/// quantity it added (replacing its own previous `Total` on each write), and a set or remove
+/// writes a `Reset` recording the totals it observed. Then
+/// `quantity = max over Resets of (value + Σ_node (total − base))`, or `Σ total` with no Reset,
+/// shown clamped at 0. The size is bounded by the number of writing nodes, not of operations.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LineKind {
     Snapshot(ItemSnapshot),
-    Inc(i64),
-    Set(u64),
+    /// The writing node's (`dot.actor`) running total of quantity changes to this line.
+    Total(i64),
+    /// The quantity was set to `value` (0 for a remove) having observed these totals.
+    Reset {
+        value: u64,
+        base: BTreeMap<Actor, i64>,
+        at_ms: u64,
+    },
 }
 
 /// One write-once entry of a line, carrying the dot it was added with so that two entries with
@@ -55,17 +69,37 @@ pub struct Cart {
 /// A user-level cart operation, already validated (see [`crate::validate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CartOp {
-    AddItem { product_id: ProductId, quantity: u64, snapshot: ItemSnapshot },
-    SetQuantity { product_id: ProductId, quantity: u64 },
+    AddItem {
+        product_id: ProductId,
+        quantity: u64,
+        snapshot: ItemSnapshot,
+    },
+    SetQuantity {
+        product_id: ProductId,
+        quantity: u64,
+    },
     /// Adds a signed delta to an existing line (the counter operation; no snapshot needed).
-    AdjustQuantity { product_id: ProductId, delta: i64 },
-    RemoveItem { product_id: ProductId },
+    AdjustQuantity {
+        product_id: ProductId,
+        delta: i64,
+    },
+    RemoveItem {
+        product_id: ProductId,
+    },
     /// Removes every observed line and coupon; saved-for-later stays.
     Clear,
-    SaveForLater { product_id: ProductId },
-    MoveToCart { product_id: ProductId },
-    ApplyCoupon { code: CouponCode },
-    RemoveCoupon { code: CouponCode },
+    SaveForLater {
+        product_id: ProductId,
+    },
+    MoveToCart {
+        product_id: ProductId,
+    },
+    ApplyCoupon {
+        code: CouponCode,
+    },
+    RemoveCoupon {
+        code: CouponCode,
+    },
     Touch,
 }
 
@@ -131,30 +165,36 @@ impl Cart {
     /// error leaves the cart exactly as it was.
     pub fn apply(&mut self, ctx: &WriteCtx<'_>, op: &CartOp) -> Result<CartDelta, CartError> {
         self.check(ctx.limits, op)?;
-        let mut w = Writer { cart: self, actor: ctx.actor, delta: CartDelta::default() };
+        let mut w = Writer {
+            cart: self,
+            actor: ctx.actor,
+            now_ms: ctx.now_ms,
+            delta: CartDelta::default(),
+        };
         match op {
-            CartOp::AddItem { product_id, quantity, snapshot } => {
-                w.add_to_line(product_id, *quantity as i64, snapshot.clone())
+            CartOp::AddItem {
+                product_id,
+                quantity,
+                snapshot,
+            } => w.add_to_line(product_id, *quantity as i64, snapshot.clone()),
+            CartOp::SetQuantity {
+                product_id,
+                quantity: 0,
             }
-            CartOp::SetQuantity { product_id, quantity: 0 } | CartOp::RemoveItem { product_id } => {
-                w.remove_lines(|e| &e.product_id == product_id)
-            }
-            CartOp::SetQuantity { product_id, quantity } => {
-                w.remove_lines(|e| &e.product_id == product_id && !matches!(e.kind, LineKind::Snapshot(_)));
-                w.add_line(product_id, LineKind::Set(*quantity));
-            }
-            CartOp::AdjustQuantity { product_id, delta } => {
-                w.add_line(product_id, LineKind::Inc(*delta));
-                w.compact(product_id);
-            }
+            | CartOp::RemoveItem { product_id } => w.remove_line(product_id),
+            CartOp::SetQuantity { product_id, quantity } => w.reset(product_id, *quantity),
+            CartOp::AdjustQuantity { product_id, delta } => w.add_delta(product_id, *delta),
             CartOp::Clear => {
-                w.remove_lines(|_| true);
+                let present: Vec<ProductId> = w.cart.products_with_snapshot();
+                for product_id in &present {
+                    w.remove_line(product_id);
+                }
                 w.remove_coupons(|_| true);
             }
             CartOp::SaveForLater { product_id } => {
                 let line = w.cart.line_state(product_id);
                 let snapshot = line.snapshot.unwrap_or_else(|| unreachable_snapshot(product_id));
-                w.remove_lines(|e| &e.product_id == product_id);
+                w.remove_line(product_id);
                 w.remove_saved(|e| &e.product_id == product_id);
                 w.add_saved(product_id, snapshot, line.quantity.max(1) as u64);
             }
@@ -168,6 +208,7 @@ impl Cart {
             CartOp::RemoveCoupon { code } => w.remove_coupons(|c| c == code),
             CartOp::Touch => {}
         }
+        w.drop_residue();
         w.touch(ctx.now_ms);
         Ok(w.delta)
     }
@@ -175,7 +216,9 @@ impl Cart {
     /// Refuses an op that names something absent or would pass a limit.
     fn check(&self, limits: &Limits, op: &CartOp) -> Result<(), CartError> {
         match op {
-            CartOp::AddItem { product_id, quantity, .. } => self.check_line_room(limits, product_id, *quantity as i64),
+            CartOp::AddItem {
+                product_id, quantity, ..
+            } => self.check_line_room(limits, product_id, *quantity as i64),
             CartOp::SetQuantity { product_id, .. } | CartOp::SaveForLater { product_id } => {
                 if !self.line_state(product_id).visible() {
                     return Err(not_in_cart(product_id));
@@ -185,7 +228,11 @@ impl Cart {
                     if !saved.contains_key(product_id) && saved.len() >= limits.max_saved_per_cart {
                         return Err(CartError::limit(
                             "saved",
-                            format!("{} items are saved for later; the limit is {}", saved.len(), limits.max_saved_per_cart),
+                            format!(
+                                "{} items are saved for later; the limit is {}",
+                                saved.len(),
+                                limits.max_saved_per_cart
+                            ),
                         ));
                     }
                 }
@@ -214,7 +261,10 @@ impl Cart {
                 if !self.has_coupon(code) && count >= limits.max_coupons_per_cart {
                     return Err(CartError::limit(
                         "code",
-                        format!("{count} coupons are applied; the limit is {}", limits.max_coupons_per_cart),
+                        format!(
+                            "{count} coupons are applied; the limit is {}",
+                            limits.max_coupons_per_cart
+                        ),
                     ));
                 }
                 Ok(())
@@ -237,7 +287,11 @@ impl Cart {
                 ));
             }
         }
-        let base = if line.snapshot.is_some() { line.quantity.max(0) } else { 0 };
+        let base = if line.snapshot.is_some() {
+            line.quantity.max(0)
+        } else {
+            0
+        };
         check_quantity(limits, base.saturating_add(add))
     }
 
@@ -272,7 +326,18 @@ impl Cart {
 
     fn line_state(&self, product_id: &ProductId) -> LineState {
         let acc = view::LineAcc::from_entries(self.line_entries().filter(|e| &e.product_id == product_id));
-        LineState { quantity: acc.quantity(), snapshot: acc.snapshot().cloned() }
+        LineState {
+            quantity: acc.quantity(),
+            snapshot: acc.snapshot().cloned(),
+        }
+    }
+
+    fn products_with_snapshot(&self) -> Vec<ProductId> {
+        view::line_accs(self)
+            .into_iter()
+            .filter(|(_, acc)| acc.snapshot().is_some())
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     fn visible_line_count(&self) -> usize {
@@ -341,43 +406,82 @@ fn unreachable_snapshot(product_id: &ProductId) -> ItemSnapshot {
 struct Writer<'c> {
     cart: &'c mut Cart,
     actor: Actor,
+    now_ms: u64,
     delta: CartDelta,
 }
 
 impl Writer<'_> {
     /// Add `quantity` to a line and re-assert its snapshot, so a concurrent remove of the line
-    /// cannot leave the new quantity without a snapshot. If the line has no snapshot, entries
-    /// left over from concurrent removes are dropped first: the line starts afresh.
+    /// cannot leave the new quantity without a snapshot. A line that is not visible (removed, or
+    /// driven to 0 or below) starts again from 0.
     fn add_to_line(&mut self, product_id: &ProductId, quantity: i64, snapshot: ItemSnapshot) {
-        let fresh = self.cart.line_state(product_id).snapshot.is_none();
-        self.remove_lines(|e| &e.product_id == product_id && (fresh || matches!(e.kind, LineKind::Snapshot(_))));
-        self.add_line(product_id, LineKind::Inc(quantity));
+        let line = self.cart.line_state(product_id);
+        if !line.visible() && line.quantity != 0 {
+            self.reset(product_id, 0);
+        }
+        self.add_delta(product_id, quantity);
+        self.remove_lines(|e| &e.product_id == product_id && matches!(e.kind, LineKind::Snapshot(_)));
         self.add_line(product_id, LineKind::Snapshot(snapshot));
-        self.compact(product_id);
     }
 
-    /// Folds this actor's own `Inc` entries of a line into one once there are too many. Only
-    /// own entries are folded: two nodes folding at once then never count an increment twice
-    /// nor drop one (folding into a `Set`, or folding others' entries, would).
-    fn compact(&mut self, product_id: &ProductId) {
+    /// Replaces this node's running total of the line with `total + delta`. This node's writes to
+    /// the cart are serialised and it always holds its own latest total, so there is one live
+    /// `Total` per node.
+    fn add_delta(&mut self, product_id: &ProductId, delta: i64) {
         let actor = self.actor;
-        let own = |e: &LineEntry| &e.product_id == product_id && e.dot.actor == actor && matches!(e.kind, LineKind::Inc(_));
-        let (count, sum) = self
-            .cart
-            .line_entries()
-            .filter(|e| own(e))
-            .fold((0usize, 0i64), |(n, s), e| match e.kind {
-                LineKind::Inc(d) => (n + 1, s.saturating_add(d)),
-                _ => (n, s),
-            });
-        if count > COMPACT_AFTER {
-            self.remove_lines(own);
-            self.add_line(product_id, LineKind::Inc(sum));
+        let own =
+            |e: &LineEntry| &e.product_id == product_id && e.dot.actor == actor && matches!(e.kind, LineKind::Total(_));
+        let totals =
+            view::LineAcc::from_entries(self.cart.line_entries().filter(|e| &e.product_id == product_id)).totals();
+        let total = totals.get(&actor).copied().unwrap_or(0);
+        self.remove_lines(own);
+        self.add_line(product_id, LineKind::Total(total.saturating_add(delta)));
+    }
+
+    /// Sets the line's quantity to `value` as of the totals observed now; supersedes observed resets.
+    fn reset(&mut self, product_id: &ProductId, value: u64) {
+        let base =
+            view::LineAcc::from_entries(self.cart.line_entries().filter(|e| &e.product_id == product_id)).totals();
+        self.remove_lines(|e| &e.product_id == product_id && matches!(e.kind, LineKind::Reset { .. }));
+        self.add_line(
+            product_id,
+            LineKind::Reset {
+                value,
+                base,
+                at_ms: self.now_ms,
+            },
+        );
+    }
+
+    /// Removes the snapshot (the line disappears) and resets the counter to 0.
+    fn remove_line(&mut self, product_id: &ProductId) {
+        self.remove_lines(|e| &e.product_id == product_id && matches!(e.kind, LineKind::Snapshot(_)));
+        self.reset(product_id, 0);
+    }
+
+    /// Drops the counter entries of lines without a snapshot once [`RESIDUE_GRACE_MS`] has passed
+    /// since their last reset (or at once when they have no reset at all).
+    fn drop_residue(&mut self) {
+        let stale: Vec<ProductId> = view::line_accs(self.cart)
+            .into_iter()
+            .filter(|(_, acc)| acc.snapshot().is_none())
+            .filter(|(_, acc)| {
+                acc.last_reset_ms()
+                    .is_none_or(|at| at.saturating_add(RESIDUE_GRACE_MS) < self.now_ms)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for product_id in stale {
+            self.remove_lines(|e| e.product_id == product_id);
         }
     }
 
     fn add_line(&mut self, product_id: &ProductId, kind: LineKind) {
-        let op = add_entry(&mut self.cart.lines, self.actor, |dot| LineEntry { product_id: product_id.clone(), dot, kind });
+        let op = add_entry(&mut self.cart.lines, self.actor, |dot| LineEntry {
+            product_id: product_id.clone(),
+            dot,
+            kind,
+        });
         self.delta.ops.push(DeltaOp::Lines(op));
     }
 
@@ -426,7 +530,7 @@ where
     M: Clone + Hash + Eq + Debug,
 {
     let ctx = set.read_ctx().derive_add_ctx(actor);
-    let member = make(OrdDot::from(ctx.dot.clone()));
+    let member = make(OrdDot::from(ctx.dot));
     let op = set.add(member, ctx);
     set.apply(op.clone());
     op

@@ -59,7 +59,9 @@ pub fn decode(bytes: &[u8]) -> Result<Cart, CartError> {
     match bytes.split_first() {
         Some((&FORMAT_V1, body)) => decode_exact(body),
         Some((&version, _)) => Err(CartError::UnsupportedFormat { version }),
-        None => Err(CartError::Decode { reason: "empty value".into() }),
+        None => Err(CartError::Decode {
+            reason: "empty value".into(),
+        }),
     }
 }
 
@@ -67,7 +69,9 @@ fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, CartError> {
     let (value, used) = bincode::serde::decode_from_slice(body, bincode_config())
         .map_err(|e| CartError::Decode { reason: e.to_string() })?;
     if used != body.len() {
-        return Err(CartError::Decode { reason: format!("{} trailing bytes", body.len() - used) });
+        return Err(CartError::Decode {
+            reason: format!("{} trailing bytes", body.len() - used),
+        });
     }
     Ok(value)
 }
@@ -82,7 +86,9 @@ where
     for (_, members) in canonical.deferred.iter_mut() {
         members.sort();
     }
-    canonical.deferred.sort_by(|(a, _), (b, _)| a.dots.iter().cmp(b.dots.iter()));
+    canonical
+        .deferred
+        .sort_by(|(a, _), (b, _)| a.dots.iter().cmp(b.dots.iter()));
     Ok(canonical)
 }
 

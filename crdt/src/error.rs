@@ -26,12 +26,21 @@ pub enum CartError {
 
 impl CartError {
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        CartError::InvalidArgument { field, reason: reason.into() }
+        CartError::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
     }
     pub(crate) fn limit(field: &'static str, reason: impl Into<String>) -> Self {
-        CartError::LimitExceeded { field, reason: reason.into() }
+        CartError::LimitExceeded {
+            field,
+            reason: reason.into(),
+        }
     }
     pub(crate) fn not_found(field: &'static str, reason: impl Into<String>) -> Self {
-        CartError::NotFound { field, reason: reason.into() }
+        CartError::NotFound {
+            field,
+            reason: reason.into(),
+        }
     }
 }

@@ -24,7 +24,7 @@ mod snapshot;
 pub mod validate;
 mod view;
 
-pub use cart::{Cart, CartDelta, CartOp, DeltaOp, LineEntry, LineKind, SavedEntry, WriteCtx};
+pub use cart::{Cart, CartDelta, CartOp, DeltaOp, LineEntry, LineKind, SavedEntry, WriteCtx, RESIDUE_GRACE_MS};
 pub use error::CartError;
 pub use ids::{Actor, CartId, CouponCode, OwnerKind, ProductId};
 pub use limits::Limits;

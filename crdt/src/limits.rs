@@ -56,15 +56,39 @@ impl Limits {
     pub fn check(&self) -> Result<(), String> {
         let c = &Self::CEILING;
         let pairs: [(&str, u64, u64); 9] = [
-            ("max_lines_per_cart", self.max_lines_per_cart as u64, c.max_lines_per_cart as u64),
-            ("max_saved_per_cart", self.max_saved_per_cart as u64, c.max_saved_per_cart as u64),
-            ("max_coupons_per_cart", self.max_coupons_per_cart as u64, c.max_coupons_per_cart as u64),
+            (
+                "max_lines_per_cart",
+                self.max_lines_per_cart as u64,
+                c.max_lines_per_cart as u64,
+            ),
+            (
+                "max_saved_per_cart",
+                self.max_saved_per_cart as u64,
+                c.max_saved_per_cart as u64,
+            ),
+            (
+                "max_coupons_per_cart",
+                self.max_coupons_per_cart as u64,
+                c.max_coupons_per_cart as u64,
+            ),
             ("max_id_bytes", self.max_id_bytes as u64, c.max_id_bytes as u64),
-            ("max_snapshot_bytes", self.max_snapshot_bytes as u64, c.max_snapshot_bytes as u64),
+            (
+                "max_snapshot_bytes",
+                self.max_snapshot_bytes as u64,
+                c.max_snapshot_bytes as u64,
+            ),
             ("max_attributes", self.max_attributes as u64, c.max_attributes as u64),
             ("max_quantity", self.max_quantity, c.max_quantity),
-            ("max_unit_price_minor", self.max_unit_price_minor, c.max_unit_price_minor),
-            ("max_message_bytes", self.max_message_bytes as u64, c.max_message_bytes as u64),
+            (
+                "max_unit_price_minor",
+                self.max_unit_price_minor,
+                c.max_unit_price_minor,
+            ),
+            (
+                "max_message_bytes",
+                self.max_message_bytes as u64,
+                c.max_message_bytes as u64,
+            ),
         ];
         for (name, value, ceiling) in pairs {
             if value == 0 || value > ceiling {

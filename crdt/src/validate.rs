@@ -18,7 +18,10 @@ pub fn add_quantity(quantity: i64, limits: &Limits) -> Result<u64, CartError> {
 /// A quantity for SetQuantity: 0 removes the line.
 pub fn set_quantity(quantity: i64, limits: &Limits) -> Result<u64, CartError> {
     if quantity < 0 {
-        return Err(CartError::invalid("quantity", format!("{quantity} must not be negative")));
+        return Err(CartError::invalid(
+            "quantity",
+            format!("{quantity} must not be negative"),
+        ));
     }
     bounded_quantity(quantity, limits)
 }
@@ -64,7 +67,10 @@ pub fn snapshot(input: SnapshotInput, limits: &Limits) -> Result<ItemSnapshot, C
         return Err(CartError::invalid("snapshot.name", "must not be empty"));
     }
     if snapshot.name.chars().any(char::is_control) {
-        return Err(CartError::invalid("snapshot.name", "must not contain control characters"));
+        return Err(CartError::invalid(
+            "snapshot.name",
+            "must not contain control characters",
+        ));
     }
     let price = input.unit_price_minor;
     if price < 0 {
@@ -91,13 +97,20 @@ pub fn snapshot(input: SnapshotInput, limits: &Limits) -> Result<ItemSnapshot, C
     if snapshot.attributes.len() > limits.max_attributes {
         return Err(CartError::invalid(
             "snapshot.attributes",
-            format!("has {} entries; the limit is {}", snapshot.attributes.len(), limits.max_attributes),
+            format!(
+                "has {} entries; the limit is {}",
+                snapshot.attributes.len(),
+                limits.max_attributes
+            ),
         ));
     }
     if snapshot.attributes.keys().any(|k| k.trim().is_empty()) {
         return Err(CartError::invalid("snapshot.attributes", "keys must not be empty"));
     }
-    Ok(ItemSnapshot { unit_price_minor: price as u64, ..snapshot })
+    Ok(ItemSnapshot {
+        unit_price_minor: price as u64,
+        ..snapshot
+    })
 }
 
 /// An ISO 4217 alphabetic code in upper case (`EUR`, `JPY`).
@@ -110,7 +123,10 @@ pub fn currency(code: &str) -> Result<(), CartError> {
         ));
     }
     if iso_currency::Currency::from_code(code).is_none() {
-        return Err(CartError::invalid(field, format!("{code:?} is not an ISO 4217 currency")));
+        return Err(CartError::invalid(
+            field,
+            format!("{code:?} is not an ISO 4217 currency"),
+        ));
     }
     Ok(())
 }

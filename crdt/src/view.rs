@@ -40,8 +40,9 @@ pub struct SavedView {
 /// The entries of one line folded into quantity and winning snapshot.
 #[derive(Default)]
 pub(crate) struct LineAcc<'a> {
-    max_set: u64,
-    sum_inc: i64,
+    /// Each node's latest running total (by dot, should there briefly be two).
+    totals: BTreeMap<Actor, (&'a OrdDot<Actor>, i64)>,
+    resets: Vec<(u64, &'a BTreeMap<Actor, i64>, u64)>,
     snapshot: Option<(&'a OrdDot<Actor>, &'a ItemSnapshot)>,
 }
 
@@ -56,8 +57,13 @@ impl<'a> LineAcc<'a> {
 
     fn push(&mut self, e: &'a LineEntry) {
         match &e.kind {
-            LineKind::Inc(d) => self.sum_inc = self.sum_inc.saturating_add(*d),
-            LineKind::Set(n) => self.max_set = self.max_set.max(*n),
+            LineKind::Total(t) => {
+                let slot = self.totals.entry(e.dot.actor).or_insert((&e.dot, *t));
+                if newer(&e.dot, slot.0) {
+                    *slot = (&e.dot, *t);
+                }
+            }
+            LineKind::Reset { value, base, at_ms } => self.resets.push((*value, base, *at_ms)),
             LineKind::Snapshot(s) => {
                 if self.snapshot.is_none_or(|(dot, _)| newer(&e.dot, dot)) {
                     self.snapshot = Some((&e.dot, s));
@@ -66,9 +72,33 @@ impl<'a> LineAcc<'a> {
         }
     }
 
-    /// `max(Set entries, 0) + sum(Inc entries)`; may be ≤ 0 after concurrent decrements.
+    /// Each node's running total.
+    pub(crate) fn totals(&self) -> BTreeMap<Actor, i64> {
+        self.totals.iter().map(|(a, (_, t))| (*a, *t)).collect()
+    }
+
+    /// `max over resets of (value + growth of totals since its base)`, or the sum of totals when
+    /// nothing was ever reset. May be ≤ 0 after decrements.
     pub(crate) fn quantity(&self) -> i64 {
-        i64::try_from(self.max_set).unwrap_or(i64::MAX).saturating_add(self.sum_inc)
+        let since = |base: Option<&BTreeMap<Actor, i64>>| -> i64 {
+            self.totals
+                .iter()
+                .map(|(a, (_, t))| t.saturating_sub(base.and_then(|b| b.get(a).copied()).unwrap_or(0)))
+                .fold(0i64, i64::saturating_add)
+        };
+        self.resets
+            .iter()
+            .map(|(value, base, _)| {
+                i64::try_from(*value)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(since(Some(base)))
+            })
+            .max()
+            .unwrap_or_else(|| since(None))
+    }
+
+    pub(crate) fn last_reset_ms(&self) -> Option<u64> {
+        self.resets.iter().map(|(_, _, at)| *at).max()
     }
 
     pub(crate) fn snapshot(&self) -> Option<&'a ItemSnapshot> {

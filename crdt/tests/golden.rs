@@ -11,11 +11,12 @@ use common::*;
 
 /// `codec::encode(&golden_cart())`, pinned.
 const GOLDEN_HEX: &str = concat!(
-    "0102010802010504626f6f6b0101010401010104626f6f6b0102000d546865205275737420426f6f6bfb130503455552",
+    "0102010a02010904626f6f6b0101010401010104626f6f6b0102000d546865205275737420426f6f6bfb130503455552",
     "012068747470733a2f2f63646e2e6578616d706c652e636f6d2f626f6f6b2e6a70670106666f726d6174097061706572",
-    "6261636b01010204626f6f6b02010102010201037465610103010601010303746561010400064d6174636861fbf40103",
-    "4a5059000001010400010101010370656e01010350656e96034555520000010101010002010102010208465245455348",
-    "49500102010757454c434f4d4501010100fd0768e5cf8b010000",
+    "6261636b01010204626f6f6b02010102010201036d756701080102010108036d7567010a0200010102fd0768e5cf8b01",
+    "000001010a0370656e010501020101050370656e01070200010102fd0568e5cf8b010000010107037465610103010601",
+    "010303746561010400064d6174636861fbf401034a5059000001010400010101010370656e01010350656e9603455552",
+    "000001010101000201010201020846524545534849500102010757454c434f4d4501010100fd0768e5cf8b010000",
 );
 
 fn book() -> ItemSnapshot {
@@ -52,17 +53,11 @@ fn golden_cart() -> Cart {
         quantity: 1,
         snapshot: snap("Pen", 150, "EUR"),
     });
-    r1.ok(CartOp::ApplyCoupon {
-        code: code("WELCOME"),
-    });
+    r1.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
     r2.merge_from(&r1);
     r2.ok(adjust("book", 1));
-    r2.ok(CartOp::ApplyCoupon {
-        code: code("FREESHIP"),
-    });
-    r1.ok(CartOp::SaveForLater {
-        product_id: pid("pen"),
-    });
+    r2.ok(CartOp::ApplyCoupon { code: code("FREESHIP") });
+    r1.ok(CartOp::SaveForLater { product_id: pid("pen") });
     r1.ok(CartOp::AddItem {
         product_id: pid("mug"),
         quantity: 1,
@@ -96,23 +91,13 @@ fn golden_bytes_decode_to_the_expected_cart() {
     assert_eq!(enc(&cart), golden_bytes());
     let view = cart.view(&cart_id());
     assert_eq!(view.owner, OwnerKind::User);
-    let lines: Vec<(&str, u64)> = view
-        .lines
-        .iter()
-        .map(|l| (l.product_id.as_str(), l.quantity))
-        .collect();
+    let lines: Vec<(&str, u64)> = view.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
     assert_eq!(lines, vec![("book", 3), ("tea", 3)]);
     assert_eq!(view.lines[0].snapshot, book());
     assert_eq!(view.saved.len(), 1);
-    assert_eq!(
-        (view.saved[0].product_id.as_str(), view.saved[0].quantity),
-        ("pen", 1)
-    );
+    assert_eq!((view.saved[0].product_id.as_str(), view.saved[0].quantity), ("pen", 1));
     assert_eq!(view.saved[0].snapshot, snap("Pen", 150, "EUR"));
-    assert_eq!(
-        view.coupons,
-        vec!["FREESHIP".to_string(), "WELCOME".to_string()]
-    );
+    assert_eq!(view.coupons, vec!["FREESHIP".to_string(), "WELCOME".to_string()]);
     assert_eq!(
         view.subtotals,
         vec![
@@ -136,15 +121,9 @@ fn unknown_version_is_unsupported_format() {
     let mut bytes = golden_bytes();
     for version in [2u8, 0, 255] {
         bytes[0] = version;
-        assert_eq!(
-            codec::decode(&bytes),
-            Err(CartError::UnsupportedFormat { version })
-        );
+        assert_eq!(codec::decode(&bytes), Err(CartError::UnsupportedFormat { version }));
     }
-    assert_eq!(
-        codec::decode(&[2]),
-        Err(CartError::UnsupportedFormat { version: 2 })
-    );
+    assert_eq!(codec::decode(&[2]), Err(CartError::UnsupportedFormat { version: 2 }));
 }
 
 fn assert_decode_error(bytes: &[u8], what: &str) {
@@ -160,10 +139,7 @@ fn truncated_or_extended_bytes_are_decode_errors() {
     let golden = golden_bytes();
     assert_decode_error(&[], "empty input");
     for len in 1..golden.len() {
-        assert_decode_error(
-            &golden[..len],
-            &format!("first {len} of {} bytes", golden.len()),
-        );
+        assert_decode_error(&golden[..len], &format!("first {len} of {} bytes", golden.len()));
     }
     let mut extended = golden.clone();
     extended.push(0);
@@ -179,10 +155,7 @@ fn garbage_bytes_are_decode_errors() {
     let mut huge_u32_len = vec![codec::FORMAT_V1, 0, 252];
     huge_u32_len.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "0xff run",
-            [vec![codec::FORMAT_V1], vec![0xff; 32]].concat(),
-        ),
+        ("0xff run", [vec![codec::FORMAT_V1], vec![0xff; 32]].concat()),
         ("version byte only", vec![codec::FORMAT_V1]),
         ("text", [&[codec::FORMAT_V1][..], b"hello, cart"].concat()),
         ("huge u64 length", huge_u64_len),

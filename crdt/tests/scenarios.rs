@@ -29,16 +29,12 @@ fn concurrently(setup: &[CartOp], left: &[CartOp], right: &[CartOp]) -> Replica 
     let (before1, before2) = (r1.clone(), r2.clone());
     r1.merge_from(&before2);
     r2.merge_from(&before1);
-    assert_eq!(
-        enc(&r1.cart),
-        enc(&r2.cart),
-        "merging both ways must converge"
-    );
+    assert_eq!(enc(&r1.cart), enc(&r2.cart), "merging both ways must converge");
     r1
 }
 
-/// Increments up to `COMPACT_AFTER` (= 4, `crdt::cart::COMPACT_AFTER`, not exported) own
-/// quantity entries on `p`: one more increment by the same actor folds them.
+/// Several increments by one node, so its running total carries history a concurrent remove or
+/// set has observed (the case an earlier folding design got wrong).
 fn four_own_increments(p: &str) -> Vec<CartOp> {
     vec![add(p, 1), adjust(p, 1), adjust(p, 1), adjust(p, 1)]
 }
@@ -103,17 +99,17 @@ fn remove_then_readd_concurrent_with_add() {
     assert_eq!(r.quantity("p"), Some(3));
 }
 
-/// `remove ∥ +1 → 1` also when the +1 makes its node fold (compact) its own quantity entries:
-/// the folded entry must not bring back increments the remove observed.
+/// `remove ∥ +1 → 1` also after many increments by the adding node: its rewritten total must not
+/// bring back increments the remove observed.
 #[test]
-fn remove_concurrent_with_compacting_add_keeps_quantity_1() {
+fn remove_concurrent_with_add_after_many_increments_keeps_quantity_1() {
     let r = concurrently(&four_own_increments("p"), &[add("p", 1)], &[remove("p")]);
     assert_eq!(r.quantity("p"), Some(1));
 }
 
-/// `set 5 ∥ +1 → 6` also when the +1 compacts its node's own quantity entries.
+/// `set 5 ∥ +1 → 6` also after many increments by the adding node.
 #[test]
-fn set_concurrent_with_compacting_add_gives_6() {
+fn set_concurrent_with_add_after_many_increments_gives_6() {
     let r = concurrently(&four_own_increments("p"), &[add("p", 1)], &[set("p", 5)]);
     assert_eq!(r.quantity("p"), Some(6));
 }
@@ -128,9 +124,9 @@ fn add_after_concurrent_decrements_shows_the_added_quantity() {
     assert_eq!(r.quantity("p"), Some(1));
 }
 
-/// Compaction alone (no concurrent remove/set) never changes the quantity.
+/// Rewriting the running total never changes the quantity.
 #[test]
-fn compaction_keeps_the_quantity() {
+fn running_total_keeps_the_quantity() {
     let mut r = Replica::new(1);
     r.ok(add("p", 1));
     for i in 2..=20 {
@@ -157,9 +153,7 @@ fn set_quantity_zero_removes_the_line() {
 fn save_for_later_and_move_back_to_cart() {
     let mut r = Replica::new(1);
     r.ok(add("p", 3)).ok(add("q", 1));
-    r.ok(CartOp::SaveForLater {
-        product_id: pid("p"),
-    });
+    r.ok(CartOp::SaveForLater { product_id: pid("p") });
     let view = r.view();
     assert_eq!(quantity_of(&view, "p"), None);
     assert_eq!(view.lines.len(), 1);
@@ -168,18 +162,12 @@ fn save_for_later_and_move_back_to_cart() {
     assert_eq!(view.saved[0].quantity, 3);
     assert_eq!(view.saved[0].snapshot, snap("Item p", 1299, "EUR"));
 
-    r.ok(CartOp::MoveToCart {
-        product_id: pid("p"),
-    });
+    r.ok(CartOp::MoveToCart { product_id: pid("p") });
     let view = r.view();
     assert!(view.saved.is_empty());
     assert_eq!(quantity_of(&view, "p"), Some(3));
     assert_eq!(
-        view.lines
-            .iter()
-            .find(|l| l.product_id == "p")
-            .unwrap()
-            .snapshot,
+        view.lines.iter().find(|l| l.product_id == "p").unwrap().snapshot,
         snap("Item p", 1299, "EUR")
     );
 }
@@ -188,22 +176,11 @@ fn save_for_later_and_move_back_to_cart() {
 #[test]
 fn coupons_apply_and_remove() {
     let mut r = Replica::new(1);
-    r.ok(CartOp::ApplyCoupon {
-        code: code("WELCOME"),
-    });
-    r.ok(CartOp::ApplyCoupon {
-        code: code("FREESHIP"),
-    });
-    r.ok(CartOp::ApplyCoupon {
-        code: code("WELCOME"),
-    });
-    assert_eq!(
-        r.view().coupons,
-        vec!["FREESHIP".to_string(), "WELCOME".to_string()]
-    );
-    r.ok(CartOp::RemoveCoupon {
-        code: code("WELCOME"),
-    });
+    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
+    r.ok(CartOp::ApplyCoupon { code: code("FREESHIP") });
+    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
+    assert_eq!(r.view().coupons, vec!["FREESHIP".to_string(), "WELCOME".to_string()]);
+    r.ok(CartOp::RemoveCoupon { code: code("WELCOME") });
     assert_eq!(r.view().coupons, vec!["FREESHIP".to_string()]);
 }
 
@@ -212,12 +189,8 @@ fn coupons_apply_and_remove() {
 fn clear_removes_lines_and_coupons_but_keeps_saved() {
     let mut r = Replica::new(1);
     r.ok(add("p", 1)).ok(add("q", 2)).ok(add("s", 4));
-    r.ok(CartOp::SaveForLater {
-        product_id: pid("s"),
-    });
-    r.ok(CartOp::ApplyCoupon {
-        code: code("WELCOME"),
-    });
+    r.ok(CartOp::SaveForLater { product_id: pid("s") });
+    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
     r.ok(CartOp::Clear);
     let view = r.view();
     assert!(view.lines.is_empty());
@@ -296,20 +269,14 @@ fn subtotals_per_currency() {
 fn refused(r: &mut Replica, limits: &Limits, op: CartOp) -> CartError {
     let before = enc(&r.cart);
     let err = r.apply_with(limits, &op).expect_err("op must be refused");
-    assert_eq!(
-        enc(&r.cart),
-        before,
-        "{op:?} failed with {err:?} but changed the cart"
-    );
+    assert_eq!(enc(&r.cart), before, "{op:?} failed with {err:?} but changed the cart");
     err
 }
 
 fn populated() -> Replica {
     let mut r = Replica::new(1);
     r.ok(add("p", 2)).ok(add("q", 1));
-    r.ok(CartOp::ApplyCoupon {
-        code: code("WELCOME"),
-    });
+    r.ok(CartOp::ApplyCoupon { code: code("WELCOME") });
     r
 }
 
@@ -384,13 +351,7 @@ fn save_or_move_unknown_product_is_not_found() {
         "{err:?}"
     );
     // `p` is in the cart but not saved for later.
-    let err = refused(
-        &mut r,
-        &LIMITS,
-        CartOp::MoveToCart {
-            product_id: pid("p"),
-        },
-    );
+    let err = refused(&mut r, &LIMITS, CartOp::MoveToCart { product_id: pid("p") });
     assert!(
         matches!(
             err,
@@ -412,9 +373,7 @@ fn ops_on_a_removed_line_are_not_found() {
         remove("p"),
         set("p", 2),
         adjust("p", 1),
-        CartOp::SaveForLater {
-            product_id: pid("p"),
-        },
+        CartOp::SaveForLater { product_id: pid("p") },
     ] {
         let err = refused(&mut r, &LIMITS, op);
         assert!(
@@ -434,10 +393,7 @@ fn ops_on_a_removed_line_are_not_found() {
 fn remove_coupon_not_applied_is_not_found() {
     let mut r = populated();
     let err = refused(&mut r, &LIMITS, CartOp::RemoveCoupon { code: code("NOPE") });
-    assert!(
-        matches!(err, CartError::NotFound { field: "code", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CartError::NotFound { field: "code", .. }), "{err:?}");
 }
 
 /// A new line past `max_lines_per_cart` is refused; adding to an existing line still works.
@@ -453,13 +409,11 @@ fn new_line_past_max_lines_is_limit_exceeded() {
         matches!(err, CartError::LimitExceeded { field: "lines", .. }),
         "{err:?}"
     );
-    r.apply_with(&limits, &add("p", 1))
-        .expect("existing line has room");
+    r.apply_with(&limits, &add("p", 1)).expect("existing line has room");
     assert_eq!(r.quantity("p"), Some(3));
     // Removing a line makes room again.
     r.apply_with(&limits, &remove("q")).unwrap();
-    r.apply_with(&limits, &add("third", 1))
-        .expect("room after a remove");
+    r.apply_with(&limits, &add("third", 1)).expect("room after a remove");
 }
 
 /// Quantity past `max_quantity`, by add, adjust or move-to-cart, is refused.
@@ -474,44 +428,20 @@ fn quantity_past_max_is_limit_exceeded() {
     for op in [add("p", 3), adjust("p", 3), add("fresh", 11)] {
         let err = refused(&mut r, &limits, op);
         assert!(
-            matches!(
-                err,
-                CartError::LimitExceeded {
-                    field: "quantity",
-                    ..
-                }
-            ),
+            matches!(err, CartError::LimitExceeded { field: "quantity", .. }),
             "{err:?}"
         );
     }
-    r.apply_with(&limits, &add("p", 2))
-        .expect("exactly the limit is fine");
+    r.apply_with(&limits, &add("p", 2)).expect("exactly the limit is fine");
     assert_eq!(r.quantity("p"), Some(10));
 
     // Move-to-cart on top of a re-added line would pass the limit.
-    r.apply_with(
-        &limits,
-        &CartOp::SaveForLater {
-            product_id: pid("p"),
-        },
-    )
-    .unwrap();
+    r.apply_with(&limits, &CartOp::SaveForLater { product_id: pid("p") })
+        .unwrap();
     r.apply_with(&limits, &add("p", 1)).unwrap();
-    let err = refused(
-        &mut r,
-        &limits,
-        CartOp::MoveToCart {
-            product_id: pid("p"),
-        },
-    );
+    let err = refused(&mut r, &limits, CartOp::MoveToCart { product_id: pid("p") });
     assert!(
-        matches!(
-            err,
-            CartError::LimitExceeded {
-                field: "quantity",
-                ..
-            }
-        ),
+        matches!(err, CartError::LimitExceeded { field: "quantity", .. }),
         "{err:?}"
     );
 }
@@ -524,39 +454,14 @@ fn coupon_and_saved_limits() {
         ..Limits::DEFAULT
     };
     let mut r = populated();
-    let err = refused(
-        &mut r,
-        &limits,
-        CartOp::ApplyCoupon {
-            code: code("SECOND"),
-        },
-    );
-    assert!(
-        matches!(err, CartError::LimitExceeded { field: "code", .. }),
-        "{err:?}"
-    );
-    r.apply_with(
-        &limits,
-        &CartOp::ApplyCoupon {
-            code: code("WELCOME"),
-        },
-    )
-    .expect("re-applying is not a new coupon");
+    let err = refused(&mut r, &limits, CartOp::ApplyCoupon { code: code("SECOND") });
+    assert!(matches!(err, CartError::LimitExceeded { field: "code", .. }), "{err:?}");
+    r.apply_with(&limits, &CartOp::ApplyCoupon { code: code("WELCOME") })
+        .expect("re-applying is not a new coupon");
 
-    r.apply_with(
-        &limits,
-        &CartOp::SaveForLater {
-            product_id: pid("p"),
-        },
-    )
-    .unwrap();
-    let err = refused(
-        &mut r,
-        &limits,
-        CartOp::SaveForLater {
-            product_id: pid("q"),
-        },
-    );
+    r.apply_with(&limits, &CartOp::SaveForLater { product_id: pid("p") })
+        .unwrap();
+    let err = refused(&mut r, &limits, CartOp::SaveForLater { product_id: pid("q") });
     assert!(
         matches!(err, CartError::LimitExceeded { field: "saved", .. }),
         "{err:?}"
@@ -590,10 +495,7 @@ fn assert_invalid(err: CartError, expected_field: &str) {
 fn valid_snapshot_is_accepted() {
     let s = validate::snapshot(snapshot_input(), &LIMITS).unwrap();
     assert_eq!(s.unit_price_minor, 1299);
-    assert_eq!(
-        s.image_url.as_deref(),
-        Some("https://cdn.example.com/beans.jpg")
-    );
+    assert_eq!(s.image_url.as_deref(), Some("https://cdn.example.com/beans.jpg"));
     let no_image = validate::snapshot(
         SnapshotInput {
             image_url: String::new(),
@@ -691,9 +593,7 @@ fn cart_id_parse_refuses_bad_ids() {
         too_long.as_str(),
     ] {
         match CartId::parse(raw, &LIMITS) {
-            Err(CartError::InvalidArgument {
-                field: "cart_id", ..
-            }) => {}
+            Err(CartError::InvalidArgument { field: "cart_id", .. }) => {}
             other => panic!("{raw:?} gave {other:?}, expected InvalidArgument for cart_id"),
         }
     }
@@ -711,4 +611,31 @@ fn cart_id_parse_accepts_good_ids() {
         CartId::parse(&longest, &LIMITS).is_ok(),
         "exactly max_id_bytes is allowed"
     );
+}
+
+// ---- residue of removed lines ----------------------------------------------------------------
+
+/// A removed line keeps its counter entries (so a concurrent add counts from the right base)
+/// until `RESIDUE_GRACE_MS` has passed; the next write after that drops them.
+#[test]
+fn removed_line_residue_is_dropped_after_the_grace_period() {
+    let mut r = Replica::new(1);
+    r.ok(add("p", 3)).ok(add("q", 1)).ok(remove("p"));
+    let with_residue = enc(&r.cart).len();
+    r.ok(add("q", 1));
+    assert_eq!(
+        enc(&r.cart).len(),
+        with_residue,
+        "residue is kept inside the grace period"
+    );
+    r.now_ms += cart_crdt::RESIDUE_GRACE_MS + 1;
+    r.ok(add("q", 1));
+    let after = enc(&r.cart).len();
+    assert!(
+        after < with_residue,
+        "residue should be dropped: {after} >= {with_residue}"
+    );
+    assert_eq!(r.quantity("p"), None);
+    r.ok(add("p", 2));
+    assert_eq!(r.quantity("p"), Some(2), "a re-added line starts afresh");
 }

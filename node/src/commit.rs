@@ -29,7 +29,10 @@ impl GroupCommit {
     /// Returns once every `put` that completed before this call is durable.
     pub async fn durable(&self) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || StorageError { operation: "flush", reason: "the flusher has stopped".into() };
+        let stopped = || StorageError {
+            operation: "flush",
+            reason: "the flusher has stopped".into(),
+        };
         self.queue.send(tx).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }

@@ -65,36 +65,56 @@ fn default_keepalive_interval_ms() -> u64 {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates `text`; `origin` only names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
-        let invalid = |message: String| ConfigError::Invalid { path: origin.to_owned(), message };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
         if raw.node_id.is_empty()
             || raw.node_id.len() > 64
-            || !raw.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !raw
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(invalid(format!(
                 "node_id = {:?} must be 1-64 characters of letters, digits, '-' or '_'",
                 raw.node_id
             )));
         }
-        let listen_addr: SocketAddr = raw
-            .listen_addr
-            .parse()
-            .map_err(|e| invalid(format!("listen_addr = {:?} is not HOST:PORT with an IP host: {e}", raw.listen_addr)))?;
+        let listen_addr: SocketAddr = raw.listen_addr.parse().map_err(|e| {
+            invalid(format!(
+                "listen_addr = {:?} is not HOST:PORT with an IP host: {e}",
+                raw.listen_addr
+            ))
+        })?;
         if raw.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir must not be empty".into()));
         }
         raw.limits.check().map_err(invalid)?;
         if !(1..=1_000_000).contains(&raw.max_inflight_writes) {
-            return Err(invalid(format!("max_inflight_writes = {} must be between 1 and 1000000", raw.max_inflight_writes)));
+            return Err(invalid(format!(
+                "max_inflight_writes = {} must be between 1 and 1000000",
+                raw.max_inflight_writes
+            )));
         }
         if raw.keepalive_interval_ms < 100 {
-            return Err(invalid(format!("keepalive_interval_ms = {} must be at least 100", raw.keepalive_interval_ms)));
+            return Err(invalid(format!(
+                "keepalive_interval_ms = {} must be at least 100",
+                raw.keepalive_interval_ms
+            )));
         }
         Ok(NodeConfig {
             node_id: raw.node_id,
@@ -147,14 +167,20 @@ mod tests {
             (&format!("{base}bogus = 1\n"), "bogus"),
             (&base.replace("127.0.0.1:1", "localhost"), "listen_addr"),
             (&base.replace("\"n1\"", "\"n 1\""), "node_id"),
-            (&format!("{base}[limits]\nmax_lines_per_cart = 0\n"), "max_lines_per_cart"),
+            (
+                &format!("{base}[limits]\nmax_lines_per_cart = 0\n"),
+                "max_lines_per_cart",
+            ),
             (&format!("{base}[limits]\nmax_quantity = 99999999999\n"), "max_quantity"),
             (&format!("{base}[limits]\nmax_lines = 3\n"), "max_lines"),
             ("node_id = ", "TOML"),
         ];
         for (text, needle) in cases {
             let err = parse(text).unwrap_err().to_string();
-            assert!(err.contains(needle), "error for {text:?} should mention {needle}: {err}");
+            assert!(
+                err.contains(needle),
+                "error for {text:?} should mention {needle}: {err}"
+            );
         }
     }
 
@@ -164,7 +190,10 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("node-")) {
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("node-"))
+            {
                 NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 seen += 1;
             }

@@ -25,9 +25,9 @@ impl From<NodeError> for Status {
                 Status::resource_exhausted(message)
             }
             NodeError::Cart(CartError::NotFound { .. }) => Status::not_found(message),
-            NodeError::Cart(CartError::Decode { .. } | CartError::Encode { .. } | CartError::UnsupportedFormat { .. }) => {
-                Status::data_loss(message)
-            }
+            NodeError::Cart(
+                CartError::Decode { .. } | CartError::Encode { .. } | CartError::UnsupportedFormat { .. },
+            ) => Status::data_loss(message),
             NodeError::Storage(_) => Status::internal(message),
         }
     }

@@ -25,11 +25,25 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Error)]
 pub enum LaunchError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("node {node_id} exited before it was ready ({status}); log {log}:\n{tail}")]
-    Exited { node_id: String, status: ExitStatus, log: PathBuf, tail: String },
+    Exited {
+        node_id: String,
+        status: ExitStatus,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("node {node_id} not ready after {timeout:?}; log {log}:\n{tail}")]
-    NotReady { node_id: String, timeout: Duration, log: PathBuf, tail: String },
+    NotReady {
+        node_id: String,
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("signal to node {node_id}: {source}")]
     Signal { node_id: String, source: nix::Error },
 }
@@ -55,10 +69,18 @@ impl NodeSpec {
 
     /// Writes `cartd.toml` for this node (overwriting it).
     pub fn write_config(&self) -> Result<PathBuf, LaunchError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| LaunchError::Io { what: "create", path: self.dir.clone(), source })?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| LaunchError::Io {
+            what: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
         let path = self.config_path();
         let text = NodeConfig::minimal_toml(&self.node_id, self.listen_addr, &self.data_dir());
-        std::fs::write(&path, text).map_err(|source| LaunchError::Io { what: "write", path: path.clone(), source })?;
+        std::fs::write(&path, text).map_err(|source| LaunchError::Io {
+            what: "write",
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     }
 }
@@ -76,8 +98,16 @@ impl NodeProcess {
     pub fn start(cartd_bin: &Path, spec: NodeSpec) -> Result<Self, LaunchError> {
         let config = spec.write_config()?;
         let log_path = spec.log_path();
-        let log = File::create(&log_path).map_err(|source| LaunchError::Io { what: "create", path: log_path.clone(), source })?;
-        let log_err = log.try_clone().map_err(|source| LaunchError::Io { what: "clone", path: log_path.clone(), source })?;
+        let log = File::create(&log_path).map_err(|source| LaunchError::Io {
+            what: "create",
+            path: log_path.clone(),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| LaunchError::Io {
+            what: "clone",
+            path: log_path.clone(),
+            source,
+        })?;
         let mut child = Command::new(cartd_bin)
             .arg("run")
             .arg("--config")
@@ -86,7 +116,11 @@ impl NodeProcess {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| LaunchError::Io { what: "spawn", path: cartd_bin.to_owned(), source })?;
+            .map_err(|source| LaunchError::Io {
+                what: "spawn",
+                path: cartd_bin.to_owned(),
+                source,
+            })?;
         match wait_ready(&spec, &mut child) {
             Ok(addr) => Ok(NodeProcess { spec, addr, child }),
             Err(e) => {
@@ -104,7 +138,11 @@ impl NodeProcess {
     /// `kill -9`: no shutdown path runs.
     pub fn kill9(&mut self) -> Result<ExitStatus, LaunchError> {
         self.signal(Signal::SIGKILL)?;
-        self.child.wait().map_err(|source| LaunchError::Io { what: "wait", path: self.spec.dir.clone(), source })
+        self.child.wait().map_err(|source| LaunchError::Io {
+            what: "wait",
+            path: self.spec.dir.clone(),
+            source,
+        })
     }
 
     /// SIGTERM, then wait up to `timeout` for a clean exit (SIGKILL after that).
@@ -124,14 +162,21 @@ impl NodeProcess {
 
     /// The exit status if the process has exited.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, LaunchError> {
-        self.child.try_wait().map_err(|source| LaunchError::Io { what: "wait", path: self.spec.dir.clone(), source })
+        self.child.try_wait().map_err(|source| LaunchError::Io {
+            what: "wait",
+            path: self.spec.dir.clone(),
+            source,
+        })
     }
 
     fn signal(&mut self, signal: Signal) -> Result<(), LaunchError> {
         if self.child.try_wait().ok().flatten().is_some() {
             return Ok(());
         }
-        kill(Pid::from_raw(self.child.id() as i32), signal).map_err(|source| LaunchError::Signal { node_id: self.spec.node_id.clone(), source })
+        kill(Pid::from_raw(self.child.id() as i32), signal).map_err(|source| LaunchError::Signal {
+            node_id: self.spec.node_id.clone(),
+            source,
+        })
     }
 }
 
@@ -153,10 +198,20 @@ fn wait_ready(spec: &NodeSpec, child: &mut Child) -> Result<SocketAddr, LaunchEr
             return Ok(addr);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(LaunchError::Exited { node_id: spec.node_id.clone(), status, log, tail: tail(&text) });
+            return Err(LaunchError::Exited {
+                node_id: spec.node_id.clone(),
+                status,
+                log,
+                tail: tail(&text),
+            });
         }
         if Instant::now() >= deadline {
-            return Err(LaunchError::NotReady { node_id: spec.node_id.clone(), timeout: READY_TIMEOUT, log, tail: tail(&text) });
+            return Err(LaunchError::NotReady {
+                node_id: spec.node_id.clone(),
+                timeout: READY_TIMEOUT,
+                log,
+                tail: tail(&text),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }

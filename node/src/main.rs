@@ -51,16 +51,24 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
     match cli.command {
         Cmd::Run { config } => runtime.block_on(run(&config)),
-        Cmd::Dev { nodes, base_port, data_dir } => runtime.block_on(dev(nodes, base_port, &data_dir)),
+        Cmd::Dev {
+            nodes,
+            base_port,
+            data_dir,
+        } => runtime.block_on(dev(nodes, base_port, &data_dir)),
     }
 }
 
 async fn run(config_path: &Path) -> Result<()> {
     let config = NodeConfig::load(config_path)?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
     let storage = SledStorage::open(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
@@ -98,10 +106,14 @@ async fn shutdown_signal() {
 async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
     let bin = std::env::current_exe().context("locate the cartd binary")?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-    let data_dir = data_dir.canonicalize().with_context(|| format!("resolve {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", data_dir.display()))?;
     let mut running: Vec<NodeProcess> = Vec::new();
     for i in 1..=nodes {
-        let port = base_port.checked_add(i - 1).context("--base-port too high for that many nodes")?;
+        let port = base_port
+            .checked_add(i - 1)
+            .context("--base-port too high for that many nodes")?;
         let spec = NodeSpec {
             node_id: format!("n{i}"),
             listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -112,12 +124,20 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
             move || NodeProcess::start(&bin, spec)
         })
         .await??;
-        println!("node {} at {} (log {})", node.spec.node_id, node.addr, node.spec.log_path().display());
+        println!(
+            "node {} at {} (log {})",
+            node.spec.node_id,
+            node.addr,
+            node.spec.log_path().display()
+        );
         running.push(node);
     }
     let endpoints: Vec<String> = running.iter().map(|n| n.addr.to_string()).collect();
     println!("cartdb dev cluster up: {}", endpoints.join(","));
-    println!("try: cartctl --endpoint {} cart get user:alice    (Ctrl-C stops every node)", endpoints[0]);
+    println!(
+        "try: cartctl --endpoint {} cart get user:alice    (Ctrl-C stops every node)",
+        endpoints[0]
+    );
 
     let outcome = tokio::select! {
         () = shutdown_signal() => Ok(()),
@@ -141,7 +161,11 @@ async fn watch_children(nodes: &mut [NodeProcess]) -> Result<()> {
     loop {
         for node in nodes.iter_mut() {
             if let Some(status) = node.try_wait()? {
-                bail!("node {} exited unexpectedly ({status}); log {}", node.spec.node_id, node.spec.log_path().display());
+                bail!(
+                    "node {} exited unexpectedly ({status}); log {}",
+                    node.spec.node_id,
+                    node.spec.log_path().display()
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

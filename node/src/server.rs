@@ -33,9 +33,23 @@ pub enum ServeError {
 }
 
 impl Node {
-    pub fn open(config: NodeConfig, storage: Arc<dyn Storage>, clock: Arc<dyn Clock>, fresh_actor: u64) -> Result<Self, NodeError> {
-        let store = CartStore::open(storage, clock, config.limits.clone(), config.max_inflight_writes, fresh_actor)?;
-        Ok(Node { config, store: Arc::new(store) })
+    pub fn open(
+        config: NodeConfig,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        fresh_actor: u64,
+    ) -> Result<Self, NodeError> {
+        let store = CartStore::open(
+            storage,
+            clock,
+            config.limits.clone(),
+            config.max_inflight_writes,
+            fresh_actor,
+        )?;
+        Ok(Node {
+            config,
+            store: Arc::new(store),
+        })
     }
 
     pub fn store(&self) -> &Arc<CartStore> {
@@ -44,7 +58,11 @@ impl Node {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// (up to `shutdown_grace`), and flushes storage.
-    pub async fn serve<I, IO, IE>(self, incoming: I, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError>
+    pub async fn serve<I, IO, IE>(
+        self,
+        incoming: I,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError>
     where
         I: Stream<Item = Result<IO, IE>>,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,

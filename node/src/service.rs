@@ -22,10 +22,17 @@ impl CartApi {
     }
 
     async fn mutate<R: IntoDomain>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
-        let req = request.into_inner().into_domain(self.store.limits()).map_err(NodeError::from)?;
+        let req = request
+            .into_inner()
+            .into_domain(self.store.limits())
+            .map_err(NodeError::from)?;
         let span = tracing::info_span!("cart_request", cart_id = %req.cart_id, op = req.op.name(), coordinator = %self.node_id);
         async {
-            let cart = self.store.write(&req.cart_id, &req.op).await.inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
+            let cart = self
+                .store
+                .write(&req.cart_id, &req.op)
+                .await
+                .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
             Ok(reply(cart.view(&req.cart_id)))
         }
         .instrument(span)
@@ -34,14 +41,17 @@ impl CartApi {
 }
 
 fn reply(view: cart_crdt::CartView) -> Response<CartReply> {
-    Response::new(CartReply { cart: Some(pb::Cart::from(view)) })
+    Response::new(CartReply {
+        cart: Some(pb::Cart::from(view)),
+    })
 }
 
 #[tonic::async_trait]
 impl CartService for CartApi {
     async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
         let req = GetRequest::from_wire(request.into_inner(), self.store.limits()).map_err(NodeError::from)?;
-        let span = tracing::info_span!("cart_request", cart_id = %req.cart_id, op = "get_cart", coordinator = %self.node_id);
+        let span =
+            tracing::info_span!("cart_request", cart_id = %req.cart_id, op = "get_cart", coordinator = %self.node_id);
         async {
             let cart = self.store.read(&req.cart_id).await?;
             Ok(reply(cart.view(&req.cart_id)))

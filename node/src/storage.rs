@@ -6,7 +6,7 @@
 //! process, but not a power loss or kernel crash. Engines that need stronger guarantees (fjall,
 //! with a real `fdatasync`) slot in behind the same trait.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -18,7 +18,7 @@ use thiserror::Error;
 pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>;
 
 /// The separate keyspaces a node keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tree {
     /// Cart id → encoded cart.
     Carts,
@@ -44,7 +44,10 @@ pub struct StorageError {
 
 impl StorageError {
     fn new(operation: &'static str, e: impl std::fmt::Display) -> Self {
-        StorageError { operation, reason: e.to_string() }
+        StorageError {
+            operation,
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -70,7 +73,11 @@ impl SledStorage {
             .open()
             .map_err(|e| StorageError::new("open", format!("{}: {e}", dir.display())))?;
         let open_tree = |t: Tree| db.open_tree(t.name()).map_err(|e| StorageError::new("open", e));
-        Ok(SledStorage { carts: open_tree(Tree::Carts)?, meta: open_tree(Tree::Meta)?, db })
+        Ok(SledStorage {
+            carts: open_tree(Tree::Carts)?,
+            meta: open_tree(Tree::Meta)?,
+            db,
+        })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -88,7 +95,9 @@ impl Storage for SledStorage {
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.tree(tree).insert(key, value).map_err(|e| StorageError::new("put", e))?;
+        self.tree(tree)
+            .insert(key, value)
+            .map_err(|e| StorageError::new("put", e))?;
         Ok(())
     }
 
@@ -101,15 +110,19 @@ impl Storage for SledStorage {
     }
 }
 
+type MemoryMap = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
+
 /// A process-local map; `flush` is a no-op. For tests and deterministic simulation.
 #[derive(Default)]
 pub struct MemoryStorage {
-    map: Mutex<HashMap<(Tree, Vec<u8>), Vec<u8>>>,
+    map: Mutex<MemoryMap>,
 }
 
 impl MemoryStorage {
-    fn map(&self) -> Result<std::sync::MutexGuard<'_, HashMap<(Tree, Vec<u8>), Vec<u8>>>, StorageError> {
-        self.map.lock().map_err(|_| StorageError::new("lock", "memory storage mutex poisoned"))
+    fn map(&self) -> Result<std::sync::MutexGuard<'_, MemoryMap>, StorageError> {
+        self.map
+            .lock()
+            .map_err(|_| StorageError::new("lock", "memory storage mutex poisoned"))
     }
 }
 

@@ -71,15 +71,20 @@ impl CartStore {
 
     /// Applies `op` and returns the new cart once it is durable. On error nothing is stored.
     pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Cart, NodeError> {
-        let _permit = self
-            .write_permits
-            .try_acquire()
-            .map_err(|_| NodeError::Overloaded { what: "writes", limit: self.max_inflight_writes })?;
+        let _permit = self.write_permits.try_acquire().map_err(|_| NodeError::Overloaded {
+            what: "writes",
+            limit: self.max_inflight_writes,
+        })?;
         let _guard = self.lock(id).await;
         let mut cart = self.load(id)?;
-        let ctx = WriteCtx { actor: self.actor, now_ms: self.clock.now_ms(), limits: &self.limits };
+        let ctx = WriteCtx {
+            actor: self.actor,
+            now_ms: self.clock.now_ms(),
+            limits: &self.limits,
+        };
         cart.apply(&ctx, op)?;
-        self.storage.put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
+        self.storage
+            .put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
         self.commit.durable().await?;
         Ok(cart)
     }

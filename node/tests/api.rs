@@ -28,10 +28,18 @@ async fn every_operation_round_trips() {
     assert_eq!(cart.subtotals[0].display(), "25.98 EUR");
     assert!(cart.touched_at_ms > 0);
 
-    let tea = ItemSnapshot::new("Tea", 450, "EUR").with_attribute("size", "L").with_image_url("https://img.example/tea.png");
+    let tea = ItemSnapshot::new("Tea", 450, "EUR")
+        .with_attribute("size", "L")
+        .with_image_url("https://img.example/tea.png");
     c.add_item(id, "sku-2", 1, tea.clone()).await.unwrap();
     let cart = c.add_item(id, "sku-1", 1, mug()).await.unwrap();
-    assert_eq!(cart.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect::<Vec<_>>(), [("sku-1", 3), ("sku-2", 1)]);
+    assert_eq!(
+        cart.lines
+            .iter()
+            .map(|l| (l.product_id.as_str(), l.quantity))
+            .collect::<Vec<_>>(),
+        [("sku-1", 3), ("sku-2", 1)]
+    );
     assert_eq!(cart.lines[1].snapshot, tea);
     assert_eq!(cart.subtotals[0].amount_minor, 3 * 1299 + 450);
 
@@ -39,7 +47,10 @@ async fn every_operation_round_trips() {
     assert_eq!(cart.lines[0].quantity, 5);
     let cart = c.save_for_later(id, "sku-2").await.unwrap();
     assert_eq!(cart.lines.len(), 1);
-    assert_eq!((cart.saved[0].product_id.as_str(), cart.saved[0].quantity), ("sku-2", 1));
+    assert_eq!(
+        (cart.saved[0].product_id.as_str(), cart.saved[0].quantity),
+        ("sku-2", 1)
+    );
     let cart = c.apply_coupon(id, "WELCOME10").await.unwrap();
     assert_eq!(cart.coupons, ["WELCOME10"]);
     let cart = c.move_to_cart(id, "sku-2").await.unwrap();
@@ -62,15 +73,31 @@ async fn every_operation_round_trips() {
     assert_eq!(stored.saved[0].product_id, "sku-1");
     assert_eq!(stored.saved[0].quantity, 5);
     assert_eq!(stored.owner, cart_crdt::OwnerKind::User);
-    assert_eq!(c.get_cart("guest:s-1").await.unwrap().owner, cart_crdt::OwnerKind::Guest);
+    assert_eq!(
+        c.get_cart("guest:s-1").await.unwrap().owner,
+        cart_crdt::OwnerKind::Guest
+    );
 }
 
+type Reply = Result<tonic::Response<pb::CartReply>, tonic::Status>;
+
 fn snapshot(name: &str, price: i64, currency: &str) -> pb::ItemSnapshot {
-    pb::ItemSnapshot { name: name.into(), unit_price_minor: price, currency: currency.into(), ..Default::default() }
+    pb::ItemSnapshot {
+        name: name.into(),
+        unit_price_minor: price,
+        currency: currency.into(),
+        ..Default::default()
+    }
 }
 
 fn add(cart_id: &str, product_id: &str, quantity: i64, snapshot: pb::ItemSnapshot) -> pb::AddItemRequest {
-    pb::AddItemRequest { cart_id: cart_id.into(), product_id: product_id.into(), quantity, snapshot: Some(snapshot), consistency: None }
+    pb::AddItemRequest {
+        cart_id: cart_id.into(),
+        product_id: product_id.into(),
+        quantity,
+        snapshot: Some(snapshot),
+        consistency: None,
+    }
 }
 
 #[tokio::test]
@@ -79,57 +106,154 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     let node = common::start_node(dir.path());
     let mut raw = common::raw_client(node.addr).await;
     let id = "user:bob";
-    raw.add_item(add(id, "sku-1", 2, snapshot("Mug", 1299, "EUR"))).await.unwrap();
-    raw.apply_coupon(pb::ApplyCouponRequest { cart_id: id.into(), code: "SPRING".into(), consistency: None }).await.unwrap();
-    let get = || pb::GetCartRequest { cart_id: id.into(), consistency: None };
+    raw.add_item(add(id, "sku-1", 2, snapshot("Mug", 1299, "EUR")))
+        .await
+        .unwrap();
+    raw.apply_coupon(pb::ApplyCouponRequest {
+        cart_id: id.into(),
+        code: "SPRING".into(),
+        consistency: None,
+    })
+    .await
+    .unwrap();
+    let get = || pb::GetCartRequest {
+        cart_id: id.into(),
+        consistency: None,
+    };
     let before = raw.get_cart(get()).await.unwrap().into_inner();
 
     let mut huge = snapshot("Mug", 1299, "EUR");
     huge.attributes.insert("blob".into(), "x".repeat(1 << 20));
-    let cases: Vec<(&str, Result<tonic::Response<pb::CartReply>, tonic::Status>, Code, &str)> = vec![
-        ("empty cart id", raw.add_item(add("", "sku-2", 1, snapshot("Tea", 450, "EUR"))).await, Code::InvalidArgument, "cart_id"),
-        ("bad cart id prefix", raw.add_item(add("bob", "sku-2", 1, snapshot("Tea", 450, "EUR"))).await, Code::InvalidArgument, "cart_id"),
-        ("quantity 0 on add", raw.add_item(add(id, "sku-2", 0, snapshot("Tea", 450, "EUR"))).await, Code::InvalidArgument, "quantity"),
-        ("negative price", raw.add_item(add(id, "sku-2", 1, snapshot("Tea", -450, "EUR"))).await, Code::InvalidArgument, "snapshot.unit_price_minor"),
-        ("1 MiB snapshot", raw.add_item(add(id, "sku-2", 1, huge)).await, Code::InvalidArgument, "snapshot"),
-        ("lower-case currency", raw.add_item(add(id, "sku-2", 1, snapshot("Tea", 450, "eur"))).await, Code::InvalidArgument, "snapshot.currency"),
-        ("unknown currency", raw.add_item(add(id, "sku-2", 1, snapshot("Tea", 450, "ABC"))).await, Code::InvalidArgument, "snapshot.currency"),
-        ("missing snapshot", raw.add_item(pb::AddItemRequest { snapshot: None, ..add(id, "sku-2", 1, snapshot("Tea", 450, "EUR")) }).await, Code::InvalidArgument, "snapshot"),
-        ("empty product id", raw.add_item(add(id, "", 1, snapshot("Tea", 450, "EUR"))).await, Code::InvalidArgument, "product_id"),
-        ("quantity over the limit", raw.add_item(add(id, "sku-1", 9_999, snapshot("Mug", 1299, "EUR"))).await, Code::ResourceExhausted, "quantity"),
+    let cases: Vec<(&str, Reply, Code, &str)> = vec![
+        (
+            "empty cart id",
+            raw.add_item(add("", "sku-2", 1, snapshot("Tea", 450, "EUR"))).await,
+            Code::InvalidArgument,
+            "cart_id",
+        ),
+        (
+            "bad cart id prefix",
+            raw.add_item(add("bob", "sku-2", 1, snapshot("Tea", 450, "EUR"))).await,
+            Code::InvalidArgument,
+            "cart_id",
+        ),
+        (
+            "quantity 0 on add",
+            raw.add_item(add(id, "sku-2", 0, snapshot("Tea", 450, "EUR"))).await,
+            Code::InvalidArgument,
+            "quantity",
+        ),
+        (
+            "negative price",
+            raw.add_item(add(id, "sku-2", 1, snapshot("Tea", -450, "EUR"))).await,
+            Code::InvalidArgument,
+            "snapshot.unit_price_minor",
+        ),
+        (
+            "1 MiB snapshot",
+            raw.add_item(add(id, "sku-2", 1, huge)).await,
+            Code::InvalidArgument,
+            "snapshot",
+        ),
+        (
+            "lower-case currency",
+            raw.add_item(add(id, "sku-2", 1, snapshot("Tea", 450, "eur"))).await,
+            Code::InvalidArgument,
+            "snapshot.currency",
+        ),
+        (
+            "unknown currency",
+            raw.add_item(add(id, "sku-2", 1, snapshot("Tea", 450, "ABC"))).await,
+            Code::InvalidArgument,
+            "snapshot.currency",
+        ),
+        (
+            "missing snapshot",
+            raw.add_item(pb::AddItemRequest {
+                snapshot: None,
+                ..add(id, "sku-2", 1, snapshot("Tea", 450, "EUR"))
+            })
+            .await,
+            Code::InvalidArgument,
+            "snapshot",
+        ),
+        (
+            "empty product id",
+            raw.add_item(add(id, "", 1, snapshot("Tea", 450, "EUR"))).await,
+            Code::InvalidArgument,
+            "product_id",
+        ),
+        (
+            "quantity over the limit",
+            raw.add_item(add(id, "sku-1", 9_999, snapshot("Mug", 1299, "EUR")))
+                .await,
+            Code::ResourceExhausted,
+            "quantity",
+        ),
         (
             "unknown product on remove",
-            raw.remove_item(pb::RemoveItemRequest { cart_id: id.into(), product_id: "nope".into(), consistency: None }).await,
+            raw.remove_item(pb::RemoveItemRequest {
+                cart_id: id.into(),
+                product_id: "nope".into(),
+                consistency: None,
+            })
+            .await,
             Code::NotFound,
             "product_id",
         ),
         (
             "negative set quantity",
-            raw.set_quantity(pb::SetQuantityRequest { cart_id: id.into(), product_id: "sku-1".into(), quantity: -1, consistency: None }).await,
+            raw.set_quantity(pb::SetQuantityRequest {
+                cart_id: id.into(),
+                product_id: "sku-1".into(),
+                quantity: -1,
+                consistency: None,
+            })
+            .await,
             Code::InvalidArgument,
             "quantity",
         ),
         (
             "save an unknown product",
-            raw.save_for_later(pb::SaveForLaterRequest { cart_id: id.into(), product_id: "nope".into(), consistency: None }).await,
+            raw.save_for_later(pb::SaveForLaterRequest {
+                cart_id: id.into(),
+                product_id: "nope".into(),
+                consistency: None,
+            })
+            .await,
             Code::NotFound,
             "product_id",
         ),
         (
             "move a product not saved",
-            raw.move_to_cart(pb::MoveToCartRequest { cart_id: id.into(), product_id: "sku-1".into(), consistency: None }).await,
+            raw.move_to_cart(pb::MoveToCartRequest {
+                cart_id: id.into(),
+                product_id: "sku-1".into(),
+                consistency: None,
+            })
+            .await,
             Code::NotFound,
             "product_id",
         ),
         (
             "remove a coupon not applied",
-            raw.remove_coupon(pb::RemoveCouponRequest { cart_id: id.into(), code: "NOPE".into(), consistency: None }).await,
+            raw.remove_coupon(pb::RemoveCouponRequest {
+                cart_id: id.into(),
+                code: "NOPE".into(),
+                consistency: None,
+            })
+            .await,
             Code::NotFound,
             "code",
         ),
         (
             "coupon with a space",
-            raw.apply_coupon(pb::ApplyCouponRequest { cart_id: id.into(), code: "TEN OFF".into(), consistency: None }).await,
+            raw.apply_coupon(pb::ApplyCouponRequest {
+                cart_id: id.into(),
+                code: "TEN OFF".into(),
+                consistency: None,
+            })
+            .await,
             Code::InvalidArgument,
             "code",
         ),
@@ -137,7 +261,11 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     for (what, result, code, field) in cases {
         let status = result.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {status:?}");
-        assert!(status.message().contains(field), "{what}: message {:?} should name {field}", status.message());
+        assert!(
+            status.message().contains(field),
+            "{what}: message {:?} should name {field}",
+            status.message()
+        );
         let after = raw.get_cart(get()).await.unwrap().into_inner();
         assert_eq!(after, before, "{what} changed the cart");
     }
@@ -176,11 +304,19 @@ async fn the_client_fails_over_to_a_live_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::start_node(dir.path());
     // A port nothing listens on: bind, note it, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let c = cart_client::CartClient::connect([dead.to_string(), node.addr.to_string()]).await.unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let c = cart_client::CartClient::connect([dead.to_string(), node.addr.to_string()])
+        .await
+        .unwrap();
     for i in 0..20 {
         let id = format!("user:failover-{i}");
-        let cart = c.add_item(&id, "sku-1", 1, mug()).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        let cart = c
+            .add_item(&id, "sku-1", 1, mug())
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(cart.lines[0].quantity, 1);
     }
     let only_dead = cart_client::CartClient::connect([dead.to_string()]).await.unwrap();

@@ -7,7 +7,9 @@ use clap::Parser;
 
 async fn cartctl(addr: std::net::SocketAddr, args: &[&str]) -> Result<String, cart_client::ClientError> {
     let endpoint = addr.to_string();
-    let argv = ["cartctl", "--endpoint", endpoint.as_str()].into_iter().chain(args.iter().copied());
+    let argv = ["cartctl", "--endpoint", endpoint.as_str()]
+        .into_iter()
+        .chain(args.iter().copied());
     run(Cli::try_parse_from(argv).unwrap()).await
 }
 
@@ -15,29 +17,60 @@ async fn cartctl(addr: std::net::SocketAddr, args: &[&str]) -> Result<String, ca
 async fn the_readme_tour_works() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::start_node(dir.path());
-    let added = cartctl(node.addr, &["cart", "add", "user:alice", "sku-1", "--qty", "2", "--name", "Mug", "--price", "1299", "--currency", "EUR"])
-        .await
-        .unwrap();
+    let added = cartctl(
+        node.addr,
+        &[
+            "cart",
+            "add",
+            "user:alice",
+            "sku-1",
+            "--qty",
+            "2",
+            "--name",
+            "Mug",
+            "--price",
+            "1299",
+            "--currency",
+            "EUR",
+        ],
+    )
+    .await
+    .unwrap();
     assert!(added.contains("25.98 EUR"), "{added}");
     let shown = cartctl(node.addr, &["cart", "get", "user:alice"]).await.unwrap();
     assert!(shown.contains("sku-1") && shown.contains("Mug"), "{shown}");
     assert!(shown.contains("subtotal: 25.98 EUR"), "{shown}");
 
-    let json = cartctl(node.addr, &["--json", "cart", "get", "user:alice"]).await.unwrap();
+    let json = cartctl(node.addr, &["--json", "cart", "get", "user:alice"])
+        .await
+        .unwrap();
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["lines"][0]["quantity"], 2);
     assert_eq!(value["subtotals"][0]["amount_minor"], 2598);
 
-    cartctl(node.addr, &["cart", "coupon", "add", "user:alice", "WELCOME"]).await.unwrap();
-    cartctl(node.addr, &["cart", "save", "user:alice", "sku-1"]).await.unwrap();
+    cartctl(node.addr, &["cart", "coupon", "add", "user:alice", "WELCOME"])
+        .await
+        .unwrap();
+    cartctl(node.addr, &["cart", "save", "user:alice", "sku-1"])
+        .await
+        .unwrap();
     let shown = cartctl(node.addr, &["cart", "get", "user:alice"]).await.unwrap();
-    assert!(shown.contains("coupons: WELCOME") && shown.contains("saved for later: 2 × Mug"), "{shown}");
-    let moved = cartctl(node.addr, &["cart", "move", "user:alice", "sku-1"]).await.unwrap();
+    assert!(
+        shown.contains("coupons: WELCOME") && shown.contains("saved for later: 2 × Mug"),
+        "{shown}"
+    );
+    let moved = cartctl(node.addr, &["cart", "move", "user:alice", "sku-1"])
+        .await
+        .unwrap();
     assert!(moved.contains("25.98 EUR"), "{moved}");
-    let set = cartctl(node.addr, &["cart", "set", "user:alice", "sku-1", "0"]).await.unwrap();
+    let set = cartctl(node.addr, &["cart", "set", "user:alice", "sku-1", "0"])
+        .await
+        .unwrap();
     assert!(set.contains("(no items)"), "{set}");
 
-    let err = cartctl(node.addr, &["cart", "remove", "user:alice", "nope"]).await.unwrap_err();
+    let err = cartctl(node.addr, &["cart", "remove", "user:alice", "nope"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
     assert!(err.to_string().contains("product_id"), "{err}");
 }

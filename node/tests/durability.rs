@@ -19,8 +19,14 @@ const KILL_AFTER_ACKS: usize = 1_500;
 async fn every_acknowledged_add_survives_kill_9_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = common::start_node(dir.path());
-    let options = ClientOptions { max_attempts: 1, request_timeout: Duration::from_secs(5), ..ClientOptions::default() };
-    let client = CartClient::connect_with([node.addr.to_string()], options).await.unwrap();
+    let options = ClientOptions {
+        max_attempts: 1,
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let client = CartClient::connect_with([node.addr.to_string()], options)
+        .await
+        .unwrap();
     let acked: Arc<Mutex<BTreeSet<(usize, usize)>>> = Arc::default();
     let acks = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -31,7 +37,10 @@ async fn every_acknowledged_add_survives_kill_9_under_load() {
         writers.push(tokio::spawn(async move {
             for i in 0..ADDS_PER_WRITER {
                 let snapshot = ItemSnapshot::new(format!("item {i}"), 100 + i as u64, "EUR");
-                match client.add_item(&format!("user:w{w}"), &format!("sku-{i}"), 1, snapshot).await {
+                match client
+                    .add_item(&format!("user:w{w}"), &format!("sku-{i}"), 1, snapshot)
+                    .await
+                {
                     Ok(_) => {
                         acked.lock().unwrap().insert((w, i));
                         acks.fetch_add(1, Ordering::SeqCst);
@@ -54,16 +63,32 @@ async fn every_acknowledged_add_survives_kill_9_under_load() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= KILL_AFTER_ACKS);
-    assert!(failures.load(Ordering::SeqCst) > 0, "the kill should land while writers are still adding");
-    assert!(acked.len() < WRITERS * ADDS_PER_WRITER, "the kill should land before the load ends");
+    assert!(
+        failures.load(Ordering::SeqCst) > 0,
+        "the kill should land while writers are still adding"
+    );
+    assert!(
+        acked.len() < WRITERS * ADDS_PER_WRITER,
+        "the kill should land before the load ends"
+    );
 
     let node = common::start_node(dir.path());
     let client = common::client(node.addr).await;
     let mut lost = Vec::new();
     for w in 0..WRITERS {
         let cart = client.get_cart(&format!("user:w{w}")).await.unwrap();
-        let present: BTreeSet<String> = cart.lines.iter().filter(|l| l.quantity == 1).map(|l| l.product_id.clone()).collect();
-        lost.extend(acked.iter().filter(|(aw, i)| *aw == w && !present.contains(&format!("sku-{i}"))).copied());
+        let present: BTreeSet<String> = cart
+            .lines
+            .iter()
+            .filter(|l| l.quantity == 1)
+            .map(|l| l.product_id.clone())
+            .collect();
+        lost.extend(
+            acked
+                .iter()
+                .filter(|(aw, i)| *aw == w && !present.contains(&format!("sku-{i}")))
+                .copied(),
+        );
     }
     println!("acknowledged adds: {}, lost after kill -9: {}", acked.len(), lost.len());
     assert!(lost.is_empty(), "acknowledged adds lost after kill -9: {lost:?}");
@@ -74,7 +99,10 @@ async fn sigterm_stops_cleanly_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = common::start_node(dir.path());
     let client = common::client(node.addr).await;
-    client.add_item("user:carol", "sku-1", 3, ItemSnapshot::new("Mug", 1299, "EUR")).await.unwrap();
+    client
+        .add_item("user:carol", "sku-1", 3, ItemSnapshot::new("Mug", 1299, "EUR"))
+        .await
+        .unwrap();
     let status = node.terminate(Duration::from_secs(15)).unwrap();
     assert!(status.success(), "cartd exited with {status}");
     let log = std::fs::read_to_string(node.spec.log_path()).unwrap();
@@ -89,9 +117,21 @@ async fn sigterm_stops_cleanly_and_keeps_the_data() {
 async fn a_bad_config_file_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "node_id = \"n1\"\nlisten_addr = \"127.0.0.1:0\"\ndata_dir = \"d\"\n[limits]\nmax_quantity = 0\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cartd")).arg("run").arg("--config").arg(&config).output().unwrap();
+    std::fs::write(
+        &config,
+        "node_id = \"n1\"\nlisten_addr = \"127.0.0.1:0\"\ndata_dir = \"d\"\n[limits]\nmax_quantity = 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cartd"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("max_quantity") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(
+        stderr.contains("max_quantity") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
 }

@@ -1,7 +1,10 @@
 //! Wire ⇄ domain conversions. Requests are validated here, once, against the node's limits.
 
 use cart_crdt::validate::{self, SnapshotInput};
-use cart_crdt::{CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, LineView, Money, OwnerKind, ProductId, SavedView};
+use cart_crdt::{
+    CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, LineView, Money, OwnerKind, ProductId,
+    SavedView,
+};
 
 use crate::pb;
 
@@ -15,13 +18,19 @@ pub struct Consistency {
 impl From<Option<pb::Consistency>> for Consistency {
     fn from(c: Option<pb::Consistency>) -> Self {
         let c = c.unwrap_or_default();
-        Consistency { r: (c.r > 0).then_some(c.r), w: (c.w > 0).then_some(c.w) }
+        Consistency {
+            r: (c.r > 0).then_some(c.r),
+            w: (c.w > 0).then_some(c.w),
+        }
     }
 }
 
 impl From<Consistency> for pb::Consistency {
     fn from(c: Consistency) -> Self {
-        pb::Consistency { r: c.r.unwrap_or(0), w: c.w.unwrap_or(0) }
+        pb::Consistency {
+            r: c.r.unwrap_or(0),
+            w: c.w.unwrap_or(0),
+        }
     }
 }
 
@@ -42,7 +51,10 @@ pub struct GetRequest {
 
 impl GetRequest {
     pub fn from_wire(req: pb::GetCartRequest, limits: &Limits) -> Result<Self, CartError> {
-        Ok(GetRequest { cart_id: CartId::parse(&req.cart_id, limits)?, consistency: req.consistency.into() })
+        Ok(GetRequest {
+            cart_id: CartId::parse(&req.cart_id, limits)?,
+            consistency: req.consistency.into(),
+        })
     }
 }
 
@@ -51,8 +63,17 @@ pub trait IntoDomain {
     fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError>;
 }
 
-fn request(cart_id: &str, op: CartOp, consistency: Option<pb::Consistency>, limits: &Limits) -> Result<CartRequest, CartError> {
-    Ok(CartRequest { cart_id: CartId::parse(cart_id, limits)?, op, consistency: consistency.into() })
+fn request(
+    cart_id: &str,
+    op: CartOp,
+    consistency: Option<pb::Consistency>,
+    limits: &Limits,
+) -> Result<CartRequest, CartError> {
+    Ok(CartRequest {
+        cart_id: CartId::parse(cart_id, limits)?,
+        op,
+        consistency: consistency.into(),
+    })
 }
 
 impl IntoDomain for pb::AddItemRequest {
@@ -64,7 +85,11 @@ impl IntoDomain for pb::AddItemRequest {
         let snapshot = snapshot_from_wire(self.snapshot, limits)?;
         Ok(CartRequest {
             cart_id,
-            op: CartOp::AddItem { product_id, quantity, snapshot },
+            op: CartOp::AddItem {
+                product_id,
+                quantity,
+                snapshot,
+            },
             consistency: self.consistency.into(),
         })
     }
@@ -75,7 +100,11 @@ impl IntoDomain for pb::SetQuantityRequest {
         let cart_id = CartId::parse(&self.cart_id, limits)?;
         let product_id = ProductId::parse(&self.product_id, limits)?;
         let quantity = validate::set_quantity(self.quantity, limits)?;
-        Ok(CartRequest { cart_id, op: CartOp::SetQuantity { product_id, quantity }, consistency: self.consistency.into() })
+        Ok(CartRequest {
+            cart_id,
+            op: CartOp::SetQuantity { product_id, quantity },
+            consistency: self.consistency.into(),
+        })
     }
 }
 
@@ -86,7 +115,11 @@ macro_rules! product_request {
             fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
                 let cart_id = CartId::parse(&self.cart_id, limits)?;
                 let product_id = ProductId::parse(&self.product_id, limits)?;
-                Ok(CartRequest { cart_id, op: CartOp::$variant { product_id }, consistency: self.consistency.into() })
+                Ok(CartRequest {
+                    cart_id,
+                    op: CartOp::$variant { product_id },
+                    consistency: self.consistency.into(),
+                })
             }
         }
     };
@@ -103,7 +136,11 @@ macro_rules! coupon_request {
             fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
                 let cart_id = CartId::parse(&self.cart_id, limits)?;
                 let code = CouponCode::parse(&self.code, limits)?;
-                Ok(CartRequest { cart_id, op: CartOp::$variant { code }, consistency: self.consistency.into() })
+                Ok(CartRequest {
+                    cart_id,
+                    op: CartOp::$variant { code },
+                    consistency: self.consistency.into(),
+                })
             }
         }
     };
@@ -120,7 +157,10 @@ impl IntoDomain for pb::ClearCartRequest {
 
 /// A snapshot is required on AddItem; its fields are checked by [`validate::snapshot`].
 pub fn snapshot_from_wire(snapshot: Option<pb::ItemSnapshot>, limits: &Limits) -> Result<ItemSnapshot, CartError> {
-    let s = snapshot.ok_or_else(|| CartError::InvalidArgument { field: "snapshot", reason: "is required".into() })?;
+    let s = snapshot.ok_or_else(|| CartError::InvalidArgument {
+        field: "snapshot",
+        reason: "is required".into(),
+    })?;
     validate::snapshot(
         SnapshotInput {
             name: s.name,
@@ -172,15 +212,30 @@ impl From<CartView> for pb::Cart {
             lines: v
                 .lines
                 .into_iter()
-                .map(|l| pb::Line { product_id: l.product_id, quantity: to_wire_quantity(l.quantity), snapshot: Some(l.snapshot.into()) })
+                .map(|l| pb::Line {
+                    product_id: l.product_id,
+                    quantity: to_wire_quantity(l.quantity),
+                    snapshot: Some(l.snapshot.into()),
+                })
                 .collect(),
             saved: v
                 .saved
                 .into_iter()
-                .map(|s| pb::SavedItem { product_id: s.product_id, quantity: to_wire_quantity(s.quantity), snapshot: Some(s.snapshot.into()) })
+                .map(|s| pb::SavedItem {
+                    product_id: s.product_id,
+                    quantity: to_wire_quantity(s.quantity),
+                    snapshot: Some(s.snapshot.into()),
+                })
                 .collect(),
             coupons: v.coupons,
-            subtotals: v.subtotals.into_iter().map(|m| pb::Money { currency: m.currency, amount_minor: m.amount_minor }).collect(),
+            subtotals: v
+                .subtotals
+                .into_iter()
+                .map(|m| pb::Money {
+                    currency: m.currency,
+                    amount_minor: m.amount_minor,
+                })
+                .collect(),
             touched_at_ms: v.touched_at_ms,
         }
     }
@@ -198,15 +253,30 @@ impl From<pb::Cart> for CartView {
             lines: c
                 .lines
                 .into_iter()
-                .map(|l| LineView { product_id: l.product_id, quantity: l.quantity.max(0) as u64, snapshot: snapshot_to_domain(l.snapshot) })
+                .map(|l| LineView {
+                    product_id: l.product_id,
+                    quantity: l.quantity.max(0) as u64,
+                    snapshot: snapshot_to_domain(l.snapshot),
+                })
                 .collect(),
             saved: c
                 .saved
                 .into_iter()
-                .map(|s| SavedView { product_id: s.product_id, quantity: s.quantity.max(0) as u64, snapshot: snapshot_to_domain(s.snapshot) })
+                .map(|s| SavedView {
+                    product_id: s.product_id,
+                    quantity: s.quantity.max(0) as u64,
+                    snapshot: snapshot_to_domain(s.snapshot),
+                })
                 .collect(),
             coupons: c.coupons,
-            subtotals: c.subtotals.into_iter().map(|m| Money { currency: m.currency, amount_minor: m.amount_minor }).collect(),
+            subtotals: c
+                .subtotals
+                .into_iter()
+                .map(|m| Money {
+                    currency: m.currency,
+                    amount_minor: m.amount_minor,
+                })
+                .collect(),
             touched_at_ms: c.touched_at_ms,
         }
     }

@@ -68,7 +68,9 @@ pub struct Ring {
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("members", &self.members).finish_non_exhaustive()
+        f.debug_struct("Ring")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,15 +84,24 @@ impl Ring {
         let mut seen = BTreeSet::new();
         for m in &members {
             if !seen.insert(m.node_id.as_str()) {
-                return Err(RingError::DuplicateNode { node_id: m.node_id.clone() });
+                return Err(RingError::DuplicateNode {
+                    node_id: m.node_id.clone(),
+                });
             }
             if m.weight == 0 || m.weight > MAX_WEIGHT {
-                return Err(RingError::BadWeight { node_id: m.node_id.clone(), weight: m.weight });
+                return Err(RingError::BadWeight {
+                    node_id: m.node_id.clone(),
+                    weight: m.weight,
+                });
             }
         }
-        let weighted: Vec<(NodeKey, usize)> =
-            members.iter().map(|m| (NodeKey(m.node_id.clone()), m.weight as usize * VNODES_PER_WEIGHT)).collect();
-        let inner = consistent_hash_ring::RingBuilder::default().weighted_nodes_iter(weighted.into_iter()).build();
+        let weighted: Vec<(NodeKey, usize)> = members
+            .iter()
+            .map(|m| (NodeKey(m.node_id.clone()), m.weight as usize * VNODES_PER_WEIGHT))
+            .collect();
+        let inner = consistent_hash_ring::RingBuilder::default()
+            .weighted_nodes_iter(weighted.into_iter())
+            .build();
         Ok(Ring { inner, members })
     }
 
@@ -100,13 +111,18 @@ impl Ring {
     }
 
     pub fn member(&self, node_id: &str) -> Option<&Member> {
-        self.members.binary_search_by(|m| m.node_id.as_str().cmp(node_id)).ok().map(|i| &self.members[i])
+        self.members
+            .binary_search_by(|m| m.node_id.as_str().cmp(node_id))
+            .ok()
+            .map(|i| &self.members[i])
     }
 
     /// Every node, distinct, in the order the ring offers them for `key`: the first N are the
     /// preference list, the rest are sloppy-quorum fallbacks in order.
     pub fn walk<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = &'a Member> + 'a {
-        self.inner.replicas(KeyBytes(key)).filter_map(move |node| self.member(&node.0))
+        self.inner
+            .replicas(KeyBytes(key))
+            .filter_map(move |node| self.member(&node.0))
     }
 
     /// The first `n` distinct nodes for `key` (fewer if the cluster is smaller).
@@ -134,7 +150,14 @@ pub fn membership_version(members: &[Member]) -> u64 {
     sorted.sort();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for m in sorted {
-        for part in [m.node_id.as_bytes(), b"\0", m.addr.as_bytes(), b"\0", &m.weight.to_be_bytes(), b"\n"] {
+        for part in [
+            m.node_id.as_bytes(),
+            b"\0",
+            m.addr.as_bytes(),
+            b"\0",
+            &m.weight.to_be_bytes(),
+            b"\n",
+        ] {
             for b in part {
                 h ^= u64::from(*b);
                 h = h.wrapping_mul(0x0100_0000_01b3);

@@ -5,19 +5,38 @@
 use cart_ring::{membership_version, Member, Ring};
 
 fn members(n: usize) -> Vec<Member> {
-    (1..=n).map(|i| Member { node_id: format!("n{i}"), addr: format!("127.0.0.1:{}", 7000 + i), weight: 1 }).collect()
+    (1..=n)
+        .map(|i| Member {
+            node_id: format!("n{i}"),
+            addr: format!("127.0.0.1:{}", 7000 + i),
+            weight: 1,
+        })
+        .collect()
 }
 
 fn ids(ring: &Ring, key: &str, n: usize) -> Vec<String> {
-    ring.preference_list(key.as_bytes(), n).into_iter().map(|m| m.node_id.clone()).collect()
+    ring.preference_list(key.as_bytes(), n)
+        .into_iter()
+        .map(|m| m.node_id.clone())
+        .collect()
 }
 
-const KEYS: [&str; 6] = ["user:alice", "user:bob", "guest:s-1", "guest:s-2", "user:42", "user:carol"];
+const KEYS: [&str; 6] = [
+    "user:alice",
+    "user:bob",
+    "guest:s-1",
+    "guest:s-2",
+    "user:42",
+    "user:carol",
+];
 
 #[test]
 fn preference_lists_are_pinned() {
     let ring = Ring::new(members(5)).unwrap();
-    let got: Vec<String> = KEYS.iter().map(|k| format!("{k}={}", ids(&ring, k, 3).join(","))).collect();
+    let got: Vec<String> = KEYS
+        .iter()
+        .map(|k| format!("{k}={}", ids(&ring, k, 3).join(",")))
+        .collect();
     let expected: Vec<&str> = GOLDEN_5.to_vec();
     assert_eq!(got, expected);
 }
@@ -43,7 +62,11 @@ fn lists_are_distinct_and_fallbacks_follow() {
         assert_eq!(sorted.len(), 5, "walk repeats a node: {walk:?}");
         assert_eq!(ids(&ring, k, 3), walk[..3]);
     }
-    assert_eq!(ring.preference_list(b"user:alice", 9).len(), 5, "n larger than the cluster gives every node");
+    assert_eq!(
+        ring.preference_list(b"user:alice", 9).len(),
+        5,
+        "n larger than the cluster gives every node"
+    );
 }
 
 #[test]
@@ -72,7 +95,10 @@ fn shares_are_balanced_and_a_fourth_node_takes_about_a_quarter() {
     let moved: Vec<&String> = keys.iter().filter(|k| ids(&three, k, 1) != ids(&four, k, 1)).collect();
     let fraction = moved.len() as f64 / keys.len() as f64;
     assert!((0.18..0.32).contains(&fraction), "{fraction} of first owners moved");
-    assert!(moved.iter().all(|k| ids(&four, k, 1) == ["n4"]), "keys moved between old nodes");
+    assert!(
+        moved.iter().all(|k| ids(&four, k, 1) == ["n4"]),
+        "keys moved between old nodes"
+    );
 }
 
 #[test]
