@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cart_proto::pb::cart_service_server::CartServiceServer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,7 +16,7 @@ use tonic::transport::Server;
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::service::CartApi;
+use crate::service::{CartApi, InFlight};
 use crate::storage::{Storage, StorageError};
 use crate::store::CartStore;
 
@@ -69,9 +70,14 @@ impl Node {
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limits = &self.config.limits;
-        let api = CartServiceServer::new(CartApi::new(self.store.clone(), self.config.node_id.clone()))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes);
+        let in_flight = Arc::new(InFlight::default());
+        let api = CartServiceServer::new(CartApi::new(
+            self.store.clone(),
+            self.config.node_id.clone(),
+            in_flight.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -84,16 +90,21 @@ impl Node {
             .add_service(api)
             .serve_with_incoming_shutdown(incoming, signal);
         let grace = self.config.shutdown_grace;
-        let grace_expired = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
+        let drained = async move {
+            if stopping_rx.await.is_err() {
+                return std::future::pending::<bool>().await;
             }
+            let deadline = tokio::time::Instant::now() + grace;
+            while in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            in_flight.count() == 0
         };
         tokio::select! {
             served = server => served?,
-            () = grace_expired => tracing::warn!(?grace, "in-flight requests still running after the grace period; stopping"),
+            all_done = drained => if !all_done {
+                tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");
+            },
         }
         self.store.flush().await?;
         tracing::info!("storage flushed; bye");

@@ -1,5 +1,6 @@
 //! The public `CartService`: decode and validate (in `cart-proto`), run on the store, answer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cart_proto::pb::cart_service_server::CartService;
@@ -14,14 +15,44 @@ use crate::store::CartStore;
 pub struct CartApi {
     store: Arc<CartStore>,
     node_id: String,
+    in_flight: Arc<InFlight>,
+}
+
+/// Counts requests being handled, so shutdown can wait for them rather than for idle connections
+/// (hyper's graceful shutdown can wait on an idle keepalive connection indefinitely).
+#[derive(Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl CartApi {
-    pub fn new(store: Arc<CartStore>, node_id: String) -> Self {
-        CartApi { store, node_id }
+    pub fn new(store: Arc<CartStore>, node_id: String, in_flight: Arc<InFlight>) -> Self {
+        CartApi {
+            store,
+            node_id,
+            in_flight,
+        }
     }
 
     async fn mutate<R: IntoDomain>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
+        let _in_flight = self.in_flight.enter();
         let req = request
             .into_inner()
             .into_domain(self.store.limits())
@@ -49,6 +80,7 @@ fn reply(view: cart_crdt::CartView) -> Response<CartReply> {
 #[tonic::async_trait]
 impl CartService for CartApi {
     async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
+        let _in_flight = self.in_flight.enter();
         let req = GetRequest::from_wire(request.into_inner(), self.store.limits()).map_err(NodeError::from)?;
         let span =
             tracing::info_span!("cart_request", cart_id = %req.cart_id, op = "get_cart", coordinator = %self.node_id);
