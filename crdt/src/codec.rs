@@ -95,3 +95,21 @@ where
 fn encode_error(e: bincode::error::EncodeError) -> CartError {
     CartError::Encode { reason: e.to_string() }
 }
+
+/// Encodes an operation for forwarding between nodes: `[FORMAT_V1] ++ bincode2(op)`.
+pub fn encode_op(op: &crate::CartOp) -> Result<Vec<u8>, CartError> {
+    let mut out = vec![FORMAT_V1];
+    bincode::serde::encode_into_std_write(op, &mut out, bincode_config()).map_err(encode_error)?;
+    Ok(out)
+}
+
+/// Decodes an operation written by [`encode_op`].
+pub fn decode_op(bytes: &[u8]) -> Result<crate::CartOp, CartError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, body)) => decode_exact(body),
+        Some((&version, _)) => Err(CartError::UnsupportedFormat { version }),
+        None => Err(CartError::Decode {
+            reason: "empty op".into(),
+        }),
+    }
+}

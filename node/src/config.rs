@@ -1,10 +1,16 @@
 //! Node configuration: parsed from TOML and validated once, then handed down as typed values.
+//!
+//! Two shapes of file:
+//! - one node: top-level `node_id`, `listen_addr`, `data_dir` (a cluster of one);
+//! - a whole cluster: `[[nodes]]` entries and a `[cluster]` table, the same file on every node;
+//!   `cartd run --config FILE --node ID` picks the node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cart_crdt::Limits;
+use cart_ring::Member;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -23,7 +29,8 @@ pub enum ConfigError {
 pub struct NodeConfig {
     /// Stable operator-facing name of the node (`n1`).
     pub node_id: String,
-    /// Where the public API listens; port 0 picks a free port (printed at start).
+    /// Where the node listens (public, admin and replica APIs); port 0 picks a free port, which
+    /// only a cluster of one may do.
     pub listen_addr: SocketAddr,
     /// Where sled keeps this node's data.
     pub data_dir: PathBuf,
@@ -32,48 +39,112 @@ pub struct NodeConfig {
     pub max_inflight_writes: usize,
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
-    /// HTTP/2 keepalive ping interval on every connection.
+    /// HTTP/2 keepalive ping interval on every connection, served and dialled.
     pub keepalive_interval: Duration,
+    pub cluster: ClusterConfig,
 }
 
-/// The file's shape; every key but the first three has a default.
+/// Replication settings, the same on every node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Every node, this one included.
+    pub members: Vec<Member>,
+    /// Shared secret peers present on internal calls (empty only for a cluster of one).
+    pub secret: String,
+    /// Replicas per cart (N), read quorum (R), write quorum (W).
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    /// Deadline of one call to a peer.
+    pub peer_timeout: Duration,
+    /// How long a coordinator waits for its quorum.
+    pub request_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// Consecutive failed heartbeats after which a peer is marked down.
+    pub down_after_failures: u32,
+    /// How often hints are offered to owners that are up.
+    pub hint_interval: Duration,
+    /// Hints this node holds at most; beyond, a hint is refused (and the write counts one ack less).
+    pub hints_max: usize,
+    pub anti_entropy_interval: Duration,
+    /// Carts repaired per anti-entropy round at most.
+    pub anti_entropy_keys_per_round: usize,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    node_id: String,
-    listen_addr: String,
-    data_dir: PathBuf,
+    node_id: Option<String>,
+    listen_addr: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+    #[serde(default)]
+    cluster: RawCluster,
     #[serde(default)]
     limits: Limits,
-    #[serde(default = "default_max_inflight_writes")]
+    #[serde(default = "defaults::max_inflight_writes")]
     max_inflight_writes: usize,
-    #[serde(default = "default_shutdown_grace_ms")]
+    #[serde(default = "defaults::shutdown_grace_ms")]
     shutdown_grace_ms: u64,
-    #[serde(default = "default_keepalive_interval_ms")]
+    #[serde(default = "defaults::keepalive_interval_ms")]
     keepalive_interval_ms: u64,
 }
 
-fn default_max_inflight_writes() -> usize {
-    4096
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    node_id: String,
+    listen_addr: String,
+    data_dir: PathBuf,
+    #[serde(default = "defaults::weight")]
+    weight: u32,
 }
-fn default_shutdown_grace_ms() -> u64 {
-    10_000
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    secret: Option<String>,
+    n: Option<usize>,
+    r: Option<usize>,
+    w: Option<usize>,
+    peer_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    down_after_failures: Option<u32>,
+    hint_interval_ms: Option<u64>,
+    hints_max: Option<usize>,
+    anti_entropy_interval_ms: Option<u64>,
+    anti_entropy_keys_per_round: Option<usize>,
 }
-fn default_keepalive_interval_ms() -> u64 {
-    10_000
+
+mod defaults {
+    pub fn max_inflight_writes() -> usize {
+        4096
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        10_000
+    }
+    pub fn keepalive_interval_ms() -> u64 {
+        10_000
+    }
+    pub fn weight() -> u32 {
+        1
+    }
 }
 
 impl NodeConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Loads `path`; `node` picks the node of a cluster file (optional when it lists one node).
+    pub fn load(path: &Path, node: Option<&str>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse(&text, path, node)
     }
 
     /// Parses and validates `text`; `origin` only names the file in errors.
-    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, origin: &Path, node: Option<&str>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string(),
@@ -82,27 +153,8 @@ impl NodeConfig {
             path: origin.to_owned(),
             message,
         };
-        if raw.node_id.is_empty()
-            || raw.node_id.len() > 64
-            || !raw
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(invalid(format!(
-                "node_id = {:?} must be 1-64 characters of letters, digits, '-' or '_'",
-                raw.node_id
-            )));
-        }
-        let listen_addr: SocketAddr = raw.listen_addr.parse().map_err(|e| {
-            invalid(format!(
-                "listen_addr = {:?} is not HOST:PORT with an IP host: {e}",
-                raw.listen_addr
-            ))
-        })?;
-        if raw.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir must not be empty".into()));
-        }
+        let nodes = nodes_of(&raw).map_err(invalid)?;
+        let me = pick_node(&nodes, node).map_err(invalid)?;
         raw.limits.check().map_err(invalid)?;
         if !(1..=1_000_000).contains(&raw.max_inflight_writes) {
             return Err(invalid(format!(
@@ -116,67 +168,228 @@ impl NodeConfig {
                 raw.keepalive_interval_ms
             )));
         }
+        let cluster = cluster_of(&raw.cluster, &nodes).map_err(invalid)?;
         Ok(NodeConfig {
-            node_id: raw.node_id,
-            listen_addr,
-            data_dir: raw.data_dir,
+            node_id: me.node_id.clone(),
+            listen_addr: me.addr,
+            data_dir: me.data_dir.clone(),
             limits: raw.limits,
             max_inflight_writes: raw.max_inflight_writes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             keepalive_interval: Duration::from_millis(raw.keepalive_interval_ms),
+            cluster,
         })
-    }
-
-    /// The TOML a launcher writes for a node: just the required keys, defaults for the rest.
-    pub fn minimal_toml(node_id: &str, listen_addr: SocketAddr, data_dir: &Path) -> String {
-        format!(
-            "node_id = {}\nlisten_addr = \"{listen_addr}\"\ndata_dir = {}\n",
-            toml_string(node_id),
-            toml_string(&data_dir.display().to_string())
-        )
     }
 }
 
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
+struct ParsedNode {
+    node_id: String,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    weight: u32,
+}
+
+fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
+    let single = [
+        &raw.node_id.is_some(),
+        &raw.listen_addr.is_some(),
+        &raw.data_dir.is_some(),
+    ];
+    let top_level: Vec<RawNode> = match (&raw.node_id, &raw.listen_addr, &raw.data_dir) {
+        (Some(node_id), Some(listen_addr), Some(data_dir)) => vec![RawNode {
+            node_id: node_id.clone(),
+            listen_addr: listen_addr.clone(),
+            data_dir: data_dir.clone(),
+            weight: 1,
+        }],
+        (None, None, None) => Vec::new(),
+        _ => {
+            return Err(format!(
+                "node_id, listen_addr and data_dir go together (found {} of 3)",
+                single.iter().filter(|b| ***b).count()
+            ))
+        }
+    };
+    let raw_nodes: Vec<&RawNode> = match (top_level.is_empty(), raw.nodes.is_empty()) {
+        (false, false) => {
+            return Err("use either top-level node_id/listen_addr/data_dir or [[nodes]], not both".into())
+        }
+        (true, true) => return Err("no node: add node_id, listen_addr and data_dir, or [[nodes]] entries".into()),
+        (false, true) => top_level.iter().collect(),
+        (true, false) => raw.nodes.iter().collect(),
+    };
+    let mut nodes = Vec::new();
+    for n in raw_nodes {
+        if n.node_id.is_empty()
+            || n.node_id.len() > 64
+            || !n
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "node_id = {:?} must be 1-64 characters of letters, digits, '-' or '_'",
+                n.node_id
+            ));
+        }
+        let addr: SocketAddr = n.listen_addr.parse().map_err(|e| {
+            format!(
+                "listen_addr = {:?} of node {} is not IP:PORT: {e}",
+                n.listen_addr, n.node_id
+            )
+        })?;
+        if n.data_dir.as_os_str().is_empty() {
+            return Err(format!("data_dir of node {} must not be empty", n.node_id));
+        }
+        nodes.push(ParsedNode {
+            node_id: n.node_id.clone(),
+            addr,
+            data_dir: n.data_dir.clone(),
+            weight: n.weight,
+        });
+    }
+    Ok(nodes)
+}
+
+fn pick_node<'a>(nodes: &'a [ParsedNode], wanted: Option<&str>) -> Result<&'a ParsedNode, String> {
+    match (wanted, nodes) {
+        (None, [only]) => Ok(only),
+        (None, _) => Err(format!("the file lists {} nodes; choose one with --node", nodes.len())),
+        (Some(id), _) => nodes.iter().find(|n| n.node_id == id).ok_or_else(|| {
+            let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+            format!("--node {id:?} is not in the file (nodes: {})", ids.join(", "))
+        }),
+    }
+}
+
+fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, String> {
+    let members: Vec<Member> = nodes
+        .iter()
+        .map(|n| Member {
+            node_id: n.node_id.clone(),
+            addr: n.addr.to_string(),
+            weight: n.weight,
+        })
+        .collect();
+    cart_ring::Ring::new(members.clone()).map_err(|e| e.to_string())?;
+    if members.len() > 1 && nodes.iter().any(|n| n.addr.port() == 0) {
+        return Err("listen_addr port 0 is only allowed for a cluster of one node".into());
+    }
+    let secret = raw.secret.clone().unwrap_or_default();
+    if members.len() > 1 && secret.len() < 8 {
+        return Err("[cluster] secret must be set (8 characters or more) when there are several nodes".into());
+    }
+    let n = raw.n.unwrap_or(members.len().min(3));
+    let majority = n / 2 + 1;
+    let (r, w) = (raw.r.unwrap_or(majority), raw.w.unwrap_or(majority));
+    if n == 0 || n > members.len() {
+        return Err(format!(
+            "[cluster] n = {n} must be between 1 and the number of nodes ({})",
+            members.len()
+        ));
+    }
+    for (name, q) in [("r", r), ("w", w)] {
+        if q == 0 || q > n {
+            return Err(format!("[cluster] {name} = {q} must be between 1 and n = {n}"));
+        }
+    }
+    let ms = |v: Option<u64>, default: u64, min: u64, name: &str| -> Result<Duration, String> {
+        let v = v.unwrap_or(default);
+        if v < min {
+            return Err(format!("[cluster] {name} = {v} must be at least {min}"));
+        }
+        Ok(Duration::from_millis(v))
+    };
+    let count = |v: Option<usize>, default: usize, name: &str| -> Result<usize, String> {
+        let v = v.unwrap_or(default);
+        if !(1..=10_000_000).contains(&v) {
+            return Err(format!("[cluster] {name} = {v} must be between 1 and 10000000"));
+        }
+        Ok(v)
+    };
+    Ok(ClusterConfig {
+        members,
+        secret,
+        n,
+        r,
+        w,
+        peer_timeout: ms(raw.peer_timeout_ms, 1_000, 10, "peer_timeout_ms")?,
+        request_timeout: ms(raw.request_timeout_ms, 2_000, 10, "request_timeout_ms")?,
+        heartbeat_interval: ms(raw.heartbeat_interval_ms, 500, 10, "heartbeat_interval_ms")?,
+        down_after_failures: raw.down_after_failures.unwrap_or(2).max(1),
+        hint_interval: ms(raw.hint_interval_ms, 500, 10, "hint_interval_ms")?,
+        hints_max: count(raw.hints_max, 1_000_000, "hints_max")?,
+        anti_entropy_interval: ms(raw.anti_entropy_interval_ms, 10_000, 10, "anti_entropy_interval_ms")?,
+        anti_entropy_keys_per_round: count(raw.anti_entropy_keys_per_round, 512, "anti_entropy_keys_per_round")?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
-        NodeConfig::parse(text, Path::new("test.toml"))
+    fn parse(text: &str, node: Option<&str>) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("test.toml"), node)
+    }
+
+    const SINGLE: &str = "node_id = \"n1\"\nlisten_addr = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
+
+    fn three() -> String {
+        let mut s = String::from("[cluster]\nsecret = \"0123456789\"\n");
+        for i in 1..=3 {
+            s += &format!("[[nodes]]\nnode_id = \"n{i}\"\nlisten_addr = \"127.0.0.1:700{i}\"\ndata_dir = \"d{i}\"\n");
+        }
+        s
     }
 
     #[test]
-    fn minimal_config_takes_defaults() {
-        let text = NodeConfig::minimal_toml("n1", "127.0.0.1:7001".parse().unwrap(), Path::new("/tmp/x y"));
-        let c = parse(&text).unwrap();
+    fn a_single_node_is_a_cluster_of_one() {
+        let c = parse(SINGLE, None).unwrap();
         assert_eq!(c.node_id, "n1");
-        assert_eq!(c.data_dir, PathBuf::from("/tmp/x y"));
+        assert_eq!((c.cluster.n, c.cluster.r, c.cluster.w), (1, 1, 1));
         assert_eq!(c.limits, Limits::DEFAULT);
-        assert_eq!(c.max_inflight_writes, 4096);
+        assert_eq!(c.cluster.members.len(), 1);
+    }
+
+    #[test]
+    fn a_cluster_file_defaults_to_n3_majorities() {
+        let c = parse(&three(), Some("n2")).unwrap();
+        assert_eq!(c.node_id, "n2");
+        assert_eq!(c.listen_addr, "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("d2"));
+        assert_eq!((c.cluster.n, c.cluster.r, c.cluster.w), (3, 2, 2));
     }
 
     #[test]
     fn bad_files_name_the_problem() {
-        let base = "node_id = \"n1\"\nlisten_addr = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
-        let cases = [
-            ("node_id = \"n1\"\n", "listen_addr"),
-            (&format!("{base}bogus = 1\n"), "bogus"),
-            (&base.replace("127.0.0.1:1", "localhost"), "listen_addr"),
-            (&base.replace("\"n1\"", "\"n 1\""), "node_id"),
+        let t = three();
+        let cases: Vec<(String, Option<&str>, &str)> = vec![
+            ("node_id = \"n1\"\n".into(), None, "go together"),
+            (format!("{SINGLE}bogus = 1\n"), None, "bogus"),
+            (SINGLE.replace("127.0.0.1:1", "localhost"), None, "listen_addr"),
+            (SINGLE.replace("\"n1\"", "\"n 1\""), None, "node_id"),
             (
-                &format!("{base}[limits]\nmax_lines_per_cart = 0\n"),
+                format!("{SINGLE}[limits]\nmax_lines_per_cart = 0\n"),
+                None,
                 "max_lines_per_cart",
             ),
-            (&format!("{base}[limits]\nmax_quantity = 99999999999\n"), "max_quantity"),
-            (&format!("{base}[limits]\nmax_lines = 3\n"), "max_lines"),
-            ("node_id = ", "TOML"),
+            (
+                format!("{SINGLE}[limits]\nmax_quantity = 99999999999\n"),
+                None,
+                "max_quantity",
+            ),
+            (format!("{SINGLE}[limits]\nmax_lines = 3\n"), None, "max_lines"),
+            ("node_id = ".into(), None, "TOML"),
+            (t.clone(), None, "--node"),
+            (t.clone(), Some("n9"), "n9"),
+            (t.replace("secret = \"0123456789\"", ""), Some("n1"), "secret"),
+            (t.replace("[cluster]\n", "[cluster]\nw = 4\n"), Some("n1"), "w = 4"),
+            (t.replace("[cluster]\n", "[cluster]\nn = 5\n"), Some("n1"), "n = 5"),
+            (t.replace("\"n3\"", "\"n1\""), Some("n1"), "more than once"),
+            (format!("{SINGLE}{t}"), Some("n1"), "not both"),
         ];
-        for (text, needle) in cases {
-            let err = parse(text).unwrap_err().to_string();
+        for (text, node, needle) in cases {
+            let err = parse(&text, node).unwrap_err().to_string();
             assert!(
                 err.contains(needle),
                 "error for {text:?} should mention {needle}: {err}"
@@ -190,14 +403,13 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("node-"))
-            {
-                NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let node = text.contains("[[nodes]]").then_some("n1");
+                NodeConfig::load(&path, node).unwrap_or_else(|e| panic!("{e}"));
                 seen += 1;
             }
         }
-        assert!(seen > 0, "no node-*.toml example found in {}", dir.display());
+        assert!(seen >= 4, "expected the example configs in {}", dir.display());
     }
 }

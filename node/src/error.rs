@@ -14,13 +14,35 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("node overloaded: {what} in flight (limit {limit}); retry later")]
     Overloaded { what: &'static str, limit: usize },
+    #[error("invalid {field}: {value} must be between 1 and n = {n}")]
+    BadQuorum { field: &'static str, value: u32, n: usize },
+    /// Fewer replicas than the quorum answered in time. The write may still have been applied
+    /// by those that did (and will spread): its outcome is unknown to the client.
+    #[error("only {acked} of the {required} replicas needed {verb} in time ({detail})")]
+    QuorumNotReached {
+        verb: &'static str,
+        acked: usize,
+        required: usize,
+        detail: String,
+    },
+    #[error("no replica of {cart_id} is reachable ({detail})")]
+    NoReplica { cart_id: String, detail: String },
+    /// A peer answered with this status (for a forwarded request): passed through as is.
+    #[error("{}", .0.message())]
+    Remote(Status),
+    #[error("peer sent a bad message: {reason}")]
+    BadPeerMessage { reason: String },
+    #[error("configuration: {reason}")]
+    Config { reason: String },
 }
 
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         let message = e.to_string();
         match e {
-            NodeError::Cart(CartError::InvalidArgument { .. }) => Status::invalid_argument(message),
+            NodeError::Cart(CartError::InvalidArgument { .. }) | NodeError::BadQuorum { .. } => {
+                Status::invalid_argument(message)
+            }
             NodeError::Cart(CartError::LimitExceeded { .. }) | NodeError::Overloaded { .. } => {
                 Status::resource_exhausted(message)
             }
@@ -28,7 +50,10 @@ impl From<NodeError> for Status {
             NodeError::Cart(
                 CartError::Decode { .. } | CartError::Encode { .. } | CartError::UnsupportedFormat { .. },
             ) => Status::data_loss(message),
-            NodeError::Storage(_) => Status::internal(message),
+            NodeError::QuorumNotReached { .. } | NodeError::NoReplica { .. } => Status::unavailable(message),
+            NodeError::Remote(status) => status,
+            NodeError::BadPeerMessage { .. } => Status::invalid_argument(message),
+            NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Starting and stopping real `cartd` processes: used by `cartd dev` and by integration tests.
+//! Starting and stopping real `cartd` processes: used by `cartd dev`, integration tests, the
+//! partition harness and benchmarks.
 //!
-//! Each node gets its own folder holding `cartd.toml`, `cartd.log` (stdout and stderr) and the
-//! sled data. A node is ready when its log shows the `listening on` line, which also gives the
-//! bound address (so port 0 works).
+//! A [`ClusterSpec`] is written as one cluster file (`DIR/cluster.toml`); each node has a folder
+//! `DIR/<node_id>/` with its log (`cartd.log`) and data (`data/`). A node is ready when its log
+//! shows the `listening on` line.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use thiserror::Error;
-
-use crate::config::NodeConfig;
 
 /// The line a node prints once its listener is bound; the address follows it.
 pub const READY_MARKER: &str = "listening on ";
@@ -46,89 +46,143 @@ pub enum LaunchError {
     },
     #[error("signal to node {node_id}: {source}")]
     Signal { node_id: String, source: nix::Error },
+    #[error("no node {node_id} in this cluster")]
+    NoSuchNode { node_id: String },
 }
 
-/// What a node needs to start: its name, where it listens, where it keeps data.
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LaunchError + 'a {
+    move |source| LaunchError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A local cluster to write as one config file.
 #[derive(Debug, Clone)]
-pub struct NodeSpec {
-    pub node_id: String,
-    pub listen_addr: SocketAddr,
+pub struct ClusterSpec {
     pub dir: PathBuf,
+    /// `(node_id, address)` of every node.
+    pub nodes: Vec<(String, SocketAddr)>,
+    pub secret: String,
+    /// Extra lines for the `[cluster]` table (`n = 3`, `anti_entropy_interval_ms = 500`, …).
+    pub cluster_toml: String,
+    /// Extra top-level lines (limits, tuning), written before any table.
+    pub top_toml: String,
 }
 
-impl NodeSpec {
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.join("cartd.toml")
-    }
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("cartd.log")
-    }
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+impl ClusterSpec {
+    /// `count` nodes `n1…` on consecutive ports from `base_port` (0: free ports picked now).
+    pub fn loopback(dir: &Path, count: usize, base_port: u16) -> Result<Self, LaunchError> {
+        let mut nodes = Vec::new();
+        for i in 1..=count {
+            let port = if base_port == 0 {
+                free_port()?
+            } else {
+                base_port + (i as u16 - 1)
+            };
+            nodes.push((format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        Ok(ClusterSpec {
+            dir: dir.to_owned(),
+            nodes,
+            secret: "local-cluster-secret".into(),
+            cluster_toml: String::new(),
+            top_toml: String::new(),
+        })
     }
 
-    /// Writes `cartd.toml` for this node (overwriting it).
-    pub fn write_config(&self) -> Result<PathBuf, LaunchError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| LaunchError::Io {
-            what: "create",
-            path: self.dir.clone(),
-            source,
-        })?;
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("cluster.toml")
+    }
+
+    pub fn node_dir(&self, node_id: &str) -> PathBuf {
+        self.dir.join(node_id)
+    }
+
+    /// The cluster file's text.
+    pub fn to_toml(&self) -> String {
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let mut out = self.top_toml.clone();
+        let _ = write!(
+            out,
+            "\n[cluster]\nsecret = {}\n{}\n",
+            quote(&self.secret),
+            self.cluster_toml
+        );
+        for (id, addr) in &self.nodes {
+            let data = self.node_dir(id).join("data");
+            let _ = write!(
+                out,
+                "\n[[nodes]]\nnode_id = {}\nlisten_addr = \"{addr}\"\ndata_dir = {}\n",
+                quote(id),
+                quote(&data.display().to_string())
+            );
+        }
+        out
+    }
+
+    pub fn write(&self) -> Result<PathBuf, LaunchError> {
+        std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
         let path = self.config_path();
-        let text = NodeConfig::minimal_toml(&self.node_id, self.listen_addr, &self.data_dir());
-        std::fs::write(&path, text).map_err(|source| LaunchError::Io {
-            what: "write",
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::write(&path, self.to_toml()).map_err(io("write", &path))?;
         Ok(path)
     }
 }
 
+/// A port nothing listens on right now (bound, noted, closed).
+pub fn free_port() -> Result<u16, LaunchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind", Path::new("127.0.0.1:0")))?;
+    let port = l.local_addr().map_err(io("bind", Path::new("127.0.0.1:0")))?.port();
+    Ok(port)
+}
+
 /// A running `cartd run` child process. Dropping it kills the process.
 pub struct NodeProcess {
-    pub spec: NodeSpec,
+    pub node_id: String,
     /// The address the node actually bound.
     pub addr: SocketAddr,
+    pub dir: PathBuf,
     child: Child,
 }
 
 impl NodeProcess {
-    /// Writes the node's config and starts `cartd_bin run --config …`, waiting until it is ready.
-    pub fn start(cartd_bin: &Path, spec: NodeSpec) -> Result<Self, LaunchError> {
-        let config = spec.write_config()?;
-        let log_path = spec.log_path();
-        let log = File::create(&log_path).map_err(|source| LaunchError::Io {
-            what: "create",
-            path: log_path.clone(),
-            source,
-        })?;
-        let log_err = log.try_clone().map_err(|source| LaunchError::Io {
-            what: "clone",
-            path: log_path.clone(),
-            source,
-        })?;
+    /// Starts `cartd_bin run --config CONFIG --node ID` with its log in `dir`, waiting until ready.
+    pub fn start(cartd_bin: &Path, config: &Path, node_id: &str, dir: &Path) -> Result<Self, LaunchError> {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let log_path = dir.join("cartd.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io("open", &log_path))?;
+        let start_len = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let log_err = log.try_clone().map_err(io("clone", &log_path))?;
         let mut child = Command::new(cartd_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
+            .args(["run", "--node", node_id, "--config"])
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| LaunchError::Io {
-                what: "spawn",
-                path: cartd_bin.to_owned(),
-                source,
-            })?;
-        match wait_ready(&spec, &mut child) {
-            Ok(addr) => Ok(NodeProcess { spec, addr, child }),
+            .map_err(io("spawn", cartd_bin))?;
+        match wait_ready(node_id, &log_path, start_len, &mut child) {
+            Ok(addr) => Ok(NodeProcess {
+                node_id: node_id.to_owned(),
+                addr,
+                dir: dir.to_owned(),
+                child,
+            }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(e)
             }
         }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("cartd.log")
     }
 
     pub fn pid(&self) -> u32 {
@@ -138,11 +192,7 @@ impl NodeProcess {
     /// `kill -9`: no shutdown path runs.
     pub fn kill9(&mut self) -> Result<ExitStatus, LaunchError> {
         self.signal(Signal::SIGKILL)?;
-        self.child.wait().map_err(|source| LaunchError::Io {
-            what: "wait",
-            path: self.spec.dir.clone(),
-            source,
-        })
+        self.child.wait().map_err(io("wait", &self.dir))
     }
 
     /// SIGTERM, then wait up to `timeout` for a clean exit (SIGKILL after that).
@@ -162,19 +212,16 @@ impl NodeProcess {
 
     /// The exit status if the process has exited.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, LaunchError> {
-        self.child.try_wait().map_err(|source| LaunchError::Io {
-            what: "wait",
-            path: self.spec.dir.clone(),
-            source,
-        })
+        self.child.try_wait().map_err(io("wait", &self.dir))
     }
 
-    fn signal(&mut self, signal: Signal) -> Result<(), LaunchError> {
+    /// Sends a signal (SIGSTOP/SIGCONT for pauses, …) unless the process has exited.
+    pub fn signal(&mut self, signal: Signal) -> Result<(), LaunchError> {
         if self.child.try_wait().ok().flatten().is_some() {
             return Ok(());
         }
         kill(Pid::from_raw(self.child.id() as i32), signal).map_err(|source| LaunchError::Signal {
-            node_id: self.spec.node_id.clone(),
+            node_id: self.node_id.clone(),
             source,
         })
     }
@@ -189,27 +236,116 @@ impl Drop for NodeProcess {
     }
 }
 
-fn wait_ready(spec: &NodeSpec, child: &mut Child) -> Result<SocketAddr, LaunchError> {
-    let log = spec.log_path();
+/// Every node of a [`ClusterSpec`] as a process; stopped nodes are `None`.
+pub struct LocalCluster {
+    pub spec: ClusterSpec,
+    bin: PathBuf,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl LocalCluster {
+    /// Writes the cluster file and starts every node.
+    pub fn start(cartd_bin: &Path, spec: ClusterSpec) -> Result<Self, LaunchError> {
+        spec.write()?;
+        let mut cluster = LocalCluster {
+            bin: cartd_bin.to_owned(),
+            nodes: spec.nodes.iter().map(|_| None).collect(),
+            spec,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.restart(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts node `i` (again).
+    pub fn restart(&mut self, i: usize) -> Result<&NodeProcess, LaunchError> {
+        let (id, _) = self
+            .spec
+            .nodes
+            .get(i)
+            .ok_or_else(|| LaunchError::NoSuchNode {
+                node_id: format!("#{i}"),
+            })?
+            .clone();
+        let node = NodeProcess::start(&self.bin, &self.spec.config_path(), &id, &self.spec.node_dir(&id))?;
+        self.nodes[i] = Some(node);
+        Ok(self.nodes[i].as_ref().expect("just set"))
+    }
+
+    /// The running node `i`, if it is running.
+    pub fn node(&mut self, i: usize) -> Option<&mut NodeProcess> {
+        self.nodes.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Addresses of every node, running or not, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.spec.nodes.iter().map(|(_, a)| a.to_string()).collect()
+    }
+
+    pub fn kill9(&mut self, i: usize) -> Result<ExitStatus, LaunchError> {
+        let mut node = self.take(i)?;
+        node.kill9()
+    }
+
+    pub fn terminate(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, LaunchError> {
+        let mut node = self.take(i)?;
+        node.terminate(timeout)
+    }
+
+    /// Stops every running node with SIGTERM; returns `(node_id, status)` of each.
+    pub fn terminate_all(&mut self, timeout: Duration) -> Result<Vec<(String, ExitStatus)>, LaunchError> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_some() {
+                let id = self.spec.nodes[i].0.clone();
+                out.push((id, self.terminate(i, timeout)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first running node that has exited on its own, with its status.
+    pub fn exited(&mut self) -> Result<Option<(String, ExitStatus)>, LaunchError> {
+        for node in self.nodes.iter_mut().flatten() {
+            if let Some(status) = node.try_wait()? {
+                return Ok(Some((node.node_id.clone(), status)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn take(&mut self, i: usize) -> Result<NodeProcess, LaunchError> {
+        self.nodes
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| LaunchError::NoSuchNode {
+                node_id: format!("#{i} (not running)"),
+            })
+    }
+}
+
+fn wait_ready(node_id: &str, log: &Path, from: u64, child: &mut Child) -> Result<SocketAddr, LaunchError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read(log).unwrap_or_default();
+        let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default()).into_owned();
         if let Some(addr) = parse_ready(&text) {
             return Ok(addr);
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(LaunchError::Exited {
-                node_id: spec.node_id.clone(),
+                node_id: node_id.into(),
                 status,
-                log,
+                log: log.into(),
                 tail: tail(&text),
             });
         }
         if Instant::now() >= deadline {
             return Err(LaunchError::NotReady {
-                node_id: spec.node_id.clone(),
+                node_id: node_id.into(),
                 timeout: READY_TIMEOUT,
-                log,
+                log: log.into(),
                 tail: tail(&text),
             });
         }
@@ -239,5 +375,18 @@ mod tests {
         let log = "starting\ncartd n1 listening on 127.0.0.1:40123 (actor 00ff)\n";
         assert_eq!(parse_ready(log), Some("127.0.0.1:40123".parse().unwrap()));
         assert_eq!(parse_ready("starting\n"), None);
+    }
+
+    #[test]
+    fn a_cluster_spec_writes_a_valid_cluster_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = ClusterSpec::loopback(dir.path(), 3, 17001).unwrap();
+        spec.cluster_toml = "anti_entropy_interval_ms = 200".into();
+        let path = spec.write().unwrap();
+        let config = crate::NodeConfig::load(&path, Some("n3")).unwrap();
+        assert_eq!(config.listen_addr, "127.0.0.1:17003".parse().unwrap());
+        assert_eq!(config.cluster.members.len(), 3);
+        assert_eq!(config.cluster.anti_entropy_interval, Duration::from_millis(200));
+        assert_eq!(config.data_dir, dir.path().join("n3").join("data"));
     }
 }

@@ -12,11 +12,17 @@
 //!
 //! It never panics on a request and never holds a cart lock across anything but its own write.
 
+pub mod admin;
+pub mod anti_entropy;
 pub mod clock;
+pub mod cluster;
 pub mod commit;
 pub mod config;
+pub mod coordinator;
 pub mod error;
+pub mod handoff;
 pub mod launcher;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod storage;

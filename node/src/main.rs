@@ -1,14 +1,13 @@
 //! `cartd`: run one cartdb node (`cartd run --config FILE`) or a local dev cluster (`cartd dev`).
 
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cart_node::clock::SystemClock;
-use cart_node::launcher::{NodeProcess, NodeSpec, READY_MARKER};
+use cart_node::launcher::{ClusterSpec, LocalCluster, READY_MARKER};
 use cart_node::storage::SledStorage;
 use cart_node::{Node, NodeConfig};
 use clap::{Parser, Subcommand};
@@ -25,15 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one node from a TOML config file.
+    /// Run one node from a TOML config file (a node file, or a cluster file with --node).
     Run {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Which node of a cluster file this is.
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
     },
     /// Start a local cluster of separate `cartd` processes on 127.0.0.1 and stop it on Ctrl-C.
     Dev {
         /// How many nodes to start.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
         nodes: u16,
         /// Port of the first node; the others take the next ports.
         #[arg(long, default_value_t = 7001)]
@@ -56,7 +58,7 @@ fn main() -> Result<()> {
         .build()
         .context("start tokio runtime")?;
     match cli.command {
-        Cmd::Run { config } => runtime.block_on(run(&config)),
+        Cmd::Run { config, node } => runtime.block_on(run(&config, node.as_deref())),
         Cmd::Dev {
             nodes,
             base_port,
@@ -65,8 +67,8 @@ fn main() -> Result<()> {
     }
 }
 
-async fn run(config_path: &Path) -> Result<()> {
-    let config = NodeConfig::load(config_path)?;
+async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
+    let mut config = NodeConfig::load(config_path, node)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
     let storage = SledStorage::open(&config.data_dir)?;
@@ -74,6 +76,12 @@ async fn run(config_path: &Path) -> Result<()> {
         .await
         .with_context(|| format!("bind {}", config.listen_addr))?;
     let addr = listener.local_addr().context("read bound address")?;
+    if config.listen_addr.port() == 0 {
+        // Only a cluster of one may ask for port 0: advertise the port actually bound.
+        for m in config.cluster.members.iter_mut() {
+            m.addr = addr.to_string();
+        }
+    }
     let node_id = config.node_id.clone();
     let node = Node::open(config, Arc::new(storage), Arc::new(SystemClock), rand::random())?;
     // The launcher and tests read this line to learn the bound port.
@@ -109,44 +117,32 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolve {}", data_dir.display()))?;
-    let mut running: Vec<NodeProcess> = Vec::new();
-    for i in 1..=nodes {
-        let port = base_port
-            .checked_add(i - 1)
-            .context("--base-port too high for that many nodes")?;
-        let spec = NodeSpec {
-            node_id: format!("n{i}"),
-            listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            dir: data_dir.join(format!("n{i}")),
-        };
-        let node = tokio::task::spawn_blocking({
-            let bin = bin.clone();
-            move || NodeProcess::start(&bin, spec)
-        })
-        .await??;
-        println!(
-            "node {} at {} (log {})",
-            node.spec.node_id,
-            node.addr,
-            node.spec.log_path().display()
-        );
-        running.push(node);
+    if base_port.checked_add(nodes - 1).is_none() {
+        bail!("--base-port {base_port} is too high for {nodes} nodes");
     }
-    let endpoints: Vec<String> = running.iter().map(|n| n.addr.to_string()).collect();
+    let spec = ClusterSpec::loopback(&data_dir, nodes as usize, base_port)?;
+    let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&bin, spec)).await??;
+    for (id, addr) in &cluster.spec.nodes {
+        println!(
+            "node {id} at {addr} (log {})",
+            cluster.spec.node_dir(id).join("cartd.log").display()
+        );
+    }
+    let endpoints = cluster.endpoints();
+    println!("cluster file {}", cluster.spec.config_path().display());
     println!("cartdb dev cluster up: {}", endpoints.join(","));
     println!(
-        "try: cartctl --endpoint {} cart get user:alice    (Ctrl-C stops every node)",
+        "try: cartctl --endpoint {} status    (Ctrl-C stops every node)",
         endpoints[0]
     );
 
     let outcome = tokio::select! {
         () = shutdown_signal() => Ok(()),
-        failed = watch_children(&mut running) => failed,
+        failed = watch_nodes(&mut cluster) => failed,
     };
     let mut clean = true;
-    for node in running.iter_mut() {
-        let status = node.terminate(Duration::from_secs(15))?;
-        println!("node {} stopped ({status})", node.spec.node_id);
+    for (id, status) in cluster.terminate_all(Duration::from_secs(15))? {
+        println!("node {id} stopped ({status})");
         clean &= status.success();
     }
     outcome?;
@@ -157,16 +153,10 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
 }
 
 /// Returns an error as soon as any node exits on its own.
-async fn watch_children(nodes: &mut [NodeProcess]) -> Result<()> {
+async fn watch_nodes(cluster: &mut LocalCluster) -> Result<()> {
     loop {
-        for node in nodes.iter_mut() {
-            if let Some(status) = node.try_wait()? {
-                bail!(
-                    "node {} exited unexpectedly ({status}); log {}",
-                    node.spec.node_id,
-                    node.spec.log_path().display()
-                );
-            }
+        if let Some((id, status)) = cluster.exited()? {
+            bail!("node {id} exited unexpectedly ({status}); see its log");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

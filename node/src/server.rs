@@ -7,22 +7,29 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cart_proto::admin_pb::admin_service_server::AdminServiceServer;
 use cart_proto::pb::cart_service_server::CartServiceServer;
+use cart_proto::replica_pb::replica_service_server::ReplicaServiceServer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::transport::Server;
 
+use crate::admin::AdminApi;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::coordinator::Coordinator;
 use crate::error::NodeError;
+use crate::replica::{check_secret, ReplicaApi};
 use crate::service::{CartApi, InFlight};
 use crate::storage::{Storage, StorageError};
 use crate::store::CartStore;
+use crate::{anti_entropy, handoff};
 
 pub struct Node {
     config: NodeConfig,
-    store: Arc<CartStore>,
+    coordinator: Arc<Coordinator>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +54,20 @@ impl Node {
             config.max_inflight_writes,
             fresh_actor,
         )?;
+        let cluster = Arc::new(Cluster::new(&config)?);
         Ok(Node {
+            coordinator: Coordinator::new(Arc::new(store), cluster),
             config,
-            store: Arc::new(store),
         })
     }
 
     pub fn store(&self) -> &Arc<CartStore> {
-        &self.store
+        &self.coordinator.store
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-    /// (up to `shutdown_grace`), and flushes storage.
+    /// Serves the public, replica and admin APIs until `shutdown` resolves, running the failure
+    /// detector, hinted handoff and anti-entropy in the background. Then it stops accepting, lets
+    /// in-flight requests finish (up to `shutdown_grace`), stops the background tasks and flushes.
     pub async fn serve<I, IO, IE>(
         self,
         incoming: I,
@@ -71,13 +80,22 @@ impl Node {
     {
         let limits = &self.config.limits;
         let in_flight = Arc::new(InFlight::default());
-        let api = CartServiceServer::new(CartApi::new(
-            self.store.clone(),
-            self.config.node_id.clone(),
-            in_flight.clone(),
-        ))
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes);
+        let api = CartServiceServer::new(CartApi::new(self.coordinator.clone(), in_flight.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes);
+        let replica = ReplicaServiceServer::with_interceptor(
+            ReplicaApi::new(self.coordinator.clone()),
+            check_secret(self.config.cluster.secret.clone()),
+        );
+        let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let background = [
+            tokio::spawn(self.coordinator.cluster.clone().run_failure_detector(stop_rx.clone())),
+            tokio::spawn(handoff::run(self.coordinator.clone(), stop_rx.clone())),
+            tokio::spawn(anti_entropy::run(self.coordinator.clone(), stop_rx)),
+        ];
+
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -88,6 +106,8 @@ impl Node {
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_interval))
             .add_service(api)
+            .add_service(replica)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, signal);
         let grace = self.config.shutdown_grace;
         let drained = async move {
@@ -106,7 +126,11 @@ impl Node {
                 tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");
             },
         }
-        self.store.flush().await?;
+        let _ = stop_tx.send(true);
+        for task in background {
+            let _ = task.await;
+        }
+        self.coordinator.store.flush().await?;
         tracing::info!("storage flushed; bye");
         Ok(())
     }

@@ -1,21 +1,23 @@
-//! The public `CartService`: decode and validate (in `cart-proto`), run on the store, answer.
+//! The public `CartService`: decode and validate (in `cart-proto`), coordinate, answer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use cart_crdt::{Cart, CartId, Limits};
 use cart_proto::pb::cart_service_server::CartService;
 use cart_proto::pb::{self, CartReply};
-use cart_proto::{GetRequest, IntoDomain};
+use cart_proto::{GetRequest, IntoDomain, MEMBERSHIP_HEADER};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::coordinator::Coordinator;
 use crate::error::NodeError;
-use crate::store::CartStore;
 
 pub struct CartApi {
-    store: Arc<CartStore>,
-    node_id: String,
+    coordinator: Arc<Coordinator>,
     in_flight: Arc<InFlight>,
+    membership: MetadataValue<Ascii>,
 }
 
 /// Counts requests being handled, so shutdown can wait for them rather than for idle connections
@@ -43,52 +45,64 @@ impl Drop for InFlightGuard {
 }
 
 impl CartApi {
-    pub fn new(store: Arc<CartStore>, node_id: String, in_flight: Arc<InFlight>) -> Self {
+    pub fn new(coordinator: Arc<Coordinator>, in_flight: Arc<InFlight>) -> Self {
+        let membership = MetadataValue::try_from(format!("{:016x}", coordinator.cluster.version))
+            .unwrap_or_else(|_| MetadataValue::from_static("0"));
         CartApi {
-            store,
-            node_id,
+            coordinator,
             in_flight,
+            membership,
         }
+    }
+
+    fn limits(&self) -> &Limits {
+        self.coordinator.store.limits()
+    }
+
+    /// The reply, tagged with this node's membership version so clients notice changes.
+    fn reply(&self, cart: Cart, id: &CartId) -> Response<CartReply> {
+        let mut response = Response::new(CartReply {
+            cart: Some(pb::Cart::from(cart.view(id))),
+        });
+        response
+            .metadata_mut()
+            .insert(MEMBERSHIP_HEADER, self.membership.clone());
+        response
+    }
+
+    fn span(&self, id: &CartId, op: &'static str) -> tracing::Span {
+        tracing::info_span!("cart_request", cart_id = %id, op, coordinator = %self.coordinator.cluster.self_id)
     }
 
     async fn mutate<R: IntoDomain>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
         let _in_flight = self.in_flight.enter();
         let req = request
             .into_inner()
-            .into_domain(self.store.limits())
+            .into_domain(self.limits())
             .map_err(NodeError::from)?;
-        let span = tracing::info_span!("cart_request", cart_id = %req.cart_id, op = req.op.name(), coordinator = %self.node_id);
         async {
             let cart = self
-                .store
-                .write(&req.cart_id, &req.op)
+                .coordinator
+                .write(&req)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
-            Ok(reply(cart.view(&req.cart_id)))
+            Ok(self.reply(cart, &req.cart_id))
         }
-        .instrument(span)
+        .instrument(self.span(&req.cart_id, req.op.name()))
         .await
     }
-}
-
-fn reply(view: cart_crdt::CartView) -> Response<CartReply> {
-    Response::new(CartReply {
-        cart: Some(pb::Cart::from(view)),
-    })
 }
 
 #[tonic::async_trait]
 impl CartService for CartApi {
     async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
         let _in_flight = self.in_flight.enter();
-        let req = GetRequest::from_wire(request.into_inner(), self.store.limits()).map_err(NodeError::from)?;
-        let span =
-            tracing::info_span!("cart_request", cart_id = %req.cart_id, op = "get_cart", coordinator = %self.node_id);
+        let req = GetRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
         async {
-            let cart = self.store.read(&req.cart_id).await?;
-            Ok(reply(cart.view(&req.cart_id)))
+            let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
+            Ok(self.reply(cart, &req.cart_id))
         }
-        .instrument(span)
+        .instrument(self.span(&req.cart_id, "get_cart"))
         .await
     }
 

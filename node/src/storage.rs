@@ -17,6 +17,9 @@ use thiserror::Error;
 /// A boxed flush future (the trait stays object-safe).
 pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>;
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The separate keyspaces a node keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tree {
@@ -24,6 +27,8 @@ pub enum Tree {
     Carts,
     /// Node-local facts (the actor id).
     Meta,
+    /// `owner \0 cart id` → encoded cart held for a down owner (hinted handoff).
+    Hints,
 }
 
 impl Tree {
@@ -31,6 +36,7 @@ impl Tree {
         match self {
             Tree::Carts => "carts",
             Tree::Meta => "meta",
+            Tree::Hints => "hints",
         }
     }
 }
@@ -54,6 +60,16 @@ impl StorageError {
 pub trait Storage: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
+    /// Deletes `key` only if it still holds `expected`; returns whether it did.
+    fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError>;
+    /// Up to `limit` entries with keys starting with `prefix` and greater than `after`, in key order.
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError>;
     /// Makes every completed `put` durable. Callers share flushes through [`crate::commit`].
     fn flush(&self) -> FlushFuture<'_>;
 }
@@ -63,6 +79,7 @@ pub struct SledStorage {
     db: sled::Db,
     carts: sled::Tree,
     meta: sled::Tree,
+    hints: sled::Tree,
 }
 
 impl SledStorage {
@@ -76,6 +93,7 @@ impl SledStorage {
         Ok(SledStorage {
             carts: open_tree(Tree::Carts)?,
             meta: open_tree(Tree::Meta)?,
+            hints: open_tree(Tree::Hints)?,
             db,
         })
     }
@@ -84,6 +102,7 @@ impl SledStorage {
         match tree {
             Tree::Carts => &self.carts,
             Tree::Meta => &self.meta,
+            Tree::Hints => &self.hints,
         }
     }
 }
@@ -99,6 +118,37 @@ impl Storage for SledStorage {
             .insert(key, value)
             .map_err(|e| StorageError::new("put", e))?;
         Ok(())
+    }
+
+    fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError> {
+        let swapped = self
+            .tree(tree)
+            .compare_and_swap(key, Some(expected), None::<&[u8]>)
+            .map_err(|e| StorageError::new("delete", e))?;
+        Ok(swapped.is_ok())
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let tree = self.tree(tree);
+        let iter = match after {
+            Some(after) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => tree.range::<&[u8], _>(prefix..),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| StorageError::new("scan", e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn flush(&self) -> FlushFuture<'_> {
@@ -136,7 +186,70 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError> {
+        let mut map = self.map()?;
+        let k = (tree, key.to_vec());
+        if map.get(&k).is_some_and(|v| v == expected) {
+            map.remove(&k);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let map = self.map()?;
+        let start = (tree, after.unwrap_or(prefix).to_vec());
+        let lower = match after {
+            Some(_) => std::ops::Bound::Excluded(start),
+            None => std::ops::Bound::Included(start),
+        };
+        Ok(map
+            .range((lower, std::ops::Bound::Unbounded))
+            .take_while(|((t, k), _)| *t == tree && k.starts_with(prefix))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(s: &dyn Storage) {
+        for k in ["a\0x", "a\0y", "a\0z", "b\0x"] {
+            s.put(Tree::Hints, k.as_bytes(), k.as_bytes()).unwrap();
+        }
+        let keys = |after: Option<&[u8]>, limit| -> Vec<String> {
+            s.scan(Tree::Hints, b"a\0", after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect()
+        };
+        assert_eq!(keys(None, 10), ["a\0x", "a\0y", "a\0z"]);
+        assert_eq!(keys(None, 2), ["a\0x", "a\0y"]);
+        assert_eq!(keys(Some(b"a\0x"), 10), ["a\0y", "a\0z"]);
+        assert!(s.scan(Tree::Carts, b"", None, 10).unwrap().is_empty());
+        assert!(!s.delete_if(Tree::Hints, b"a\0x", b"other").unwrap());
+        assert!(s.delete_if(Tree::Hints, b"a\0x", b"a\0x").unwrap());
+        assert_eq!(s.get(Tree::Hints, b"a\0x").unwrap(), None);
+    }
+
+    #[test]
+    fn memory_and_sled_agree() {
+        exercise(&MemoryStorage::default());
+        let dir = tempfile::tempdir().unwrap();
+        exercise(&SledStorage::open(dir.path()).unwrap());
     }
 }

@@ -1,13 +1,16 @@
-//! Local cart storage with per-key serialised read-modify-write and group-committed durability.
+//! Local cart storage with per-key serialised read-modify-write and group-committed durability:
+//! the node's own replicas (`carts` tree) and the hints it holds for down owners (`hints` tree).
 //!
 //! Write path: take the key's lock → load → apply the op (pure, in `cart-crdt`) → put → wait for
 //! a group-commit flush → release. The lock is held until the write is durable, so nobody (not a
-//! reader, not another writer) can observe or build on state that a crash could still lose; a
-//! lost write never leaves its dot in anyone's hands to be reused after restart.
+//! reader, not another writer, not a replication) can observe or build on state that a crash could
+//! still lose; a lost write never leaves its dot in anyone's hands to be reused after restart.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 
 use cart_crdt::{codec, Actor, Cart, CartId, CartOp, Limits, WriteCtx};
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
@@ -15,12 +18,33 @@ use tokio::sync::{Mutex, MutexGuard, Semaphore};
 use crate::clock::Clock;
 use crate::commit::GroupCommit;
 use crate::error::NodeError;
-use crate::storage::{Storage, StorageError, Tree};
+use crate::storage::{KeyValue, Storage, StorageError, Tree};
 
 /// Lock shards: keys hash onto these; two keys sharing a shard merely queue.
 pub const KEY_LOCK_SHARDS: usize = 4096;
 
 const ACTOR_KEY: &[u8] = b"actor";
+
+/// A cart and its canonical encoding (what replicas exchange and compare).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub cart: Cart,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+impl Encoded {
+    pub fn new(cart: Cart) -> Result<Self, NodeError> {
+        let bytes = Arc::new(codec::encode(&cart)?);
+        Ok(Encoded { cart, bytes })
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NodeError> {
+        Ok(Encoded {
+            cart: codec::decode(bytes)?,
+            bytes: Arc::new(bytes.to_vec()),
+        })
+    }
+}
 
 pub struct CartStore {
     storage: Arc<dyn Storage>,
@@ -31,6 +55,7 @@ pub struct CartStore {
     limits: Limits,
     write_permits: Semaphore,
     max_inflight_writes: usize,
+    hints: HintCounts,
 }
 
 impl CartStore {
@@ -43,6 +68,7 @@ impl CartStore {
         fresh_actor: u64,
     ) -> Result<Self, NodeError> {
         let actor = load_or_create_actor(storage.as_ref(), fresh_actor)?;
+        let hints = HintCounts::load(storage.as_ref())?;
         Ok(CartStore {
             commit: GroupCommit::start(storage.clone()),
             storage,
@@ -52,6 +78,7 @@ impl CartStore {
             limits,
             write_permits: Semaphore::new(max_inflight_writes),
             max_inflight_writes,
+            hints,
         })
     }
 
@@ -63,30 +90,121 @@ impl CartStore {
         &self.limits
     }
 
-    /// The cart as durably stored (an absent cart is empty).
+    /// This node's replica as durably stored (an absent cart is empty).
     pub async fn read(&self, id: &CartId) -> Result<Cart, NodeError> {
         let _guard = self.lock(id).await;
-        self.load(id)
+        self.load(Tree::Carts, id.as_str().as_bytes())
     }
 
-    /// Applies `op` and returns the new cart once it is durable. On error nothing is stored.
-    pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Cart, NodeError> {
-        let _permit = self.write_permits.try_acquire().map_err(|_| NodeError::Overloaded {
-            what: "writes",
-            limit: self.max_inflight_writes,
-        })?;
+    /// This node's replica merged with every hint it holds for the cart; `None` if it holds
+    /// nothing at all.
+    pub async fn read_with_hints(&self, id: &CartId, owners: &[String]) -> Result<Option<Encoded>, NodeError> {
         let _guard = self.lock(id).await;
-        let mut cart = self.load(id)?;
+        let mut found = self
+            .storage
+            .get(Tree::Carts, id.as_str().as_bytes())?
+            .map(|b| codec::decode(&b))
+            .transpose()?;
+        for owner in owners {
+            if let Some(bytes) = self.storage.get(Tree::Hints, &hint_key(owner, id))? {
+                found.get_or_insert_with(Cart::default).merge(codec::decode(&bytes)?);
+            }
+        }
+        found.map(Encoded::new).transpose()
+    }
+
+    /// Applies `op` as this node's actor and returns the new cart once it is durable. On error
+    /// nothing is stored.
+    pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Encoded, NodeError> {
+        let _permit = self.write_permit()?;
+        let _guard = self.lock(id).await;
+        let mut cart = self.load(Tree::Carts, id.as_str().as_bytes())?;
         let ctx = WriteCtx {
             actor: self.actor,
             now_ms: self.clock.now_ms(),
             limits: &self.limits,
         };
         cart.apply(&ctx, op)?;
-        self.storage
-            .put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
+        let encoded = Encoded::new(cart)?;
+        self.storage.put(Tree::Carts, id.as_str().as_bytes(), &encoded.bytes)?;
         self.commit.durable().await?;
-        Ok(cart)
+        Ok(encoded)
+    }
+
+    /// Merges a replica's state into this node's replica; durable on return. Returns the merged
+    /// state and whether it changed anything here.
+    pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Encoded, bool), NodeError> {
+        let key = id.as_str().as_bytes();
+        let _permit = self.write_permit()?;
+        let _guard = self.lock(id).await;
+        self.merge_locked(Tree::Carts, key, incoming).await
+    }
+
+    /// Merges a cart into the hint held for `owner`; durable on return. Refused (false) when the
+    /// node already holds `hints_max` hints and this would be a new one.
+    pub async fn add_hint(
+        &self,
+        owner: &str,
+        id: &CartId,
+        incoming: Cart,
+        hints_max: usize,
+    ) -> Result<bool, NodeError> {
+        let key = hint_key(owner, id);
+        let _guard = self.lock(id).await;
+        let existed = self.storage.get(Tree::Hints, &key)?.is_some();
+        if !existed && self.hints.total() >= hints_max {
+            return Ok(false);
+        }
+        self.merge_locked(Tree::Hints, &key, incoming).await?;
+        if !existed {
+            self.hints.add(owner, 1);
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` hints held for `owner`, after the cart id `after`.
+    pub fn hints_for(&self, owner: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, NodeError> {
+        Ok(self.storage.scan(Tree::Hints, &hint_prefix(owner), after, limit)?)
+    }
+
+    /// Deletes a delivered hint, unless it changed since it was read (then it is sent again).
+    pub async fn remove_hint(&self, owner: &str, id: &CartId, delivered: &[u8]) -> Result<bool, NodeError> {
+        let _guard = self.lock(id).await;
+        let removed = self.storage.delete_if(Tree::Hints, &hint_key(owner, id), delivered)?;
+        if removed {
+            self.hints.add(owner, -1);
+            self.commit.durable().await?;
+        }
+        Ok(removed)
+    }
+
+    /// Hints held per owner.
+    pub fn hint_counts(&self) -> BTreeMap<String, usize> {
+        self.hints.snapshot()
+    }
+
+    /// Drops every hint (operator action); returns how many.
+    pub async fn discard_hints(&self) -> Result<u64, NodeError> {
+        let mut discarded = 0;
+        loop {
+            let batch = self.storage.scan(Tree::Hints, b"", None, 1024)?;
+            if batch.is_empty() {
+                break;
+            }
+            for (key, value) in batch {
+                if self.storage.delete_if(Tree::Hints, &key, &value)? {
+                    discarded += 1;
+                }
+            }
+        }
+        self.commit.durable().await?;
+        self.hints.clear();
+        Ok(discarded)
+    }
+
+    /// Up to `limit` replicas (cart id, canonical bytes) after `after`, in key order.
+    pub fn scan_carts(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, NodeError> {
+        Ok(self.storage.scan(Tree::Carts, b"", after, limit)?)
     }
 
     /// Flushes everything written so far (used at shutdown).
@@ -94,8 +212,31 @@ impl CartStore {
         self.commit.durable().await
     }
 
-    fn load(&self, id: &CartId) -> Result<Cart, NodeError> {
-        match self.storage.get(Tree::Carts, id.as_str().as_bytes())? {
+    async fn merge_locked(&self, tree: Tree, key: &[u8], incoming: Cart) -> Result<(Encoded, bool), NodeError> {
+        let current = self.storage.get(tree, key)?;
+        let mut cart = match &current {
+            Some(bytes) => codec::decode(bytes)?,
+            None => Cart::default(),
+        };
+        cart.merge(incoming);
+        let merged = Encoded::new(cart)?;
+        let changed = current.as_deref() != Some(merged.bytes.as_slice());
+        if changed {
+            self.storage.put(tree, key, &merged.bytes)?;
+            self.commit.durable().await?;
+        }
+        Ok((merged, changed))
+    }
+
+    fn write_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
+        self.write_permits.try_acquire().map_err(|_| NodeError::Overloaded {
+            what: "writes",
+            limit: self.max_inflight_writes,
+        })
+    }
+
+    fn load(&self, tree: Tree, key: &[u8]) -> Result<Cart, NodeError> {
+        match self.storage.get(tree, key)? {
             Some(bytes) => Ok(codec::decode(&bytes)?),
             None => Ok(Cart::default()),
         }
@@ -105,6 +246,80 @@ impl CartStore {
         let mut h = DefaultHasher::new();
         id.hash(&mut h);
         self.locks[(h.finish() % KEY_LOCK_SHARDS as u64) as usize].lock().await
+    }
+}
+
+fn hint_prefix(owner: &str) -> Vec<u8> {
+    let mut k = owner.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn hint_key(owner: &str, id: &CartId) -> Vec<u8> {
+    let mut k = hint_prefix(owner);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+/// The cart id of a hint key (`owner \0 cart id`).
+pub fn hint_cart_id(key: &[u8]) -> Option<&str> {
+    let at = key.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&key[at + 1..]).ok()
+}
+
+/// Hints held per owner, counted at open and kept up to date.
+struct HintCounts {
+    per_owner: StdMutex<BTreeMap<String, usize>>,
+    total: AtomicUsize,
+}
+
+impl HintCounts {
+    fn load(storage: &dyn Storage) -> Result<Self, NodeError> {
+        let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = storage.scan(Tree::Hints, b"", after.as_deref(), 4096)?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(last.clone());
+            for (key, _) in &batch {
+                let owner = key.split(|b| *b == 0).next().unwrap_or_default();
+                *per_owner
+                    .entry(String::from_utf8_lossy(owner).into_owned())
+                    .or_default() += 1;
+            }
+        }
+        let total = per_owner.values().sum();
+        Ok(HintCounts {
+            per_owner: StdMutex::new(per_owner),
+            total: AtomicUsize::new(total),
+        })
+    }
+
+    fn add(&self, owner: &str, delta: isize) {
+        if let Ok(mut map) = self.per_owner.lock() {
+            let n = map.entry(owner.to_owned()).or_default();
+            *n = n.saturating_add_signed(delta);
+        }
+        if delta >= 0 {
+            self.total.fetch_add(delta as usize, Ordering::SeqCst);
+        } else {
+            self.total.fetch_sub(delta.unsigned_abs(), Ordering::SeqCst);
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, usize> {
+        self.per_owner.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn clear(&self) {
+        if let Ok(mut map) = self.per_owner.lock() {
+            map.clear();
+        }
+        self.total.store(0, Ordering::SeqCst);
     }
 }
 

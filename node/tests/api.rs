@@ -15,7 +15,7 @@ fn mug() -> ItemSnapshot {
 async fn every_operation_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::start_node(dir.path());
-    let c = common::client(node.addr).await;
+    let c = common::client(common::addr(&node, 0)).await;
     let id = "user:alice";
 
     let empty = c.get_cart(id).await.unwrap();
@@ -104,7 +104,7 @@ fn add(cart_id: &str, product_id: &str, quantity: i64, snapshot: pb::ItemSnapsho
 async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::start_node(dir.path());
-    let mut raw = common::raw_client(node.addr).await;
+    let mut raw = common::raw_client(common::addr(&node, 0)).await;
     let id = "user:bob";
     raw.add_item(add(id, "sku-1", 2, snapshot("Mug", 1299, "EUR")))
         .await
@@ -283,7 +283,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
 async fn a_full_cart_refuses_new_lines_but_accepts_more_of_an_existing_one() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::start_node(dir.path());
-    let c = common::client(node.addr).await;
+    let c = common::client(common::addr(&node, 0)).await;
     let id = "guest:full";
     let limit = cart_crdt::Limits::DEFAULT.max_lines_per_cart;
     for i in 0..limit {
@@ -308,7 +308,7 @@ async fn the_client_fails_over_to_a_live_endpoint() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let c = cart_client::CartClient::connect([dead.to_string(), node.addr.to_string()])
+    let c = cart_client::CartClient::connect([dead.to_string(), common::addr(&node, 0).to_string()])
         .await
         .unwrap();
     for i in 0..20 {

@@ -18,7 +18,7 @@ async fn the_readme_tour_works() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::start_node(dir.path());
     let added = cartctl(
-        node.addr,
+        common::addr(&node, 0),
         &[
             "cart",
             "add",
@@ -37,38 +37,45 @@ async fn the_readme_tour_works() {
     .await
     .unwrap();
     assert!(added.contains("25.98 EUR"), "{added}");
-    let shown = cartctl(node.addr, &["cart", "get", "user:alice"]).await.unwrap();
+    let shown = cartctl(common::addr(&node, 0), &["cart", "get", "user:alice"])
+        .await
+        .unwrap();
     assert!(shown.contains("sku-1") && shown.contains("Mug"), "{shown}");
     assert!(shown.contains("subtotal: 25.98 EUR"), "{shown}");
 
-    let json = cartctl(node.addr, &["--json", "cart", "get", "user:alice"])
+    let json = cartctl(common::addr(&node, 0), &["--json", "cart", "get", "user:alice"])
         .await
         .unwrap();
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["lines"][0]["quantity"], 2);
     assert_eq!(value["subtotals"][0]["amount_minor"], 2598);
 
-    cartctl(node.addr, &["cart", "coupon", "add", "user:alice", "WELCOME"])
+    cartctl(
+        common::addr(&node, 0),
+        &["cart", "coupon", "add", "user:alice", "WELCOME"],
+    )
+    .await
+    .unwrap();
+    cartctl(common::addr(&node, 0), &["cart", "save", "user:alice", "sku-1"])
         .await
         .unwrap();
-    cartctl(node.addr, &["cart", "save", "user:alice", "sku-1"])
+    let shown = cartctl(common::addr(&node, 0), &["cart", "get", "user:alice"])
         .await
         .unwrap();
-    let shown = cartctl(node.addr, &["cart", "get", "user:alice"]).await.unwrap();
     assert!(
         shown.contains("coupons: WELCOME") && shown.contains("saved for later: 2 × Mug"),
         "{shown}"
     );
-    let moved = cartctl(node.addr, &["cart", "move", "user:alice", "sku-1"])
+    let moved = cartctl(common::addr(&node, 0), &["cart", "move", "user:alice", "sku-1"])
         .await
         .unwrap();
     assert!(moved.contains("25.98 EUR"), "{moved}");
-    let set = cartctl(node.addr, &["cart", "set", "user:alice", "sku-1", "0"])
+    let set = cartctl(common::addr(&node, 0), &["cart", "set", "user:alice", "sku-1", "0"])
         .await
         .unwrap();
     assert!(set.contains("(no items)"), "{set}");
 
-    let err = cartctl(node.addr, &["cart", "remove", "user:alice", "nope"])
+    let err = cartctl(common::addr(&node, 0), &["cart", "remove", "user:alice", "nope"])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound));

@@ -24,7 +24,7 @@ async fn every_acknowledged_add_survives_kill_9_under_load() {
         request_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
     };
-    let client = CartClient::connect_with([node.addr.to_string()], options)
+    let client = CartClient::connect_with([common::addr(&node, 0).to_string()], options)
         .await
         .unwrap();
     let acked: Arc<Mutex<BTreeSet<(usize, usize)>>> = Arc::default();
@@ -57,7 +57,7 @@ async fn every_acknowledged_add_survives_kill_9_under_load() {
     while acks.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    node.kill9().unwrap();
+    node.kill9(0).unwrap();
     for w in writers {
         w.await.unwrap();
     }
@@ -72,8 +72,8 @@ async fn every_acknowledged_add_survives_kill_9_under_load() {
         "the kill should land before the load ends"
     );
 
-    let node = common::start_node(dir.path());
-    let client = common::client(node.addr).await;
+    node.restart(0).unwrap();
+    let client = common::client(common::addr(&node, 0)).await;
     let mut lost = Vec::new();
     for w in 0..WRITERS {
         let cart = client.get_cart(&format!("user:w{w}")).await.unwrap();
@@ -98,18 +98,22 @@ async fn every_acknowledged_add_survives_kill_9_under_load() {
 async fn sigterm_stops_cleanly_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = common::start_node(dir.path());
-    let client = common::client(node.addr).await;
+    let client = common::client(common::addr(&node, 0)).await;
     client
         .add_item("user:carol", "sku-1", 3, ItemSnapshot::new("Mug", 1299, "EUR"))
         .await
         .unwrap();
-    let status = node.terminate(Duration::from_secs(15)).unwrap();
+    let status = node.terminate(0, Duration::from_secs(15)).unwrap();
     assert!(status.success(), "cartd exited with {status}");
-    let log = std::fs::read_to_string(node.spec.log_path()).unwrap();
+    let log = std::fs::read_to_string(node.spec.node_dir("n1").join("cartd.log")).unwrap();
     assert!(log.contains("storage flushed"), "no clean shutdown in the log:\n{log}");
 
-    let node = common::start_node(dir.path());
-    let cart = common::client(node.addr).await.get_cart("user:carol").await.unwrap();
+    node.restart(0).unwrap();
+    let cart = common::client(common::addr(&node, 0))
+        .await
+        .get_cart("user:carol")
+        .await
+        .unwrap();
     assert_eq!(cart.lines[0].quantity, 3);
 }
 

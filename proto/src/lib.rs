@@ -10,10 +10,28 @@
 
 pub mod convert;
 
-/// Generated protobuf messages and tonic services (`cartdb.v1`).
+/// Generated protobuf messages and tonic services of the public API (`cartdb.v1`).
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("cartdb.v1");
 }
+
+/// The internal node-to-node API (`cartdb.replica.v1`).
+pub mod replica_pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("cartdb.replica.v1");
+}
+
+/// The admin API (`cartdb.admin.v1`).
+pub mod admin_pb {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/admin/cartdb.admin.v1.rs"));
+}
+
+/// Metadata header carrying the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "x-cartdb-secret";
+/// Metadata header a node adds to replies with its membership version (hex), so clients notice
+/// membership changes.
+pub const MEMBERSHIP_HEADER: &str = "x-cartdb-membership";
 
 pub use convert::{CartRequest, Consistency, GetRequest, IntoDomain};

@@ -4,20 +4,32 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use cart_client::CartClient;
-use cart_node::launcher::{NodeProcess, NodeSpec};
+use cart_node::launcher::{ClusterSpec, LocalCluster};
+use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
 use cart_proto::pb::cart_service_client::CartServiceClient;
 use tonic::transport::Channel;
 
-/// Starts `cartd` with its folder under `dir`, on a free loopback port.
-pub fn start_node(dir: &Path) -> NodeProcess {
-    let spec = NodeSpec {
-        node_id: "n1".into(),
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        dir: dir.to_owned(),
-    };
-    NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_cartd")), spec).unwrap_or_else(|e| panic!("{e}"))
+pub fn cartd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cartd"))
+}
+
+/// A cluster of `nodes` under `dir` on free loopback ports; `cluster_toml` tunes `[cluster]`.
+pub fn start_cluster(dir: &Path, nodes: usize, cluster_toml: &str) -> LocalCluster {
+    let mut spec = ClusterSpec::loopback(dir, nodes, 0).unwrap();
+    spec.cluster_toml = cluster_toml.to_owned();
+    LocalCluster::start(cartd(), spec).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One node (a cluster of one).
+pub fn start_node(dir: &Path) -> LocalCluster {
+    start_cluster(dir, 1, "")
+}
+
+pub fn addr(cluster: &LocalCluster, i: usize) -> SocketAddr {
+    cluster.spec.nodes[i].1
 }
 
 pub async fn client(addr: SocketAddr) -> CartClient {
@@ -30,4 +42,26 @@ pub async fn raw_client(addr: SocketAddr) -> CartServiceClient<Channel> {
         .await
         .unwrap()
         .max_encoding_message_size(64 << 20)
+}
+
+pub async fn admin(addr: SocketAddr) -> AdminServiceClient<Channel> {
+    AdminServiceClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes; returns whether it did.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,173 @@
+//! One invocation of `cart-bench`: check the arguments, run every target in turn, print the
+//! tables, write the JSON.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::Args;
+use crate::error::BenchError;
+use crate::report::{BenchReport, TargetReport};
+use crate::runner::{self, Progress, RunPlan};
+use crate::target::{AnyTarget, Outcome, Target, TargetSpec};
+use crate::workload::{cart_id, Op};
+
+/// Runs the whole benchmark. Returns the report (already printed and written to `--json`).
+pub async fn run(args: Args) -> Result<BenchReport> {
+    // A random seed is kept below 2^53 so JSON readers that use doubles keep it exact.
+    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() >> 11);
+    let plan = args.plan(seed)?;
+    let show_progress = !args.no_progress && std::io::stdout().is_terminal();
+    println!("{}", describe(&args, &plan));
+
+    let mut report = BenchReport {
+        profile: args.profile,
+        duration_s: plan.duration.as_secs_f64(),
+        concurrency: plan.concurrency,
+        rate: plan.rate_per_s,
+        carts: args.carts,
+        distribution: args.distribution,
+        seed,
+        targets: Vec::new(),
+    };
+    for spec in &args.targets {
+        let target_report = run_target(spec, plan, show_progress).await?;
+        print_target(&target_report);
+        report.targets.push(target_report);
+    }
+    write_json(&args.json, &report)?;
+    println!("report written to {}", args.json.display());
+    Ok(report)
+}
+
+fn describe(args: &Args, plan: &RunPlan) -> String {
+    let mode = match plan.rate_per_s {
+        Some(rate) => format!("open loop at {rate} ops/s, at most {} in flight", plan.concurrency),
+        None => format!("closed loop, {} workers", plan.concurrency),
+    };
+    format!(
+        "cart-bench: profile {}, {} s, {mode}, {} carts ({:?}), seed {}",
+        args.profile.name(),
+        plan.duration.as_secs_f64(),
+        args.carts,
+        args.distribution,
+        plan.seed
+    )
+}
+
+async fn run_target(spec: &TargetSpec, plan: RunPlan, show_progress: bool) -> Result<TargetReport> {
+    let label = spec.to_string();
+    let target = Arc::new(AnyTarget::connect(spec).await?);
+    preflight(&*target, &label).await?;
+    let progress = Arc::new(Progress::default());
+    let bar = show_progress.then(|| progress_bar(plan.duration, &label, Arc::clone(&progress)));
+    let result = runner::run(target, plan, progress).await;
+    if let Some((bar, ticker)) = bar {
+        ticker.abort();
+        bar.finish_and_clear();
+    }
+    Ok(TargetReport::new(
+        label,
+        &plan.workload.profile.kinds(),
+        &result,
+        plan.rate_per_s.is_some(),
+    ))
+}
+
+/// One GetCart before the load starts, so an unreachable target fails fast with a clear message.
+async fn preflight<T: Target>(target: &T, label: &str) -> Result<(), BenchError> {
+    let probe = Op::GetCart { cart_id: cart_id(0) };
+    match tokio::time::timeout(Duration::from_secs(10), target.execute(probe)).await {
+        Ok(Outcome::Ok | Outcome::NotFound) => Ok(()),
+        Ok(Outcome::Error { code, message }) => Err(BenchError::Unreachable {
+            target: label.to_owned(),
+            reason: format!("{code}: {message}"),
+        }),
+        Err(_) => Err(BenchError::Unreachable {
+            target: label.to_owned(),
+            reason: "no answer within 10 s".into(),
+        }),
+    }
+}
+
+fn progress_bar(
+    duration: Duration,
+    label: &str,
+    progress: Arc<Progress>,
+) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let total_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let bar = ProgressBar::new(total_ms);
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_prefix(label.to_owned());
+    let ticker = tokio::spawn({
+        let bar = bar.clone();
+        async move {
+            let start = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let elapsed = start.elapsed();
+                let answered = progress.answered.load(Ordering::Relaxed);
+                let errors = progress.errors.load(Ordering::Relaxed);
+                let rate = answered as f64 / elapsed.as_secs_f64().max(1e-3);
+                bar.set_position(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).min(total_ms));
+                bar.set_message(format!("{answered} ops, {rate:.0} ops/s, {errors} errors"));
+            }
+        }
+    });
+    (bar, ticker)
+}
+
+fn print_target(report: &TargetReport) {
+    println!();
+    println!(
+        "target {}: {:.0} ops/s over {:.2} s ({} completed, {} not_found, {} errors, {} dropped)",
+        report.target,
+        report.ops_per_s,
+        report.elapsed_s,
+        report.overall.count,
+        report.not_found,
+        report.errors,
+        report.dropped
+    );
+    println!("{}", report.table());
+    if let Some(lag) = &report.schedule_lag {
+        println!(
+            "open-loop send lag behind schedule: p50 {} p99 {} p99.9 {} max {} (included in the latencies above)",
+            crate::report::fmt_us(lag.p50_us),
+            crate::report::fmt_us(lag.p99_us),
+            crate::report::fmt_us(lag.p999_us),
+            crate::report::fmt_us(lag.max_us)
+        );
+    }
+    for (code, count) in &report.error_codes {
+        let example = report.error_examples.get(code).map_or("", String::as_str);
+        eprintln!("errors {code}: {count} (e.g. {example})");
+    }
+}
+
+fn write_json(path: &Path, report: &BenchReport) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    let text = serde_json::to_string_pretty(report).context("serialise the report")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Exit status policy: a run where nothing completed is a failure (the target was not served).
+pub fn check_completed(report: &BenchReport) -> Result<()> {
+    for t in &report.targets {
+        if t.overall.count == 0 {
+            bail!("no operation completed against {}", t.target);
+        }
+    }
+    Ok(())
+}

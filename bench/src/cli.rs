@@ -1,0 +1,192 @@
+//! The command line (a stable interface: scripts and later tooling call it).
+//!
+//! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
+//!  --target cartdb=HOST:PORT,HOST:PORT… --json FILE [--carts N] [--distribution zipf|uniform]
+//!  [--seed N] [--no-progress]`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::BenchError;
+use crate::profile::Profile;
+use crate::runner::{RunPlan, DEFAULT_DRAIN_TIMEOUT};
+use crate::target::TargetSpec;
+use crate::workload::{CartPicker, KeyDistribution, WorkloadSpec};
+
+/// Load generator for cartdb: closed or open loop, HDR latency per operation, JSON report.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cart-bench", version, about)]
+pub struct Args {
+    /// Operation mix.
+    #[arg(long, value_enum)]
+    pub profile: Profile,
+    /// How long to issue load, in seconds (fractions allowed).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: f64,
+    /// Closed loop: concurrent workers. Open loop: the bound on requests in flight.
+    #[arg(long, value_name = "C")]
+    pub concurrency: usize,
+    /// Open loop at this many operations per second overall; without it, a closed loop.
+    #[arg(long, value_name = "OPS_PER_S")]
+    pub rate: Option<f64>,
+    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]`; repeat to run targets one after another.
+    #[arg(long = "target", value_name = "KIND=HOST:PORT,…", required = true, value_parser = parse_target)]
+    pub targets: Vec<TargetSpec>,
+    /// Where to write the JSON report (parent folders are created).
+    #[arg(long, value_name = "FILE")]
+    pub json: PathBuf,
+    /// Size of the cart population `user:bench-0 … user:bench-<N-1>`.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub carts: u64,
+    /// How carts are drawn from the population (zipf: θ = 0.99).
+    #[arg(long, value_enum, default_value_t = KeyDistribution::Zipf)]
+    pub distribution: KeyDistribution,
+    /// Seed of the operation streams (random when absent; the report records it).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// No progress bar (there is none anyway when stdout is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// How long requests still in flight at the deadline may take before they count as abandoned.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
+    pub drain_timeout: f64,
+}
+
+fn parse_target(raw: &str) -> Result<TargetSpec, String> {
+    TargetSpec::parse(raw).map_err(|e| e.to_string())
+}
+
+fn seconds(option: &'static str, value: f64) -> Result<Duration, BenchError> {
+    let invalid = |reason: &str| BenchError::InvalidOption {
+        option,
+        reason: reason.to_owned(),
+    };
+    let d = Duration::try_from_secs_f64(value).map_err(|_| invalid("must be a non-negative number of seconds"))?;
+    Ok(d)
+}
+
+impl Args {
+    /// Checks the values and turns them into a run plan.
+    pub fn plan(&self, seed: u64) -> Result<RunPlan, BenchError> {
+        let duration = seconds("--duration", self.duration)?;
+        if duration.is_zero() {
+            return Err(BenchError::InvalidOption {
+                option: "--duration",
+                reason: "must be more than 0".into(),
+            });
+        }
+        if self.concurrency == 0 {
+            return Err(BenchError::InvalidOption {
+                option: "--concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(BenchError::InvalidOption {
+                    option: "--rate",
+                    reason: "must be a positive number".into(),
+                });
+            }
+        }
+        Ok(RunPlan {
+            workload: WorkloadSpec {
+                profile: self.profile,
+                carts: CartPicker::new(self.distribution, self.carts)?,
+            },
+            duration,
+            concurrency: self.concurrency,
+            rate_per_s: self.rate,
+            seed,
+            drain_timeout: seconds("--drain-timeout", self.drain_timeout)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec![
+            "cart-bench",
+            "--profile",
+            "add",
+            "--duration",
+            "20",
+            "--concurrency",
+            "64",
+        ];
+        argv.extend_from_slice(&["--target", "cartdb=127.0.0.1:17401", "--json", "out.json"]);
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn the_documented_command_line_parses() {
+        let args = parse(&[]).expect("parses");
+        assert_eq!(args.profile, Profile::Add);
+        assert_eq!(args.carts, 10_000);
+        assert_eq!(args.distribution, KeyDistribution::Zipf);
+        assert_eq!(args.rate, None);
+        assert!(!args.no_progress);
+        let plan = args.plan(1).expect("valid");
+        assert_eq!(plan.duration, Duration::from_secs(20));
+        assert_eq!(plan.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+
+        let args = parse(&[
+            "--rate",
+            "2000",
+            "--carts",
+            "50",
+            "--distribution",
+            "uniform",
+            "--seed",
+            "9",
+            "--no-progress",
+        ])
+        .expect("parses");
+        assert_eq!(args.rate, Some(2000.0));
+        assert_eq!(
+            (args.carts, args.distribution, args.seed, args.no_progress),
+            (50, KeyDistribution::Uniform, Some(9), true)
+        );
+
+        let args = parse(&["--target", "cartdb=127.0.0.1:1,127.0.0.1:2"]).expect("parses");
+        assert_eq!(args.targets.len(), 2);
+        assert_eq!(args.targets[1].endpoints.len(), 2);
+
+        for profile in ["storefront", "black-friday", "read-heavy"] {
+            let mut argv = vec![
+                "cart-bench",
+                "--profile",
+                profile,
+                "--duration",
+                "1",
+                "--concurrency",
+                "1",
+            ];
+            argv.extend_from_slice(&["--target", "cartdb=127.0.0.1:1", "--json", "x.json"]);
+            assert!(Args::try_parse_from(argv).is_ok(), "{profile}");
+        }
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        assert!(parse(&["--rate", "0"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--rate=-5"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--carts", "0"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--target", "redis=127.0.0.1:6379"]).is_err());
+        assert!(parse(&["--profile", "nope"]).is_err());
+        let mut args = parse(&[]).expect("parses");
+        args.concurrency = 0;
+        assert!(args.plan(1).is_err());
+        args.concurrency = 1;
+        args.duration = 0.0;
+        assert!(args.plan(1).is_err());
+        args.duration = f64::NAN;
+        assert!(args.plan(1).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! `cart-bench`: see the library docs (`cart_bench`) for what it measures and how.
+
+use std::process::ExitCode;
+
+use cart_bench::app;
+use cart_bench::cli::Args;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async { app::run(args).await.and_then(|report| app::check_completed(&report)) });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

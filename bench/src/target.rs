@@ -1,0 +1,222 @@
+//! What the bench sends load to.
+//!
+//! A target is named on the command line as `KIND=ENDPOINT,ENDPOINT…` (`cartdb=127.0.0.1:7001`).
+//! [`TargetSpec`] is the parsed form, [`AnyTarget`] the connected one. The runner only needs the
+//! [`Target`] trait, so a new system under test (say `redis=HOST:PORT`) is a new [`TargetKind`]
+//! variant, a struct implementing [`Target`] and one arm in [`AnyTarget`]; nothing else changes.
+
+use std::fmt;
+use std::future::Future;
+
+use cart_client::{CartClient, ClientOptions, ItemSnapshot};
+use tonic::Code;
+
+use crate::error::BenchError;
+use crate::workload::Op;
+
+/// The result of one operation as the report counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target applied the operation (or returned the cart).
+    Ok,
+    /// The operation named a line or coupon the cart does not hold: an expected answer in a random
+    /// workload, counted as completed but reported apart.
+    NotFound,
+    /// Anything else; `code` groups errors in the report, `message` is kept as an example.
+    Error { code: String, message: String },
+}
+
+impl Outcome {
+    /// The error of an operation still running when the run's drain timeout expired.
+    pub fn abandoned() -> Self {
+        Outcome::Error {
+            code: "ABANDONED".into(),
+            message: "still in flight when the drain timeout expired".into(),
+        }
+    }
+}
+
+/// A system the bench can load. Implementations must be cheap to call concurrently.
+pub trait Target: Send + Sync + 'static {
+    /// Issues one operation and waits for its answer.
+    fn execute(&self, op: Op) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Kinds of system under test the `--target` flag accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A cartdb cluster, reached through `cart-client` over gRPC.
+    CartDb,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::CartDb => "cartdb",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "cartdb" => Some(TargetKind::CartDb),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed `--target KIND=HOST:PORT,HOST:PORT…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub kind: TargetKind,
+    pub endpoints: Vec<String>,
+}
+
+impl TargetSpec {
+    pub fn parse(raw: &str) -> Result<Self, BenchError> {
+        let invalid = |reason: &str| BenchError::InvalidTarget {
+            spec: raw.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (kind, list) = raw
+            .split_once('=')
+            .ok_or_else(|| invalid("expected KIND=HOST:PORT[,HOST:PORT…]"))?;
+        let kind = TargetKind::parse(kind.trim()).ok_or_else(|| invalid("unknown kind (supported: cartdb)"))?;
+        let endpoints: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(invalid("no endpoints"));
+        }
+        for endpoint in &endpoints {
+            let (host, port) = endpoint
+                .rsplit_once(':')
+                .ok_or_else(|| invalid("an endpoint lacks :PORT"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(invalid("an endpoint is not HOST:PORT"));
+            }
+        }
+        Ok(TargetSpec { kind, endpoints })
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    /// The canonical `KIND=HOST:PORT,…` form, used as the target's label in reports.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.kind.name(), self.endpoints.join(","))
+    }
+}
+
+/// cartdb through `cart-client` (each cart sticks to one endpoint; retries on UNAVAILABLE).
+pub struct CartDbTarget {
+    client: CartClient,
+}
+
+impl CartDbTarget {
+    pub async fn connect(endpoints: &[String], options: ClientOptions) -> Result<Self, BenchError> {
+        let client = CartClient::connect_with(endpoints, options)
+            .await
+            .map_err(|e| BenchError::Unreachable {
+                target: endpoints.join(","),
+                reason: e.to_string(),
+            })?;
+        Ok(CartDbTarget { client })
+    }
+}
+
+impl Target for CartDbTarget {
+    async fn execute(&self, op: Op) -> Outcome {
+        let c = &self.client;
+        let result = match &op {
+            Op::GetCart { cart_id } => c.get_cart(cart_id).await,
+            Op::AddItem { cart_id, sku, quantity } => {
+                let snapshot = ItemSnapshot::new(sku.name(), sku.unit_price_minor(), "EUR");
+                c.add_item(cart_id, &sku.product_id(), *quantity, snapshot).await
+            }
+            Op::SetQuantity { cart_id, sku, quantity } => c.set_quantity(cart_id, &sku.product_id(), *quantity).await,
+            Op::RemoveItem { cart_id, sku } => c.remove_item(cart_id, &sku.product_id()).await,
+            Op::ApplyCoupon { cart_id, code } => c.apply_coupon(cart_id, code).await,
+            Op::RemoveCoupon { cart_id, code } => c.remove_coupon(cart_id, code).await,
+        };
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) if e.code() == Some(Code::NotFound) => Outcome::NotFound,
+            Err(e) => Outcome::Error {
+                code: e.code().map_or_else(|| "CLIENT".to_owned(), code_name),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// gRPC code in the canonical upper-case form (`UNAVAILABLE`, `DEADLINE_EXCEEDED`).
+fn code_name(code: Code) -> String {
+    let camel = format!("{code:?}");
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, ch) in camel.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Every supported target, connected. Add a variant per new [`TargetKind`].
+pub enum AnyTarget {
+    CartDb(CartDbTarget),
+}
+
+impl AnyTarget {
+    pub async fn connect(spec: &TargetSpec) -> Result<Self, BenchError> {
+        match spec.kind {
+            TargetKind::CartDb => Ok(AnyTarget::CartDb(
+                CartDbTarget::connect(&spec.endpoints, ClientOptions::default()).await?,
+            )),
+        }
+    }
+}
+
+impl Target for AnyTarget {
+    async fn execute(&self, op: Op) -> Outcome {
+        match self {
+            AnyTarget::CartDb(t) => t.execute(op).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cartdb_with_several_endpoints() {
+        let spec = TargetSpec::parse("cartdb=127.0.0.1:7001, 127.0.0.1:7002").expect("parses");
+        assert_eq!(spec.kind, TargetKind::CartDb);
+        assert_eq!(spec.endpoints, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(spec.to_string(), "cartdb=127.0.0.1:7001,127.0.0.1:7002");
+    }
+
+    #[test]
+    fn refuses_malformed_targets() {
+        for bad in [
+            "127.0.0.1:7001",
+            "redis=127.0.0.1:6379",
+            "cartdb=",
+            "cartdb=localhost",
+            "cartdb=host:notaport",
+            "cartdb=:7001",
+        ] {
+            assert!(TargetSpec::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn code_names_are_grpc_style() {
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+    }
+}

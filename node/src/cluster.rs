@@ -1,0 +1,240 @@
+//! The cluster as one node sees it: the ring, a channel to every peer, and the failure detector's
+//! up/down verdicts. [`Cluster::plan`] turns a cart id into the nodes to contact (sloppy quorum).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cart_crdt::CartId;
+use cart_proto::replica_pb::replica_service_client::ReplicaServiceClient;
+use cart_proto::replica_pb::PingRequest;
+use cart_proto::SECRET_HEADER;
+use cart_ring::{Member, Ring};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::config::ClusterConfig;
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+
+/// Adds the cluster secret to every internal call.
+#[derive(Clone)]
+pub struct SecretInterceptor(MetadataValue<Ascii>);
+
+impl Interceptor for SecretInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert(SECRET_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type PeerClient = ReplicaServiceClient<InterceptedService<Channel, SecretInterceptor>>;
+
+/// One other node.
+pub struct Peer {
+    pub member: Member,
+    client: PeerClient,
+    up: AtomicBool,
+    failures: AtomicU32,
+}
+
+impl Peer {
+    /// A client for one call (cheap clone of the shared channel).
+    pub fn client(&self) -> PeerClient {
+        self.client.clone()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+}
+
+/// Where one request for a cart goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node_id: String,
+    /// Set when `node_id` stands in for this down owner (a sloppy-quorum fallback).
+    pub hint_for: Option<String>,
+}
+
+/// The nodes for one cart: its owners, and the targets chosen now from who is up.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The preference list (first N distinct nodes on the ring).
+    pub owners: Vec<String>,
+    /// One target per owner: the owner itself when up, else the next healthy fallback.
+    pub targets: Vec<Target>,
+    /// Down owners for which no fallback was free: the coordinator keeps a hint for each.
+    pub unplaced: Vec<String>,
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub self_id: String,
+    pub ring: Ring,
+    pub version: u64,
+    peers: HashMap<String, Arc<Peer>>,
+}
+
+impl Cluster {
+    /// Builds the ring and a lazily connected channel to every peer.
+    pub fn new(config: &NodeConfig) -> Result<Self, NodeError> {
+        let cluster = &config.cluster;
+        let ring = Ring::new(cluster.members.clone()).map_err(|e| NodeError::Config { reason: e.to_string() })?;
+        let secret: MetadataValue<Ascii> = cluster.secret.parse().map_err(|_| NodeError::Config {
+            reason: "[cluster] secret must be printable ASCII".into(),
+        })?;
+        let mut peers = HashMap::new();
+        for member in cluster.members.iter().filter(|m| m.node_id != config.node_id) {
+            let channel = Endpoint::from_shared(format!("http://{}", member.addr))
+                .map_err(|e| NodeError::Config {
+                    reason: format!("address of {}: {e}", member.node_id),
+                })?
+                .connect_timeout(cluster.peer_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_interval)
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            let client = ReplicaServiceClient::with_interceptor(channel, SecretInterceptor(secret.clone()))
+                .max_decoding_message_size(config.limits.max_message_bytes * 4)
+                .max_encoding_message_size(config.limits.max_message_bytes * 4);
+            let peer = Peer {
+                member: member.clone(),
+                client,
+                up: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
+            };
+            peers.insert(member.node_id.clone(), Arc::new(peer));
+        }
+        Ok(Cluster {
+            version: cart_ring::membership_version(&cluster.members),
+            config: cluster.clone(),
+            self_id: config.node_id.clone(),
+            ring,
+            peers,
+        })
+    }
+
+    pub fn peer(&self, node_id: &str) -> Option<&Arc<Peer>> {
+        self.peers.get(node_id)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.peers.values()
+    }
+
+    /// Whether `node_id` is believed up (this node always is).
+    pub fn is_up(&self, node_id: &str) -> bool {
+        node_id == self.self_id || self.peers.get(node_id).is_some_and(|p| p.is_up())
+    }
+
+    /// The cart's preference list.
+    pub fn owners(&self, id: &CartId) -> Vec<String> {
+        self.ring
+            .preference_list(id.as_str().as_bytes(), self.config.n)
+            .into_iter()
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
+
+    pub fn is_owner(&self, id: &CartId) -> bool {
+        self.owners(id).contains(&self.self_id)
+    }
+
+    /// Owners that are up serve themselves; each down owner is replaced by the next healthy node
+    /// on the ring beyond the preference list (which then holds a hint for it).
+    pub fn plan(&self, id: &CartId) -> Plan {
+        let walk: Vec<&Member> = self.ring.walk(id.as_str().as_bytes()).collect();
+        let n = self.config.n.min(walk.len());
+        let owners: Vec<String> = walk[..n].iter().map(|m| m.node_id.clone()).collect();
+        let mut fallbacks = walk[n..].iter().filter(|m| self.is_up(&m.node_id));
+        let mut targets = Vec::new();
+        let mut unplaced = Vec::new();
+        for owner in &owners {
+            if self.is_up(owner) {
+                targets.push(Target {
+                    node_id: owner.clone(),
+                    hint_for: None,
+                });
+            } else if let Some(fallback) = fallbacks.next() {
+                targets.push(Target {
+                    node_id: fallback.node_id.clone(),
+                    hint_for: Some(owner.clone()),
+                });
+            } else {
+                unplaced.push(owner.clone());
+            }
+        }
+        Plan {
+            owners,
+            targets,
+            unplaced,
+        }
+    }
+
+    /// Records the outcome of a call to a peer: a success marks it up; a failure that says the
+    /// peer is unreachable marks it down at once (the heartbeat probes it back).
+    pub fn record(&self, node_id: &str, outcome: Result<(), &Status>) {
+        let Some(peer) = self.peers.get(node_id) else { return };
+        match outcome {
+            Ok(()) => {
+                peer.failures.store(0, Ordering::SeqCst);
+                if !peer.up.swap(true, Ordering::SeqCst) {
+                    tracing::info!(peer = node_id, "peer is up");
+                }
+            }
+            Err(status) => {
+                let failures = peer.failures.fetch_add(1, Ordering::SeqCst) + 1;
+                let unreachable = status.code() == Code::Unavailable;
+                if (unreachable || failures >= self.config.down_after_failures) && peer.up.swap(false, Ordering::SeqCst)
+                {
+                    tracing::warn!(peer = node_id, failures, code = ?status.code(), "peer is down");
+                }
+            }
+        }
+    }
+
+    /// A request with the peer-call deadline.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.config.peer_timeout);
+        request
+    }
+
+    /// Probes every peer once per `heartbeat_interval` until `stop` fires.
+    pub async fn run_failure_detector(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let probes = self.peers.values().map(|peer| {
+                let me = self.clone();
+                let peer = peer.clone();
+                async move {
+                    let request = me.request(PingRequest {
+                        from_node: me.self_id.clone(),
+                    });
+                    let outcome = tokio::time::timeout(
+                        me.config.peer_timeout + Duration::from_millis(50),
+                        peer.client().ping(request),
+                    )
+                    .await;
+                    match outcome {
+                        Ok(Ok(_)) => me.record(&peer.member.node_id, Ok(())),
+                        Ok(Err(status)) => me.record(&peer.member.node_id, Err(&status)),
+                        Err(_) => me.record(&peer.member.node_id, Err(&Status::deadline_exceeded("ping timed out"))),
+                    }
+                }
+            });
+            futures::future::join_all(probes).await;
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Quorum reads and writes over the cart's replicas (DESIGN §6).
+//!
+//! Write: a node outside the cart's preference list forwards the operation to an owner (only
+//! owners apply operations: a CRDT actor must keep its whole causal history for a cart, which a
+//! stand-in node could not). The owner applies it locally and durably, sends the new state to the
+//! other targets in parallel (down owners replaced by fallbacks holding a hint), and answers once
+//! W replicas (itself included) have persisted it. Stragglers finish in the background; a target
+//! that fails leaves a hint here for its owner.
+//!
+//! Read: any node asks every target, answers with the merge of the first R replies, and repairs
+//! owners whose state differed once all replies are in.
+
+use std::sync::Arc;
+
+use cart_crdt::{codec, Cart, CartId};
+use cart_proto::replica_pb::{CoordinateRequest, ReadRequest, ReplicateRequest};
+use cart_proto::{CartRequest, Consistency};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::cluster::{Cluster, Target};
+use crate::error::NodeError;
+use crate::store::{CartStore, Encoded};
+
+/// Replication and repair calls running in the background at most; beyond it, new ones wait.
+pub const BACKGROUND_CALLS_MAX: usize = 4096;
+
+pub struct Coordinator {
+    pub store: Arc<CartStore>,
+    pub cluster: Arc<Cluster>,
+    background: Arc<Semaphore>,
+}
+
+/// One replica's answer to a read.
+struct ReadReply {
+    target: Target,
+    state: Result<Option<Encoded>, NodeError>,
+}
+
+impl Coordinator {
+    pub fn new(store: Arc<CartStore>, cluster: Arc<Cluster>) -> Arc<Self> {
+        Arc::new(Coordinator {
+            store,
+            cluster,
+            background: Arc::new(Semaphore::new(BACKGROUND_CALLS_MAX)),
+        })
+    }
+
+    fn quorum(&self, asked: Option<u32>, default: usize, field: &'static str) -> Result<usize, NodeError> {
+        let n = self.cluster.config.n;
+        match asked {
+            None => Ok(default),
+            Some(q) if (1..=n as u32).contains(&q) => Ok(q as usize),
+            Some(value) => Err(NodeError::BadQuorum { field, value, n }),
+        }
+    }
+
+    /// Applies a client operation with write quorum W and returns the resulting cart.
+    pub async fn write(self: &Arc<Self>, req: &CartRequest) -> Result<Cart, NodeError> {
+        let w = self.quorum(req.consistency.w, self.cluster.config.w, "consistency.w")?;
+        self.quorum(req.consistency.r, self.cluster.config.r, "consistency.r")?;
+        if !self.cluster.is_owner(&req.cart_id) {
+            return self.forward(req).await;
+        }
+        let written = self.store.write(&req.cart_id, &req.op).await?;
+        self.replicate(&req.cart_id, &written.bytes, w - 1).await?;
+        Ok(written.cart)
+    }
+
+    /// Sends the owner's new state to every other target; returns once `needed` of them
+    /// persisted it, or fails with the count when the deadline passes first.
+    async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
+        let plan = self.cluster.plan(id);
+        for owner in &plan.unplaced {
+            self.hint_locally(owner, id, bytes).await;
+        }
+        let remote: Vec<Target> = plan
+            .targets
+            .into_iter()
+            .filter(|t| t.node_id != self.cluster.self_id)
+            .collect();
+        let (tx, mut rx) = mpsc::channel(remote.len().max(1));
+        for target in remote {
+            let Ok(permit) = self.background.clone().acquire_owned().await else {
+                break;
+            };
+            let (me, id, bytes, tx) = (self.clone(), id.clone(), bytes.clone(), tx.clone());
+            tokio::spawn(async move {
+                let ok = me.send_state(&target, &id, &bytes).await;
+                let _ = tx.send(ok).await;
+                drop(permit);
+            });
+        }
+        drop(tx);
+        let mut acked = 0;
+        let deadline = tokio::time::sleep(self.cluster.config.request_timeout);
+        tokio::pin!(deadline);
+        while acked < needed {
+            tokio::select! {
+                reply = rx.recv() => match reply {
+                    Some(true) => acked += 1,
+                    Some(false) => {}
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        if acked >= needed {
+            return Ok(());
+        }
+        let down: Vec<&str> = plan
+            .owners
+            .iter()
+            .filter(|o| !self.cluster.is_up(o))
+            .map(String::as_str)
+            .collect();
+        Err(NodeError::QuorumNotReached {
+            verb: "acknowledged",
+            acked: acked + 1,
+            required: needed + 1,
+            detail: format!(
+                "owners {}; down: {}",
+                plan.owners.join(","),
+                if down.is_empty() { "none".into() } else { down.join(",") }
+            ),
+        })
+    }
+
+    /// Replicates to one target; on failure keeps a hint here for the intended owner.
+    async fn send_state(&self, target: &Target, id: &CartId, bytes: &Arc<Vec<u8>>) -> bool {
+        let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
+        let Some(peer) = self.cluster.peer(&target.node_id) else {
+            return false;
+        };
+        let request = self.cluster.request(ReplicateRequest {
+            cart_id: id.to_string(),
+            state: bytes.to_vec(),
+            hint_for: target.hint_for.clone().unwrap_or_default(),
+        });
+        let result = peer.client().replicate(request).await;
+        self.cluster
+            .record(&target.node_id, result.as_ref().map(|_| ()));
+        if let Err(status) = result {
+            tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed; keeping a hint");
+            self.hint_locally(owner, id, bytes).await;
+            return false;
+        }
+        true
+    }
+
+    async fn hint_locally(&self, owner: &str, id: &CartId, bytes: &[u8]) {
+        let stored = match codec::decode(bytes) {
+            Ok(cart) => {
+                self.store
+                    .add_hint(owner, id, cart, self.cluster.config.hints_max)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match stored {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(owner, cart_id = %id, "hint store full; anti-entropy will repair this owner"),
+            Err(e) => tracing::error!(owner, cart_id = %id, error = %e, "cannot store hint"),
+        }
+    }
+
+    /// Hands the operation to the first owner that answers.
+    async fn forward(&self, req: &CartRequest) -> Result<Cart, NodeError> {
+        let op = codec::encode_op(&req.op)?;
+        let owners = self.cluster.owners(&req.cart_id);
+        let mut tried = Vec::new();
+        for owner in owners
+            .iter()
+            .filter(|o| self.cluster.is_up(o))
+            .chain(owners.iter().filter(|o| !self.cluster.is_up(o)))
+        {
+            let Some(peer) = self.cluster.peer(owner) else { continue };
+            let mut request = tonic::Request::new(CoordinateRequest {
+                cart_id: req.cart_id.to_string(),
+                op: op.clone(),
+                r: req.consistency.r.unwrap_or(0),
+                w: req.consistency.w.unwrap_or(0),
+                from_node: self.cluster.self_id.clone(),
+            });
+            // The owner needs its own quorum deadline plus the hop.
+            request.set_timeout(self.cluster.config.request_timeout + self.cluster.config.peer_timeout);
+            match peer.client().coordinate(request).await {
+                Ok(reply) => {
+                    self.cluster.record(owner, Ok(()));
+                    return Ok(codec::decode(&reply.into_inner().state)?);
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    self.cluster.record(owner, Err(&status));
+                    tried.push(format!("{owner}: {}", status.message()));
+                }
+                // The owner ran the operation and refused it, or its outcome is unknown: say so.
+                Err(status) => return Err(NodeError::Remote(status)),
+            }
+        }
+        Err(NodeError::NoReplica {
+            cart_id: req.cart_id.to_string(),
+            detail: tried.join("; "),
+        })
+    }
+
+    /// Reads the cart with read quorum R.
+    pub async fn read(self: &Arc<Self>, id: &CartId, consistency: Consistency) -> Result<Cart, NodeError> {
+        let r = self.quorum(consistency.r, self.cluster.config.r, "consistency.r")?;
+        self.quorum(consistency.w, self.cluster.config.w, "consistency.w")?;
+        let plan = self.cluster.plan(id);
+        let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
+        for target in plan.targets.clone() {
+            let (me, id, tx) = (self.clone(), id.clone(), tx.clone());
+            tokio::spawn(async move {
+                let state = me.read_one(&target, &id).await;
+                let _ = tx.send(ReadReply { target, state }).await;
+            });
+        }
+        drop(tx);
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let me = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move { me.gather(id, r, rx, answer_tx, plan.owners).await });
+        match tokio::time::timeout(self.cluster.config.request_timeout, answer_rx).await {
+            Ok(Ok(result)) => result,
+            _ => Err(NodeError::QuorumNotReached {
+                verb: "answered",
+                acked: 0,
+                required: r,
+                detail: "the read timed out".into(),
+            }),
+        }
+    }
+
+    async fn read_one(&self, target: &Target, id: &CartId) -> Result<Option<Encoded>, NodeError> {
+        if target.node_id == self.cluster.self_id {
+            return self.store.read_with_hints(id, &self.cluster_member_ids()).await;
+        }
+        let peer = self.cluster.peer(&target.node_id).ok_or_else(|| NodeError::Config {
+            reason: format!("unknown peer {}", target.node_id),
+        })?;
+        let result = peer
+            .client()
+            .read(self.cluster.request(ReadRequest {
+                cart_id: id.to_string(),
+            }))
+            .await;
+        self.cluster
+            .record(&target.node_id, result.as_ref().map(|_| ()));
+        let state = result.map_err(NodeError::Remote)?.into_inner().state;
+        if state.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Encoded::decode(&state)?))
+    }
+
+    fn cluster_member_ids(&self) -> Vec<String> {
+        self.cluster.ring.members().iter().map(|m| m.node_id.clone()).collect()
+    }
+
+    /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to
+    /// the deadline) and repairs every owner whose state differs from the merge.
+    async fn gather(
+        self: Arc<Self>,
+        id: CartId,
+        r: usize,
+        mut rx: mpsc::Receiver<ReadReply>,
+        answer: oneshot::Sender<Result<Cart, NodeError>>,
+        owners: Vec<String>,
+    ) {
+        let mut merged = Cart::default();
+        let mut replies: Vec<(Target, Option<Arc<Vec<u8>>>)> = Vec::new();
+        let mut failures = Vec::new();
+        let mut answer = Some(answer);
+        let deadline = tokio::time::sleep(self.cluster.config.request_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let reply = tokio::select! {
+                reply = rx.recv() => reply,
+                () = &mut deadline => None,
+            };
+            let Some(reply) = reply else { break };
+            match reply.state {
+                Ok(state) => {
+                    if let Some(e) = &state {
+                        merged.merge(e.cart.clone());
+                    }
+                    replies.push((reply.target, state.map(|e| e.bytes)));
+                }
+                Err(e) => failures.push(format!("{}: {e}", reply.target.node_id)),
+            }
+            if replies.len() >= r {
+                if let Some(tx) = answer.take() {
+                    let _ = tx.send(Ok(merged.clone()));
+                }
+            }
+        }
+        if let Some(tx) = answer.take() {
+            let _ = tx.send(Err(NodeError::QuorumNotReached {
+                verb: "answered",
+                acked: replies.len(),
+                required: r,
+                detail: if failures.is_empty() {
+                    format!("owners {}", owners.join(","))
+                } else {
+                    failures.join("; ")
+                },
+            }));
+            return;
+        }
+        self.repair(&id, merged, replies).await;
+    }
+
+    /// Read repair: send the merged state to every owner that answered with something else.
+    async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Arc<Vec<u8>>>)>) {
+        let Ok(merged) = Encoded::new(merged) else { return };
+        for (target, state) in replies {
+            if target.hint_for.is_some() || state.as_deref() == Some(&merged.bytes) {
+                continue;
+            }
+            tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");
+            if target.node_id == self.cluster.self_id {
+                if let Err(e) = self.store.merge(id, merged.cart.clone()).await {
+                    tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
+                }
+            } else if let Ok(_permit) = self.background.try_acquire() {
+                self.send_state(&target, id, &merged.bytes).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The internal `ReplicaService`: what peers ask of this node. Every call passed the secret check
+//! ([`check_secret`]) before it gets here.
+
+use std::sync::Arc;
+
+use cart_crdt::{codec, CartId};
+use cart_proto::replica_pb::replica_service_server::ReplicaService;
+use cart_proto::replica_pb::{
+    BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest, KeyHash,
+    PingReply, PingRequest, ReadReply, ReadRequest, ReplicateReply, ReplicateRequest,
+};
+use cart_proto::{CartRequest, Consistency, SECRET_HEADER};
+use tonic::{Request, Response, Status};
+
+use crate::anti_entropy;
+use crate::coordinator::Coordinator;
+use crate::error::NodeError;
+
+pub struct ReplicaApi {
+    coordinator: Arc<Coordinator>,
+}
+
+impl ReplicaApi {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        ReplicaApi { coordinator }
+    }
+
+    fn cart_id(&self, raw: &str) -> Result<CartId, Status> {
+        CartId::parse(raw, self.coordinator.store.limits()).map_err(|e| Status::from(NodeError::from(e)))
+    }
+}
+
+/// Refuses internal calls that do not carry the cluster secret.
+pub fn check_secret(secret: String) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let given = request.metadata().get(SECRET_HEADER).map(|v| v.as_bytes());
+        if given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(format!(
+                "internal call without the cluster secret ({SECRET_HEADER})"
+            )))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bad_state(e: cart_crdt::CartError) -> Status {
+    NodeError::BadPeerMessage { reason: e.to_string() }.into()
+}
+
+#[tonic::async_trait]
+impl ReplicaService for ReplicaApi {
+    async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<ReplicateReply>, Status> {
+        let req = request.into_inner();
+        let id = self.cart_id(&req.cart_id)?;
+        let cart = codec::decode(&req.state).map_err(bad_state)?;
+        let store = &self.coordinator.store;
+        if req.hint_for.is_empty() {
+            store.merge(&id, cart).await?;
+        } else if !store
+            .add_hint(&req.hint_for, &id, cart, self.coordinator.cluster.config.hints_max)
+            .await?
+        {
+            return Err(Status::resource_exhausted("this node holds hints_max hints already"));
+        }
+        Ok(Response::new(ReplicateReply {}))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let id = self.cart_id(&request.into_inner().cart_id)?;
+        let members: Vec<String> = self
+            .coordinator
+            .cluster
+            .ring
+            .members()
+            .iter()
+            .map(|m| m.node_id.clone())
+            .collect();
+        let state = self.coordinator.store.read_with_hints(&id, &members).await?;
+        Ok(Response::new(ReadReply {
+            state: state.map(|e| e.bytes.to_vec()).unwrap_or_default(),
+        }))
+    }
+
+    async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateReply>, Status> {
+        let req = request.into_inner();
+        let cart_id = self.cart_id(&req.cart_id)?;
+        let op = codec::decode_op(&req.op).map_err(bad_state)?;
+        if !self.coordinator.cluster.is_owner(&cart_id) {
+            // The rings disagree: coordinating here would make a non-owner an actor of the cart.
+            return Err(Status::failed_precondition(format!(
+                "{} is not an owner of {cart_id}; check that every node has the same membership",
+                self.coordinator.cluster.self_id
+            )));
+        }
+        let consistency = Consistency {
+            r: (req.r > 0).then_some(req.r),
+            w: (req.w > 0).then_some(req.w),
+        };
+        tracing::debug!(cart_id = %cart_id, from = %req.from_node, op = op.name(), "coordinating a forwarded write");
+        let cart = self
+            .coordinator
+            .write(&CartRequest {
+                cart_id,
+                op,
+                consistency,
+            })
+            .await?;
+        let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
+        Ok(Response::new(CoordinateReply { state }))
+    }
+
+    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        Ok(Response::new(PingReply {
+            node_id: self.coordinator.cluster.self_id.clone(),
+        }))
+    }
+
+    async fn digest(&self, request: Request<DigestRequest>) -> Result<Response<DigestReply>, Status> {
+        let from = request.into_inner().from_node;
+        let digest = anti_entropy::digest(&self.coordinator, &from)?;
+        Ok(Response::new(DigestReply { buckets: digest }))
+    }
+
+    async fn bucket_keys(&self, request: Request<BucketKeysRequest>) -> Result<Response<BucketKeysReply>, Status> {
+        let req = request.into_inner();
+        let keys = anti_entropy::bucket_keys(&self.coordinator, &req.from_node, &req.buckets)?;
+        Ok(Response::new(BucketKeysReply {
+            keys: keys
+                .into_iter()
+                .map(|(cart_id, hash)| KeyHash { cart_id, hash })
+                .collect(),
+        }))
+    }
+}
