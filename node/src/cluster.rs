@@ -66,10 +66,10 @@ pub struct Target {
 pub struct Plan {
     /// The preference list (first N distinct nodes on the ring).
     pub owners: Vec<String>,
-    /// One target per owner: the owner itself when up, else the next healthy fallback.
+    /// One target per owner: the owner itself when up, else the next healthy fallback, else
+    /// (no fallback free) the owner anyway: the detector may be stale, and a call to a dead node
+    /// fails fast; the coordinator then keeps a hint for it.
     pub targets: Vec<Target>,
-    /// Down owners for which no fallback was free: the coordinator keeps a hint for each.
-    pub unplaced: Vec<String>,
 }
 
 pub struct Cluster {
@@ -154,27 +154,20 @@ impl Cluster {
         let owners: Vec<String> = walk[..n].iter().map(|m| m.node_id.clone()).collect();
         let mut fallbacks = walk[n..].iter().filter(|m| self.is_up(&m.node_id));
         let mut targets = Vec::new();
-        let mut unplaced = Vec::new();
         for owner in &owners {
-            if self.is_up(owner) {
-                targets.push(Target {
+            let fallback = if self.is_up(owner) { None } else { fallbacks.next() };
+            targets.push(match fallback {
+                Some(f) => Target {
+                    node_id: f.node_id.clone(),
+                    hint_for: Some(owner.clone()),
+                },
+                None => Target {
                     node_id: owner.clone(),
                     hint_for: None,
-                });
-            } else if let Some(fallback) = fallbacks.next() {
-                targets.push(Target {
-                    node_id: fallback.node_id.clone(),
-                    hint_for: Some(owner.clone()),
-                });
-            } else {
-                unplaced.push(owner.clone());
-            }
+                },
+            });
         }
-        Plan {
-            owners,
-            targets,
-            unplaced,
-        }
+        Plan { owners, targets }
     }
 
     /// Records the outcome of a call to a peer: a success marks it up; a failure that says the

@@ -70,9 +70,6 @@ impl Coordinator {
     /// persisted it, or fails with the count when the deadline passes first.
     async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
         let plan = self.cluster.plan(id);
-        for owner in &plan.unplaced {
-            self.hint_locally(owner, id, bytes).await;
-        }
         let remote: Vec<Target> = plan
             .targets
             .into_iter()
@@ -137,8 +134,7 @@ impl Coordinator {
             hint_for: target.hint_for.clone().unwrap_or_default(),
         });
         let result = peer.client().replicate(request).await;
-        self.cluster
-            .record(&target.node_id, result.as_ref().map(|_| ()));
+        self.cluster.record(&target.node_id, result.as_ref().map(|_| ()));
         if let Err(status) = result {
             tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed; keeping a hint");
             self.hint_locally(owner, id, bytes).await;
@@ -244,8 +240,7 @@ impl Coordinator {
                 cart_id: id.to_string(),
             }))
             .await;
-        self.cluster
-            .record(&target.node_id, result.as_ref().map(|_| ()));
+        self.cluster.record(&target.node_id, result.as_ref().map(|_| ()));
         let state = result.map_err(NodeError::Remote)?.into_inner().state;
         if state.is_empty() {
             return Ok(None);

@@ -1,0 +1,390 @@
+//! Replication end to end with real `cartd` processes: quorum reads and writes, hinted handoff
+//! after kill -9, anti-entropy without hints or reads, concurrent coordinators, sloppy quorum with
+//! a fallback node, forwarding from a non-owner, and the cluster secret.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cart_client::{CartClient, ClientOptions, Consistency, ItemSnapshot};
+use cart_node::launcher::LocalCluster;
+use cart_proto::admin_pb::{ClusterStatusRequest, DiscardHintsRequest, LocalReadRequest};
+use cart_proto::pb;
+use cart_proto::replica_pb::replica_service_client::ReplicaServiceClient;
+use cart_proto::replica_pb::PingRequest;
+use cart_ring::Ring;
+use tonic::Code;
+
+const SECRET: &str = "local-cluster-secret";
+/// Anti-entropy off (for tests of hints alone).
+const NO_AE: &str = "anti_entropy_interval_ms = 600000";
+
+fn mug() -> ItemSnapshot {
+    ItemSnapshot::new("Mug", 1299, "EUR")
+}
+
+fn snapshot() -> pb::ItemSnapshot {
+    pb::ItemSnapshot {
+        name: "Item".into(),
+        unit_price_minor: 100,
+        currency: "EUR".into(),
+        ..Default::default()
+    }
+}
+
+/// A client pinned to one node (ring-aware routing off would still fail over; the raw gRPC client
+/// talks to exactly this node).
+async fn add_via(addr: SocketAddr, cart: &str, product: &str, w: u32) -> Result<pb::Cart, tonic::Status> {
+    let mut c = common::raw_client(addr).await;
+    let req = pb::AddItemRequest {
+        cart_id: cart.into(),
+        product_id: product.into(),
+        quantity: 1,
+        snapshot: Some(snapshot()),
+        consistency: Some(pb::Consistency { r: 0, w }),
+    };
+    Ok(c.add_item(req).await?.into_inner().cart.unwrap_or_default())
+}
+
+async fn get_via(addr: SocketAddr, cart: &str, r: u32) -> Result<pb::Cart, tonic::Status> {
+    let mut c = common::raw_client(addr).await;
+    let req = pb::GetCartRequest {
+        cart_id: cart.into(),
+        consistency: Some(pb::Consistency { r, w: 0 }),
+    };
+    Ok(c.get_cart(req).await?.into_inner().cart.unwrap_or_default())
+}
+
+/// The products in a node's own replica of `cart` (no quorum, no hints).
+async fn local_products(addr: SocketAddr, cart: &str) -> BTreeSet<String> {
+    let reply = common::admin(addr)
+        .await
+        .local_read(LocalReadRequest { cart_id: cart.into() })
+        .await
+        .unwrap();
+    reply
+        .into_inner()
+        .cart
+        .map(|c| c.lines.into_iter().map(|l| l.product_id).collect())
+        .unwrap_or_default()
+}
+
+async fn hint_backlog(addr: SocketAddr) -> u64 {
+    common::admin(addr)
+        .await
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hint_backlog
+}
+
+fn products(cart: &pb::Cart) -> BTreeSet<String> {
+    cart.lines.iter().map(|l| l.product_id.clone()).collect()
+}
+
+fn ring_of(cluster: &LocalCluster) -> Ring {
+    Ring::new(cluster.spec.nodes.iter().map(|(id, a)| cart_ring::Member {
+        node_id: id.clone(),
+        addr: a.to_string(),
+        weight: 1,
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_acknowledged_at_w2_is_readable_through_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(dir.path(), 3, "");
+    let cart = add_via(common::addr(&cluster, 0), "user:alice", "sku-1", 2)
+        .await
+        .unwrap();
+    assert_eq!(products(&cart), BTreeSet::from(["sku-1".to_string()]));
+    for i in 0..3 {
+        let seen = get_via(common::addr(&cluster, i), "user:alice", 0).await.unwrap();
+        assert_eq!(
+            products(&seen),
+            BTreeSet::from(["sku-1".to_string()]),
+            "read through node {i}"
+        );
+    }
+    let all = get_via(common::addr(&cluster, 2), "user:alice", 3).await.unwrap();
+    assert_eq!(all.lines[0].quantity, 1, "R = 3 sees it");
+    // Every replica holds it on its own disk shortly after (the third got it in the background).
+    for i in 0..3 {
+        let addr = common::addr(&cluster, i);
+        assert!(
+            common::eventually(Duration::from_secs(5), || async move {
+                local_products(addr, "user:alice").await.contains("sku-1")
+            })
+            .await
+        );
+    }
+    // Quorums outside 1..=N are refused, naming the field.
+    let err = add_via(common::addr(&cluster, 0), "user:alice", "sku-2", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("consistency.w"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hinted_writes_reach_a_node_restarted_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
+    let (n1, n2, n3) = (
+        common::addr(&cluster, 0),
+        common::addr(&cluster, 1),
+        common::addr(&cluster, 2),
+    );
+    cluster.kill9(2).unwrap();
+    let carts: Vec<String> = (0..20).map(|i| format!("user:h{i}")).collect();
+    for (i, cart) in carts.iter().enumerate() {
+        let via = if i % 2 == 0 { n1 } else { n2 };
+        add_via(via, cart, "sku-1", 2)
+            .await
+            .unwrap_or_else(|e| panic!("{cart} while n3 is down: {e:?}"));
+        add_via(via, cart, "sku-2", 2).await.unwrap();
+    }
+    let held = hint_backlog(n1).await + hint_backlog(n2).await;
+    assert_eq!(held, carts.len() as u64, "one hint per cart for n3");
+    let status = common::admin(n1)
+        .await
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let n3_row = status.nodes.iter().find(|n| n.node_id == "n3").unwrap();
+    assert!(!n3_row.up, "n1 should see n3 down");
+
+    cluster.restart(2).unwrap();
+    let delivered = common::eventually(Duration::from_secs(20), || {
+        let carts = carts.clone();
+        async move {
+            for cart in &carts {
+                if local_products(n3, cart).await.len() != 2 {
+                    return false;
+                }
+            }
+            hint_backlog(n1).await + hint_backlog(n2).await == 0
+        }
+    })
+    .await;
+    assert!(delivered, "hints not handed off to n3 within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_alone_converges_a_replica_whose_hints_were_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, "anti_entropy_interval_ms = 300");
+    let (n1, n2, n3) = (
+        common::addr(&cluster, 0),
+        common::addr(&cluster, 1),
+        common::addr(&cluster, 2),
+    );
+    cluster.kill9(2).unwrap();
+    let carts: Vec<String> = (0..30).map(|i| format!("guest:ae{i}")).collect();
+    for cart in &carts {
+        add_via(n1, cart, "sku-1", 2).await.unwrap();
+    }
+    for addr in [n1, n2] {
+        let mut admin = common::admin(addr).await;
+        let refused = admin.discard_hints(DiscardHintsRequest {}).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "discarding hints needs the secret"
+        );
+        let mut req = tonic::Request::new(DiscardHintsRequest {});
+        req.metadata_mut()
+            .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+        admin.discard_hints(req).await.unwrap();
+        assert_eq!(hint_backlog(addr).await, 0);
+    }
+    cluster.restart(2).unwrap();
+    // No read of these carts goes through the API: only anti-entropy can bring them to n3.
+    let converged = common::eventually(Duration::from_secs(30), || {
+        let carts = carts.clone();
+        async move {
+            for cart in &carts {
+                if !local_products(n3, cart).await.contains("sku-1") {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(converged, "anti-entropy did not converge n3 within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_through_different_coordinators_all_survive_and_sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(dir.path(), 3, "anti_entropy_interval_ms = 500");
+    let cart = "user:shared";
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let addr = common::addr(&cluster, i);
+        tasks.push(tokio::spawn(async move {
+            let mut c = common::raw_client(addr).await;
+            for k in 0..15 {
+                for product in [format!("n{i}-item-{k}"), "hot".to_string()] {
+                    let req = pb::AddItemRequest {
+                        cart_id: cart.into(),
+                        product_id: product,
+                        quantity: 1,
+                        snapshot: Some(snapshot()),
+                        consistency: None,
+                    };
+                    c.add_item(req).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected: BTreeSet<String> = (0..3)
+        .flat_map(|i| (0..15).map(move |k| format!("n{i}-item-{k}")))
+        .chain(["hot".to_string()])
+        .collect();
+    for i in 0..3 {
+        let addr = common::addr(&cluster, i);
+        let expected = expected.clone();
+        let converged = common::eventually(Duration::from_secs(15), || {
+            let expected = expected.clone();
+            async move {
+                let reply = common::admin(addr)
+                    .await
+                    .local_read(LocalReadRequest { cart_id: cart.into() })
+                    .await
+                    .unwrap();
+                let Some(local) = reply.into_inner().cart else {
+                    return false;
+                };
+                let hot = local.lines.iter().find(|l| l.product_id == "hot").map(|l| l.quantity);
+                products(&local) == expected && hot == Some(45)
+            }
+        })
+        .await;
+        assert!(
+            converged,
+            "node {i}'s replica lacks items or the concurrent +1s did not sum to 45"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sloppy_quorum_uses_a_fallback_and_a_non_owner_forwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 4, &format!("n = 3\n{NO_AE}"));
+    let ring = ring_of(&cluster);
+    let ids: Vec<String> = cluster.spec.nodes.iter().map(|(n, _)| n.clone()).collect();
+    let index = |id: &str| ids.iter().position(|n| n == id).unwrap();
+    let cart = "user:sloppy";
+    let walk: Vec<String> = ring.walk(cart.as_bytes()).map(|m| m.node_id.clone()).collect();
+    let (owners, outsider) = (&walk[..3], &walk[3]);
+
+    // A non-owner forwards: the write succeeds and lands on the owners, not on it.
+    let outsider_addr = common::addr(&cluster, index(outsider));
+    add_via(outsider_addr, cart, "sku-1", 3).await.unwrap();
+    assert!(
+        local_products(outsider_addr, cart).await.is_empty(),
+        "{outsider} is not a replica"
+    );
+    for o in owners {
+        assert!(
+            local_products(common::addr(&cluster, index(o)), cart)
+                .await
+                .contains("sku-1"),
+            "owner {o}"
+        );
+    }
+
+    // With one owner down, W = 3 is still reached: the fallback holds a hint for it.
+    let dead = index(&owners[2]);
+    cluster.kill9(dead).unwrap();
+    let coordinator = common::addr(&cluster, index(&owners[0]));
+    let mut acked = false;
+    for _ in 0..20 {
+        // The first attempt may still try the dead owner before the detector marks it down.
+        if add_via(coordinator, cart, "sku-2", 3).await.is_ok() {
+            acked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(acked, "W = 3 with a fallback standing in for the dead owner");
+    let status = common::admin(outsider_addr)
+        .await
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let held = status.nodes.iter().find(|n| n.node_id == owners[2]).unwrap().hints_held;
+    assert_eq!(held, 1, "the fallback {outsider} holds the hint for {}", owners[2]);
+    // A sloppy read sees it through the fallback too.
+    let seen = get_via(common::addr(&cluster, index(&owners[1])), cart, 3)
+        .await
+        .unwrap();
+    assert!(products(&seen).contains("sku-2"));
+
+    cluster.restart(dead).unwrap();
+    let dead_addr = common::addr(&cluster, dead);
+    let handed_off = common::eventually(Duration::from_secs(20), || async move {
+        local_products(dead_addr, cart).await.contains("sku-2") && hint_backlog(outsider_addr).await == 0
+    })
+    .await;
+    assert!(handed_off, "the fallback's hint did not reach the restarted owner");
+}
+
+#[tokio::test]
+async fn peer_calls_without_the_cluster_secret_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(dir.path(), 3, "");
+    let url = format!("http://{}", common::addr(&cluster, 0));
+    let mut peer = ReplicaServiceClient::connect(url).await.unwrap();
+    let refused = peer
+        .ping(PingRequest {
+            from_node: "intruder".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(PingRequest {
+        from_node: "intruder".into(),
+    });
+    wrong
+        .metadata_mut()
+        .insert(cart_proto::SECRET_HEADER, "not-the-secret".parse().unwrap());
+    assert_eq!(peer.ping(wrong).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut right = tonic::Request::new(PingRequest { from_node: "n2".into() });
+    right
+        .metadata_mut()
+        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+    assert_eq!(peer.ping(right).await.unwrap().into_inner().node_id, "n1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_working_when_a_node_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, "");
+    let options = ClientOptions {
+        consistency: Consistency { r: None, w: Some(2) },
+        ..ClientOptions::default()
+    };
+    let client = CartClient::connect_with(cluster.endpoints(), options).await.unwrap();
+    client.add_item("user:resilient", "sku-1", 1, mug()).await.unwrap();
+    cluster.kill9(0).unwrap();
+    for i in 0..10 {
+        let cart = client
+            .add_item("user:resilient", &format!("sku-{}", i + 2), 1, mug())
+            .await
+            .unwrap();
+        assert_eq!(cart.lines.len(), i + 2);
+    }
+    assert_eq!(client.get_cart("user:resilient").await.unwrap().lines.len(), 11);
+}
