@@ -1,18 +1,37 @@
 //! `cartctl`: the operator's command line. Parsing is clap's; each command is one client call;
-//! output is a readable table or, with `--json`, the cart as JSON.
+//! output is a readable table or, with `--json`, the same as JSON.
+//!
+//! - `cartctl cart …` reads and changes carts through a [`CartClient`].
+//! - `cartctl status` asks the first endpoint that answers for `AdminService.ClusterStatus`: one
+//!   row per node as that node sees it (up or down, share of the ring, hints it holds for it).
+//! - `cartctl hints discard --secret SECRET` drops every hint the asked node holds. An operator
+//!   action, for a backlog that can never be delivered (a node removed for good): afterwards only
+//!   anti-entropy repairs those owners. It needs the cluster secret and acts on exactly one node.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use cart_crdt::{format_money, CartView, ItemSnapshot};
+use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
+use cart_proto::admin_pb::{ClusterStatusReply, ClusterStatusRequest, DiscardHintsRequest};
+use cart_proto::SECRET_HEADER;
 use clap::{Args, Parser, Subcommand};
-use comfy_table::{presets, Table};
+use comfy_table::{presets, CellAlignment, Table};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::{Code, Request};
 
+use crate::client::lazy_channel;
 use crate::{CartClient, ClientError, ClientOptions, Consistency};
 
 #[derive(Debug, Parser)]
-#[command(name = "cartctl", version, about = "cartdb command line: read and change carts")]
+#[command(
+    name = "cartctl",
+    version,
+    about = "cartdb command line: read and change carts, see the cluster"
+)]
 pub struct Cli {
-    /// Node to talk to, HOST:PORT; repeat for failover.
+    /// Node to talk to, HOST:PORT; repeat for failover. Cart commands learn the cluster from it and
+    /// go to each cart's owners; `status` asks the first that answers; `hints discard` needs one.
     #[arg(long = "endpoint", global = true, default_value = "127.0.0.1:7001")]
     pub endpoints: Vec<String>,
     /// Print JSON instead of a table.
@@ -36,6 +55,22 @@ pub enum Command {
     /// Read and change carts.
     #[command(subcommand)]
     Cart(CartCmd),
+    /// The cluster as the first endpoint that answers sees it: nodes, up/down, ring shares, hints.
+    Status,
+    /// Hinted-handoff maintenance (operator actions).
+    #[command(subcommand)]
+    Hints(HintsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HintsCmd {
+    /// Drop every hint the asked node holds (give exactly one --endpoint). The hints' owners then
+    /// miss those writes until anti-entropy repairs them. Needs the cluster secret.
+    Discard {
+        /// The cluster secret (`[cluster] secret`).
+        #[arg(long, env = "CARTDB_SECRET", hide_env_values = true)]
+        secret: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,29 +138,187 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
         },
         ..ClientOptions::default()
     };
-    let client = CartClient::connect_with(&cli.endpoints, options).await?;
-    let Command::Cart(cmd) = cli.command;
-    let cart = match cmd {
-        CartCmd::Get { id } => client.get_cart(&id).await?,
+    match cli.command {
+        Command::Cart(cmd) => {
+            let client = CartClient::connect_with(&cli.endpoints, options).await?;
+            let cart = run_cart(&client, cmd).await?;
+            if cli.json {
+                to_json(&cart)
+            } else {
+                Ok(render(&cart))
+            }
+        }
+        Command::Status => {
+            let status = cluster_status(&cli.endpoints, &options).await?;
+            if cli.json {
+                to_json(&status)
+            } else {
+                Ok(render_status(&status))
+            }
+        }
+        Command::Hints(HintsCmd::Discard { secret }) => {
+            let discarded = discard_hints(&cli.endpoints, &options, &secret).await?;
+            if cli.json {
+                to_json(&discarded)
+            } else {
+                Ok(format!(
+                    "{} discarded {} hint(s); anti-entropy will repair their owners\n",
+                    discarded.endpoint, discarded.discarded
+                ))
+            }
+        }
+    }
+}
+
+async fn run_cart(client: &CartClient, cmd: CartCmd) -> Result<CartView, ClientError> {
+    match cmd {
+        CartCmd::Get { id } => client.get_cart(&id).await,
         CartCmd::Add(a) => {
             let mut snapshot = ItemSnapshot::new(a.name, a.price, a.currency);
             snapshot.image_url = a.image_url;
             snapshot.attributes.extend(a.attrs);
-            client.add_item(&a.id, &a.product, a.qty, snapshot).await?
+            client.add_item(&a.id, &a.product, a.qty, snapshot).await
         }
-        CartCmd::Set { id, product, qty } => client.set_quantity(&id, &product, qty).await?,
-        CartCmd::Remove { id, product } => client.remove_item(&id, &product).await?,
-        CartCmd::Clear { id } => client.clear_cart(&id).await?,
-        CartCmd::Save { id, product } => client.save_for_later(&id, &product).await?,
-        CartCmd::Move { id, product } => client.move_to_cart(&id, &product).await?,
-        CartCmd::Coupon(CouponCmd::Add { id, code }) => client.apply_coupon(&id, &code).await?,
-        CartCmd::Coupon(CouponCmd::Remove { id, code }) => client.remove_coupon(&id, &code).await?,
-    };
-    if cli.json {
-        serde_json::to_string_pretty(&cart).map_err(|e| ClientError::Output { reason: e.to_string() })
-    } else {
-        Ok(render(&cart))
+        CartCmd::Set { id, product, qty } => client.set_quantity(&id, &product, qty).await,
+        CartCmd::Remove { id, product } => client.remove_item(&id, &product).await,
+        CartCmd::Clear { id } => client.clear_cart(&id).await,
+        CartCmd::Save { id, product } => client.save_for_later(&id, &product).await,
+        CartCmd::Move { id, product } => client.move_to_cart(&id, &product).await,
+        CartCmd::Coupon(CouponCmd::Add { id, code }) => client.apply_coupon(&id, &code).await,
+        CartCmd::Coupon(CouponCmd::Remove { id, code }) => client.remove_coupon(&id, &code).await,
     }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, ClientError> {
+    serde_json::to_string_pretty(value).map_err(|e| ClientError::Output { reason: e.to_string() })
+}
+
+/// `cartctl status`: the cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered, and the endpoint it was asked at.
+    pub asked_node: String,
+    pub endpoint: String,
+    pub nodes: Vec<NodeRow>,
+    /// Every hint the asked node holds.
+    pub hint_backlog: u64,
+}
+
+/// One node as the asked node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub addr: String,
+    /// As seen by the asked node (always true for itself).
+    pub up: bool,
+    /// Fraction (0–1) of the hash space this node is the first owner of.
+    pub ring_share: f64,
+    /// Hints the asked node holds for this node.
+    pub hints_held: u64,
+}
+
+impl ClusterStatus {
+    pub fn from_reply(reply: ClusterStatusReply, endpoint: &str) -> Self {
+        ClusterStatus {
+            asked_node: reply.asked_node,
+            endpoint: endpoint.to_owned(),
+            nodes: reply
+                .nodes
+                .into_iter()
+                .map(|n| NodeRow {
+                    node_id: n.node_id,
+                    addr: n.addr,
+                    up: n.up,
+                    ring_share: n.ring_share,
+                    hints_held: n.hints_held,
+                })
+                .collect(),
+            hint_backlog: reply.hint_backlog,
+        }
+    }
+}
+
+/// Whether an admin call's failure means "this node did not answer: ask the next one".
+fn unanswered(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// `ClusterStatus` from the first endpoint that answers.
+async fn cluster_status(endpoints: &[String], options: &ClientOptions) -> Result<ClusterStatus, ClientError> {
+    let mut last_error = ClientError::NoEndpoints;
+    for endpoint in endpoints {
+        let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
+        let mut request = Request::new(ClusterStatusRequest {});
+        request.set_timeout(options.request_timeout);
+        match client.cluster_status(request).await {
+            Ok(reply) => return Ok(ClusterStatus::from_reply(reply.into_inner(), endpoint)),
+            Err(status) if unanswered(status.code()) => last_error = ClientError::status(&status, endpoint),
+            Err(status) => return Err(ClientError::status(&status, endpoint)),
+        }
+    }
+    Err(last_error)
+}
+
+/// What `cartctl hints discard` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discarded {
+    pub endpoint: String,
+    pub discarded: u64,
+}
+
+/// `DiscardHints` on the one endpoint given: hints belong to a node, so no failover.
+async fn discard_hints(endpoints: &[String], options: &ClientOptions, secret: &str) -> Result<Discarded, ClientError> {
+    let [endpoint] = endpoints else {
+        return Err(ClientError::Usage {
+            reason: format!(
+                "hints discard acts on one node: give exactly one --endpoint (got {})",
+                endpoints.len()
+            ),
+        });
+    };
+    let secret: MetadataValue<Ascii> = secret.parse().map_err(|_| ClientError::Usage {
+        reason: "the secret must be printable ASCII".into(),
+    })?;
+    let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
+    let mut request = Request::new(DiscardHintsRequest {});
+    request.set_timeout(options.request_timeout);
+    request.metadata_mut().insert(SECRET_HEADER, secret);
+    let reply = client
+        .discard_hints(request)
+        .await
+        .map_err(|status| ClientError::status(&status, endpoint))?;
+    Ok(Discarded {
+        endpoint: endpoint.clone(),
+        discarded: reply.into_inner().discarded,
+    })
+}
+
+/// The human-readable form of a cluster status.
+pub fn render_status(status: &ClusterStatus) -> String {
+    let mut out = format!(
+        "cluster as seen by {} (asked at {})\n",
+        status.asked_node, status.endpoint
+    );
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_BORDERS_ONLY);
+    table.set_header(["node", "address", "state", "ring share", "hints held"]);
+    for node in &status.nodes {
+        table.add_row([
+            node.node_id.clone(),
+            node.addr.clone(),
+            if node.up { "up" } else { "down" }.to_owned(),
+            format!("{:.1}%", node.ring_share * 100.0),
+            node.hints_held.to_string(),
+        ]);
+    }
+    for column in [3, 4] {
+        if let Some(c) = table.column_mut(column) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    out.push_str(&format!("{table}\n"));
+    out.push_str(&format!("hint backlog: {}\n", status.hint_backlog));
+    out
 }
 
 /// The human-readable form of a cart.
@@ -175,4 +368,103 @@ pub fn render(cart: &CartView) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn status() -> ClusterStatus {
+        let row = |id: &str, up, share, hints| NodeRow {
+            node_id: id.into(),
+            addr: format!("127.0.0.1:700{}", &id[1..]),
+            up,
+            ring_share: share,
+            hints_held: hints,
+        };
+        ClusterStatus {
+            asked_node: "n1".into(),
+            endpoint: "127.0.0.1:7001".into(),
+            nodes: vec![
+                row("n1", true, 0.3349, 0),
+                row("n2", true, 0.33, 0),
+                row("n3", false, 0.3351, 42),
+            ],
+            hint_backlog: 42,
+        }
+    }
+
+    #[test]
+    fn status_renders_a_row_per_node_with_state_share_and_hints() {
+        let out = render_status(&status());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "cluster as seen by n1 (asked at 127.0.0.1:7001)");
+        assert_eq!(lines.last(), Some(&"hint backlog: 42"));
+        let row = |id: &str| {
+            lines
+                .iter()
+                .map(|l| l.split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>())
+                .find(|words| words.first() == Some(&id))
+                .unwrap_or_else(|| panic!("no row for {id}:\n{out}"))
+        };
+        assert_eq!(row("n1"), ["n1", "127.0.0.1:7001", "up", "33.5%", "0"]);
+        assert_eq!(row("n2"), ["n2", "127.0.0.1:7002", "up", "33.0%", "0"]);
+        assert_eq!(row("n3"), ["n3", "127.0.0.1:7003", "down", "33.5%", "42"]);
+    }
+
+    #[test]
+    fn status_json_round_trips() {
+        let json = to_json(&status()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["asked_node"], "n1");
+        assert_eq!(value["nodes"][2]["up"], false);
+        assert_eq!(value["nodes"][2]["hints_held"], 42);
+        assert_eq!(serde_json::from_str::<ClusterStatus>(&json).unwrap(), status());
+    }
+
+    #[test]
+    fn status_comes_from_the_wire_reply() {
+        let reply = ClusterStatusReply {
+            asked_node: "n2".into(),
+            nodes: vec![cart_proto::admin_pb::NodeStatus {
+                node_id: "n2".into(),
+                addr: "10.0.0.2:7001".into(),
+                up: true,
+                ring_share: 1.0,
+                hints_held: 0,
+            }],
+            hint_backlog: 0,
+        };
+        let status = ClusterStatus::from_reply(reply, "10.0.0.2:7001");
+        assert_eq!(status.nodes[0].ring_share, 1.0);
+        assert!(render_status(&status).contains("100.0%"));
+    }
+
+    #[test]
+    fn status_and_hints_discard_parse() {
+        let cli = Cli::try_parse_from(["cartctl", "status", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Status) && cli.json);
+        let cli = Cli::try_parse_from(["cartctl", "hints", "discard", "--secret", "s3cret-s3cret"]).unwrap();
+        assert!(matches!(cli.command, Command::Hints(HintsCmd::Discard { ref secret }) if secret == "s3cret-s3cret"));
+    }
+
+    #[tokio::test]
+    async fn hints_discard_refuses_several_endpoints_before_calling_anyone() {
+        let cli = Cli::try_parse_from([
+            "cartctl",
+            "--endpoint",
+            "127.0.0.1:1",
+            "--endpoint",
+            "127.0.0.1:2",
+            "hints",
+            "discard",
+            "--secret",
+            "s3cret-s3cret",
+        ])
+        .unwrap();
+        let err = run(cli).await.unwrap_err();
+        assert!(matches!(err, ClientError::Usage { .. }), "{err}");
+        assert!(err.to_string().contains("exactly one --endpoint"), "{err}");
+    }
 }

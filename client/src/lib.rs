@@ -1,10 +1,24 @@
 //! `cart-client`: the async Rust client storefronts use to talk to cartdb, and the `cartctl` CLI.
 //!
 //! Contract:
-//! - [`CartClient::connect`] takes one or more `HOST:PORT` endpoints. Each call goes to an
-//!   endpoint chosen by the cart id (the same cart sticks to the same node) and, when that node
-//!   answers `UNAVAILABLE` or cannot be reached, is retried on the next endpoint with exponential
-//!   backoff and jitter, up to [`ClientOptions::max_attempts`].
+//! - [`CartClient::connect`] takes one or more `HOST:PORT` endpoints and asks them in turn for
+//!   the cluster's membership (`AdminService.GetMembership`). With it the client builds the same
+//!   ring as the nodes ([`cart_ring::Ring`]) and sends each call for a cart first to the cart's
+//!   owners in preference-list order, then to the other members in ring order, then to configured
+//!   endpoints that are no member's address. Any node accepts any call and forwards writes to an
+//!   owner itself, so routing only saves that hop; it is never needed for correctness.
+//! - If no endpoint answers (the cluster is down), the client is created anyway and sends each
+//!   call to the configured endpoints, the same cart to the same endpoint first, until it learns
+//!   the membership. [`ClientOptions::ring_aware`] = false keeps this behaviour for good.
+//! - Refresh: every reply carries the answering node's membership version
+//!   ([`cart_proto::MEMBERSHIP_HEADER`]). When it differs from the client's, or when a call failed
+//!   on every attempt, the next call first fetches the membership again (the node that reported
+//!   the new version first). One task refreshes at a time, others go on with the routes they have,
+//!   and such refreshes are at least [`MEMBERSHIP_REFRESH_MIN_INTERVAL`] apart. Channels are made
+//!   lazily, one per address, with HTTP/2 keepalive, TCP_NODELAY and the options' timeouts.
+//! - A call that gets `UNAVAILABLE` (the node could not be reached or refused before acting) is
+//!   retried on the next node of its route with exponential backoff and jitter, up to
+//!   [`ClientOptions::max_attempts`] (by default one attempt per node it may try, 3 to 5).
 //! - Every call carries a deadline ([`ClientOptions::request_timeout`]). Reads are retried after a
 //!   timeout; writes are not, since their outcome is unknown (an add may have been applied).
 //! - Results are the domain read model ([`cart_crdt::CartView`]); errors keep the gRPC code and the
@@ -12,7 +26,12 @@
 //!
 //! A note on retries: `UNAVAILABLE` normally means the request never reached a node, but a
 //! connection that breaks after the server applied an add also surfaces as `UNAVAILABLE`, so in
-//! that rare case a retried AddItem can count twice.
+//! that rare case a retried AddItem can count twice. Conversely, a write sent on a connection
+//! whose node has just crashed fails with `UNKNOWN` ("transport error") and is not retried: the
+//! client cannot tell whether the node applied it. Reads retry it like a timeout.
+//!
+//! [`cli`] is `cartctl`: `cart …` commands through a [`CartClient`], `status` (the cluster as one
+//! node sees it) and `hints discard` (an operator action that needs the cluster secret).
 //!
 //! This crate holds no server logic.
 //!
@@ -33,4 +52,8 @@ mod client;
 
 pub use cart_crdt::{CartView, ItemSnapshot, LineView, Money, SavedView};
 pub use cart_proto::Consistency;
-pub use client::{CartClient, ClientError, ClientOptions};
+pub use cart_ring::Member;
+pub use client::{
+    CartClient, ClientError, ClientOptions, Membership, AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN,
+    MEMBERSHIP_REFRESH_MIN_INTERVAL,
+};

@@ -170,6 +170,16 @@ impl Cluster {
         Plan { owners, targets }
     }
 
+    /// The first healthy node beyond the cart's preference list that is not in `taken`: where a
+    /// copy goes when a call to an owner the detector still thought up has just failed.
+    pub fn fallback_for(&self, id: &CartId, taken: &[String]) -> Option<String> {
+        self.ring
+            .walk(id.as_str().as_bytes())
+            .skip(self.config.n)
+            .find(|m| self.is_up(&m.node_id) && !taken.contains(&m.node_id))
+            .map(|m| m.node_id.clone())
+    }
+
     /// Records the outcome of a call to a peer: a success marks it up; a failure that says the
     /// peer is unreachable marks it down at once (the heartbeat probes it back).
     pub fn record(&self, node_id: &str, outcome: Result<(), &Status>) {

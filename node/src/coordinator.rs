@@ -16,6 +16,7 @@ use cart_crdt::{codec, Cart, CartId};
 use cart_proto::replica_pb::{CoordinateRequest, ReadRequest, ReplicateRequest};
 use cart_proto::{CartRequest, Consistency};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::Status;
 
 use crate::cluster::{Cluster, Target};
 use crate::error::NodeError;
@@ -70,6 +71,7 @@ impl Coordinator {
     /// persisted it, or fails with the count when the deadline passes first.
     async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
         let plan = self.cluster.plan(id);
+        let taken: Arc<Vec<String>> = Arc::new(plan.targets.iter().map(|t| t.node_id.clone()).collect());
         let remote: Vec<Target> = plan
             .targets
             .into_iter()
@@ -80,9 +82,9 @@ impl Coordinator {
             let Ok(permit) = self.background.clone().acquire_owned().await else {
                 break;
             };
-            let (me, id, bytes, tx) = (self.clone(), id.clone(), bytes.clone(), tx.clone());
+            let (me, id, bytes, tx, taken) = (self.clone(), id.clone(), bytes.clone(), tx.clone(), taken.clone());
             tokio::spawn(async move {
-                let ok = me.send_state(&target, &id, &bytes).await;
+                let ok = me.send_state(&target, &id, &bytes, &taken).await;
                 let _ = tx.send(ok).await;
                 drop(permit);
             });
@@ -122,25 +124,47 @@ impl Coordinator {
         })
     }
 
-    /// Replicates to one target; on failure keeps a hint here for the intended owner.
-    async fn send_state(&self, target: &Target, id: &CartId, bytes: &Arc<Vec<u8>>) -> bool {
+    /// Replicates to one target. If an owner turns out unreachable, a free fallback stands in
+    /// (and counts); failing that, this node keeps a hint for the owner (which does not count).
+    async fn send_state(&self, target: &Target, id: &CartId, bytes: &Arc<Vec<u8>>, taken: &[String]) -> bool {
         let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
-        let Some(peer) = self.cluster.peer(&target.node_id) else {
-            return false;
+        let Err(status) = self
+            .call_replicate(&target.node_id, id, bytes, target.hint_for.as_deref())
+            .await
+        else {
+            return true;
         };
+        tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed");
+        if target.hint_for.is_none() {
+            if let Some(fallback) = self.cluster.fallback_for(id, taken) {
+                if self.call_replicate(&fallback, id, bytes, Some(owner)).await.is_ok() {
+                    return true;
+                }
+            }
+        }
+        self.hint_locally(owner, id, bytes).await;
+        false
+    }
+
+    async fn call_replicate(
+        &self,
+        node: &str,
+        id: &CartId,
+        bytes: &[u8],
+        hint_for: Option<&str>,
+    ) -> Result<(), Status> {
+        let peer = self
+            .cluster
+            .peer(node)
+            .ok_or_else(|| Status::internal(format!("unknown peer {node}")))?;
         let request = self.cluster.request(ReplicateRequest {
             cart_id: id.to_string(),
             state: bytes.to_vec(),
-            hint_for: target.hint_for.clone().unwrap_or_default(),
+            hint_for: hint_for.unwrap_or_default().to_owned(),
         });
-        let result = peer.client().replicate(request).await;
-        self.cluster.record(&target.node_id, result.as_ref().map(|_| ()));
-        if let Err(status) = result {
-            tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed; keeping a hint");
-            self.hint_locally(owner, id, bytes).await;
-            return false;
-        }
-        true
+        let result = peer.client().replicate(request).await.map(|_| ());
+        self.cluster.record(node, result.as_ref().map(|_| ()));
+        result
     }
 
     async fn hint_locally(&self, owner: &str, id: &CartId, bytes: &[u8]) {
@@ -203,12 +227,13 @@ impl Coordinator {
         let r = self.quorum(consistency.r, self.cluster.config.r, "consistency.r")?;
         self.quorum(consistency.w, self.cluster.config.w, "consistency.w")?;
         let plan = self.cluster.plan(id);
+        let taken: Arc<Vec<String>> = Arc::new(plan.targets.iter().map(|t| t.node_id.clone()).collect());
         let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
         for target in plan.targets.clone() {
-            let (me, id, tx) = (self.clone(), id.clone(), tx.clone());
+            let (me, id, tx, taken) = (self.clone(), id.clone(), tx.clone(), taken.clone());
             tokio::spawn(async move {
-                let state = me.read_one(&target, &id).await;
-                let _ = tx.send(ReadReply { target, state }).await;
+                let reply = me.read_one(target, &id, &taken).await;
+                let _ = tx.send(reply).await;
             });
         }
         drop(tx);
@@ -227,12 +252,37 @@ impl Coordinator {
         }
     }
 
-    async fn read_one(&self, target: &Target, id: &CartId) -> Result<Option<Encoded>, NodeError> {
-        if target.node_id == self.cluster.self_id {
+    /// One target's state of the cart; an owner that turns out unreachable is replaced by a free
+    /// fallback, which answers with the hints it holds.
+    async fn read_one(&self, target: Target, id: &CartId, taken: &[String]) -> ReadReply {
+        match self.call_read(&target.node_id, id).await {
+            Err(NodeError::Remote(status))
+                if target.hint_for.is_none() && status.code() == tonic::Code::Unavailable =>
+            {
+                match self.cluster.fallback_for(id, taken) {
+                    Some(fallback) => ReadReply {
+                        state: self.call_read(&fallback, id).await,
+                        target: Target {
+                            node_id: fallback,
+                            hint_for: Some(target.node_id),
+                        },
+                    },
+                    None => ReadReply {
+                        target,
+                        state: Err(NodeError::Remote(status)),
+                    },
+                }
+            }
+            state => ReadReply { target, state },
+        }
+    }
+
+    async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Encoded>, NodeError> {
+        if node == self.cluster.self_id {
             return self.store.read_with_hints(id, &self.cluster_member_ids()).await;
         }
-        let peer = self.cluster.peer(&target.node_id).ok_or_else(|| NodeError::Config {
-            reason: format!("unknown peer {}", target.node_id),
+        let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
+            reason: format!("unknown peer {node}"),
         })?;
         let result = peer
             .client()
@@ -240,7 +290,7 @@ impl Coordinator {
                 cart_id: id.to_string(),
             }))
             .await;
-        self.cluster.record(&target.node_id, result.as_ref().map(|_| ()));
+        self.cluster.record(node, result.as_ref().map(|_| ()));
         let state = result.map_err(NodeError::Remote)?.into_inner().state;
         if state.is_empty() {
             return Ok(None);
@@ -318,7 +368,7 @@ impl Coordinator {
                     tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
                 }
             } else if let Ok(_permit) = self.background.try_acquire() {
-                self.send_state(&target, id, &merged.bytes).await;
+                let _ = self.call_replicate(&target.node_id, id, &merged.bytes, None).await;
             }
         }
     }

@@ -59,9 +59,14 @@ impl Hash for KeyBytes<'_> {
     }
 }
 
+/// The ring's hash: XXH3-64 with seed 0, a fixed, specified algorithm (so every build and version
+/// agrees) that spreads short sequential ids evenly (the crate's default FNV put 46% of
+/// `guest:0..1000` on one of five nodes).
+type RingHasher = xxhash_rust::xxh3::Xxh3Builder;
+
 /// The ring of a membership.
 pub struct Ring {
-    inner: consistent_hash_ring::Ring<NodeKey>,
+    inner: consistent_hash_ring::Ring<NodeKey, RingHasher>,
     /// Sorted by node id.
     members: Vec<Member>,
 }
@@ -99,7 +104,7 @@ impl Ring {
             .iter()
             .map(|m| (NodeKey(m.node_id.clone()), m.weight as usize * VNODES_PER_WEIGHT))
             .collect();
-        let inner = consistent_hash_ring::RingBuilder::default()
+        let inner = consistent_hash_ring::RingBuilder::new(RingHasher::new())
             .weighted_nodes_iter(weighted.into_iter())
             .build();
         Ok(Ring { inner, members })

@@ -42,12 +42,12 @@ fn preference_lists_are_pinned() {
 }
 
 const GOLDEN_5: [&str; 6] = [
-    "user:alice=n5,n4,n1",
-    "user:bob=n2,n4,n3",
-    "guest:s-1=n1,n3,n5",
-    "guest:s-2=n1,n3,n4",
-    "user:42=n1,n3,n5",
-    "user:carol=n4,n1,n3",
+    "user:alice=n3,n5,n1",
+    "user:bob=n2,n3,n5",
+    "guest:s-1=n4,n2,n3",
+    "guest:s-2=n3,n5,n1",
+    "user:42=n5,n1,n3",
+    "user:carol=n4,n2,n5",
 ];
 
 #[test]
@@ -110,4 +110,23 @@ fn bad_memberships_are_refused() {
     let mut heavy = members(2);
     heavy[0].weight = 0;
     assert!(Ring::new(heavy).is_err());
+}
+
+#[test]
+fn sequential_short_ids_spread_evenly() {
+    let ring = Ring::new(members(5)).unwrap();
+    for prefix in ["guest:", "user:"] {
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..10_000 {
+            let key = format!("{prefix}{i}");
+            *counts.entry(ids(&ring, &key, 1).remove(0)).or_insert(0usize) += 1;
+        }
+        for (node, count) in &counts {
+            let share = *count as f64 / 10_000.0;
+            assert!(
+                (0.12..0.28).contains(&share),
+                "{prefix}N: {node} is first owner of {share:.3}: {counts:?}"
+            );
+        }
+    }
 }
