@@ -1,13 +1,55 @@
 # Sourced by the bench scripts: start and stop a `cartd dev` cluster on loopback with a throw-away
 # data dir. `start_cluster NODES PORT` sets CLUSTER_PID / CLUSTER_ENDPOINTS; `stop_cluster` stops it
-# with SIGTERM (SIGKILL after STOP_TIMEOUT_S) and removes the data dir. The scripts trap EXIT to
-# call stop_cluster on every path, failures included.
+# with SIGTERM (SIGKILL after STOP_TIMEOUT_S, then also to any node it left behind) and removes
+# the data dir. The scripts trap EXIT to call stop_cluster on every path, failures included.
+#
+# `run_child CMD…` runs a long command (cargo, cart-bench, another bench script) in the background,
+# in a process group of its own, and waits for it, so a signal to the script runs its traps at once
+# instead of after the command; `stop_child` (called from the EXIT trap) sends SIGTERM to that
+# whole group (cargo's rustc jobs, a sub-script's cluster) and waits.
 
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-60}
 STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-30}
 CLUSTER_PID=""
 CLUSTER_DIR=""
 CLUSTER_ENDPOINTS=""
+
+CHILD_PID=""
+
+run_child() {
+    local rc=0
+    # A background job of a script is no group leader, so setsid execs in place: the pid is the
+    # new group's id.
+    setsid "$@" &
+    CHILD_PID=$!
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=""
+    return "$rc"
+}
+
+stop_child() {
+    if [[ -n "$CHILD_PID" ]] && kill -0 "$CHILD_PID" 2>/dev/null; then
+        kill -TERM -- "-$CHILD_PID" 2>/dev/null || kill -TERM "$CHILD_PID" 2>/dev/null || true
+        wait "$CHILD_PID" 2>/dev/null || true
+    fi
+    CHILD_PID=""
+}
+
+# Waits for a process to exit, SIGKILL after STOP_TIMEOUT_S. `stop_pid PID WHAT`
+stop_pid() {
+    local pid=$1 what=$2 waited=0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((waited < STOP_TIMEOUT_S * 10)); do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "$what (pid $pid) did not stop within ${STOP_TIMEOUT_S}s; sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
 
 port_answers() {
     # bash's /dev/tcp: succeeds when something accepts a TCP connection on the port.
@@ -41,17 +83,16 @@ start_cluster() {
 
 stop_cluster() {
     if [[ -n "$CLUSTER_PID" ]] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
-        kill -TERM "$CLUSTER_PID" 2>/dev/null || true
-        local waited=0
-        while kill -0 "$CLUSTER_PID" 2>/dev/null && ((waited < STOP_TIMEOUT_S * 10)); do
-            sleep 0.1
-            waited=$((waited + 1))
+        # The nodes are children of `cartd dev`; noted now so none outlives a SIGKILLed parent.
+        local nodes node
+        nodes=$(pgrep -P "$CLUSTER_PID" 2>/dev/null || true)
+        stop_pid "$CLUSTER_PID" "dev cluster"
+        for node in $nodes; do
+            if kill -0 "$node" 2>/dev/null; then
+                echo "node pid $node outlived the dev cluster; sending SIGKILL" >&2
+                kill -KILL "$node" 2>/dev/null || true
+            fi
         done
-        if kill -0 "$CLUSTER_PID" 2>/dev/null; then
-            echo "dev cluster did not stop within ${STOP_TIMEOUT_S}s; sending SIGKILL" >&2
-            kill -KILL "$CLUSTER_PID" 2>/dev/null || true
-        fi
-        wait "$CLUSTER_PID" 2>/dev/null || true
     fi
     CLUSTER_PID=""
     if [[ -n "$CLUSTER_DIR" && -d "$CLUSTER_DIR" ]]; then

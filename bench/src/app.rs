@@ -9,13 +9,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::task::JoinSet;
 
 use crate::cli::Args;
 use crate::error::BenchError;
+use crate::profile::Profile;
 use crate::report::{BenchReport, TargetReport};
 use crate::runner::{self, Progress, RunPlan};
-use crate::target::{AnyTarget, Outcome, Target, TargetSpec};
-use crate::workload::{cart_id, Op};
+use crate::target::{AnyTarget, ConnectOptions, Outcome, Target, TargetSpec};
+use crate::workload::{cart_id, prefill_ops, size_cart_id, Op};
+
+/// Pre-fill AddItems in flight at once (they hit one cart, which a node serialises anyway).
+const PREFILL_CONCURRENCY: usize = 16;
 
 /// Runs the whole benchmark. Returns the report (already printed and written to `--json`).
 pub async fn run(args: Args) -> Result<BenchReport> {
@@ -33,10 +38,11 @@ pub async fn run(args: Args) -> Result<BenchReport> {
         carts: args.carts,
         distribution: args.distribution,
         seed,
+        cart_lines: (args.profile == Profile::AddToSize).then_some(plan.workload.cart_lines),
         targets: Vec::new(),
     };
     for spec in &args.targets {
-        let target_report = run_target(spec, plan, show_progress).await?;
+        let target_report = run_target(spec, args.connect_options(), plan, show_progress).await?;
         print_target(&target_report);
         report.targets.push(target_report);
     }
@@ -50,20 +56,34 @@ fn describe(args: &Args, plan: &RunPlan) -> String {
         Some(rate) => format!("open loop at {rate} ops/s, at most {} in flight", plan.concurrency),
         None => format!("closed loop, {} workers", plan.concurrency),
     };
+    let carts = match args.profile {
+        Profile::AddToSize => format!(
+            "one cart {} of {} lines, +1 on a random existing line",
+            size_cart_id(plan.workload.cart_lines),
+            plan.workload.cart_lines
+        ),
+        _ => format!("{} carts ({:?})", args.carts, args.distribution),
+    };
     format!(
-        "cart-bench: profile {}, {} s, {mode}, {} carts ({:?}), seed {}",
+        "cart-bench: profile {}, {} s, {mode}, {carts}, seed {}",
         args.profile.name(),
         plan.duration.as_secs_f64(),
-        args.carts,
-        args.distribution,
         plan.seed
     )
 }
 
-async fn run_target(spec: &TargetSpec, plan: RunPlan, show_progress: bool) -> Result<TargetReport> {
+async fn run_target(
+    spec: &TargetSpec,
+    options: ConnectOptions,
+    plan: RunPlan,
+    show_progress: bool,
+) -> Result<TargetReport> {
     let label = spec.to_string();
-    let target = Arc::new(AnyTarget::connect(spec).await?);
+    let target = Arc::new(AnyTarget::connect_with(spec, options).await?);
     preflight(&*target, &label).await?;
+    if plan.workload.profile == Profile::AddToSize {
+        prefill(&target, plan.workload.cart_lines, &label).await?;
+    }
     let progress = Arc::new(Progress::default());
     let bar = show_progress.then(|| progress_bar(plan.duration, &label, Arc::clone(&progress)));
     let result = runner::run(target, plan, progress).await;
@@ -93,6 +113,34 @@ async fn preflight<T: Target>(target: &T, label: &str) -> Result<(), BenchError>
             reason: "no answer within 10 s".into(),
         }),
     }
+}
+
+/// Fills the `add-to-size` cart with its lines before the timed run; any error stops the run.
+async fn prefill<T: Target>(target: &Arc<T>, lines: u32, label: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut ops = prefill_ops(lines);
+    let mut in_flight = JoinSet::new();
+    loop {
+        while in_flight.len() < PREFILL_CONCURRENCY {
+            let Some(op) = ops.next() else { break };
+            let target = Arc::clone(target);
+            in_flight.spawn(async move { (op.clone(), target.execute(op).await) });
+        }
+        let Some(done) = in_flight.join_next().await else { break };
+        let (op, outcome) = done.context("a pre-fill task panicked")?;
+        if outcome != Outcome::Ok {
+            bail!(
+                "pre-filling {} on {label}: {op:?} answered {outcome:?}",
+                size_cart_id(lines)
+            );
+        }
+    }
+    println!(
+        "{label}: pre-filled {} with {lines} lines in {:.2} s",
+        size_cart_id(lines),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn progress_bar(

@@ -1,8 +1,9 @@
 //! The command line (a stable interface: scripts and later tooling call it).
 //!
 //! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
-//!  --target cartdb=HOST:PORT,HOST:PORT… --json FILE [--carts N] [--distribution zipf|uniform]
-//!  [--seed N] [--no-progress]`
+//!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT --json FILE [--carts N]
+//!  [--distribution zipf|uniform] [--seed N] [--no-progress] [--redis-connections N]
+//!  [--cart-lines N (with --profile add-to-size)]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,11 +12,13 @@ use clap::Parser;
 
 use crate::error::BenchError;
 use crate::profile::Profile;
+use crate::redis_target::DEFAULT_REDIS_CONNECTIONS;
 use crate::runner::{RunPlan, DEFAULT_DRAIN_TIMEOUT};
-use crate::target::TargetSpec;
+use crate::target::{ConnectOptions, TargetSpec};
 use crate::workload::{CartPicker, KeyDistribution, WorkloadSpec};
 
-/// Load generator for cartdb: closed or open loop, HDR latency per operation, JSON report.
+/// Load generator for cartdb (and Redis as a cart store): closed or open loop, HDR latency per
+/// operation, JSON report.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cart-bench", version, about)]
 pub struct Args {
@@ -31,7 +34,8 @@ pub struct Args {
     /// Open loop at this many operations per second overall; without it, a closed loop.
     #[arg(long, value_name = "OPS_PER_S")]
     pub rate: Option<f64>,
-    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]`; repeat to run targets one after another.
+    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]` or `redis=redis://HOST:PORT`; repeat to
+    /// run targets one after another.
     #[arg(long = "target", value_name = "KIND=HOST:PORT,…", required = true, value_parser = parse_target)]
     pub targets: Vec<TargetSpec>,
     /// Where to write the JSON report (parent folders are created).
@@ -52,6 +56,14 @@ pub struct Args {
     /// How long requests still in flight at the deadline may take before they count as abandoned.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
     pub drain_timeout: f64,
+    /// Multiplexed connections a Redis target opens (requests use them round robin).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REDIS_CONNECTIONS)]
+    pub redis_connections: usize,
+    /// `--profile add-to-size` only (and required by it): lines the measured cart
+    /// `user:size-<N>` holds. It is pre-filled before the run; cartdb refuses more than its
+    /// `max_lines_per_cart` (200 by default, at most 2000).
+    #[arg(long, value_name = "N")]
+    pub cart_lines: Option<u32>,
 }
 
 fn parse_target(raw: &str) -> Result<TargetSpec, String> {
@@ -91,10 +103,33 @@ impl Args {
                 });
             }
         }
+        if self.redis_connections == 0 {
+            return Err(BenchError::InvalidOption {
+                option: "--redis-connections",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let cart_lines = match (self.profile, self.cart_lines) {
+            (Profile::AddToSize, Some(n)) if n >= 1 => n,
+            (Profile::AddToSize, _) => {
+                return Err(BenchError::InvalidOption {
+                    option: "--cart-lines",
+                    reason: "--profile add-to-size needs --cart-lines N with N at least 1".into(),
+                })
+            }
+            (_, Some(_)) => {
+                return Err(BenchError::InvalidOption {
+                    option: "--cart-lines",
+                    reason: "only --profile add-to-size takes it".into(),
+                })
+            }
+            (_, None) => 0,
+        };
         Ok(RunPlan {
             workload: WorkloadSpec {
                 profile: self.profile,
                 carts: CartPicker::new(self.distribution, self.carts)?,
+                cart_lines,
             },
             duration,
             concurrency: self.concurrency,
@@ -102,6 +137,13 @@ impl Args {
             seed,
             drain_timeout: seconds("--drain-timeout", self.drain_timeout)?,
         })
+    }
+
+    /// How targets are connected.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            redis_connections: self.redis_connections,
+        }
     }
 }
 
@@ -174,12 +216,34 @@ mod tests {
     }
 
     #[test]
+    fn redis_targets_and_the_add_to_size_profile_parse() {
+        let args = parse(&["--target", "redis=redis://127.0.0.1:17611", "--redis-connections", "2"]).expect("parses");
+        assert_eq!(args.targets[1].to_string(), "redis=redis://127.0.0.1:17611");
+        assert_eq!(args.connect_options().redis_connections, 2);
+        assert_eq!(parse(&[]).expect("parses").redis_connections, DEFAULT_REDIS_CONNECTIONS);
+
+        let mut args = parse(&["--cart-lines", "1000"]).expect("parses");
+        args.profile = Profile::AddToSize;
+        assert_eq!(args.plan(1).expect("valid").workload.cart_lines, 1_000);
+        args.cart_lines = None;
+        assert!(args.plan(1).is_err(), "add-to-size needs --cart-lines");
+        args.cart_lines = Some(0);
+        assert!(args.plan(1).is_err());
+    }
+
+    #[test]
     fn nonsense_values_are_refused() {
         assert!(parse(&["--rate", "0"]).expect("parses").plan(1).is_err());
         assert!(parse(&["--rate=-5"]).expect("parses").plan(1).is_err());
         assert!(parse(&["--carts", "0"]).expect("parses").plan(1).is_err());
-        assert!(parse(&["--target", "redis=127.0.0.1:6379"]).is_err());
+        assert!(parse(&["--target", "redis=redis://127.0.0.1"]).is_err());
+        assert!(parse(&["--target", "mongo=127.0.0.1:27017"]).is_err());
         assert!(parse(&["--profile", "nope"]).is_err());
+        assert!(parse(&["--redis-connections", "0"]).expect("parses").plan(1).is_err());
+        assert!(
+            parse(&["--cart-lines", "10"]).expect("parses").plan(1).is_err(),
+            "add takes no --cart-lines"
+        );
         let mut args = parse(&[]).expect("parses");
         args.concurrency = 0;
         assert!(args.plan(1).is_err());

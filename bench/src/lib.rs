@@ -1,4 +1,4 @@
-//! `cart-bench`: the load generator for cartdb (and, later, the peers it is compared with).
+//! `cart-bench`: the load generator for cartdb and the peer it is compared with (Redis).
 //!
 //! Contract:
 //! - **What it measures.** For one profile (an operation mix over a population of carts drawn
@@ -18,15 +18,17 @@
 //! - NOT_FOUND (removing a line or coupon the cart does not hold) is an expected answer in a random
 //!   workload: it counts as completed and is reported apart as `not_found`.
 //!
-//! Layout: [`profile`] (mixes) → [`workload`] (concrete ops) → [`target`] (who serves them; a
-//! trait so a Redis target can be added beside cartdb) → [`runner`] (closed/open loop, with the
-//! [`schedule`] timetable) → [`stats`] (HDR histograms) → [`report`] (table and JSON).
+//! Layout: [`profile`] (mixes) → [`workload`] (concrete ops) → [`target`] (who serves them:
+//! cartdb, or Redis as a storefront would use it, [`redis_target`]) → [`runner`] (closed/open
+//! loop, with the [`schedule`] timetable) → [`stats`] (HDR histograms) → [`report`] (table and
+//! JSON).
 //! [`cli`] and [`app`] are the binary's command line and top level.
 
 pub mod app;
 pub mod cli;
 pub mod error;
 pub mod profile;
+pub mod redis_target;
 pub mod report;
 pub mod runner;
 pub mod schedule;

@@ -64,6 +64,10 @@ pub enum Profile {
     BlackFriday,
     /// 90% GetCart, 10% AddItem.
     ReadHeavy,
+    /// 100% AddItem of quantity 1 to one line (drawn at random) of the one cart
+    /// `user:size-<N>`, pre-filled with N lines first (`--cart-lines N`): the cost of an add as a
+    /// cart grows.
+    AddToSize,
 }
 
 impl Profile {
@@ -71,7 +75,7 @@ impl Profile {
     pub fn mix(self) -> &'static [(OpKind, u32)] {
         use OpKind::*;
         match self {
-            Profile::Add => &[(AddItem, 100)],
+            Profile::Add | Profile::AddToSize => &[(AddItem, 100)],
             Profile::Storefront => &[
                 (GetCart, 60),
                 (AddItem, 25),
@@ -92,6 +96,7 @@ impl Profile {
             Profile::Storefront => "storefront",
             Profile::BlackFriday => "black-friday",
             Profile::ReadHeavy => "read-heavy",
+            Profile::AddToSize => "add-to-size",
         }
     }
 

@@ -6,7 +6,8 @@
 //!                "overall": Summary, "ops": {"add_item": Summary, …}, "error_codes": {…},
 //!                "schedule_lag": {…} (open loop only)}]}`
 //! where `Summary` has `count, not_found, errors, dropped, ops_per_s, mean_us, p50_us, p95_us,
-//! p99_us, p999_us, max_us`. `rate` is `null` for a closed loop.
+//! p99_us, p999_us, max_us`. `rate` is `null` for a closed loop. `--profile add-to-size` adds a
+//! top-level `cart_lines` (the size of the measured cart).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct BenchReport {
     pub carts: u64,
     pub distribution: KeyDistribution,
     pub seed: u64,
+    /// `add-to-size` only: lines of the measured cart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart_lines: Option<u32>,
     pub targets: Vec<TargetReport>,
 }
 
@@ -168,6 +172,7 @@ mod tests {
             carts: 10_000,
             distribution: KeyDistribution::Zipf,
             seed: 7,
+            cart_lines: None,
             targets: vec![TargetReport::new(
                 "cartdb=127.0.0.1:7001".into(),
                 &kinds,
@@ -186,6 +191,7 @@ mod tests {
         assert_eq!(json["profile"], "black-friday");
         assert_eq!(json["distribution"], "zipf");
         assert!(json["rate"].is_null());
+        assert!(json.get("cart_lines").is_none());
         let target = &json["targets"][0];
         assert_eq!(target["target"], "cartdb=127.0.0.1:7001");
         assert_eq!(target["ops_per_s"], 4.5);

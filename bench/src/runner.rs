@@ -315,6 +315,7 @@ mod tests {
             workload: WorkloadSpec {
                 profile,
                 carts: CartPicker::new(KeyDistribution::Zipf, 1_000).expect("picker"),
+                cart_lines: 1,
             },
             duration: Duration::from_millis(duration_ms),
             concurrency,

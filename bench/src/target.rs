@@ -2,8 +2,12 @@
 //!
 //! A target is named on the command line as `KIND=ENDPOINT,ENDPOINT…` (`cartdb=127.0.0.1:7001`).
 //! [`TargetSpec`] is the parsed form, [`AnyTarget`] the connected one. The runner only needs the
-//! [`Target`] trait, so a new system under test (say `redis=HOST:PORT`) is a new [`TargetKind`]
-//! variant, a struct implementing [`Target`] and one arm in [`AnyTarget`]; nothing else changes.
+//! [`Target`] trait, so a new system under test is a new [`TargetKind`] variant, a struct
+//! implementing [`Target`] and one arm in [`AnyTarget`]; nothing else changes.
+//!
+//! Kinds: `cartdb=HOST:PORT[,HOST:PORT…]` (a cluster, any of its nodes) and
+//! `redis=redis://HOST:PORT` (one server; the `redis://` may be left out). The Redis data model is
+//! in [`crate::redis_target`].
 
 use std::fmt;
 use std::future::Future;
@@ -12,6 +16,7 @@ use cart_client::{CartClient, ClientOptions, ItemSnapshot};
 use tonic::Code;
 
 use crate::error::BenchError;
+use crate::redis_target::{self, RedisTarget};
 use crate::workload::Op;
 
 /// The result of one operation as the report counts it.
@@ -47,18 +52,22 @@ pub trait Target: Send + Sync + 'static {
 pub enum TargetKind {
     /// A cartdb cluster, reached through `cart-client` over gRPC.
     CartDb,
+    /// One Redis server, reached through `redis-rs` (see [`crate::redis_target`]).
+    Redis,
 }
 
 impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::CartDb => "cartdb",
+            TargetKind::Redis => "redis",
         }
     }
 
     fn parse(raw: &str) -> Option<Self> {
         match raw {
             "cartdb" => Some(TargetKind::CartDb),
+            "redis" => Some(TargetKind::Redis),
             _ => None,
         }
     }
@@ -80,7 +89,7 @@ impl TargetSpec {
         let (kind, list) = raw
             .split_once('=')
             .ok_or_else(|| invalid("expected KIND=HOST:PORT[,HOST:PORT…]"))?;
-        let kind = TargetKind::parse(kind.trim()).ok_or_else(|| invalid("unknown kind (supported: cartdb)"))?;
+        let kind = TargetKind::parse(kind.trim()).ok_or_else(|| invalid("unknown kind (supported: cartdb, redis)"))?;
         let endpoints: Vec<String> = list
             .split(',')
             .map(str::trim)
@@ -89,6 +98,17 @@ impl TargetSpec {
             .collect();
         if endpoints.is_empty() {
             return Err(invalid("no endpoints"));
+        }
+        if kind == TargetKind::Redis {
+            let [endpoint] = endpoints.as_slice() else {
+                return Err(invalid("a redis target is one server: redis=redis://HOST:PORT"));
+            };
+            let (host, port) =
+                redis_target::parse_endpoint(endpoint).ok_or_else(|| invalid("expected redis=redis://HOST:PORT"))?;
+            return Ok(TargetSpec {
+                kind,
+                endpoints: vec![format!("redis://{host}:{port}")],
+            });
         }
         for endpoint in &endpoints {
             let (host, port) = endpoint
@@ -164,17 +184,46 @@ fn code_name(code: Code) -> String {
     out
 }
 
+/// How targets are connected (beyond their endpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Multiplexed connections a Redis target opens and uses round robin.
+    pub redis_connections: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            redis_connections: redis_target::DEFAULT_REDIS_CONNECTIONS,
+        }
+    }
+}
+
 /// Every supported target, connected. Add a variant per new [`TargetKind`].
 pub enum AnyTarget {
     CartDb(CartDbTarget),
+    Redis(RedisTarget),
 }
 
 impl AnyTarget {
     pub async fn connect(spec: &TargetSpec) -> Result<Self, BenchError> {
+        Self::connect_with(spec, ConnectOptions::default()).await
+    }
+
+    pub async fn connect_with(spec: &TargetSpec, options: ConnectOptions) -> Result<Self, BenchError> {
         match spec.kind {
             TargetKind::CartDb => Ok(AnyTarget::CartDb(
                 CartDbTarget::connect(&spec.endpoints, ClientOptions::default()).await?,
             )),
+            TargetKind::Redis => {
+                let url = spec.endpoints.first().ok_or_else(|| BenchError::InvalidTarget {
+                    spec: spec.to_string(),
+                    reason: "no endpoint".into(),
+                })?;
+                Ok(AnyTarget::Redis(
+                    RedisTarget::connect(url, options.redis_connections).await?,
+                ))
+            }
         }
     }
 }
@@ -183,6 +232,7 @@ impl Target for AnyTarget {
     async fn execute(&self, op: Op) -> Outcome {
         match self {
             AnyTarget::CartDb(t) => t.execute(op).await,
+            AnyTarget::Redis(t) => t.execute(op).await,
         }
     }
 }
@@ -200,10 +250,28 @@ mod tests {
     }
 
     #[test]
+    fn parses_redis_with_or_without_the_scheme() {
+        for raw in [
+            "redis=redis://127.0.0.1:6379",
+            "redis=127.0.0.1:6379",
+            "redis= redis://127.0.0.1:6379/",
+        ] {
+            let spec = TargetSpec::parse(raw).expect("parses");
+            assert_eq!(spec.kind, TargetKind::Redis);
+            assert_eq!(spec.endpoints, ["redis://127.0.0.1:6379"]);
+            assert_eq!(spec.to_string(), "redis=redis://127.0.0.1:6379");
+        }
+    }
+
+    #[test]
     fn refuses_malformed_targets() {
         for bad in [
             "127.0.0.1:7001",
-            "redis=127.0.0.1:6379",
+            "memcached=127.0.0.1:11211",
+            "redis=",
+            "redis=redis://127.0.0.1",
+            "redis=redis://127.0.0.1:6379,redis://127.0.0.1:6380",
+            "redis=redis://127.0.0.1:6379/3",
             "cartdb=",
             "cartdb=localhost",
             "cartdb=host:notaport",

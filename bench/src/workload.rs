@@ -82,6 +82,21 @@ pub fn cart_id(index: u64) -> String {
     format!("user:bench-{index}")
 }
 
+/// The one cart of the `add-to-size` profile for carts of `lines` lines.
+pub fn size_cart_id(lines: u32) -> String {
+    format!("user:size-{lines}")
+}
+
+/// The AddItems that fill the `add-to-size` cart: one of quantity 1 for each of `sku-000 …
+/// sku-<lines-1>`. Sent again to a filled cart, they raise quantities and add no line.
+pub fn prefill_ops(lines: u32) -> impl Iterator<Item = Op> {
+    (0..lines).map(move |i| Op::AddItem {
+        cart_id: size_cart_id(lines),
+        sku: Sku(i),
+        quantity: 1,
+    })
+}
+
 /// A product of the bench catalog, `sku-000 … sku-049`, with a fixed price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sku(pub u32);
@@ -141,10 +156,14 @@ impl Op {
 pub struct WorkloadSpec {
     pub profile: Profile,
     pub carts: CartPicker,
+    /// `add-to-size` only: lines of its one cart (at least 1; the CLI checks). Ignored otherwise.
+    pub cart_lines: u32,
 }
 
 /// A stateful operation generator; one per worker (or per dispatcher), never shared.
 pub struct Workload {
+    /// `Some(lines)` for `add-to-size`: every op is +1 on a line of `user:size-<lines>`.
+    sized_cart: Option<u32>,
     kinds: Vec<OpKind>,
     mix: WeightedIndex<u32>,
     carts: CartPicker,
@@ -159,6 +178,7 @@ impl Workload {
         // The mixes are static and non-empty with positive weights (see profile tests).
         let mix = WeightedIndex::new(mix.iter().map(|(_, w)| *w)).expect("profile mix has positive weights");
         Workload {
+            sized_cart: (spec.profile == Profile::AddToSize).then_some(spec.cart_lines.max(1)),
             kinds,
             mix,
             carts: spec.carts,
@@ -177,6 +197,14 @@ impl Workload {
     }
 
     fn op_of_kind<R: Rng + ?Sized>(&mut self, kind: OpKind, rng: &mut R) -> Op {
+        if let Some(lines) = self.sized_cart {
+            // An existing line, so the cart keeps exactly `lines` lines during the run.
+            return Op::AddItem {
+                cart_id: size_cart_id(lines),
+                sku: Sku(rng.random_range(0..lines)),
+                quantity: 1,
+            };
+        }
         match kind {
             OpKind::GetCart => Op::GetCart {
                 cart_id: cart_id(self.carts.pick(rng)),
@@ -254,6 +282,7 @@ mod tests {
         WorkloadSpec {
             profile,
             carts: CartPicker::new(distribution, carts).expect("valid picker"),
+            cart_lines: 10,
         }
     }
 
@@ -377,6 +406,53 @@ mod tests {
         for _ in 0..1_000 {
             assert_eq!(a.next_op(&mut ra), b.next_op(&mut rb));
         }
+    }
+
+    #[test]
+    fn add_to_size_adds_one_to_existing_lines_of_its_one_cart() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let mut s = spec(Profile::AddToSize, KeyDistribution::Zipf, 10_000);
+        s.cart_lines = 100;
+        let mut workload = Workload::new(s);
+        let mut skus = HashSet::new();
+        for _ in 0..20_000 {
+            match workload.next_op(&mut rng) {
+                Op::AddItem { cart_id, sku, quantity } => {
+                    assert_eq!((cart_id.as_str(), quantity), ("user:size-100", 1));
+                    assert!(sku.0 < 100, "{sku:?} is not one of the pre-filled lines");
+                    skus.insert(sku.0);
+                }
+                other => panic!("add-to-size issued {other:?}"),
+            }
+        }
+        assert_eq!(skus.len(), 100, "every line gets adds");
+        s.cart_lines = 1;
+        let mut one = Workload::new(s);
+        assert!((0..100).all(|_| one.next_op(&mut rng)
+            == Op::AddItem {
+                cart_id: "user:size-1".into(),
+                sku: Sku(0),
+                quantity: 1
+            }));
+    }
+
+    #[test]
+    fn prefill_adds_each_line_once() {
+        let ops: Vec<Op> = prefill_ops(1_000).collect();
+        assert_eq!(ops.len(), 1_000);
+        let skus: HashSet<String> = ops
+            .iter()
+            .map(|op| match op {
+                Op::AddItem {
+                    cart_id,
+                    sku,
+                    quantity: 1,
+                } if cart_id == "user:size-1000" => sku.product_id(),
+                other => panic!("unexpected prefill op {other:?}"),
+            })
+            .collect();
+        assert_eq!(skus.len(), 1_000);
+        assert!(skus.contains("sku-000") && skus.contains("sku-999"));
     }
 
     #[test]

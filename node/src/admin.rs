@@ -78,7 +78,7 @@ impl AdminService for AdminApi {
         let store = &self.coordinator.store;
         let id = CartId::parse(&request.into_inner().cart_id, store.limits()).map_err(NodeError::from)?;
         let members = [];
-        let state = store.read_with_hints(&id, &members).await?;
+        let state = store.read_with_hints(&id, &members)?;
         Ok(Response::new(LocalReadReply {
             present: state.is_some(),
             cart: state.map(|e| pb::Cart::from(e.cart.view(&id))),

@@ -1,7 +1,10 @@
 //! Group commit: writers that finished their `put` wait here for a flush that started after it.
 //! One flusher task drains every waiter queued so far and serves them all with a single flush,
-//! so under load the flush cost is shared by the whole batch.
+//! so under load the flush cost is shared by the whole batch. Writers count their puts
+//! ([`GroupCommit::note_write`]); a caller finding every counted write already flushed returns at
+//! once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -16,18 +19,35 @@ type Waiter = oneshot::Sender<Result<(), StorageError>>;
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::Sender<Waiter>,
+    progress: Arc<Progress>,
+}
+
+/// Writes counted so far, and how many of them a completed flush covers.
+#[derive(Default)]
+struct Progress {
+    written: AtomicU64,
+    flushed: AtomicU64,
 }
 
 impl GroupCommit {
     /// Starts the flusher task on the current tokio runtime.
     pub fn start(storage: Arc<dyn Storage>) -> Self {
         let (queue, rx) = mpsc::channel(COMMIT_QUEUE_MAX);
-        tokio::spawn(flusher(storage, rx));
-        GroupCommit { queue }
+        let progress = Arc::new(Progress::default());
+        tokio::spawn(flusher(storage, rx, progress.clone()));
+        GroupCommit { queue, progress }
     }
 
-    /// Returns once every `put` that completed before this call is durable.
+    /// Counts a completed `put` (call it after the put).
+    pub fn note_write(&self) {
+        self.progress.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Returns once every `put` that completed (and was counted) before this call is durable.
     pub async fn durable(&self) -> Result<(), StorageError> {
+        if self.progress.flushed.load(Ordering::SeqCst) >= self.progress.written.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         let stopped = || StorageError {
             operation: "flush",
@@ -38,10 +58,15 @@ impl GroupCommit {
     }
 }
 
-async fn flusher(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Waiter>) {
+async fn flusher(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Waiter>, progress: Arc<Progress>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, COMMIT_QUEUE_MAX).await > 0 {
+        // Every write counted by now completed its put before this flush starts.
+        let covers = progress.written.load(Ordering::SeqCst);
         let result = storage.flush().await;
+        if result.is_ok() {
+            progress.flushed.fetch_max(covers, Ordering::SeqCst);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, waiters = batch.len(), "group commit flush failed");
         }

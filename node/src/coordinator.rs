@@ -279,7 +279,7 @@ impl Coordinator {
 
     async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Encoded>, NodeError> {
         if node == self.cluster.self_id {
-            return self.store.read_with_hints(id, &self.cluster_member_ids()).await;
+            return self.store.read_with_hints(id, &self.cluster_member_ids());
         }
         let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
             reason: format!("unknown peer {node}"),

@@ -83,7 +83,7 @@ async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         }
     }
     let node_id = config.node_id.clone();
-    let node = Node::open(config, Arc::new(storage), Arc::new(SystemClock), rand::random())?;
+    let node = Node::open(config, Arc::new(storage), Arc::new(SystemClock), rand::random()).await?;
     // The launcher and tests read this line to learn the bound port.
     println!("cartd {node_id} {READY_MARKER}{addr} (actor {})", node.store().actor());
     let incoming = TcpListenerStream::new(listener).map(|conn| {

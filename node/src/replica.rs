@@ -80,7 +80,7 @@ impl ReplicaService for ReplicaApi {
             .iter()
             .map(|m| m.node_id.clone())
             .collect();
-        let state = self.coordinator.store.read_with_hints(&id, &members).await?;
+        let state = self.coordinator.store.read_with_hints(&id, &members)?;
         Ok(Response::new(ReadReply {
             state: state.map(|e| e.bytes.to_vec()).unwrap_or_default(),
         }))

@@ -41,7 +41,7 @@ pub enum ServeError {
 }
 
 impl Node {
-    pub fn open(
+    pub async fn open(
         config: NodeConfig,
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
@@ -53,7 +53,8 @@ impl Node {
             config.limits.clone(),
             config.max_inflight_writes,
             fresh_actor,
-        )?;
+        )
+        .await?;
         let cluster = Arc::new(Cluster::new(&config)?);
         Ok(Node {
             coordinator: Coordinator::new(Arc::new(store), cluster),
@@ -130,7 +131,7 @@ impl Node {
         for task in background {
             let _ = task.await;
         }
-        self.coordinator.store.flush().await?;
+        self.coordinator.store.close().await?;
         tracing::info!("storage flushed; bye");
         Ok(())
     }

@@ -1,10 +1,15 @@
 //! Local cart storage with per-key serialised read-modify-write and group-committed durability:
 //! the node's own replicas (`carts` tree) and the hints it holds for down owners (`hints` tree).
 //!
-//! Write path: take the key's lock → load → apply the op (pure, in `cart-crdt`) → put → wait for
-//! a group-commit flush → release. The lock is held until the write is durable, so nobody (not a
-//! reader, not another writer, not a replication) can observe or build on state that a crash could
-//! still lose; a lost write never leaves its dot in anyone's hands to be reused after restart.
+//! Write path: take the key's lock → load → apply the op (pure, in `cart-crdt`) → put → release →
+//! wait for a group-commit flush → answer. The lock covers only the read-modify-write (so two ops
+//! never build on the same state and reuse a dot), not the flush, so a hot cart takes many writes
+//! per flush and reads never wait for one.
+//!
+//! A read may therefore see a write that is not durable yet, and pass it on (read repair). If the
+//! node then crashes before the flush, that write's dot would be free to be issued again for other
+//! content — which merges would silently drop. So a node that did not shut down cleanly comes back
+//! as a new actor (a new incarnation): its old dots are never reused.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -13,7 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use cart_crdt::{codec, Actor, Cart, CartId, CartOp, Limits, WriteCtx};
-use tokio::sync::{Mutex, MutexGuard, Semaphore};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::commit::GroupCommit;
@@ -24,6 +31,8 @@ use crate::storage::{KeyValue, Storage, StorageError, Tree};
 pub const KEY_LOCK_SHARDS: usize = 4096;
 
 const ACTOR_KEY: &[u8] = b"actor";
+/// Present only between a clean shutdown and the next start.
+const CLEAN_SHUTDOWN_KEY: &[u8] = b"clean-shutdown";
 
 /// A cart and its canonical encoding (what replicas exchange and compare).
 #[derive(Debug, Clone)]
@@ -59,15 +68,17 @@ pub struct CartStore {
 }
 
 impl CartStore {
-    /// Opens the store; `fresh_actor` is drawn only when the storage has no actor yet (new disk).
-    pub fn open(
+    /// Opens the store. `fresh_actor` becomes this node's actor when the storage has none yet (a
+    /// new disk) or when the last run did not shut down cleanly (a new incarnation).
+    pub async fn open(
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
         limits: Limits,
         max_inflight_writes: usize,
         fresh_actor: u64,
     ) -> Result<Self, NodeError> {
-        let actor = load_or_create_actor(storage.as_ref(), fresh_actor)?;
+        let actor = incarnation(storage.as_ref(), fresh_actor)?;
+        storage.flush().await?;
         let hints = HintCounts::load(storage.as_ref())?;
         Ok(CartStore {
             commit: GroupCommit::start(storage.clone()),
@@ -90,16 +101,14 @@ impl CartStore {
         &self.limits
     }
 
-    /// This node's replica as durably stored (an absent cart is empty).
-    pub async fn read(&self, id: &CartId) -> Result<Cart, NodeError> {
-        let _guard = self.lock(id).await;
+    /// This node's replica (an absent cart is empty).
+    pub fn read(&self, id: &CartId) -> Result<Cart, NodeError> {
         self.load(Tree::Carts, id.as_str().as_bytes())
     }
 
     /// This node's replica merged with every hint it holds for the cart; `None` if it holds
     /// nothing at all.
-    pub async fn read_with_hints(&self, id: &CartId, owners: &[String]) -> Result<Option<Encoded>, NodeError> {
-        let _guard = self.lock(id).await;
+    pub fn read_with_hints(&self, id: &CartId, owners: &[String]) -> Result<Option<Encoded>, NodeError> {
         let mut found = self
             .storage
             .get(Tree::Carts, id.as_str().as_bytes())?
@@ -117,16 +126,19 @@ impl CartStore {
     /// nothing is stored.
     pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Encoded, NodeError> {
         let _permit = self.write_permit()?;
-        let _guard = self.lock(id).await;
-        let mut cart = self.load(Tree::Carts, id.as_str().as_bytes())?;
-        let ctx = WriteCtx {
-            actor: self.actor,
-            now_ms: self.clock.now_ms(),
-            limits: &self.limits,
+        let encoded = {
+            let _guard = self.lock(id);
+            let mut cart = self.load(Tree::Carts, id.as_str().as_bytes())?;
+            let ctx = WriteCtx {
+                actor: self.actor,
+                now_ms: self.clock.now_ms(),
+                limits: &self.limits,
+            };
+            cart.apply(&ctx, op)?;
+            let encoded = Encoded::new(cart)?;
+            self.put(Tree::Carts, id.as_str().as_bytes(), &encoded.bytes)?;
+            encoded
         };
-        cart.apply(&ctx, op)?;
-        let encoded = Encoded::new(cart)?;
-        self.storage.put(Tree::Carts, id.as_str().as_bytes(), &encoded.bytes)?;
         self.commit.durable().await?;
         Ok(encoded)
     }
@@ -136,8 +148,13 @@ impl CartStore {
     pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Encoded, bool), NodeError> {
         let key = id.as_str().as_bytes();
         let _permit = self.write_permit()?;
-        let _guard = self.lock(id).await;
-        self.merge_locked(Tree::Carts, key, incoming).await
+        let merged = {
+            let _guard = self.lock(id);
+            self.merge_put(Tree::Carts, key, incoming)?
+        };
+        // Even when nothing changed here, what is stored may still await its flush.
+        self.commit.durable().await?;
+        Ok(merged)
     }
 
     /// Merges a cart into the hint held for `owner`; durable on return. Refused (false) when the
@@ -150,15 +167,18 @@ impl CartStore {
         hints_max: usize,
     ) -> Result<bool, NodeError> {
         let key = hint_key(owner, id);
-        let _guard = self.lock(id).await;
-        let existed = self.storage.get(Tree::Hints, &key)?.is_some();
-        if !existed && self.hints.total() >= hints_max {
-            return Ok(false);
+        {
+            let _guard = self.lock(id);
+            let existed = self.storage.get(Tree::Hints, &key)?.is_some();
+            if !existed && self.hints.total() >= hints_max {
+                return Ok(false);
+            }
+            self.merge_put(Tree::Hints, &key, incoming)?;
+            if !existed {
+                self.hints.add(owner, 1);
+            }
         }
-        self.merge_locked(Tree::Hints, &key, incoming).await?;
-        if !existed {
-            self.hints.add(owner, 1);
-        }
+        self.commit.durable().await?;
         Ok(true)
     }
 
@@ -169,10 +189,13 @@ impl CartStore {
 
     /// Deletes a delivered hint, unless it changed since it was read (then it is sent again).
     pub async fn remove_hint(&self, owner: &str, id: &CartId, delivered: &[u8]) -> Result<bool, NodeError> {
-        let _guard = self.lock(id).await;
-        let removed = self.storage.delete_if(Tree::Hints, &hint_key(owner, id), delivered)?;
+        let removed = {
+            let _guard = self.lock(id);
+            self.storage.delete_if(Tree::Hints, &hint_key(owner, id), delivered)?
+        };
         if removed {
             self.hints.add(owner, -1);
+            self.commit.note_write();
             self.commit.durable().await?;
         }
         Ok(removed)
@@ -197,6 +220,7 @@ impl CartStore {
                 }
             }
         }
+        self.commit.note_write();
         self.commit.durable().await?;
         self.hints.clear();
         Ok(discarded)
@@ -207,12 +231,16 @@ impl CartStore {
         Ok(self.storage.scan(Tree::Carts, b"", after, limit)?)
     }
 
-    /// Flushes everything written so far (used at shutdown).
-    pub async fn flush(&self) -> Result<(), StorageError> {
+    /// Flushes everything and records a clean shutdown, so the next start keeps this actor.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.storage.put(Tree::Meta, CLEAN_SHUTDOWN_KEY, b"1")?;
+        self.commit.note_write();
         self.commit.durable().await
     }
 
-    async fn merge_locked(&self, tree: Tree, key: &[u8], incoming: Cart) -> Result<(Encoded, bool), NodeError> {
+    /// Merges `incoming` into what `key` holds and stores the result if it changed (caller holds
+    /// the key's lock and waits for durability after releasing it).
+    fn merge_put(&self, tree: Tree, key: &[u8], incoming: Cart) -> Result<(Encoded, bool), NodeError> {
         let current = self.storage.get(tree, key)?;
         let mut cart = match &current {
             Some(bytes) => codec::decode(bytes)?,
@@ -222,10 +250,15 @@ impl CartStore {
         let merged = Encoded::new(cart)?;
         let changed = current.as_deref() != Some(merged.bytes.as_slice());
         if changed {
-            self.storage.put(tree, key, &merged.bytes)?;
-            self.commit.durable().await?;
+            self.put(tree, key, &merged.bytes)?;
         }
         Ok((merged, changed))
+    }
+
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
+        self.storage.put(tree, key, value)?;
+        self.commit.note_write();
+        Ok(())
     }
 
     fn write_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
@@ -242,10 +275,13 @@ impl CartStore {
         }
     }
 
-    async fn lock(&self, id: &CartId) -> MutexGuard<'_, ()> {
+    /// The cart's lock shard. Held only for a synchronous read-modify-write, never across an await.
+    fn lock(&self, id: &CartId) -> MutexGuard<'_, ()> {
         let mut h = DefaultHasher::new();
         id.hash(&mut h);
-        self.locks[(h.finish() % KEY_LOCK_SHARDS as u64) as usize].lock().await
+        self.locks[(h.finish() % KEY_LOCK_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -323,14 +359,30 @@ impl HintCounts {
     }
 }
 
-fn load_or_create_actor(storage: &dyn Storage, fresh: u64) -> Result<Actor, NodeError> {
-    if let Some(bytes) = storage.get(Tree::Meta, ACTOR_KEY)? {
-        let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StorageError {
-            operation: "get",
-            reason: format!("stored actor id has {} bytes, expected 8", bytes.len()),
-        })?;
-        return Ok(Actor(u64::from_be_bytes(raw)));
+/// This run's actor: the stored one after a clean shutdown, else `fresh` (new disk, or a crash
+/// that may have lost writes whose dots others saw). Consumes the clean-shutdown marker.
+fn incarnation(storage: &dyn Storage, fresh: u64) -> Result<Actor, NodeError> {
+    let stored = match storage.get(Tree::Meta, ACTOR_KEY)? {
+        Some(bytes) => Some(u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+            StorageError {
+                operation: "get",
+                reason: format!("stored actor id has {} bytes, expected 8", bytes.len()),
+            }
+        })?)),
+        None => None,
+    };
+    let clean = storage.get(Tree::Meta, CLEAN_SHUTDOWN_KEY)?;
+    let actor = match (stored, &clean) {
+        (Some(actor), Some(_)) => actor,
+        (Some(old), None) => {
+            tracing::warn!(old = %Actor(old), new = %Actor(fresh), "last run did not shut down cleanly: new incarnation");
+            fresh
+        }
+        (None, _) => fresh,
+    };
+    storage.put(Tree::Meta, ACTOR_KEY, &actor.to_be_bytes())?;
+    if let Some(marker) = clean {
+        storage.delete_if(Tree::Meta, CLEAN_SHUTDOWN_KEY, &marker)?;
     }
-    storage.put(Tree::Meta, ACTOR_KEY, &fresh.to_be_bytes())?;
-    Ok(Actor(fresh))
+    Ok(Actor(actor))
 }

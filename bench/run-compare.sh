@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# cartdb next to Redis used as a storefront team would use it for carts, on this machine, in one run:
+#
+#   DURATION=30 CONCURRENCY=64 PROFILE=storefront RATE=10000 bench/run-compare.sh
+#
+# 1. Builds release; installs redis-server with apt-get if it is missing (see bench/redis.sh).
+# 2. Closed loop, CONCURRENCY workers, DURATION seconds, the same PROFILE and seed against
+#    - cartdb: a fresh 3-node `cartd dev` cluster on 127.0.0.1:17601-17603 (N = 3, R = W = 2, an
+#      ack means flushed on W nodes);
+#    - redis-everysec: one redis-server on 127.0.0.1:17611, `appendonly yes`, `appendfsync everysec`
+#      (an ack can lose up to ~1 s of writes on a crash);
+#    - redis-always: the same with `appendfsync always` (fsync before the reply).
+#    Each system runs alone, from empty data, and is stopped before the next starts.
+# 3. Open loop at RATE ops/s (at most OPEN_INFLIGHT in flight; more is counted as dropped) against
+#    cartdb and redis-everysec, latency from each request's intended send time.
+# 4. Tables: per target ops/s, p50/p99/p99.9 and the ratio to cartdb, and p50/p99 per operation.
+# 5. bench/run-scaling.sh: cartdb on 1, 3 and 5 nodes with the same settings.
+#
+# JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git).
+# Every process started here (cluster, redis-server, cart-bench, the scaling run) is stopped on
+# every exit path, Ctrl-C and failures included; the temp dirs are removed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+source bench/cluster.sh
+source bench/redis.sh
+cleanup() {
+    stop_child
+    stop_redis
+    stop_cluster
+    remove_policy_rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+DURATION=${DURATION:-30}
+CONCURRENCY=${CONCURRENCY:-64}
+PROFILE=${PROFILE:-storefront}
+RATE=${RATE:-10000}
+OPEN_INFLIGHT=${OPEN_INFLIGHT:-1024}
+SEED=${SEED:-7}
+CARTDB_PORT=17601
+REDIS_PORT=17611
+OUT=bench/results/compare
+
+run_child cargo build --release -p cart-node -p cart-bench
+ensure_redis_server
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.log
+
+# bench NAME TARGET [extra cart-bench flags…]: one cart-bench run, output in $OUT/NAME.{json,log}.
+bench() {
+    local name=$1 target=$2
+    shift 2
+    echo "cart-bench $name: $PROFILE, ${DURATION}s $* (output: $OUT/$name.log)"
+    if ! run_child target/release/cart-bench --profile "$PROFILE" --duration "$DURATION" \
+        --target "$target" --json "$OUT/$name.json" --no-progress --seed "$SEED" "$@" \
+        >"$OUT/$name.log" 2>&1; then
+        echo "cart-bench $name failed; its output:" >&2
+        cat "$OUT/$name.log" >&2
+        exit 1
+    fi
+    grep '^target ' "$OUT/$name.log" || true
+}
+
+# against NAME MODE [flags…]: start NAME's system (cartdb | redis-everysec | redis-always), run,
+# stop it. MODE names the pass (closed | open).
+against() {
+    local name=$1 mode=$2
+    shift 2
+    case $name in
+    cartdb)
+        start_cluster 3 "$CARTDB_PORT"
+        bench "$mode-$name" "cartdb=$CLUSTER_ENDPOINTS" "$@"
+        stop_cluster
+        ;;
+    redis-everysec | redis-always)
+        start_redis "$REDIS_PORT" "${name#redis-}"
+        bench "$mode-$name" "redis=$REDIS_URL" "$@"
+        stop_redis
+        ;;
+    esac
+}
+
+for name in cartdb redis-everysec redis-always; do
+    against "$name" closed --concurrency "$CONCURRENCY"
+done
+for name in cartdb redis-everysec; do
+    against "$name" open --concurrency "$OPEN_INFLIGHT" --rate "$RATE"
+done
+
+echo
+echo "== closed loop, $CONCURRENCY workers; $(nproc) cores shared by the client and the servers =="
+python3 bench/summarize.py compare cartdb="$OUT/closed-cartdb.json" \
+    redis-everysec="$OUT/closed-redis-everysec.json" redis-always="$OUT/closed-redis-always.json"
+echo
+echo "== open loop at $RATE ops/s, at most $OPEN_INFLIGHT in flight =="
+python3 bench/summarize.py compare cartdb="$OUT/open-cartdb.json" redis-everysec="$OUT/open-redis-everysec.json"
+echo
+
+echo "== cartdb on 1, 3 and 5 nodes (bench/run-scaling.sh) =="
+run_child env DURATION="$DURATION" CONCURRENCY="$CONCURRENCY" PROFILE="$PROFILE" SEED="$SEED" SKIP_BUILD=1 \
+    bench/run-scaling.sh
