@@ -1,9 +1,11 @@
-//! The storage encoding: `[FORMAT_V1] ++ bincode2(canonical cart)`.
+//! The storage and wire encoding: `[FORMAT_V1] ++ bincode2(cart)`.
 //!
-//! `crdts` keeps members in `HashMap`s, so the same state can serialise to different bytes. The
-//! canonical form sorts every map and set; bincode writes a sorted map exactly as it writes the
-//! original, so the canonical bytes decode straight back into a [`Cart`]. Equal states therefore
-//! encode to equal bytes, which anti-entropy relies on.
+//! `crdts` keeps members in `HashMap`s, so the same state can serialise to different bytes.
+//! [`encode`] writes the canonical form, which sorts every map and set; bincode writes a sorted map
+//! exactly as it writes the original, so canonical bytes are valid format-1 bytes too. Equal states
+//! encode to equal canonical bytes, which anti-entropy digests and the golden test rely on.
+//! [`encode_unordered`] skips the sorting (one serialisation instead of three) for the hot paths
+//! that store or ship a cart; compare such carts with `==`, never by their bytes.
 
 use std::collections::BTreeMap;
 
@@ -54,7 +56,15 @@ pub fn encode(cart: &Cart) -> Result<Vec<u8>, CartError> {
     Ok(out)
 }
 
-/// Decodes stored bytes written by [`encode`]; refuses unknown versions and trailing bytes.
+/// Encodes a cart in map order (not canonical): the same format, for storage and replication.
+pub fn encode_unordered(cart: &Cart) -> Result<Vec<u8>, CartError> {
+    let mut out = vec![FORMAT_V1];
+    bincode::serde::encode_into_std_write(cart, &mut out, bincode_config()).map_err(encode_error)?;
+    Ok(out)
+}
+
+/// Decodes bytes written by [`encode`] or [`encode_unordered`]; refuses unknown versions and
+/// trailing bytes.
 pub fn decode(bytes: &[u8]) -> Result<Cart, CartError> {
     match bytes.split_first() {
         Some((&FORMAT_V1, body)) => decode_exact(body),

@@ -201,3 +201,14 @@ fn corrupt_bytes_never_panic() {
         }
     }
 }
+
+/// The unordered (hot-path) encoding is the same format: it decodes to an equal cart.
+#[test]
+fn unordered_encoding_decodes_to_the_same_cart() {
+    let cart = codec::decode(&golden_bytes()).unwrap();
+    let fast = codec::encode_unordered(&cart).unwrap();
+    assert_eq!(fast.len(), golden_bytes().len());
+    let back = codec::decode(&fast).unwrap();
+    assert_eq!(back, cart);
+    assert_eq!(enc(&back), golden_bytes());
+}

@@ -37,7 +37,8 @@ fn bucket_of(key: &[u8]) -> usize {
     (hash(&[key]) % BUCKETS as u64) as usize
 }
 
-/// Calls `f(cart id, bucket, hash)` for every local replica that `peer` replicates too.
+/// Calls `f(cart id, bucket, hash of the canonical state)` for every local replica that `peer`
+/// replicates too.
 fn for_shared(coordinator: &Coordinator, peer: &str, mut f: impl FnMut(String, usize, u64)) -> Result<(), NodeError> {
     let cluster = &coordinator.cluster;
     let mut after: Option<Vec<u8>> = None;
@@ -50,8 +51,10 @@ fn for_shared(coordinator: &Coordinator, peer: &str, mut f: impl FnMut(String, u
             let shared =
                 owners.iter().any(|m| m.node_id == peer) && owners.iter().any(|m| m.node_id == cluster.self_id);
             if shared {
+                // Stored bytes are in map order: hash the canonical encoding so equal carts agree.
+                let canonical = cart_crdt::codec::encode(&cart_crdt::codec::decode(&value)?)?;
                 let bucket = bucket_of(&key);
-                let h = hash(&[&key, &value]);
+                let h = hash(&[&key, &canonical]);
                 f(String::from_utf8_lossy(&key).into_owned(), bucket, h);
             }
         }
@@ -180,12 +183,15 @@ async fn repair_one(coordinator: &Coordinator, peer_id: &str, id: &CartId) -> Re
         .into_inner()
         .state;
     let incoming = if theirs.is_empty() {
-        cart_crdt::Cart::default()
+        None
     } else {
-        cart_crdt::codec::decode(&theirs)?
+        Some(cart_crdt::codec::decode(&theirs)?)
     };
-    let (merged, changed_here) = coordinator.store.merge(id, incoming).await?;
-    let changed_there = theirs.as_slice() != merged.bytes.as_slice();
+    let (merged, changed_here) = coordinator
+        .store
+        .merge(id, incoming.clone().unwrap_or_default())
+        .await?;
+    let changed_there = incoming.as_ref() != Some(&merged.cart);
     if changed_there {
         peer.client()
             .replicate(cluster.request(ReplicateRequest {

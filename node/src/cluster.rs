@@ -173,10 +173,17 @@ impl Cluster {
     /// The first healthy node beyond the cart's preference list that is not in `taken`: where a
     /// copy goes when a call to an owner the detector still thought up has just failed.
     pub fn fallback_for(&self, id: &CartId, taken: &[String]) -> Option<String> {
-        self.ring
+        // Prefer a node believed up; a stale "down" verdict should not leave the request short.
+        let spare: Vec<&Member> = self
+            .ring
             .walk(id.as_str().as_bytes())
             .skip(self.config.n)
-            .find(|m| self.is_up(&m.node_id) && !taken.contains(&m.node_id))
+            .filter(|m| !taken.contains(&m.node_id) && m.node_id != self.self_id)
+            .collect();
+        spare
+            .iter()
+            .find(|m| self.is_up(&m.node_id))
+            .or(spare.first())
             .map(|m| m.node_id.clone())
     }
 
@@ -211,7 +218,10 @@ impl Cluster {
 
     /// Probes every peer once per `heartbeat_interval` until `stop` fires.
     pub async fn run_failure_detector(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        // The first probe waits one interval: peers of a cluster starting together get a chance to
+        // come up before anyone is marked down.
+        let period = self.config.heartbeat_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

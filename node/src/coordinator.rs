@@ -31,6 +31,13 @@ pub struct Coordinator {
     background: Arc<Semaphore>,
 }
 
+/// Whether a failed call says the node could not be reached or did not answer (as opposed to an
+/// answer refusing the request).
+fn unreachable(status: &Status) -> bool {
+    use tonic::Code::*;
+    matches!(status.code(), Unavailable | Unknown | Cancelled | DeadlineExceeded)
+}
+
 /// One replica's answer to a read.
 struct ReadReply {
     target: Target,
@@ -77,6 +84,9 @@ impl Coordinator {
             .into_iter()
             .filter(|t| t.node_id != self.cluster.self_id)
             .collect();
+        if remote.is_empty() && needed == 0 {
+            return Ok(());
+        }
         let (tx, mut rx) = mpsc::channel(remote.len().max(1));
         for target in remote {
             let Ok(permit) = self.background.clone().acquire_owned().await else {
@@ -135,7 +145,7 @@ impl Coordinator {
             return true;
         };
         tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed");
-        if target.hint_for.is_none() {
+        if target.hint_for.is_none() && unreachable(&status) {
             if let Some(fallback) = self.cluster.fallback_for(id, taken) {
                 if self.call_replicate(&fallback, id, bytes, Some(owner)).await.is_ok() {
                     return true;
@@ -230,6 +240,12 @@ impl Coordinator {
         let taken: Arc<Vec<String>> = Arc::new(plan.targets.iter().map(|t| t.node_id.clone()).collect());
         let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
         for target in plan.targets.clone() {
+            if target.node_id == self.cluster.self_id {
+                // The local replica is read in place (no task, no hop).
+                let state = self.store.read_with_hints(id, &self.cluster_member_ids());
+                let _ = tx.try_send(ReadReply { target, state });
+                continue;
+            }
             let (me, id, tx, taken) = (self.clone(), id.clone(), tx.clone(), taken.clone());
             tokio::spawn(async move {
                 let reply = me.read_one(target, &id, &taken).await;
@@ -313,7 +329,7 @@ impl Coordinator {
         owners: Vec<String>,
     ) {
         let mut merged = Cart::default();
-        let mut replies: Vec<(Target, Option<Arc<Vec<u8>>>)> = Vec::new();
+        let mut replies: Vec<(Target, Option<Cart>)> = Vec::new();
         let mut failures = Vec::new();
         let mut answer = Some(answer);
         let deadline = tokio::time::sleep(self.cluster.config.request_timeout);
@@ -329,7 +345,7 @@ impl Coordinator {
                     if let Some(e) = &state {
                         merged.merge(e.cart.clone());
                     }
-                    replies.push((reply.target, state.map(|e| e.bytes)));
+                    replies.push((reply.target, state.map(|e| e.cart)));
                 }
                 Err(e) => failures.push(format!("{}: {e}", reply.target.node_id)),
             }
@@ -356,10 +372,10 @@ impl Coordinator {
     }
 
     /// Read repair: send the merged state to every owner that answered with something else.
-    async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Arc<Vec<u8>>>)>) {
+    async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Cart>)>) {
         let Ok(merged) = Encoded::new(merged) else { return };
         for (target, state) in replies {
-            if target.hint_for.is_some() || state.as_deref() == Some(&merged.bytes) {
+            if target.hint_for.is_some() || state.as_ref() == Some(&merged.cart) {
                 continue;
             }
             tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");

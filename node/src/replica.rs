@@ -110,7 +110,7 @@ impl ReplicaService for ReplicaApi {
                 consistency,
             })
             .await?;
-        let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
+        let state = codec::encode_unordered(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
         Ok(Response::new(CoordinateReply { state }))
     }
 

@@ -34,7 +34,8 @@ const ACTOR_KEY: &[u8] = b"actor";
 /// Present only between a clean shutdown and the next start.
 const CLEAN_SHUTDOWN_KEY: &[u8] = b"clean-shutdown";
 
-/// A cart and its canonical encoding (what replicas exchange and compare).
+/// A cart and its encoding as stored and shipped (map order, not canonical: compare carts with
+/// `==`, not their bytes).
 #[derive(Debug, Clone)]
 pub struct Encoded {
     pub cart: Cart,
@@ -43,7 +44,7 @@ pub struct Encoded {
 
 impl Encoded {
     pub fn new(cart: Cart) -> Result<Self, NodeError> {
-        let bytes = Arc::new(codec::encode(&cart)?);
+        let bytes = Arc::new(codec::encode_unordered(&cart)?);
         Ok(Encoded { cart, bytes })
     }
 
@@ -241,18 +242,18 @@ impl CartStore {
     /// Merges `incoming` into what `key` holds and stores the result if it changed (caller holds
     /// the key's lock and waits for durability after releasing it).
     fn merge_put(&self, tree: Tree, key: &[u8], incoming: Cart) -> Result<(Encoded, bool), NodeError> {
-        let current = self.storage.get(tree, key)?;
-        let mut cart = match &current {
-            Some(bytes) => codec::decode(bytes)?,
-            None => Cart::default(),
+        let current = match self.storage.get(tree, key)? {
+            Some(bytes) => Some(codec::decode(&bytes)?),
+            None => None,
         };
+        let mut cart = current.clone().unwrap_or_default();
         cart.merge(incoming);
-        let merged = Encoded::new(cart)?;
-        let changed = current.as_deref() != Some(merged.bytes.as_slice());
-        if changed {
-            self.put(tree, key, &merged.bytes)?;
+        if current.as_ref() == Some(&cart) {
+            return Ok((Encoded::new(cart)?, false));
         }
-        Ok((merged, changed))
+        let merged = Encoded::new(cart)?;
+        self.put(tree, key, &merged.bytes)?;
+        Ok((merged, true))
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
