@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use cart_crdt::CartId;
 use cart_proto::replica_pb::replica_service_client::ReplicaServiceClient;
-use cart_proto::replica_pb::PingRequest;
+use cart_proto::replica_pb::{PingRequest, ReplicateBatchRequest, ReplicateRequest};
 use cart_proto::SECRET_HEADER;
 use cart_ring::{Member, Ring};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -34,15 +35,41 @@ impl Interceptor for SecretInterceptor {
 
 pub type PeerClient = ReplicaServiceClient<InterceptedService<Channel, SecretInterceptor>>;
 
+/// Replicate requests sent to one peer in one `ReplicateBatch` call at most.
+pub const REPLICATE_BATCH_MAX: usize = 256;
+/// `ReplicateBatch` calls in flight to one peer at most; requests queue meanwhile (and so batch).
+pub const REPLICATE_BATCHES_IN_FLIGHT: usize = 4;
+/// Replicate requests waiting for one peer at most; beyond, senders wait (back-pressure).
+pub const REPLICATE_QUEUE_MAX: usize = 4096;
+
 /// One other node.
 pub struct Peer {
     pub member: Member,
     client: PeerClient,
+    batcher: mpsc::Sender<BatchItem>,
     up: AtomicBool,
     failures: AtomicU32,
 }
 
+struct BatchItem {
+    request: ReplicateRequest,
+    done: oneshot::Sender<Result<(), Status>>,
+}
+
 impl Peer {
+    /// Replicates one cart state through this peer's batcher: requests queued while earlier
+    /// batches are in flight go together in one call and one flush on the peer.
+    pub async fn replicate(&self, request: ReplicateRequest) -> Result<(), Status> {
+        let (done, result) = oneshot::channel();
+        self.batcher
+            .send(BatchItem { request, done })
+            .await
+            .map_err(|_| Status::unavailable("replication queue closed"))?;
+        result
+            .await
+            .map_err(|_| Status::unavailable("replication batch dropped"))?
+    }
+
     /// A client for one call (cheap clone of the shared channel).
     pub fn client(&self) -> PeerClient {
         self.client.clone()
@@ -103,9 +130,12 @@ impl Cluster {
             let client = ReplicaServiceClient::with_interceptor(channel, SecretInterceptor(secret.clone()))
                 .max_decoding_message_size(config.limits.max_message_bytes * 4)
                 .max_encoding_message_size(config.limits.max_message_bytes * 4);
+            let (batcher, queue) = mpsc::channel(REPLICATE_QUEUE_MAX);
+            tokio::spawn(run_batcher(client.clone(), queue, cluster.peer_timeout));
             let peer = Peer {
                 member: member.clone(),
                 client,
+                batcher,
                 up: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
             };
@@ -249,5 +279,44 @@ impl Cluster {
             });
             futures::future::join_all(probes).await;
         }
+    }
+}
+
+/// Sends queued Replicate requests to one peer in batches until the queue closes.
+async fn run_batcher(client: PeerClient, mut queue: mpsc::Receiver<BatchItem>, timeout: Duration) {
+    let permits = Arc::new(Semaphore::new(REPLICATE_BATCHES_IN_FLIGHT));
+    let mut items = Vec::new();
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut items, REPLICATE_BATCH_MAX).await == 0 {
+            return;
+        }
+        let (requests, waiters): (Vec<ReplicateRequest>, Vec<_>) = items.drain(..).map(|i| (i.request, i.done)).unzip();
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let mut request = Request::new(ReplicateBatchRequest { items: requests });
+            request.set_timeout(timeout);
+            match client.replicate_batch(request).await {
+                Ok(reply) => {
+                    let results = reply.into_inner().results;
+                    for (i, waiter) in waiters.into_iter().enumerate() {
+                        let outcome = match results.get(i) {
+                            Some(r) if r.code == 0 => Ok(()),
+                            Some(r) => Err(Status::new(Code::from_i32(r.code), r.message.clone())),
+                            None => Err(Status::internal("the peer sent fewer results than items")),
+                        };
+                        let _ = waiter.send(outcome);
+                    }
+                }
+                Err(status) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(status.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }

@@ -38,6 +38,18 @@ fn unreachable(status: &Status) -> bool {
     matches!(status.code(), Unavailable | Unknown | Cancelled | DeadlineExceeded)
 }
 
+/// A read in progress: who was asked, who is left to ask if one fails.
+struct Reads {
+    id: CartId,
+    r: usize,
+    asked: usize,
+    spare: Vec<Target>,
+    taken: Arc<Vec<String>>,
+    tx: mpsc::Sender<ReadReply>,
+    rx: mpsc::Receiver<ReadReply>,
+    owners: Vec<String>,
+}
+
 /// One replica's answer to a read.
 struct ReadReply {
     target: Target,
@@ -167,12 +179,12 @@ impl Coordinator {
             .cluster
             .peer(node)
             .ok_or_else(|| Status::internal(format!("unknown peer {node}")))?;
-        let request = self.cluster.request(ReplicateRequest {
+        let request = ReplicateRequest {
             cart_id: id.to_string(),
             state: bytes.to_vec(),
             hint_for: hint_for.unwrap_or_default().to_owned(),
-        });
-        let result = peer.client().replicate(request).await.map(|_| ());
+        };
+        let result = peer.replicate(request).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
         result
     }
@@ -232,31 +244,34 @@ impl Coordinator {
         })
     }
 
-    /// Reads the cart with read quorum R.
+    /// Reads the cart with read quorum R: asks R targets (this node first when it is one), asks
+    /// the next target for each that fails, answers with the merge of R replies.
     pub async fn read(self: &Arc<Self>, id: &CartId, consistency: Consistency) -> Result<Cart, NodeError> {
         let r = self.quorum(consistency.r, self.cluster.config.r, "consistency.r")?;
         self.quorum(consistency.w, self.cluster.config.w, "consistency.w")?;
         let plan = self.cluster.plan(id);
         let taken: Arc<Vec<String>> = Arc::new(plan.targets.iter().map(|t| t.node_id.clone()).collect());
-        let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
-        for target in plan.targets.clone() {
-            if target.node_id == self.cluster.self_id {
-                // The local replica is read in place (no task, no hop).
-                let state = self.store.read_with_hints(id, &self.cluster_member_ids());
-                let _ = tx.try_send(ReadReply { target, state });
-                continue;
-            }
-            let (me, id, tx, taken) = (self.clone(), id.clone(), tx.clone(), taken.clone());
-            tokio::spawn(async move {
-                let reply = me.read_one(target, &id, &taken).await;
-                let _ = tx.send(reply).await;
-            });
+        let mut targets = plan.targets;
+        targets.sort_by_key(|t| t.node_id != self.cluster.self_id);
+        let spare = targets.split_off(r.min(targets.len()));
+        let (tx, rx) = mpsc::channel(taken.len().max(1));
+        let asked = targets.len();
+        for target in targets {
+            self.ask(target, id, &taken, &tx);
         }
-        drop(tx);
         let (answer_tx, answer_rx) = oneshot::channel();
         let me = self.clone();
-        let id = id.clone();
-        tokio::spawn(async move { me.gather(id, r, rx, answer_tx, plan.owners).await });
+        let reads = Reads {
+            id: id.clone(),
+            r,
+            asked,
+            spare,
+            taken,
+            tx,
+            rx,
+            owners: plan.owners,
+        };
+        tokio::spawn(async move { me.gather(reads, answer_tx).await });
         match tokio::time::timeout(self.cluster.config.request_timeout, answer_rx).await {
             Ok(Ok(result)) => result,
             _ => Err(NodeError::QuorumNotReached {
@@ -268,13 +283,25 @@ impl Coordinator {
         }
     }
 
+    /// Starts one target's read; the local replica is read in place (no task, no hop).
+    fn ask(self: &Arc<Self>, target: Target, id: &CartId, taken: &Arc<Vec<String>>, tx: &mpsc::Sender<ReadReply>) {
+        if target.node_id == self.cluster.self_id {
+            let state = self.store.read_with_hints(id, &self.cluster_member_ids());
+            let _ = tx.try_send(ReadReply { target, state });
+            return;
+        }
+        let (me, id, tx, taken) = (self.clone(), id.clone(), tx.clone(), taken.clone());
+        tokio::spawn(async move {
+            let reply = me.read_one(target, &id, &taken).await;
+            let _ = tx.send(reply).await;
+        });
+    }
+
     /// One target's state of the cart; an owner that turns out unreachable is replaced by a free
     /// fallback, which answers with the hints it holds.
     async fn read_one(&self, target: Target, id: &CartId, taken: &[String]) -> ReadReply {
         match self.call_read(&target.node_id, id).await {
-            Err(NodeError::Remote(status))
-                if target.hint_for.is_none() && status.code() == tonic::Code::Unavailable =>
-            {
+            Err(NodeError::Remote(status)) if target.hint_for.is_none() && unreachable(&status) => {
                 match self.cluster.fallback_for(id, taken) {
                     Some(fallback) => ReadReply {
                         state: self.call_read(&fallback, id).await,
@@ -320,26 +347,21 @@ impl Coordinator {
 
     /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to
     /// the deadline) and repairs every owner whose state differs from the merge.
-    async fn gather(
-        self: Arc<Self>,
-        id: CartId,
-        r: usize,
-        mut rx: mpsc::Receiver<ReadReply>,
-        answer: oneshot::Sender<Result<Cart, NodeError>>,
-        owners: Vec<String>,
-    ) {
+    async fn gather(self: Arc<Self>, mut reads: Reads, answer: oneshot::Sender<Result<Cart, NodeError>>) {
         let mut merged = Cart::default();
         let mut replies: Vec<(Target, Option<Cart>)> = Vec::new();
         let mut failures = Vec::new();
         let mut answer = Some(answer);
+        let mut outstanding = reads.asked;
         let deadline = tokio::time::sleep(self.cluster.config.request_timeout);
         tokio::pin!(deadline);
-        loop {
+        while outstanding > 0 {
             let reply = tokio::select! {
-                reply = rx.recv() => reply,
+                reply = reads.rx.recv() => reply,
                 () = &mut deadline => None,
             };
             let Some(reply) = reply else { break };
+            outstanding -= 1;
             match reply.state {
                 Ok(state) => {
                     if let Some(e) = &state {
@@ -347,9 +369,15 @@ impl Coordinator {
                     }
                     replies.push((reply.target, state.map(|e| e.cart)));
                 }
-                Err(e) => failures.push(format!("{}: {e}", reply.target.node_id)),
+                Err(e) => {
+                    failures.push(format!("{}: {e}", reply.target.node_id));
+                    if !reads.spare.is_empty() {
+                        self.ask(reads.spare.remove(0), &reads.id, &reads.taken, &reads.tx);
+                        outstanding += 1;
+                    }
+                }
             }
-            if replies.len() >= r {
+            if replies.len() >= reads.r {
                 if let Some(tx) = answer.take() {
                     let _ = tx.send(Ok(merged.clone()));
                 }
@@ -359,16 +387,16 @@ impl Coordinator {
             let _ = tx.send(Err(NodeError::QuorumNotReached {
                 verb: "answered",
                 acked: replies.len(),
-                required: r,
+                required: reads.r,
                 detail: if failures.is_empty() {
-                    format!("owners {}", owners.join(","))
+                    format!("owners {}", reads.owners.join(","))
                 } else {
                     failures.join("; ")
                 },
             }));
             return;
         }
-        self.repair(&id, merged, replies).await;
+        self.repair(&reads.id, merged, replies).await;
     }
 
     /// Read repair: send the merged state to every owner that answered with something else.

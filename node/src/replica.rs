@@ -6,8 +6,9 @@ use std::sync::Arc;
 use cart_crdt::{codec, CartId};
 use cart_proto::replica_pb::replica_service_server::ReplicaService;
 use cart_proto::replica_pb::{
-    BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest, KeyHash,
-    PingReply, PingRequest, ReadReply, ReadRequest, ReplicateReply, ReplicateRequest,
+    BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest, ItemResult,
+    KeyHash, PingReply, PingRequest, ReadReply, ReadRequest, ReplicateBatchReply, ReplicateBatchRequest,
+    ReplicateReply, ReplicateRequest,
 };
 use cart_proto::{CartRequest, Consistency, SECRET_HEADER};
 use tonic::{Request, Response, Status};
@@ -23,6 +24,19 @@ pub struct ReplicaApi {
 impl ReplicaApi {
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
         ReplicaApi { coordinator }
+    }
+
+    /// Merges one replicated state (or stores it as a hint) without waiting for the flush.
+    fn store_unflushed(&self, req: ReplicateRequest) -> Result<(), Status> {
+        let id = self.cart_id(&req.cart_id)?;
+        let cart = codec::decode(&req.state).map_err(bad_state)?;
+        let store = &self.coordinator.store;
+        if req.hint_for.is_empty() {
+            store.merge_unflushed(&id, cart)?;
+        } else if !store.add_hint_unflushed(&req.hint_for, &id, cart, self.coordinator.cluster.config.hints_max)? {
+            return Err(Status::resource_exhausted("this node holds hints_max hints already"));
+        }
+        Ok(())
     }
 
     fn cart_id(&self, raw: &str) -> Result<CartId, Status> {
@@ -55,19 +69,40 @@ fn bad_state(e: cart_crdt::CartError) -> Status {
 #[tonic::async_trait]
 impl ReplicaService for ReplicaApi {
     async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<ReplicateReply>, Status> {
-        let req = request.into_inner();
-        let id = self.cart_id(&req.cart_id)?;
-        let cart = codec::decode(&req.state).map_err(bad_state)?;
-        let store = &self.coordinator.store;
-        if req.hint_for.is_empty() {
-            store.merge(&id, cart).await?;
-        } else if !store
-            .add_hint(&req.hint_for, &id, cart, self.coordinator.cluster.config.hints_max)
-            .await?
-        {
-            return Err(Status::resource_exhausted("this node holds hints_max hints already"));
-        }
+        self.store_unflushed(request.into_inner())?;
+        self.coordinator.store.durable().await?;
         Ok(Response::new(ReplicateReply {}))
+    }
+
+    async fn replicate_batch(
+        &self,
+        request: Request<ReplicateBatchRequest>,
+    ) -> Result<Response<ReplicateBatchReply>, Status> {
+        let items = request.into_inner().items;
+        let mut results: Vec<ItemResult> = items
+            .into_iter()
+            .map(|item| match self.store_unflushed(item) {
+                Ok(()) => ItemResult {
+                    code: 0,
+                    message: String::new(),
+                },
+                Err(status) => ItemResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                },
+            })
+            .collect();
+        // One flush makes the whole batch durable; if it fails, nothing in it is acknowledged.
+        if let Err(e) = self.coordinator.store.durable().await {
+            let status = Status::from(e);
+            for r in results.iter_mut().filter(|r| r.code == 0) {
+                *r = ItemResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                };
+            }
+        }
+        Ok(Response::new(ReplicateBatchReply { results }))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {

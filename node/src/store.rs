@@ -147,15 +147,23 @@ impl CartStore {
     /// Merges a replica's state into this node's replica; durable on return. Returns the merged
     /// state and whether it changed anything here.
     pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Encoded, bool), NodeError> {
-        let key = id.as_str().as_bytes();
-        let _permit = self.write_permit()?;
-        let merged = {
-            let _guard = self.lock(id);
-            self.merge_put(Tree::Carts, key, incoming)?
-        };
+        let merged = self.merge_unflushed(id, incoming)?;
         // Even when nothing changed here, what is stored may still await its flush.
         self.commit.durable().await?;
         Ok(merged)
+    }
+
+    /// [`CartStore::merge`] without waiting for the flush: the caller must call
+    /// [`CartStore::durable`] before acknowledging (one flush for a whole batch).
+    pub fn merge_unflushed(&self, id: &CartId, incoming: Cart) -> Result<(Encoded, bool), NodeError> {
+        let _permit = self.write_permit()?;
+        let _guard = self.lock(id);
+        self.merge_put(Tree::Carts, id.as_str().as_bytes(), incoming)
+    }
+
+    /// Returns once everything stored so far is durable.
+    pub async fn durable(&self) -> Result<(), NodeError> {
+        Ok(self.commit.durable().await?)
     }
 
     /// Merges a cart into the hint held for `owner`; durable on return. Refused (false) when the
@@ -167,19 +175,29 @@ impl CartStore {
         incoming: Cart,
         hints_max: usize,
     ) -> Result<bool, NodeError> {
-        let key = hint_key(owner, id);
-        {
-            let _guard = self.lock(id);
-            let existed = self.storage.get(Tree::Hints, &key)?.is_some();
-            if !existed && self.hints.total() >= hints_max {
-                return Ok(false);
-            }
-            self.merge_put(Tree::Hints, &key, incoming)?;
-            if !existed {
-                self.hints.add(owner, 1);
-            }
-        }
+        let stored = self.add_hint_unflushed(owner, id, incoming, hints_max)?;
         self.commit.durable().await?;
+        Ok(stored)
+    }
+
+    /// [`CartStore::add_hint`] without waiting for the flush (see [`CartStore::merge_unflushed`]).
+    pub fn add_hint_unflushed(
+        &self,
+        owner: &str,
+        id: &CartId,
+        incoming: Cart,
+        hints_max: usize,
+    ) -> Result<bool, NodeError> {
+        let key = hint_key(owner, id);
+        let _guard = self.lock(id);
+        let existed = self.storage.get(Tree::Hints, &key)?.is_some();
+        if !existed && self.hints.total() >= hints_max {
+            return Ok(false);
+        }
+        self.merge_put(Tree::Hints, &key, incoming)?;
+        if !existed {
+            self.hints.add(owner, 1);
+        }
         Ok(true)
     }
 
