@@ -81,7 +81,7 @@ impl AdminService for AdminApi {
         let state = store.read_with_hints(&id, &members)?;
         Ok(Response::new(LocalReadReply {
             present: state.is_some(),
-            cart: state.map(|e| pb::Cart::from(e.cart.view(&id))),
+            cart: state.map(|cart| pb::Cart::from(cart.view(&id))),
         }))
     }
 

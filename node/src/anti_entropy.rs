@@ -191,12 +191,12 @@ async fn repair_one(coordinator: &Coordinator, peer_id: &str, id: &CartId) -> Re
         .store
         .merge(id, incoming.clone().unwrap_or_default())
         .await?;
-    let changed_there = incoming.as_ref() != Some(&merged.cart);
+    let changed_there = incoming.as_ref() != Some(&*merged);
     if changed_there {
         peer.client()
             .replicate(cluster.request(ReplicateRequest {
                 cart_id: id.to_string(),
-                state: merged.bytes.to_vec(),
+                state: cart_crdt::codec::encode_unordered(&merged)?,
                 hint_for: String::new(),
             }))
             .await

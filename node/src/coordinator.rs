@@ -53,7 +53,7 @@ struct Reads {
 /// One replica's answer to a read.
 struct ReadReply {
     target: Target,
-    state: Result<Option<Encoded>, NodeError>,
+    state: Result<Option<Arc<Cart>>, NodeError>,
 }
 
 impl Coordinator {
@@ -83,7 +83,7 @@ impl Coordinator {
         }
         let written = self.store.write(&req.cart_id, &req.op).await?;
         self.replicate(&req.cart_id, &written.bytes, w - 1).await?;
-        Ok(written.cart)
+        Ok(Arc::unwrap_or_clone(written.cart))
     }
 
     /// Sends the owner's new state to every other target; returns once `needed` of them
@@ -320,7 +320,7 @@ impl Coordinator {
         }
     }
 
-    async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Encoded>, NodeError> {
+    async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Arc<Cart>>, NodeError> {
         if node == self.cluster.self_id {
             return self.store.read_with_hints(id, &self.cluster_member_ids());
         }
@@ -338,7 +338,7 @@ impl Coordinator {
         if state.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Encoded::decode(&state)?))
+        Ok(Some(Arc::new(codec::decode(&state)?)))
     }
 
     fn cluster_member_ids(&self) -> Vec<String> {
@@ -349,7 +349,7 @@ impl Coordinator {
     /// the deadline) and repairs every owner whose state differs from the merge.
     async fn gather(self: Arc<Self>, mut reads: Reads, answer: oneshot::Sender<Result<Cart, NodeError>>) {
         let mut merged = Cart::default();
-        let mut replies: Vec<(Target, Option<Cart>)> = Vec::new();
+        let mut replies: Vec<(Target, Option<Arc<Cart>>)> = Vec::new();
         let mut failures = Vec::new();
         let mut answer = Some(answer);
         let mut outstanding = reads.asked;
@@ -364,10 +364,10 @@ impl Coordinator {
             outstanding -= 1;
             match reply.state {
                 Ok(state) => {
-                    if let Some(e) = &state {
-                        merged.merge(e.cart.clone());
+                    if let Some(cart) = &state {
+                        merged.merge((**cart).clone());
                     }
-                    replies.push((reply.target, state.map(|e| e.cart)));
+                    replies.push((reply.target, state));
                 }
                 Err(e) => {
                     failures.push(format!("{}: {e}", reply.target.node_id));
@@ -400,7 +400,7 @@ impl Coordinator {
     }
 
     /// Read repair: send the merged state to every owner that answered with something else.
-    async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Cart>)>) {
+    async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Arc<Cart>>)>) {
         let Ok(merged) = Encoded::new(merged) else { return };
         for (target, state) in replies {
             if target.hint_for.is_some() || state.as_ref() == Some(&merged.cart) {
@@ -408,7 +408,7 @@ impl Coordinator {
             }
             tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");
             if target.node_id == self.cluster.self_id {
-                if let Err(e) = self.store.merge(id, merged.cart.clone()).await {
+                if let Err(e) = self.store.merge(id, (*merged.cart).clone()).await {
                     tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
                 }
             } else if let Ok(_permit) = self.background.try_acquire() {

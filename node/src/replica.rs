@@ -115,9 +115,12 @@ impl ReplicaService for ReplicaApi {
             .iter()
             .map(|m| m.node_id.clone())
             .collect();
-        let state = self.coordinator.store.read_with_hints(&id, &members)?;
+        let state = match self.coordinator.store.read_with_hints(&id, &members)? {
+            Some(cart) => Some(codec::encode_unordered(&cart).map_err(|e| Status::from(NodeError::from(e)))?),
+            None => None,
+        };
         Ok(Response::new(ReadReply {
-            state: state.map(|e| e.bytes.to_vec()).unwrap_or_default(),
+            state: state.unwrap_or_default(),
         }))
     }
 

@@ -34,24 +34,24 @@ const ACTOR_KEY: &[u8] = b"actor";
 /// Present only between a clean shutdown and the next start.
 const CLEAN_SHUTDOWN_KEY: &[u8] = b"clean-shutdown";
 
+/// Decoded carts kept in memory (most recently used), so hot carts are not decoded on every
+/// request. Entries are replaced under the cart's lock whenever the stored cart changes.
+pub const CART_CACHE_ENTRIES: usize = 4096;
+
 /// A cart and its encoding as stored and shipped (map order, not canonical: compare carts with
 /// `==`, not their bytes).
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    pub cart: Cart,
+    pub cart: Arc<Cart>,
     pub bytes: Arc<Vec<u8>>,
 }
 
 impl Encoded {
     pub fn new(cart: Cart) -> Result<Self, NodeError> {
         let bytes = Arc::new(codec::encode_unordered(&cart)?);
-        Ok(Encoded { cart, bytes })
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, NodeError> {
         Ok(Encoded {
-            cart: codec::decode(bytes)?,
-            bytes: Arc::new(bytes.to_vec()),
+            cart: Arc::new(cart),
+            bytes,
         })
     }
 }
@@ -66,6 +66,7 @@ pub struct CartStore {
     write_permits: Semaphore,
     max_inflight_writes: usize,
     hints: HintCounts,
+    cache: quick_cache::sync::Cache<CartId, Arc<Cart>>,
 }
 
 impl CartStore {
@@ -91,6 +92,7 @@ impl CartStore {
             write_permits: Semaphore::new(max_inflight_writes),
             max_inflight_writes,
             hints,
+            cache: quick_cache::sync::Cache::new(CART_CACHE_ENTRIES),
         })
     }
 
@@ -103,24 +105,44 @@ impl CartStore {
     }
 
     /// This node's replica (an absent cart is empty).
-    pub fn read(&self, id: &CartId) -> Result<Cart, NodeError> {
-        self.load(Tree::Carts, id.as_str().as_bytes())
+    pub fn read(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
+        if let Some(cart) = self.cache.get(id) {
+            return Ok(cart);
+        }
+        let _guard = self.lock(id);
+        self.replica_locked(id)
     }
 
     /// This node's replica merged with every hint it holds for the cart; `None` if it holds
     /// nothing at all.
-    pub fn read_with_hints(&self, id: &CartId, owners: &[String]) -> Result<Option<Encoded>, NodeError> {
-        let mut found = self
-            .storage
-            .get(Tree::Carts, id.as_str().as_bytes())?
-            .map(|b| codec::decode(&b))
-            .transpose()?;
+    pub fn read_with_hints(&self, id: &CartId, owners: &[String]) -> Result<Option<Arc<Cart>>, NodeError> {
+        let mut hints = Vec::new();
         for owner in owners {
             if let Some(bytes) = self.storage.get(Tree::Hints, &hint_key(owner, id))? {
-                found.get_or_insert_with(Cart::default).merge(codec::decode(&bytes)?);
+                hints.push(codec::decode(&bytes)?);
             }
         }
-        found.map(Encoded::new).transpose()
+        let replica = self.read(id)?;
+        let present = *replica != Cart::default();
+        if hints.is_empty() {
+            return Ok(present.then_some(replica));
+        }
+        let mut merged = (*replica).clone();
+        for hint in hints {
+            merged.merge(hint);
+        }
+        Ok(Some(Arc::new(merged)))
+    }
+
+    /// The replica, from the cache or storage (caller holds the cart's lock, so a miss cannot
+    /// race a writer and cache a stale cart).
+    fn replica_locked(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
+        if let Some(cart) = self.cache.get(id) {
+            return Ok(cart);
+        }
+        let cart = Arc::new(self.load(Tree::Carts, id.as_str().as_bytes())?);
+        self.cache.insert(id.clone(), cart.clone());
+        Ok(cart)
     }
 
     /// Applies `op` as this node's actor and returns the new cart once it is durable. On error
@@ -129,7 +151,7 @@ impl CartStore {
         let _permit = self.write_permit()?;
         let encoded = {
             let _guard = self.lock(id);
-            let mut cart = self.load(Tree::Carts, id.as_str().as_bytes())?;
+            let mut cart = (*self.replica_locked(id)?).clone();
             let ctx = WriteCtx {
                 actor: self.actor,
                 now_ms: self.clock.now_ms(),
@@ -138,6 +160,7 @@ impl CartStore {
             cart.apply(&ctx, op)?;
             let encoded = Encoded::new(cart)?;
             self.put(Tree::Carts, id.as_str().as_bytes(), &encoded.bytes)?;
+            self.cache.insert(id.clone(), encoded.cart.clone());
             encoded
         };
         self.commit.durable().await?;
@@ -146,7 +169,7 @@ impl CartStore {
 
     /// Merges a replica's state into this node's replica; durable on return. Returns the merged
     /// state and whether it changed anything here.
-    pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Encoded, bool), NodeError> {
+    pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Arc<Cart>, bool), NodeError> {
         let merged = self.merge_unflushed(id, incoming)?;
         // Even when nothing changed here, what is stored may still await its flush.
         self.commit.durable().await?;
@@ -155,10 +178,19 @@ impl CartStore {
 
     /// [`CartStore::merge`] without waiting for the flush: the caller must call
     /// [`CartStore::durable`] before acknowledging (one flush for a whole batch).
-    pub fn merge_unflushed(&self, id: &CartId, incoming: Cart) -> Result<(Encoded, bool), NodeError> {
+    pub fn merge_unflushed(&self, id: &CartId, incoming: Cart) -> Result<(Arc<Cart>, bool), NodeError> {
         let _permit = self.write_permit()?;
         let _guard = self.lock(id);
-        self.merge_put(Tree::Carts, id.as_str().as_bytes(), incoming)
+        let current = self.replica_locked(id)?;
+        let mut cart = (*current).clone();
+        cart.merge(incoming);
+        if cart == *current {
+            return Ok((current, false));
+        }
+        let merged = Encoded::new(cart)?;
+        self.put(Tree::Carts, id.as_str().as_bytes(), &merged.bytes)?;
+        self.cache.insert(id.clone(), merged.cart.clone());
+        Ok((merged.cart, true))
     }
 
     /// Returns once everything stored so far is durable.
@@ -194,7 +226,7 @@ impl CartStore {
         if !existed && self.hints.total() >= hints_max {
             return Ok(false);
         }
-        self.merge_put(Tree::Hints, &key, incoming)?;
+        self.merge_hint(&key, incoming)?;
         if !existed {
             self.hints.add(owner, 1);
         }
@@ -257,21 +289,11 @@ impl CartStore {
         self.commit.durable().await
     }
 
-    /// Merges `incoming` into what `key` holds and stores the result if it changed (caller holds
-    /// the key's lock and waits for durability after releasing it).
-    fn merge_put(&self, tree: Tree, key: &[u8], incoming: Cart) -> Result<(Encoded, bool), NodeError> {
-        let current = match self.storage.get(tree, key)? {
-            Some(bytes) => Some(codec::decode(&bytes)?),
-            None => None,
-        };
-        let mut cart = current.clone().unwrap_or_default();
+    /// Merges `incoming` into the hint stored at `key` (caller holds the cart's lock).
+    fn merge_hint(&self, key: &[u8], incoming: Cart) -> Result<(), NodeError> {
+        let mut cart = self.load(Tree::Hints, key)?;
         cart.merge(incoming);
-        if current.as_ref() == Some(&cart) {
-            return Ok((Encoded::new(cart)?, false));
-        }
-        let merged = Encoded::new(cart)?;
-        self.put(tree, key, &merged.bytes)?;
-        Ok((merged, true))
+        self.put(Tree::Hints, key, &codec::encode_unordered(&cart)?)
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
