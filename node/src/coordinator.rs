@@ -75,7 +75,7 @@ impl Coordinator {
     }
 
     /// Applies a client operation with write quorum W and returns the resulting cart.
-    pub async fn write(self: &Arc<Self>, req: &CartRequest) -> Result<Cart, NodeError> {
+    pub async fn write(self: &Arc<Self>, req: &CartRequest) -> Result<Arc<Cart>, NodeError> {
         let w = self.quorum(req.consistency.w, self.cluster.config.w, "consistency.w")?;
         self.quorum(req.consistency.r, self.cluster.config.r, "consistency.r")?;
         if !self.cluster.is_owner(&req.cart_id) {
@@ -83,7 +83,7 @@ impl Coordinator {
         }
         let written = self.store.write(&req.cart_id, &req.op).await?;
         self.replicate(&req.cart_id, &written.bytes, w - 1).await?;
-        Ok(Arc::unwrap_or_clone(written.cart))
+        Ok(written.cart)
     }
 
     /// Sends the owner's new state to every other target; returns once `needed` of them
@@ -206,7 +206,7 @@ impl Coordinator {
     }
 
     /// Hands the operation to the first owner that answers.
-    async fn forward(&self, req: &CartRequest) -> Result<Cart, NodeError> {
+    async fn forward(&self, req: &CartRequest) -> Result<Arc<Cart>, NodeError> {
         let op = codec::encode_op(&req.op)?;
         let owners = self.cluster.owners(&req.cart_id);
         let mut tried = Vec::new();
@@ -228,7 +228,7 @@ impl Coordinator {
             match peer.client().coordinate(request).await {
                 Ok(reply) => {
                     self.cluster.record(owner, Ok(()));
-                    return Ok(codec::decode(&reply.into_inner().state)?);
+                    return Ok(Arc::new(codec::decode(&reply.into_inner().state)?));
                 }
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     self.cluster.record(owner, Err(&status));

@@ -60,7 +60,7 @@ impl CartApi {
     }
 
     /// The reply, tagged with this node's membership version so clients notice changes.
-    fn reply(&self, cart: Cart, id: &CartId) -> Response<CartReply> {
+    fn reply(&self, cart: &Cart, id: &CartId) -> Response<CartReply> {
         let mut response = Response::new(CartReply {
             cart: Some(pb::Cart::from(cart.view(id))),
         });
@@ -86,7 +86,7 @@ impl CartApi {
                 .write(&req)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
-            Ok(self.reply(cart, &req.cart_id))
+            Ok(self.reply(&cart, &req.cart_id))
         }
         .instrument(self.span(&req.cart_id, req.op.name()))
         .await
@@ -100,7 +100,7 @@ impl CartService for CartApi {
         let req = GetRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
         async {
             let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
-            Ok(self.reply(cart, &req.cart_id))
+            Ok(self.reply(&cart, &req.cart_id))
         }
         .instrument(self.span(&req.cart_id, "get_cart"))
         .await

@@ -134,6 +134,16 @@ impl CartStore {
         Ok(Some(Arc::new(merged)))
     }
 
+    /// The replica to modify, owned: taken out of the cache (no copy unless a reader still holds
+    /// it) or loaded. The caller holds the cart's lock and puts the result back, or the cache
+    /// simply misses next time.
+    fn take_replica_locked(&self, id: &CartId) -> Result<Cart, NodeError> {
+        match self.cache.remove(id) {
+            Some((_, cart)) => Ok(Arc::try_unwrap(cart).unwrap_or_else(|shared| (*shared).clone())),
+            None => self.load(Tree::Carts, id.as_str().as_bytes()),
+        }
+    }
+
     /// The replica, from the cache or storage (caller holds the cart's lock, so a miss cannot
     /// race a writer and cache a stale cart).
     fn replica_locked(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
@@ -151,7 +161,7 @@ impl CartStore {
         let _permit = self.write_permit()?;
         let encoded = {
             let _guard = self.lock(id);
-            let mut cart = (*self.replica_locked(id)?).clone();
+            let mut cart = self.take_replica_locked(id)?;
             let ctx = WriteCtx {
                 actor: self.actor,
                 now_ms: self.clock.now_ms(),
@@ -187,6 +197,7 @@ impl CartStore {
         if cart == *current {
             return Ok((current, false));
         }
+        drop(current);
         let merged = Encoded::new(cart)?;
         self.put(Tree::Carts, id.as_str().as_bytes(), &merged.bytes)?;
         self.cache.insert(id.clone(), merged.cart.clone());
