@@ -655,7 +655,7 @@ impl CartClient {
                 }
             };
             attempt += 1;
-            let retryable = retry.allows(status.code());
+            let retryable = retry.allows(status.code()) && !cart_proto::outcome_unknown(&status);
             if attempt >= attempts || !retryable {
                 if retryable || status.code() == Code::Unavailable {
                     // No node gave an answer: the membership may have moved on.

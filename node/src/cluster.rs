@@ -228,6 +228,12 @@ impl Cluster {
                     tracing::info!(peer = node_id, "peer is up");
                 }
             }
+            // An answer refusing the request (overloaded, invalid) says the peer is alive.
+            Err(status)
+                if !matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                ) => {}
             Err(status) => {
                 let failures = peer.failures.fetch_add(1, Ordering::SeqCst) + 1;
                 let unreachable = status.code() == Code::Unavailable;
@@ -237,6 +243,18 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Runs a peer call with a client-side deadline: `grpc-timeout` alone is enforced by the
+    /// server, which a stopped or cut-off peer never does.
+    pub async fn within<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {limit:?}"))))
     }
 
     /// A request with the peer-call deadline.
@@ -298,7 +316,11 @@ async fn run_batcher(client: PeerClient, mut queue: mpsc::Receiver<BatchItem>, t
         tokio::spawn(async move {
             let mut request = Request::new(ReplicateBatchRequest { items: requests });
             request.set_timeout(timeout);
-            match client.replicate_batch(request).await {
+            let call = tokio::time::timeout(timeout, client.replicate_batch(request));
+            match call
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("replicate batch timed out")))
+            {
                 Ok(reply) => {
                     let results = reply.into_inner().results;
                     for (i, waiter) in waiters.into_iter().enumerate() {

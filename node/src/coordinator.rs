@@ -38,13 +38,34 @@ fn unreachable(status: &Status) -> bool {
     matches!(status.code(), Unavailable | Unknown | Cancelled | DeadlineExceeded)
 }
 
+/// The nodes a request already uses; a fallback is reserved here so that two failing owners of
+/// one request never count the same stand-in twice.
+#[derive(Clone)]
+struct Taken(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Taken {
+    fn new(targets: &[Target]) -> Self {
+        Taken(Arc::new(std::sync::Mutex::new(
+            targets.iter().map(|t| t.node_id.clone()).collect(),
+        )))
+    }
+
+    /// Picks a node with `pick` (given the nodes in use) and marks it used.
+    fn reserve(&self, pick: impl FnOnce(&[String]) -> Option<String>) -> Option<String> {
+        let mut taken = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let chosen = pick(&taken)?;
+        taken.push(chosen.clone());
+        Some(chosen)
+    }
+}
+
 /// A read in progress: who was asked, who is left to ask if one fails.
 struct Reads {
     id: CartId,
     r: usize,
     asked: usize,
     spare: Vec<Target>,
-    taken: Arc<Vec<String>>,
+    taken: Taken,
     tx: mpsc::Sender<ReadReply>,
     rx: mpsc::Receiver<ReadReply>,
     owners: Vec<String>,
@@ -90,7 +111,7 @@ impl Coordinator {
     /// persisted it, or fails with the count when the deadline passes first.
     async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
         let plan = self.cluster.plan(id);
-        let taken: Arc<Vec<String>> = Arc::new(plan.targets.iter().map(|t| t.node_id.clone()).collect());
+        let taken = Taken::new(&plan.targets);
         let remote: Vec<Target> = plan
             .targets
             .into_iter()
@@ -99,10 +120,15 @@ impl Coordinator {
         if remote.is_empty() && needed == 0 {
             return Ok(());
         }
+        let deadline_at = tokio::time::Instant::now() + self.cluster.config.request_timeout;
         let (tx, mut rx) = mpsc::channel(remote.len().max(1));
         for target in remote {
-            let Ok(permit) = self.background.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::time::timeout_at(deadline_at, self.background.clone().acquire_owned()).await;
+            let Ok(Ok(permit)) = permit else {
+                // Too much replication in flight to even start this one: keep a hint instead.
+                let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
+                self.hint_locally(owner, id, bytes).await;
+                continue;
             };
             let (me, id, bytes, tx, taken) = (self.clone(), id.clone(), bytes.clone(), tx.clone(), taken.clone());
             tokio::spawn(async move {
@@ -113,7 +139,7 @@ impl Coordinator {
         }
         drop(tx);
         let mut acked = 0;
-        let deadline = tokio::time::sleep(self.cluster.config.request_timeout);
+        let deadline = tokio::time::sleep_until(deadline_at);
         tokio::pin!(deadline);
         while acked < needed {
             tokio::select! {
@@ -148,7 +174,7 @@ impl Coordinator {
 
     /// Replicates to one target. If an owner turns out unreachable, a free fallback stands in
     /// (and counts); failing that, this node keeps a hint for the owner (which does not count).
-    async fn send_state(&self, target: &Target, id: &CartId, bytes: &Arc<Vec<u8>>, taken: &[String]) -> bool {
+    async fn send_state(&self, target: &Target, id: &CartId, bytes: &Arc<Vec<u8>>, taken: &Taken) -> bool {
         let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
         let Err(status) = self
             .call_replicate(&target.node_id, id, bytes, target.hint_for.as_deref())
@@ -158,7 +184,7 @@ impl Coordinator {
         };
         tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed");
         if target.hint_for.is_none() && unreachable(&status) {
-            if let Some(fallback) = self.cluster.fallback_for(id, taken) {
+            if let Some(fallback) = taken.reserve(|t| self.cluster.fallback_for(id, t)) {
                 if self.call_replicate(&fallback, id, bytes, Some(owner)).await.is_ok() {
                     return true;
                 }
@@ -184,7 +210,8 @@ impl Coordinator {
             state: bytes.to_vec(),
             hint_for: hint_for.unwrap_or_default().to_owned(),
         };
-        let result = peer.replicate(request).await;
+        let limit = self.cluster.config.request_timeout;
+        let result = self.cluster.within(limit, peer.replicate(request)).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
         result
     }
@@ -225,12 +252,13 @@ impl Coordinator {
             });
             // The owner needs its own quorum deadline plus the hop.
             request.set_timeout(self.cluster.config.request_timeout + self.cluster.config.peer_timeout);
-            match peer.client().coordinate(request).await {
+            let limit = self.cluster.config.request_timeout + self.cluster.config.peer_timeout;
+            match self.cluster.within(limit, peer.client().coordinate(request)).await {
                 Ok(reply) => {
                     self.cluster.record(owner, Ok(()));
                     return Ok(Arc::new(codec::decode(&reply.into_inner().state)?));
                 }
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(status) if status.code() == tonic::Code::Unavailable && !cart_proto::outcome_unknown(&status) => {
                     self.cluster.record(owner, Err(&status));
                     tried.push(format!("{owner}: {}", status.message()));
                 }
@@ -250,14 +278,14 @@ impl Coordinator {
         let r = self.quorum(consistency.r, self.cluster.config.r, "consistency.r")?;
         self.quorum(consistency.w, self.cluster.config.w, "consistency.w")?;
         let plan = self.cluster.plan(id);
-        let taken: Arc<Vec<String>> = Arc::new(plan.targets.iter().map(|t| t.node_id.clone()).collect());
+        let taken = Taken::new(&plan.targets);
         let mut targets = plan.targets;
         targets.sort_by_key(|t| t.node_id != self.cluster.self_id);
         let spare = targets.split_off(r.min(targets.len()));
-        let (tx, rx) = mpsc::channel(taken.len().max(1));
+        let (tx, rx) = mpsc::channel(self.cluster.ring.members().len().max(1));
         let asked = targets.len();
         for target in targets {
-            self.ask(target, id, &taken, &tx);
+            self.ask(target, id, &tx);
         }
         let (answer_tx, answer_rx) = oneshot::channel();
         let me = self.clone();
@@ -284,40 +312,23 @@ impl Coordinator {
     }
 
     /// Starts one target's read; the local replica is read in place (no task, no hop).
-    fn ask(self: &Arc<Self>, target: Target, id: &CartId, taken: &Arc<Vec<String>>, tx: &mpsc::Sender<ReadReply>) {
+    fn ask(self: &Arc<Self>, target: Target, id: &CartId, tx: &mpsc::Sender<ReadReply>) {
         if target.node_id == self.cluster.self_id {
             let state = self.store.read_with_hints(id, &self.cluster_member_ids());
             let _ = tx.try_send(ReadReply { target, state });
             return;
         }
-        let (me, id, tx, taken) = (self.clone(), id.clone(), tx.clone(), taken.clone());
+        let (me, id, tx) = (self.clone(), id.clone(), tx.clone());
         tokio::spawn(async move {
-            let reply = me.read_one(target, &id, &taken).await;
+            let reply = me.read_one(target, &id).await;
             let _ = tx.send(reply).await;
         });
     }
 
-    /// One target's state of the cart; an owner that turns out unreachable is replaced by a free
-    /// fallback, which answers with the hints it holds.
-    async fn read_one(&self, target: Target, id: &CartId, taken: &[String]) -> ReadReply {
-        match self.call_read(&target.node_id, id).await {
-            Err(NodeError::Remote(status)) if target.hint_for.is_none() && unreachable(&status) => {
-                match self.cluster.fallback_for(id, taken) {
-                    Some(fallback) => ReadReply {
-                        state: self.call_read(&fallback, id).await,
-                        target: Target {
-                            node_id: fallback,
-                            hint_for: Some(target.node_id),
-                        },
-                    },
-                    None => ReadReply {
-                        target,
-                        state: Err(NodeError::Remote(status)),
-                    },
-                }
-            }
-            state => ReadReply { target, state },
-        }
+    /// One target's state of the cart.
+    async fn read_one(&self, target: Target, id: &CartId) -> ReadReply {
+        let state = self.call_read(&target.node_id, id).await;
+        ReadReply { target, state }
     }
 
     async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Arc<Cart>>, NodeError> {
@@ -327,12 +338,11 @@ impl Coordinator {
         let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
             reason: format!("unknown peer {node}"),
         })?;
-        let result = peer
-            .client()
-            .read(self.cluster.request(ReadRequest {
-                cart_id: id.to_string(),
-            }))
-            .await;
+        let mut client = peer.client();
+        let call = client.read(self.cluster.request(ReadRequest {
+            cart_id: id.to_string(),
+        }));
+        let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
         let state = result.map_err(NodeError::Remote)?.into_inner().state;
         if state.is_empty() {
@@ -371,8 +381,21 @@ impl Coordinator {
                 }
                 Err(e) => {
                     failures.push(format!("{}: {e}", reply.target.node_id));
-                    if !reads.spare.is_empty() {
-                        self.ask(reads.spare.remove(0), &reads.id, &reads.taken, &reads.tx);
+                    // Another owner first; a fallback (which holds only hints) when none is left.
+                    let next = if reads.spare.is_empty() {
+                        let owner = reply.target.hint_for.unwrap_or(reply.target.node_id);
+                        reads
+                            .taken
+                            .reserve(|t| self.cluster.fallback_for(&reads.id, t))
+                            .map(|node_id| Target {
+                                node_id,
+                                hint_for: Some(owner),
+                            })
+                    } else {
+                        Some(reads.spare.remove(0))
+                    };
+                    if let Some(target) = next {
+                        self.ask(target, &reads.id, &reads.tx);
                         outstanding += 1;
                     }
                 }
@@ -401,6 +424,9 @@ impl Coordinator {
 
     /// Read repair: send the merged state to every owner that answered with something else.
     async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Arc<Cart>>)>) {
+        if merged == Cart::default() {
+            return; // nobody holds the cart: nothing to repair
+        }
         let Ok(merged) = Encoded::new(merged) else { return };
         for (target, state) in replies {
             if target.hint_for.is_some() || state.as_ref() == Some(&merged.cart) {

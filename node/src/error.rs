@@ -50,10 +50,57 @@ impl From<NodeError> for Status {
             NodeError::Cart(
                 CartError::Decode { .. } | CartError::Encode { .. } | CartError::UnsupportedFormat { .. },
             ) => Status::data_loss(message),
-            NodeError::QuorumNotReached { .. } | NodeError::NoReplica { .. } => Status::unavailable(message),
+            NodeError::QuorumNotReached { verb, .. } => {
+                let mut status = Status::unavailable(message);
+                if verb == "acknowledged" {
+                    // The write is durable on this node and spreading: retrying it could apply it
+                    // twice.
+                    status.metadata_mut().insert(
+                        cart_proto::OUTCOME_HEADER,
+                        tonic::metadata::MetadataValue::from_static("unknown"),
+                    );
+                }
+                status
+            }
+            NodeError::NoReplica { .. } => Status::unavailable(message),
             NodeError::Remote(status) => status,
             NodeError::BadPeerMessage { .. } => Status::invalid_argument(message),
             NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_that_missed_its_quorum_says_its_outcome_is_unknown() {
+        let write = Status::from(NodeError::QuorumNotReached {
+            verb: "acknowledged",
+            acked: 1,
+            required: 2,
+            detail: String::new(),
+        });
+        assert_eq!(write.code(), tonic::Code::Unavailable);
+        assert!(write.message().contains("1 of the 2"), "{write:?}");
+        assert!(
+            cart_proto::outcome_unknown(&write),
+            "a retry elsewhere could apply it twice"
+        );
+
+        let read = Status::from(NodeError::QuorumNotReached {
+            verb: "answered",
+            acked: 1,
+            required: 2,
+            detail: String::new(),
+        });
+        assert_eq!(read.code(), tonic::Code::Unavailable);
+        assert!(!cart_proto::outcome_unknown(&read), "reads are safe to retry");
+        let unreached = Status::from(NodeError::NoReplica {
+            cart_id: "user:x".into(),
+            detail: String::new(),
+        });
+        assert!(!cart_proto::outcome_unknown(&unreached));
     }
 }

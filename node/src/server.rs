@@ -129,9 +129,13 @@ impl Node {
         }
         let _ = stop_tx.send(true);
         for task in background {
-            let _ = task.await;
+            // Each loop checks the stop signal between rounds; one stuck in a peer call is cut off.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                abort.abort();
+            }
         }
-        self.coordinator.store.close().await?;
+        self.coordinator.store.close(self.config.shutdown_grace).await?;
         tracing::info!("storage flushed; bye");
         Ok(())
     }

@@ -268,23 +268,29 @@ impl CartStore {
         self.hints.snapshot()
     }
 
-    /// Drops every hint (operator action); returns how many.
+    /// Drops every hint (operator action); returns how many. Each under its cart's lock, so a
+    /// hint being added meanwhile is either dropped with the rest or kept and counted.
     pub async fn discard_hints(&self) -> Result<u64, NodeError> {
         let mut discarded = 0;
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let batch = self.storage.scan(Tree::Hints, b"", None, 1024)?;
-            if batch.is_empty() {
-                break;
-            }
+            let batch = self.storage.scan(Tree::Hints, b"", after.as_deref(), 1024)?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(last.clone());
             for (key, value) in batch {
+                let owner = String::from_utf8_lossy(key.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+                let Some(id) = hint_cart_id(&key).and_then(|raw| CartId::parse(raw, &self.limits).ok()) else {
+                    continue;
+                };
+                let _guard = self.lock(&id);
                 if self.storage.delete_if(Tree::Hints, &key, &value)? {
+                    self.hints.add(&owner, -1);
                     discarded += 1;
                 }
             }
         }
         self.commit.note_write();
         self.commit.durable().await?;
-        self.hints.clear();
         Ok(discarded)
     }
 
@@ -293,8 +299,15 @@ impl CartStore {
         Ok(self.storage.scan(Tree::Carts, b"", after, limit)?)
     }
 
-    /// Flushes everything and records a clean shutdown, so the next start keeps this actor.
-    pub async fn close(&self) -> Result<(), StorageError> {
+    /// Waits (up to `grace`) for writes still running, then flushes and records a clean shutdown,
+    /// so the next start keeps this actor. If writes are still running after `grace`, no marker is
+    /// written: the next start takes a new incarnation.
+    pub async fn close(&self, grace: std::time::Duration) -> Result<(), StorageError> {
+        let all = u32::try_from(self.max_inflight_writes).unwrap_or(u32::MAX);
+        let Ok(Ok(_quiet)) = tokio::time::timeout(grace, self.write_permits.acquire_many(all)).await else {
+            tracing::warn!("writes still running at shutdown: the next start takes a new incarnation");
+            return self.commit.durable().await;
+        };
         self.storage.put(Tree::Meta, CLEAN_SHUTDOWN_KEY, b"1")?;
         self.commit.note_write();
         self.commit.durable().await
@@ -388,11 +401,9 @@ impl HintCounts {
             let n = map.entry(owner.to_owned()).or_default();
             *n = n.saturating_add_signed(delta);
         }
-        if delta >= 0 {
-            self.total.fetch_add(delta as usize, Ordering::SeqCst);
-        } else {
-            self.total.fetch_sub(delta.unsigned_abs(), Ordering::SeqCst);
-        }
+        let _ = self.total.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+            Some(t.saturating_add_signed(delta))
+        });
     }
 
     fn total(&self) -> usize {
@@ -401,13 +412,6 @@ impl HintCounts {
 
     fn snapshot(&self) -> BTreeMap<String, usize> {
         self.per_owner.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    fn clear(&self) {
-        if let Ok(mut map) = self.per_owner.lock() {
-            map.clear();
-        }
-        self.total.store(0, Ordering::SeqCst);
     }
 }
 

@@ -30,6 +30,19 @@ pub mod admin_pb {
 
 /// Metadata header carrying the cluster secret on internal calls.
 pub const SECRET_HEADER: &str = "x-cartdb-secret";
+/// Metadata header on an error status whose operation may nevertheless have been applied (a write
+/// that missed its quorum): value `unknown`. Such a write must not be retried elsewhere, or it
+/// could count twice; without the header, `UNAVAILABLE` means the operation was not applied.
+pub const OUTCOME_HEADER: &str = "x-cartdb-outcome";
+
+/// Whether `status` carries [`OUTCOME_HEADER`] = `unknown`.
+pub fn outcome_unknown(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(OUTCOME_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"unknown")
+}
+
 /// Metadata header a node adds to replies with its membership version (hex), so clients notice
 /// membership changes.
 pub const MEMBERSHIP_HEADER: &str = "x-cartdb-membership";
