@@ -18,6 +18,9 @@ use crate::view::{self, CartView};
 /// for longer than this could then bring back quantity it had added before the remove.
 pub const RESIDUE_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// How often (in a cart's clock) a write looks for residue to drop.
+const RESIDUE_SCAN_MS: u64 = 60 * 60 * 1000;
+
 /// What one line entry says. Entries are write-once: a change adds a new entry and removes the
 /// observed ones it supersedes.
 ///
@@ -165,6 +168,7 @@ impl Cart {
     /// error leaves the cart exactly as it was.
     pub fn apply(&mut self, ctx: &WriteCtx<'_>, op: &CartOp) -> Result<CartDelta, CartError> {
         self.check(ctx.limits, op)?;
+        let self_touched = self.touched_at_ms;
         let mut w = Writer {
             cart: self,
             actor: ctx.actor,
@@ -208,7 +212,10 @@ impl Cart {
             CartOp::RemoveCoupon { code } => w.remove_coupons(|c| c == code),
             CartOp::Touch => {}
         }
-        w.drop_residue();
+        // Residue ages in hours: looking for it once per hour of a cart's life is enough.
+        if ctx.now_ms / RESIDUE_SCAN_MS != self_touched / RESIDUE_SCAN_MS {
+            w.drop_residue();
+        }
         w.touch(ctx.now_ms);
         Ok(w.delta)
     }
@@ -415,12 +422,25 @@ impl Writer<'_> {
     /// cannot leave the new quantity without a snapshot. A line that is not visible (removed, or
     /// driven to 0 or below) starts again from 0.
     fn add_to_line(&mut self, product_id: &ProductId, quantity: i64, snapshot: ItemSnapshot) {
-        let line = self.cart.line_state(product_id);
-        if !line.visible() && line.quantity != 0 {
+        let acc = view::LineAcc::from_entries(self.cart.line_entries().filter(|e| &e.product_id == product_id));
+        if !acc.visible() && acc.quantity() != 0 {
             self.reset(product_id, 0);
+            self.add_delta(product_id, quantity);
+            self.remove_lines(|e| &e.product_id == product_id && matches!(e.kind, LineKind::Snapshot(_)));
+        } else {
+            // The common case in one pass: replace this node's total and the snapshot together.
+            let total = acc.totals().get(&self.actor).copied().unwrap_or(0);
+            let actor = self.actor;
+            self.remove_lines(|e| {
+                &e.product_id == product_id
+                    && match e.kind {
+                        LineKind::Snapshot(_) => true,
+                        LineKind::Total(_) => e.dot.actor == actor,
+                        LineKind::Reset { .. } => false,
+                    }
+            });
+            self.add_line(product_id, LineKind::Total(total.saturating_add(quantity)));
         }
-        self.add_delta(product_id, quantity);
-        self.remove_lines(|e| &e.product_id == product_id && matches!(e.kind, LineKind::Snapshot(_)));
         self.add_line(product_id, LineKind::Snapshot(snapshot));
     }
 
