@@ -388,3 +388,38 @@ async fn the_client_keeps_working_when_a_node_dies() {
     }
     assert_eq!(client.get_cart("user:resilient").await.unwrap().lines.len(), 11);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_survive_a_kill_9_of_the_node_holding_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
+    let (n1, n3) = (common::addr(&cluster, 0), common::addr(&cluster, 2));
+    cluster.kill9(2).unwrap();
+    let carts: Vec<String> = (0..10).map(|i| format!("guest:held{i}")).collect();
+    for cart in &carts {
+        add_via(n1, cart, "sku-1", 2).await.unwrap();
+    }
+    assert_eq!(
+        hint_backlog(n1).await,
+        carts.len() as u64,
+        "n1 coordinated every write and holds the hints"
+    );
+    // The hinting node dies before it can hand anything off, and comes back.
+    cluster.kill9(0).unwrap();
+    cluster.restart(0).unwrap();
+    assert_eq!(hint_backlog(n1).await, carts.len() as u64, "hints are durable");
+    cluster.restart(2).unwrap();
+    let delivered = common::eventually(Duration::from_secs(20), || {
+        let carts = carts.clone();
+        async move {
+            for cart in &carts {
+                if !local_products(n3, cart).await.contains("sku-1") {
+                    return false;
+                }
+            }
+            hint_backlog(n1).await == 0
+        }
+    })
+    .await;
+    assert!(delivered, "hints held by a restarted node were not handed off");
+}
