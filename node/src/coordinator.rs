@@ -274,7 +274,7 @@ impl Coordinator {
 
     /// Reads the cart with read quorum R: asks R targets (this node first when it is one), asks
     /// the next target for each that fails, answers with the merge of R replies.
-    pub async fn read(self: &Arc<Self>, id: &CartId, consistency: Consistency) -> Result<Cart, NodeError> {
+    pub async fn read(self: &Arc<Self>, id: &CartId, consistency: Consistency) -> Result<Arc<Cart>, NodeError> {
         let r = self.quorum(consistency.r, self.cluster.config.r, "consistency.r")?;
         self.quorum(consistency.w, self.cluster.config.w, "consistency.w")?;
         let plan = self.cluster.plan(id);
@@ -357,8 +357,8 @@ impl Coordinator {
 
     /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to
     /// the deadline) and repairs every owner whose state differs from the merge.
-    async fn gather(self: Arc<Self>, mut reads: Reads, answer: oneshot::Sender<Result<Cart, NodeError>>) {
-        let mut merged = Cart::default();
+    async fn gather(self: Arc<Self>, mut reads: Reads, answer: oneshot::Sender<Result<Arc<Cart>, NodeError>>) {
+        let mut merged: Option<Arc<Cart>> = None;
         let mut replies: Vec<(Target, Option<Arc<Cart>>)> = Vec::new();
         let mut failures = Vec::new();
         let mut answer = Some(answer);
@@ -375,7 +375,16 @@ impl Coordinator {
             match reply.state {
                 Ok(state) => {
                     if let Some(cart) = &state {
-                        merged.merge((**cart).clone());
+                        merged = Some(match merged.take() {
+                            // Replicas usually agree: merge only when this one differs.
+                            Some(m) if *m == **cart => m,
+                            Some(m) => {
+                                let mut m = Arc::unwrap_or_clone(m);
+                                m.merge((**cart).clone());
+                                Arc::new(m)
+                            }
+                            None => cart.clone(),
+                        });
                     }
                     replies.push((reply.target, state));
                 }
@@ -402,7 +411,7 @@ impl Coordinator {
             }
             if replies.len() >= reads.r {
                 if let Some(tx) = answer.take() {
-                    let _ = tx.send(Ok(merged.clone()));
+                    let _ = tx.send(Ok(merged.clone().unwrap_or_default()));
                 }
             }
         }
@@ -419,15 +428,24 @@ impl Coordinator {
             }));
             return;
         }
-        self.repair(&reads.id, merged, replies).await;
+        if let Some(merged) = merged {
+            self.repair(&reads.id, merged, replies).await;
+        }
     }
 
     /// Read repair: send the merged state to every owner that answered with something else.
-    async fn repair(&self, id: &CartId, merged: Cart, replies: Vec<(Target, Option<Arc<Cart>>)>) {
-        if merged == Cart::default() {
-            return; // nobody holds the cart: nothing to repair
+    async fn repair(&self, id: &CartId, merged: Arc<Cart>, replies: Vec<(Target, Option<Arc<Cart>>)>) {
+        if replies.iter().all(|(t, state)| {
+            t.hint_for.is_some()
+                || state
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &merged) || **c == *merged)
+        }) {
+            return; // every owner asked already holds the merge
         }
-        let Ok(merged) = Encoded::new(merged) else { return };
+        let Ok(merged) = Encoded::new((*merged).clone()) else {
+            return;
+        };
         for (target, state) in replies {
             if target.hint_for.is_some() || state.as_ref() == Some(&merged.cart) {
                 continue;
