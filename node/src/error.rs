@@ -32,6 +32,12 @@ pub enum NodeError {
     Remote(Status),
     #[error("peer sent a bad message: {reason}")]
     BadPeerMessage { reason: String },
+    #[error("this node holds hints_max = {limit} hints already")]
+    HintsFull { limit: usize },
+    #[error("{node} is not an owner of {cart_id}; check that every node has the same membership")]
+    NotOwner { node: String, cart_id: String },
+    #[error("internal call without the cluster secret ({header})")]
+    Unauthenticated { header: &'static str },
     #[error("configuration: {reason}")]
     Config { reason: String },
 }
@@ -65,6 +71,9 @@ impl From<NodeError> for Status {
             NodeError::NoReplica { .. } => Status::unavailable(message),
             NodeError::Remote(status) => status,
             NodeError::BadPeerMessage { .. } => Status::invalid_argument(message),
+            NodeError::HintsFull { .. } => Status::resource_exhausted(message),
+            NodeError::NotOwner { .. } => Status::failed_precondition(message),
+            NodeError::Unauthenticated { .. } => Status::unauthenticated(message),
             NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
         }
     }

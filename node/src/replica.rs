@@ -34,7 +34,10 @@ impl ReplicaApi {
         if req.hint_for.is_empty() {
             store.merge_unflushed(&id, cart)?;
         } else if !store.add_hint_unflushed(&req.hint_for, &id, cart, self.coordinator.cluster.config.hints_max)? {
-            return Err(Status::resource_exhausted("this node holds hints_max hints already"));
+            return Err(NodeError::HintsFull {
+                limit: self.coordinator.cluster.config.hints_max,
+            }
+            .into());
         }
         Ok(())
     }
@@ -51,9 +54,7 @@ pub fn check_secret(secret: String) -> impl Fn(Request<()>) -> Result<Request<()
         if given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
             Ok(request)
         } else {
-            Err(Status::unauthenticated(format!(
-                "internal call without the cluster secret ({SECRET_HEADER})"
-            )))
+            Err(NodeError::Unauthenticated { header: SECRET_HEADER }.into())
         }
     }
 }
@@ -130,10 +131,11 @@ impl ReplicaService for ReplicaApi {
         let op = codec::decode_op(&req.op).map_err(bad_state)?;
         if !self.coordinator.cluster.is_owner(&cart_id) {
             // The rings disagree: coordinating here would make a non-owner an actor of the cart.
-            return Err(Status::failed_precondition(format!(
-                "{} is not an owner of {cart_id}; check that every node has the same membership",
-                self.coordinator.cluster.self_id
-            )));
+            return Err(NodeError::NotOwner {
+                node: self.coordinator.cluster.self_id.clone(),
+                cart_id: cart_id.to_string(),
+            }
+            .into());
         }
         let consistency = Consistency {
             r: (req.r > 0).then_some(req.r),
