@@ -57,7 +57,7 @@ port_answers() {
 }
 
 start_cluster() {
-    local nodes=$1 port=$2 i
+    local nodes=$1 port=$2 extra=${3:-} i
     for ((i = 0; i < nodes; i++)); do
         if port_answers $((port + i)); then
             echo "something already listens on 127.0.0.1:$((port + i)); refusing to benchmark it" >&2
@@ -65,7 +65,12 @@ start_cluster() {
         fi
     done
     CLUSTER_DIR="$(mktemp -d)"
-    target/release/cartd dev --nodes "$nodes" --base-port "$port" --data-dir "$CLUSTER_DIR" >"$CLUSTER_DIR/dev.log" 2>&1 &
+    local extra_args=()
+    if [[ -n "$extra" ]]; then
+        extra_args=(--extra-toml "$extra")
+    fi
+    target/release/cartd dev --nodes "$nodes" --base-port "$port" --data-dir "$CLUSTER_DIR" "${extra_args[@]}" \
+        >"$CLUSTER_DIR/dev.log" 2>&1 &
     CLUSTER_PID=$!
     local waited=0
     until grep -q 'cartdb dev cluster up:' "$CLUSTER_DIR/dev.log"; do

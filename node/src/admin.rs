@@ -77,8 +77,9 @@ impl AdminService for AdminApi {
     async fn local_read(&self, request: Request<LocalReadRequest>) -> Result<Response<LocalReadReply>, Status> {
         let store = &self.coordinator.store;
         let id = CartId::parse(&request.into_inner().cart_id, store.limits()).map_err(NodeError::from)?;
-        let members = [];
-        let state = store.read_with_hints(&id, &members)?;
+        // The replica alone: no quorum, no hints.
+        let cart = store.read(&id)?;
+        let state = (*cart != cart_crdt::Cart::default()).then_some(cart);
         Ok(Response::new(LocalReadReply {
             present: state.is_some(),
             cart: state.map(|cart| pb::Cart::from(cart.view(&id))),

@@ -314,7 +314,7 @@ impl Coordinator {
     /// Starts one target's read; the local replica is read in place (no task, no hop).
     fn ask(self: &Arc<Self>, target: Target, id: &CartId, tx: &mpsc::Sender<ReadReply>) {
         if target.node_id == self.cluster.self_id {
-            let state = self.store.read_with_hints(id, &self.cluster_member_ids());
+            let state = self.store.read_with_hints(id);
             let _ = tx.try_send(ReadReply { target, state });
             return;
         }
@@ -333,7 +333,7 @@ impl Coordinator {
 
     async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Arc<Cart>>, NodeError> {
         if node == self.cluster.self_id {
-            return self.store.read_with_hints(id, &self.cluster_member_ids());
+            return self.store.read_with_hints(id);
         }
         let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
             reason: format!("unknown peer {node}"),
@@ -349,10 +349,6 @@ impl Coordinator {
             return Ok(None);
         }
         Ok(Some(Arc::new(codec::decode(&state)?)))
-    }
-
-    fn cluster_member_ids(&self) -> Vec<String> {
-        self.cluster.ring.members().iter().map(|m| m.node_id.clone()).collect()
     }
 
     /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to

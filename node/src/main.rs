@@ -43,6 +43,9 @@ enum Cmd {
         /// Folder holding one sub-folder per node (config, log, data).
         #[arg(long, default_value = "./data/dev")]
         data_dir: PathBuf,
+        /// TOML put at the top of the generated cluster file (e.g. a `[limits]` table).
+        #[arg(long, value_name = "FILE")]
+        extra_toml: Option<PathBuf>,
     },
 }
 
@@ -63,7 +66,8 @@ fn main() -> Result<()> {
             nodes,
             base_port,
             data_dir,
-        } => runtime.block_on(dev(nodes, base_port, &data_dir)),
+            extra_toml,
+        } => runtime.block_on(dev(nodes, base_port, &data_dir, extra_toml.as_deref())),
     }
 }
 
@@ -111,7 +115,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
+async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Path>) -> Result<()> {
     let bin = std::env::current_exe().context("locate the cartd binary")?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let data_dir = data_dir
@@ -120,7 +124,10 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path) -> Result<()> {
     if base_port.checked_add(nodes - 1).is_none() {
         bail!("--base-port {base_port} is too high for {nodes} nodes");
     }
-    let spec = ClusterSpec::loopback(&data_dir, nodes as usize, base_port)?;
+    let mut spec = ClusterSpec::loopback(&data_dir, nodes as usize, base_port)?;
+    if let Some(path) = extra_toml {
+        spec.top_toml = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    }
     let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&bin, spec)).await??;
     for (id, addr) in &cluster.spec.nodes {
         println!(

@@ -108,15 +108,7 @@ impl ReplicaService for ReplicaApi {
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         let id = self.cart_id(&request.into_inner().cart_id)?;
-        let members: Vec<String> = self
-            .coordinator
-            .cluster
-            .ring
-            .members()
-            .iter()
-            .map(|m| m.node_id.clone())
-            .collect();
-        let state = match self.coordinator.store.read_with_hints(&id, &members)? {
+        let state = match self.coordinator.store.read_with_hints(&id)? {
             Some(cart) => Some(codec::encode_unordered(&cart).map_err(|e| Status::from(NodeError::from(e)))?),
             None => None,
         };

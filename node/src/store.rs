@@ -115,12 +115,14 @@ impl CartStore {
 
     /// This node's replica merged with every hint it holds for the cart; `None` if it holds
     /// nothing at all.
-    pub fn read_with_hints(&self, id: &CartId, owners: &[String]) -> Result<Option<Arc<Cart>>, NodeError> {
+    pub fn read_with_hints(&self, id: &CartId) -> Result<Option<Arc<Cart>>, NodeError> {
         let mut hints = Vec::new();
-        // Most of the time a node holds no hints at all: skip the lookups then.
-        for owner in owners.iter().filter(|_| self.hints.total() > 0) {
-            if let Some(bytes) = self.storage.get(Tree::Hints, &hint_key(owner, id))? {
-                hints.push(codec::decode(&bytes)?);
+        // Only owners this node holds hints for can have one for this cart (usually none at all).
+        if self.hints.total() > 0 {
+            for (owner, _) in self.hints.snapshot().into_iter().filter(|(_, n)| *n > 0) {
+                if let Some(bytes) = self.storage.get(Tree::Hints, &hint_key(&owner, id))? {
+                    hints.push(codec::decode(&bytes)?);
+                }
             }
         }
         let replica = self.read(id)?;
