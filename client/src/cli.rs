@@ -81,6 +81,13 @@ pub enum CartCmd {
     Add(AddArgs),
     /// Set a line's quantity (0 removes it).
     Set { id: String, product: String, qty: u32 },
+    /// Add a signed delta to a line's quantity (`--delta=-2` to take two away).
+    Adjust {
+        id: String,
+        product: String,
+        #[arg(long, allow_hyphen_values = true)]
+        delta: i64,
+    },
     /// Remove a line.
     Remove { id: String, product: String },
     /// Remove every line and coupon (saved-for-later stays).
@@ -180,6 +187,7 @@ async fn run_cart(client: &CartClient, cmd: CartCmd) -> Result<CartView, ClientE
             client.add_item(&a.id, &a.product, a.qty, snapshot).await
         }
         CartCmd::Set { id, product, qty } => client.set_quantity(&id, &product, qty).await,
+        CartCmd::Adjust { id, product, delta } => client.adjust_quantity(&id, &product, delta).await,
         CartCmd::Remove { id, product } => client.remove_item(&id, &product).await,
         CartCmd::Clear { id } => client.clear_cart(&id).await,
         CartCmd::Save { id, product } => client.save_for_later(&id, &product).await,

@@ -543,6 +543,21 @@ impl CartClient {
         .await
     }
 
+    /// Adds a signed `delta` to a line's quantity. Concurrent adjustments all count (a counter),
+    /// unlike [`CartClient::set_quantity`], which a concurrent set may overrule.
+    pub async fn adjust_quantity(&self, cart_id: &str, product_id: &str, delta: i64) -> Result<CartView, ClientError> {
+        let req = pb::AdjustQuantityRequest {
+            cart_id: cart_id.into(),
+            product_id: product_id.into(),
+            delta,
+            consistency: self.consistency(),
+        };
+        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+            c.adjust_quantity(r).await
+        })
+        .await
+    }
+
     pub async fn remove_item(&self, cart_id: &str, product_id: &str) -> Result<CartView, ClientError> {
         let req = pb::RemoveItemRequest {
             cart_id: cart_id.into(),

@@ -77,6 +77,7 @@ cart_service!(
     get_cart(pb::GetCartRequest),
     add_item(pb::AddItemRequest),
     set_quantity(pb::SetQuantityRequest),
+    adjust_quantity(pb::AdjustQuantityRequest),
     remove_item(pb::RemoveItemRequest),
     clear_cart(pb::ClearCartRequest),
     save_for_later(pb::SaveForLaterRequest),

@@ -250,7 +250,14 @@ impl Cart {
                 if line.snapshot.is_none() {
                     return Err(not_in_cart(product_id));
                 }
-                check_quantity(limits, line.quantity.saturating_add(*delta))
+                let quantity = line.quantity.saturating_add(*delta);
+                if quantity < 0 {
+                    return Err(CartError::invalid(
+                        "delta",
+                        format!("{delta} would take the line's quantity of {} below 0", line.quantity),
+                    ));
+                }
+                check_quantity(limits, quantity)
             }
             CartOp::RemoveItem { product_id } => match self.line_state(product_id).snapshot {
                 Some(_) => Ok(()),

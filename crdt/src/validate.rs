@@ -26,6 +26,20 @@ pub fn set_quantity(quantity: i64, limits: &Limits) -> Result<u64, CartError> {
     bounded_quantity(quantity, limits)
 }
 
+/// A delta for AdjustQuantity: non-zero, at most `max_quantity` either way.
+pub fn adjust_delta(delta: i64, limits: &Limits) -> Result<i64, CartError> {
+    if delta == 0 {
+        return Err(CartError::invalid("delta", "must not be 0"));
+    }
+    if delta.unsigned_abs() > limits.max_quantity {
+        return Err(CartError::invalid(
+            "delta",
+            format!("{delta} exceeds the limit of ±{}", limits.max_quantity),
+        ));
+    }
+    Ok(delta)
+}
+
 fn bounded_quantity(quantity: i64, limits: &Limits) -> Result<u64, CartError> {
     let q = quantity as u64;
     if q > limits.max_quantity {

@@ -114,6 +114,13 @@ impl CartService for CartApi {
         self.mutate(request).await
     }
 
+    async fn adjust_quantity(
+        &self,
+        request: Request<pb::AdjustQuantityRequest>,
+    ) -> Result<Response<CartReply>, Status> {
+        self.mutate(request).await
+    }
+
     async fn remove_item(&self, request: Request<pb::RemoveItemRequest>) -> Result<Response<CartReply>, Status> {
         self.mutate(request).await
     }

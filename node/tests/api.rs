@@ -214,6 +214,42 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "quantity",
         ),
         (
+            "zero delta",
+            raw.adjust_quantity(pb::AdjustQuantityRequest {
+                cart_id: id.into(),
+                product_id: "sku-1".into(),
+                delta: 0,
+                consistency: None,
+            })
+            .await,
+            Code::InvalidArgument,
+            "delta",
+        ),
+        (
+            "adjust below zero",
+            raw.adjust_quantity(pb::AdjustQuantityRequest {
+                cart_id: id.into(),
+                product_id: "sku-1".into(),
+                delta: -9_999,
+                consistency: None,
+            })
+            .await,
+            Code::InvalidArgument,
+            "delta",
+        ),
+        (
+            "adjust an unknown product",
+            raw.adjust_quantity(pb::AdjustQuantityRequest {
+                cart_id: id.into(),
+                product_id: "nope".into(),
+                delta: 1,
+                consistency: None,
+            })
+            .await,
+            Code::NotFound,
+            "product_id",
+        ),
+        (
             "save an unknown product",
             raw.save_for_later(pb::SaveForLaterRequest {
                 cart_id: id.into(),

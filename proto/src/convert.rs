@@ -108,6 +108,19 @@ impl IntoDomain for pb::SetQuantityRequest {
     }
 }
 
+impl IntoDomain for pb::AdjustQuantityRequest {
+    fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+        let cart_id = CartId::parse(&self.cart_id, limits)?;
+        let product_id = ProductId::parse(&self.product_id, limits)?;
+        let delta = validate::adjust_delta(self.delta, limits)?;
+        Ok(CartRequest {
+            cart_id,
+            op: CartOp::AdjustQuantity { product_id, delta },
+            consistency: self.consistency.into(),
+        })
+    }
+}
+
 /// Requests shaped `{cart_id, product_id, consistency}`.
 macro_rules! product_request {
     ($wire:ty, $variant:ident) => {
