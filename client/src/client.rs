@@ -5,7 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cart_crdt::{CartView, ItemSnapshot};
 use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
@@ -15,6 +15,7 @@ use cart_proto::pb::{self, CartReply};
 use cart_proto::{Consistency, MEMBERSHIP_HEADER};
 use cart_ring::{Member, Ring};
 use thiserror::Error;
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
@@ -215,9 +216,18 @@ fn uri_of(address: &str) -> String {
     }
 }
 
-/// A lazily connecting channel to `address` (`HOST:PORT` or a full URI) with the options'
-/// timeouts, TCP_NODELAY and HTTP/2 keepalive.
-pub(crate) fn lazy_channel(address: &str, options: &ClientOptions) -> Result<Channel, ClientError> {
+/// Turns an endpoint (address, timeouts, keepalive already set) into a channel: the transport
+/// seam. [`tcp_connect`] dials real TCP lazily; a simulation dials its own network.
+pub type Connect = Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>;
+
+/// The real transport: a lazily connected TCP channel.
+pub fn tcp_connect() -> Connect {
+    Arc::new(|endpoint: Endpoint| endpoint.connect_lazy())
+}
+
+/// The endpoint for `address` (`HOST:PORT` or a full URI) with the options' timeouts,
+/// TCP_NODELAY and HTTP/2 keepalive.
+fn endpoint(address: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
     let endpoint = Endpoint::from_shared(uri_of(address)).map_err(|e| ClientError::InvalidEndpoint {
         endpoint: address.to_owned(),
         reason: e.to_string(),
@@ -228,8 +238,13 @@ pub(crate) fn lazy_channel(address: &str, options: &ClientOptions) -> Result<Cha
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connecting TCP channel to `address` (`HOST:PORT` or a full URI) with the options'
+/// timeouts, TCP_NODELAY and HTTP/2 keepalive.
+pub(crate) fn lazy_channel(address: &str, options: &ClientOptions) -> Result<Channel, ClientError> {
+    Ok(endpoint(address, options)?.connect_lazy())
 }
 
 /// The membership version a reply carries, if any.
@@ -252,6 +267,8 @@ struct Inner {
     /// The configured endpoints, as given (trimmed).
     endpoints: Vec<String>,
     options: ClientOptions,
+    /// Makes every channel this client uses.
+    connect: Connect,
     /// One channel per address (keyed by URI), created on first use; pruned on refresh.
     channels: Mutex<HashMap<String, Channel>>,
     /// `None` until a membership is known (or when not ring-aware).
@@ -271,7 +288,7 @@ impl Inner {
         if let Some(channel) = channels.get(&uri) {
             return Ok(channel.clone());
         }
-        let channel = lazy_channel(address, &self.options)?;
+        let channel = (self.connect)(endpoint(address, &self.options)?);
         channels.insert(uri, channel.clone());
         Ok(channel)
     }
@@ -449,6 +466,20 @@ impl CartClient {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::connect_with_connector(endpoints, options, tcp_connect()).await
+    }
+
+    /// [`CartClient::connect_with`] over another transport: `connect` makes every channel the
+    /// client uses, to the configured endpoints and to the members it learns (simulation).
+    pub async fn connect_with_connector<I, S>(
+        endpoints: I,
+        options: ClientOptions,
+        connect: Connect,
+    ) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let endpoints: Vec<String> = endpoints.into_iter().map(|e| e.as_ref().trim().to_owned()).collect();
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
@@ -456,6 +487,7 @@ impl CartClient {
         let inner = Inner {
             endpoints,
             options,
+            connect,
             channels: Mutex::default(),
             routes: RwLock::default(),
             seen: Mutex::default(),

@@ -54,6 +54,6 @@ pub use cart_crdt::{CartView, ItemSnapshot, LineView, Money, SavedView};
 pub use cart_proto::Consistency;
 pub use cart_ring::Member;
 pub use client::{
-    CartClient, ClientError, ClientOptions, Membership, AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN,
+    tcp_connect, CartClient, ClientError, ClientOptions, Connect, Membership, AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN,
     MEMBERSHIP_REFRESH_MIN_INTERVAL,
 };

@@ -311,6 +311,14 @@ impl Cart {
 
     /// Merges another replica's state of the *same* cart.
     pub fn merge(&mut self, other: Cart) {
+        #[cfg(feature = "test-broken-merge")]
+        if crate::sabotage::lww() {
+            // Deliberately wrong (last writer wins), for showing that the Jepsen checker catches it.
+            if other.touched_at_ms > self.touched_at_ms {
+                *self = other;
+            }
+            return;
+        }
         self.lines.merge(other.lines);
         self.saved.merge(other.saved);
         self.coupons.merge(other.coupons);
@@ -344,6 +352,16 @@ impl Cart {
             quantity: acc.quantity(),
             snapshot: acc.snapshot().cloned(),
         }
+    }
+
+    /// The raw counter value of every line that has an item snapshot, including lines whose
+    /// quantity went to 0 or below (the view hides those). For checkers and debugging.
+    pub fn raw_quantities(&self) -> BTreeMap<String, i64> {
+        view::line_accs(self)
+            .into_iter()
+            .filter(|(_, acc)| acc.snapshot().is_some())
+            .map(|(p, acc)| (p.to_string(), acc.quantity()))
+            .collect()
     }
 
     fn products_with_snapshot(&self) -> Vec<ProductId> {

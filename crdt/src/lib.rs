@@ -13,6 +13,10 @@
 //! - [`codec`] stores a cart as one format-version byte followed by bincode 2 of a canonical
 //!   (sorted) form, so equal states encode to equal bytes.
 //!
+//! - Feature `test-broken-merge` (tests only, never in a release build) adds [`sabotage`]: a
+//!   per-thread switch that turns `merge` into last-writer-wins, so harness tests can show their
+//!   checker catches a broken store.
+//!
 //! This crate never does IO, async, networking or storage.
 
 mod cart;
@@ -20,6 +24,8 @@ pub mod codec;
 mod error;
 mod ids;
 mod limits;
+#[cfg(feature = "test-broken-merge")]
+pub mod sabotage;
 mod snapshot;
 pub mod validate;
 mod view;

@@ -80,9 +80,20 @@ impl AdminService for AdminApi {
         // The replica alone: no quorum, no hints.
         let cart = store.read(&id)?;
         let state = (*cart != cart_crdt::Cart::default()).then_some(cart);
+        let canonical = match &state {
+            Some(cart) => cart_crdt::codec::encode(cart).map_err(NodeError::from)?,
+            None => Vec::new(),
+        };
         Ok(Response::new(LocalReadReply {
             present: state.is_some(),
+            quantities: state
+                .as_ref()
+                .map(|c| c.raw_quantities())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             cart: state.map(|cart| pb::Cart::from(cart.view(&id))),
+            canonical,
         }))
     }
 

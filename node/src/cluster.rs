@@ -1,7 +1,7 @@
 //! The cluster as one node sees it: the ring, a channel to every peer, and the failure detector's
 //! up/down verdicts. [`Cluster::plan`] turns a cart id into the nodes to contact (sloppy quorum).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +34,16 @@ impl Interceptor for SecretInterceptor {
 }
 
 pub type PeerClient = ReplicaServiceClient<InterceptedService<Channel, SecretInterceptor>>;
+
+/// The transport seam: turns a peer's configured endpoint (address, timeouts, keepalive) into a
+/// channel. Real nodes dial TCP lazily ([`tcp_connect`]); a simulation dials its own network
+/// (e.g. `Endpoint::connect_with_connector_lazy` over simulated streams).
+pub type Connect = Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>;
+
+/// The real transport: a lazily connected TCP channel per peer.
+pub fn tcp_connect() -> Connect {
+    Arc::new(|endpoint: Endpoint| endpoint.connect_lazy())
+}
 
 /// Replicate requests sent to one peer in one `ReplicateBatch` call at most.
 pub const REPLICATE_BATCH_MAX: usize = 256;
@@ -104,20 +114,22 @@ pub struct Cluster {
     pub self_id: String,
     pub ring: Ring,
     pub version: u64,
-    peers: HashMap<String, Arc<Peer>>,
+    /// Ordered by node id, so every iteration over peers is deterministic (simulation).
+    peers: BTreeMap<String, Arc<Peer>>,
 }
 
 impl Cluster {
-    /// Builds the ring and a lazily connected channel to every peer.
-    pub fn new(config: &NodeConfig) -> Result<Self, NodeError> {
+    /// Builds the ring and a channel to every peer, made by `connect` (lazily connecting: no peer
+    /// needs to be up).
+    pub fn new(config: &NodeConfig, connect: &Connect) -> Result<Self, NodeError> {
         let cluster = &config.cluster;
         let ring = Ring::new(cluster.members.clone()).map_err(|e| NodeError::Config { reason: e.to_string() })?;
         let secret: MetadataValue<Ascii> = cluster.secret.parse().map_err(|_| NodeError::Config {
             reason: "[cluster] secret must be printable ASCII".into(),
         })?;
-        let mut peers = HashMap::new();
+        let mut peers = BTreeMap::new();
         for member in cluster.members.iter().filter(|m| m.node_id != config.node_id) {
-            let channel = Endpoint::from_shared(format!("http://{}", member.addr))
+            let endpoint = Endpoint::from_shared(format!("http://{}", member.addr))
                 .map_err(|e| NodeError::Config {
                     reason: format!("address of {}: {e}", member.node_id),
                 })?
@@ -125,8 +137,8 @@ impl Cluster {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(config.keepalive_interval)
                 .keep_alive_timeout(config.keepalive_interval)
-                .keep_alive_while_idle(true)
-                .connect_lazy();
+                .keep_alive_while_idle(true);
+            let channel = connect(endpoint);
             let client = ReplicaServiceClient::with_interceptor(channel, SecretInterceptor(secret.clone()))
                 .max_decoding_message_size(config.limits.max_message_bytes * 4)
                 .max_encoding_message_size(config.limits.max_message_bytes * 4);

@@ -149,6 +149,14 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `cartd_bin run --config CONFIG --node ID` with its log in `dir`, waiting until ready.
     pub fn start(cartd_bin: &Path, config: &Path, node_id: &str, dir: &Path) -> Result<Self, LaunchError> {
+        let mut command = Command::new(cartd_bin);
+        command.args(["run", "--node", node_id, "--config"]).arg(config);
+        Self::start_command(command, node_id, dir)
+    }
+
+    /// Starts a prepared `cartd run` command line, possibly behind wrappers that exec into it
+    /// (`ip netns exec NS env VAR=… cartd run …`), so the child's pid is cartd's own.
+    pub fn start_command(mut command: Command, node_id: &str, dir: &Path) -> Result<Self, LaunchError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let log_path = dir.join("cartd.log");
         let log = File::options()
@@ -158,14 +166,13 @@ impl NodeProcess {
             .map_err(io("open", &log_path))?;
         let start_len = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log_err = log.try_clone().map_err(io("clone", &log_path))?;
-        let mut child = Command::new(cartd_bin)
-            .args(["run", "--node", node_id, "--config"])
-            .arg(config)
+        let program = PathBuf::from(command.get_program());
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(io("spawn", cartd_bin))?;
+            .map_err(io("spawn", &program))?;
         match wait_ready(node_id, &log_path, start_len, &mut child) {
             Ok(addr) => Ok(NodeProcess {
                 node_id: node_id.to_owned(),

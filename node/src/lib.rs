@@ -7,7 +7,8 @@
 //! - A write is acknowledged only after it is durable: per-key serialised read-modify-write
 //!   ([`store`]) and a group-committed flush ([`commit`]) shared by concurrent writers.
 //! - Storage, clock and transport are parameters ([`storage::Storage`], [`clock::Clock`], the
-//!   `incoming` stream of [`server::Node::serve`]) so the same code runs under simulation.
+//!   `incoming` stream of [`server::Node::serve`] and the peer connector [`cluster::Connect`] of
+//!   [`server::Node::open_with_connector`]) so the same code runs under simulation.
 //! - Every queue is bounded; overload is refused with `RESOURCE_EXHAUSTED`.
 //!
 //! It never panics on a request and never holds a cart lock across anything but its own write.
@@ -28,6 +29,7 @@ pub mod service;
 pub mod storage;
 pub mod store;
 
+pub use cluster::{tcp_connect, Connect};
 pub use config::NodeConfig;
 pub use error::NodeError;
 pub use server::Node;

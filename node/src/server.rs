@@ -17,7 +17,7 @@ use tonic::transport::Server;
 
 use crate::admin::AdminApi;
 use crate::clock::Clock;
-use crate::cluster::Cluster;
+use crate::cluster::{tcp_connect, Cluster, Connect};
 use crate::config::NodeConfig;
 use crate::coordinator::Coordinator;
 use crate::error::NodeError;
@@ -41,11 +41,25 @@ pub enum ServeError {
 }
 
 impl Node {
+    /// Opens the store and dials peers over real TCP (lazily); see [`Node::open_with_connector`].
     pub async fn open(
         config: NodeConfig,
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
         fresh_actor: u64,
+    ) -> Result<Self, NodeError> {
+        Self::open_with_connector(config, storage, clock, fresh_actor, tcp_connect()).await
+    }
+
+    /// Opens the store on `storage` (`fresh_actor` is the actor if this start is a new
+    /// incarnation) and makes each peer's channel with `connect`: the transport seam a simulation
+    /// fills in.
+    pub async fn open_with_connector(
+        config: NodeConfig,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        fresh_actor: u64,
+        connect: Connect,
     ) -> Result<Self, NodeError> {
         let store = CartStore::open(
             storage,
@@ -55,7 +69,7 @@ impl Node {
             fresh_actor,
         )
         .await?;
-        let cluster = Arc::new(Cluster::new(&config)?);
+        let cluster = Arc::new(Cluster::new(&config, &connect)?);
         Ok(Node {
             coordinator: Coordinator::new(Arc::new(store), cluster),
             config,

@@ -1,0 +1,584 @@
+//! The real tier: five `cartd` processes, each in its own network namespace, faults by nft,
+//! signals and libfaketime, clients in the bridge namespace.
+
+pub mod netns;
+pub mod proxy;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cart_client::{CartClient, ClientOptions};
+use cart_node::launcher::NodeProcess;
+use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
+use cart_proto::admin_pb::LocalReadRequest;
+use cart_ring::{Member, Ring};
+use nix::sys::signal::Signal;
+
+use self::netns::TestNet;
+use self::proxy::ProxyNet;
+use crate::checker::{self, converged, ReplicaState, Verdict};
+use crate::history::{FaultSpan, History, Recorder};
+use crate::nemesis::{self, Fault, Nemesis, Step, Timing};
+use crate::report::{self, RunInfo};
+use crate::workload::{self, Process, Recording, RunClock, Workload};
+
+/// Replicas per cart in the harness's cluster (R = W = 2).
+pub const N: usize = 3;
+/// Port every node listens on (each in its own namespace).
+const PORT: u16 = 7000;
+/// libfaketime as Debian installs it.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// The longest the harness waits for replicas to converge after the last fault healed.
+pub const CONVERGENCE_LIMIT: Duration = Duration::from_secs(90);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub time_limit: Duration,
+    pub nemeses: Vec<Nemesis>,
+    pub workloads: Vec<Workload>,
+    pub seed: u64,
+    pub nodes: usize,
+    /// Client processes per node and workload.
+    pub clients_per_node: usize,
+    pub cartd: PathBuf,
+    /// Node data, logs and the report go here.
+    pub dir: PathBuf,
+    /// Use network namespaces when possible (false: always the loopback proxies).
+    pub namespaces: bool,
+}
+
+/// Installs nftables and libfaketime with apt-get when they are missing.
+pub fn ensure_packages() -> Result<()> {
+    let have_nft = Command::new("nft").arg("--version").output().is_ok();
+    if have_nft && Path::new(LIBFAKETIME).exists() {
+        return Ok(());
+    }
+    eprintln!("cart-jepsen: installing nftables and faketime with apt-get");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !apt(&["install", "-y", "-qq", "nftables", "faketime"]) {
+        apt(&["update", "-qq"]);
+        if !apt(&["install", "-y", "-qq", "nftables", "faketime"]) {
+            bail!("apt-get could not install nftables and faketime");
+        }
+    }
+    Ok(())
+}
+
+/// The test network: namespaces when this process may create them, else loopback proxies.
+pub enum Net {
+    Namespaces(TestNet),
+    Loopback(ProxyNet),
+}
+
+impl Net {
+    /// Namespaces when available; otherwise loopback proxies, saying so.
+    pub fn create(nodes: usize, allow_namespaces: bool) -> Result<Net> {
+        if allow_namespaces && netns::available() {
+            ensure_packages()?;
+            return Ok(Net::Namespaces(
+                TestNet::create(nodes).context("creating the network namespaces")?,
+            ));
+        }
+        let why = if allow_namespaces {
+            "network namespaces unavailable (needs root and `ip netns`)"
+        } else {
+            "--loopback given"
+        };
+        eprintln!("cart-jepsen: {why}: running on loopback with a fault-injecting TCP proxy per link");
+        if Command::new("nft").arg("--version").output().is_err() || !Path::new(LIBFAKETIME).exists() {
+            let _ = ensure_packages();
+        }
+        Ok(Net::Loopback(ProxyNet::create(nodes)?))
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Net::Namespaces(_) => "namespaces",
+            Net::Loopback(_) => "loopback-proxy",
+        }
+    }
+
+    fn nodes(&self) -> usize {
+        match self {
+            Net::Namespaces(n) => n.nodes(),
+            Net::Loopback(p) => p.nodes(),
+        }
+    }
+
+    /// Where clients (and the checker) reach node `i`.
+    fn client_addr(&self, i: usize) -> String {
+        match self {
+            Net::Namespaces(n) => format!("{}:{PORT}", n.ip(i)),
+            Net::Loopback(p) => p.node_addr(i).to_string(),
+        }
+    }
+
+    /// Node `viewer`'s address for node `i` (its own listen address when equal).
+    fn peer_addr(&self, viewer: usize, i: usize) -> String {
+        match self {
+            Net::Namespaces(_) => self.client_addr(i),
+            Net::Loopback(p) => p.link_addr(viewer, i).to_string(),
+        }
+    }
+
+    /// The start of node `i`'s command line (enter its namespace, if any).
+    fn command(&self, i: usize) -> Command {
+        match self {
+            Net::Namespaces(n) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &n.node_ns(i), "env"]);
+                c
+            }
+            Net::Loopback(_) => Command::new("env"),
+        }
+    }
+
+    fn partition(&self, blocked: &[(usize, usize)]) -> Result<()> {
+        match self {
+            Net::Namespaces(n) => n.partition(blocked),
+            Net::Loopback(p) => {
+                p.partition(blocked);
+                Ok(())
+            }
+        }
+    }
+
+    fn loss(&self, percent: u32) -> Result<()> {
+        match self {
+            Net::Namespaces(n) => n.loss(percent),
+            Net::Loopback(p) => {
+                p.loss(percent);
+                Ok(())
+            }
+        }
+    }
+
+    fn heal(&self) -> Result<()> {
+        match self {
+            Net::Namespaces(n) => n.heal(),
+            Net::Loopback(p) => {
+                p.heal();
+                Ok(())
+            }
+        }
+    }
+
+    /// The cluster file node `i` reads: every node under its address as node `i` dials it.
+    fn cluster_toml(&self, i: usize, dir: &Path) -> String {
+        let mut toml = String::from(
+            "max_inflight_writes = 4096\nshutdown_grace_ms = 3000\nkeepalive_interval_ms = 2000\n\n\
+             [cluster]\nsecret = \"cart-jepsen\"\nn = 3\nr = 2\nw = 2\npeer_timeout_ms = 500\n\
+             request_timeout_ms = 1000\nheartbeat_interval_ms = 250\ndown_after_failures = 2\n\
+             hint_interval_ms = 250\nanti_entropy_interval_ms = 500\nanti_entropy_keys_per_round = 512\n\n\
+             [limits]\nmax_lines_per_cart = 1000\n",
+        );
+        for j in 0..self.nodes() {
+            toml.push_str(&format!(
+                "\n[[nodes]]\nnode_id = \"n{}\"\nlisten_addr = \"{}\"\ndata_dir = \"{}\"\n",
+                j + 1,
+                self.peer_addr(i, j),
+                dir.join(format!("n{}", j + 1)).join("data").display()
+            ));
+        }
+        toml
+    }
+}
+
+/// The five processes and what the nemesis does to them.
+struct Nodes {
+    net: Net,
+    cartd: PathBuf,
+    dir: PathBuf,
+    procs: Vec<Option<NodeProcess>>,
+    paused: BTreeSet<usize>,
+}
+
+impl Nodes {
+    fn name(i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(Self::name(i))
+    }
+
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("faketime")
+    }
+
+    fn set_clock(&self, i: usize, offset_s: i64) -> Result<()> {
+        let path = self.clock_file(i);
+        std::fs::write(&path, format!("{offset_s:+}\n")).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn start(&mut self, i: usize) -> Result<()> {
+        std::fs::create_dir_all(self.node_dir(i))?;
+        if !self.clock_file(i).exists() {
+            self.set_clock(i, 0)?;
+        }
+        let config = self.node_dir(i).join("cluster.toml");
+        std::fs::write(&config, self.net.cluster_toml(i, &self.dir))?;
+        let mut command = self.net.command(i);
+        if Path::new(LIBFAKETIME).exists() {
+            command.arg(format!("LD_PRELOAD={LIBFAKETIME}"));
+        }
+        command
+            .arg(format!("FAKETIME_TIMESTAMP_FILE={}", self.clock_file(i).display()))
+            .arg("FAKETIME_DONT_FAKE_MONOTONIC=1")
+            .arg("FAKETIME_CACHE_DURATION=1")
+            .arg("RUST_LOG=warn,cart_node=info")
+            .arg(&self.cartd)
+            .args(["run", "--node", &Self::name(i), "--config"])
+            .arg(&config);
+        let process = NodeProcess::start_command(command, &Self::name(i), &self.node_dir(i))
+            .with_context(|| format!("starting {}", Self::name(i)))?;
+        self.procs[i] = Some(process);
+        Ok(())
+    }
+
+    fn signal(&mut self, i: usize, signal: Signal) -> Result<()> {
+        if let Some(p) = self.procs[i].as_mut() {
+            p.signal(signal)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, fault: &Fault) -> Result<()> {
+        match fault {
+            Fault::Partition { blocked, .. } => self.net.partition(blocked),
+            Fault::Loss { percent } => self.net.loss(*percent),
+            Fault::Kill(nodes) => {
+                for &i in nodes {
+                    if let Some(mut p) = self.procs[i].take() {
+                        p.kill9()?;
+                    }
+                }
+                Ok(())
+            }
+            Fault::Pause(nodes) => {
+                for &i in nodes {
+                    self.signal(i, Signal::SIGSTOP)?;
+                    self.paused.insert(i);
+                }
+                Ok(())
+            }
+            Fault::Skew(skews) => skews.iter().try_for_each(|&(i, s)| self.set_clock(i, s)),
+        }
+    }
+
+    /// Undoes every fault: rules flushed, paused nodes continued, clocks reset, dead nodes
+    /// restarted.
+    fn heal_all(&mut self) -> Result<()> {
+        self.net.heal()?;
+        for i in std::mem::take(&mut self.paused) {
+            self.signal(i, Signal::SIGCONT)?;
+        }
+        for i in 0..self.procs.len() {
+            self.set_clock(i, 0)?;
+            if self.procs[i].is_none() {
+                self.start(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
+        for p in self.procs.iter_mut().filter_map(Option::as_mut) {
+            let _ = p.signal(Signal::SIGCONT);
+            let _ = p.terminate(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Carries out the schedule on its own thread; heals everything at the end or when stopped.
+fn nemesis_thread(
+    mut nodes: Nodes,
+    steps: Vec<Step>,
+    clock: RunClock,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Nodes, Result<()>)> {
+    std::thread::spawn(move || {
+        let began = Instant::now();
+        let names: Vec<String> = (0..nodes.procs.len()).map(Nodes::name).collect();
+        let sleep_until = |at: Instant| {
+            while Instant::now() < at && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50).min(at.saturating_duration_since(Instant::now())));
+            }
+        };
+        let mut result = Ok(());
+        for step in &steps {
+            sleep_until(began + step.start);
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let start_us = clock.now_us();
+            eprintln!(
+                "cart-jepsen: {:>6.1}s {} {}",
+                start_us as f64 / 1e6,
+                step.fault.nemesis().name(),
+                step.fault.describe(&names)
+            );
+            if let Err(e) = nodes.apply(&step.fault) {
+                result = Err(e);
+                break;
+            }
+            sleep_until(began + step.start + step.hold);
+            let healed = nodes.heal_all();
+            recorder.fault(FaultSpan {
+                nemesis: step.fault.nemesis().name().into(),
+                detail: step.fault.describe(&names),
+                start_us,
+                end_us: clock.now_us(),
+            });
+            if let Err(e) = healed {
+                result = Err(e);
+                break;
+            }
+        }
+        let healed = nodes.heal_all();
+        (nodes, result.and(healed))
+    })
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(1500),
+        connect_timeout: Duration::from_millis(500),
+        max_attempts: 2,
+        ring_aware: false,
+        ..ClientOptions::default()
+    }
+}
+
+/// Every owner's stored state of every cart, through the admin API's LocalRead.
+async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>) -> Result<Vec<ReplicaState>> {
+    let mut admins = std::collections::BTreeMap::new();
+    for m in ring.members() {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.addr))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        admins.insert(m.node_id.clone(), AdminServiceClient::new(channel));
+    }
+    let mut out = Vec::new();
+    for cart in carts {
+        for owner in ring.preference_list(cart.as_bytes(), N) {
+            let Some(admin) = admins.get_mut(&owner.node_id) else {
+                continue;
+            };
+            let reply = admin
+                .local_read(LocalReadRequest { cart_id: cart.clone() })
+                .await
+                .with_context(|| format!("LocalRead {cart} on {}", owner.node_id))?
+                .into_inner();
+            out.push(ReplicaState {
+                cart: cart.clone(),
+                node: owner.node_id.clone(),
+                present: reply.present,
+                canonical: reply.canonical,
+                quantities: reply.quantities.into_iter().collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Polls the owners until they agree or [`CONVERGENCE_LIMIT`] passes; returns the last states.
+async fn await_convergence(ring: &Ring, carts: &BTreeSet<String>) -> Result<(Vec<ReplicaState>, Duration)> {
+    let began = Instant::now();
+    loop {
+        let states = match read_replicas(ring, carts).await {
+            Ok(states) => Some(states),
+            Err(e) if began.elapsed() < CONVERGENCE_LIMIT => {
+                eprintln!("cart-jepsen: waiting for replicas: {e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(states) = states {
+            if converged(&states) || began.elapsed() >= CONVERGENCE_LIMIT {
+                return Ok((states, began.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The result of a run.
+pub struct RunResult {
+    pub verdict: Verdict,
+    pub summary: String,
+    pub history: History,
+}
+
+/// Runs the whole thing: namespaces, cluster, workloads under faults, heal, convergence, check.
+/// Must be called before any tokio runtime exists (it moves the thread into the bridge
+/// namespace and builds its own runtime there).
+pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<RunResult> {
+    std::fs::create_dir_all(&opts.dir)?;
+    let net = Net::create(opts.nodes, opts.namespaces)?;
+    if let Net::Namespaces(n) = &net {
+        n.enter_bridge()?;
+    }
+    let members: Vec<Member> = (0..opts.nodes)
+        .map(|i| Member {
+            node_id: Nodes::name(i),
+            addr: net.client_addr(i),
+            weight: 1,
+        })
+        .collect();
+    let ring = Ring::new(members)?;
+    let mut nodes = Nodes {
+        net,
+        cartd: opts.cartd.clone(),
+        dir: opts.dir.clone(),
+        procs: (0..opts.nodes).map(|_| None).collect(),
+        paused: BTreeSet::new(),
+    };
+    for i in 0..opts.nodes {
+        nodes.start(i)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mode = nodes.net.mode();
+    let mut nodes = Some(nodes);
+    let mut nemesis = None;
+    let result = runtime.block_on(drive(opts, mode, &ring, &stop, &mut nodes, &mut nemesis));
+    // On any early return the nemesis thread still holds the nodes: stop it, take them back, and
+    // let them (and the namespaces) drop here, never leaving a process or namespace behind.
+    if let Some(handle) = nemesis.take() {
+        stop.store(true, Ordering::SeqCst);
+        if let Ok((held, _)) = handle.join() {
+            drop(held);
+        }
+    }
+    drop(nodes);
+    result
+}
+
+async fn drive(
+    opts: &Options,
+    mode: &str,
+    ring: &Ring,
+    stop: &Arc<AtomicBool>,
+    nodes: &mut Option<Nodes>,
+    nemesis: &mut Option<std::thread::JoinHandle<(Nodes, Result<()>)>>,
+) -> Result<RunResult> {
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("cart-jepsen: interrupted; healing and cleaning up");
+                stop.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let recorder = Recorder::default();
+    let clock = RunClock::now();
+    let addrs: Vec<String> = ring.members().iter().map(|m| m.addr.clone()).collect();
+    if opts.workloads.contains(&Workload::Quantity) {
+        let client = CartClient::connect_with(&addrs, client_options()).await?;
+        let rec = Recording {
+            recorder: recorder.clone(),
+            clock,
+            process: 0,
+            node: "setup".into(),
+            workload: Workload::Quantity,
+        };
+        workload::setup_quantity(&client, &rec)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let steps = nemesis::schedule(opts.seed, &opts.nemeses, opts.nodes, opts.time_limit, Timing::REAL);
+    let until = tokio::time::Instant::now() + opts.time_limit;
+    let held = nodes.take().context("nodes already taken")?;
+    *nemesis = Some(nemesis_thread(held, steps, clock, recorder.clone(), stop.clone()));
+    let mut tasks = Vec::new();
+    let mut id = 1;
+    for (i, addr) in addrs.iter().enumerate() {
+        for &kind in &opts.workloads {
+            for _ in 0..opts.clients_per_node {
+                let client = CartClient::connect_with([addr], client_options()).await?;
+                let process = Process {
+                    recording: Recording {
+                        recorder: recorder.clone(),
+                        clock,
+                        process: id,
+                        node: Nodes::name(i),
+                        workload: kind,
+                    },
+                    client,
+                    seed: opts.seed.wrapping_mul(1_000_003).wrapping_add(id as u64),
+                    until,
+                    think: Duration::from_millis(10),
+                    stop: stop.clone(),
+                };
+                tasks.push(tokio::spawn(process.run()));
+                id += 1;
+            }
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let handle = nemesis.take().context("nemesis thread missing")?;
+    let (held, healed) = tokio::task::spawn_blocking(move || handle.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the nemesis thread panicked"))?;
+    *nodes = Some(held);
+    healed.context("healing the cluster")?;
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    eprintln!("cart-jepsen: all faults healed; waiting for replicas to converge");
+    let history = recorder.history();
+    let carts: BTreeSet<String> = history.ops.iter().map(|o| o.cart.clone()).collect();
+    let (finals, waited) = await_convergence(ring, &carts).await?;
+    eprintln!(
+        "cart-jepsen: {} after {:.1} s",
+        if converged(&finals) {
+            "converged"
+        } else {
+            "NOT converged"
+        },
+        waited.as_secs_f64()
+    );
+    let verdict = checker::check(&history, &finals);
+    let info = RunInfo {
+        mode: mode.into(),
+        seed: opts.seed,
+        nodes: opts.nodes,
+        nemeses: opts.nemeses.iter().map(|n| n.name().to_string()).collect(),
+        workloads: opts.workloads.iter().map(|w| w.name().to_string()).collect(),
+        time_limit_s: opts.time_limit.as_secs(),
+    };
+    let summary = report::summary(&info, &verdict);
+    report::write_all(&opts.dir, &info, &history, &verdict, &summary)?;
+    Ok(RunResult {
+        verdict,
+        summary,
+        history,
+    })
+}

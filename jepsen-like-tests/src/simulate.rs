@@ -1,0 +1,309 @@
+//! The simulation tier: the same workloads, schedule and checker as the real tier, with the
+//! whole cluster inside one turmoil simulation ([`crate::sim::SimCluster`]), so one seed gives
+//! one run. Faults: the four partition shapes, kill (crash + bounce on the surviving in-memory
+//! storage) and pause (every message to and from the node held, then released). Clock skew and
+//! packet loss exist only in the real tier.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::checker::{self, ReplicaState, Verdict};
+use crate::history::{FaultSpan, History, Recorder};
+use crate::nemesis::{self, Fault, Nemesis, Step, Timing};
+use crate::report::{self, RunInfo};
+use crate::sim::{sim_client, sim_client_options, SimCluster, SimOptions};
+use crate::workload::{self, Process, Recording, RunClock, Workload};
+use cart_client::ClientOptions;
+
+/// The faults the simulation can carry out.
+pub const SIM_NEMESES: [Nemesis; 6] = [
+    Nemesis::PartitionHalves,
+    Nemesis::Isolate,
+    Nemesis::Bridge,
+    Nemesis::MajoritiesRing,
+    Nemesis::Kill,
+    Nemesis::Pause,
+];
+
+/// Sub-second to seconds faults for simulated time.
+pub const SIM_TIMING: Timing = Timing {
+    quiet: (Duration::from_millis(300), Duration::from_millis(1500)),
+    hold: (Duration::from_millis(500), Duration::from_millis(3000)),
+};
+
+/// A client attached to one node: every call goes there, and that node coordinates (or forwards
+/// to an owner), so each owner node coordinates writes of its own clients concurrently.
+fn attached() -> ClientOptions {
+    ClientOptions {
+        ring_aware: false,
+        max_attempts: 2,
+        ..sim_client_options()
+    }
+}
+
+/// One simulated run.
+#[derive(Debug, Clone)]
+pub struct SimRun {
+    pub seed: u64,
+    pub nodes: usize,
+    /// Simulated seconds of workload under faults.
+    pub active: Duration,
+    pub nemeses: Vec<Nemesis>,
+    pub workloads: Vec<Workload>,
+    pub clients_per_node: usize,
+    pub think: Duration,
+    /// Simulated time allowed for convergence after the active phase.
+    pub convergence_limit: Duration,
+}
+
+impl SimRun {
+    /// The CI default for `seed`: 5 nodes, 8 s of faults, every simulated nemesis and workload.
+    pub fn ci(seed: u64) -> SimRun {
+        SimRun {
+            seed,
+            nodes: 5,
+            active: Duration::from_secs(6),
+            nemeses: SIM_NEMESES.to_vec(),
+            workloads: vec![Workload::CartSet, Workload::Quantity],
+            clients_per_node: 1,
+            think: Duration::from_millis(50),
+            convergence_limit: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What a simulated run produced.
+pub struct SimResult {
+    pub verdict: Verdict,
+    pub history: History,
+    pub converged: bool,
+    pub info: RunInfo,
+}
+
+impl SimResult {
+    pub fn summary(&self) -> String {
+        report::summary(&self.info, &self.verdict)
+    }
+}
+
+fn replicas(cluster: &SimCluster, carts: &BTreeSet<String>) -> Result<Vec<ReplicaState>, String> {
+    let mut out = Vec::new();
+    for cart in carts {
+        for host in cluster.owners(cart) {
+            let canonical = cluster.canonical_cart(&host, cart).map_err(|e| e.to_string())?;
+            let quantities = match &canonical {
+                Some(bytes) => cart_crdt::codec::decode(bytes)
+                    .map_err(|e| format!("{host} {cart}: {e}"))?
+                    .raw_quantities(),
+                None => Default::default(),
+            };
+            out.push(ReplicaState {
+                cart: cart.clone(),
+                node: host,
+                present: canonical.is_some(),
+                canonical: canonical.unwrap_or_default(),
+                quantities,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Carries out (or undoes) one fault on the simulated cluster.
+fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String]) {
+    let hosts = cluster.hosts().to_vec();
+    match fault {
+        Fault::Partition { blocked, .. } => {
+            for &(a, b) in blocked {
+                if heal {
+                    cluster.repair(&hosts[a], &hosts[b]);
+                } else {
+                    cluster.partition(&hosts[a], &hosts[b]);
+                }
+            }
+        }
+        Fault::Kill(nodes) => {
+            for &i in nodes {
+                if heal {
+                    cluster.bounce(&hosts[i]);
+                } else {
+                    cluster.crash(&hosts[i]);
+                }
+            }
+        }
+        Fault::Pause(nodes) => {
+            for &i in nodes {
+                for other in hosts.iter().chain(clients).filter(|h| **h != hosts[i]) {
+                    if heal {
+                        cluster.sim.release(hosts[i].as_str(), other.as_str());
+                    } else {
+                        cluster.sim.hold(hosts[i].as_str(), other.as_str());
+                    }
+                }
+            }
+        }
+        // Not simulated: filtered out of sim schedules.
+        Fault::Skew(_) | Fault::Loss { .. } => {}
+    }
+}
+
+/// Runs one seed to the end and checks it.
+pub fn run(opts: &SimRun) -> Result<SimResult, String> {
+    let nemeses: Vec<Nemesis> = opts
+        .nemeses
+        .iter()
+        .copied()
+        .filter(|n| SIM_NEMESES.contains(n))
+        .collect();
+    let sim_options = SimOptions {
+        simulation_duration: opts.active + opts.convergence_limit + Duration::from_secs(30),
+        ..SimOptions::default()
+    };
+    let mut cluster = SimCluster::new(opts.seed, opts.nodes, sim_options).map_err(|e| e.to_string())?;
+    let endpoints = cluster.endpoints();
+    let recorder = Recorder::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let setup_done = Arc::new(AtomicBool::new(!opts.workloads.contains(&Workload::Quantity)));
+    let converged_flag = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+
+    if !setup_done.load(Ordering::SeqCst) {
+        let (recorder, endpoints, done) = (recorder.clone(), endpoints.clone(), setup_done.clone());
+        clients.push("setup".to_string());
+        cluster.sim.client("setup", async move {
+            let client = sim_client(&endpoints, sim_client_options()).await?;
+            let rec = Recording {
+                recorder,
+                clock: RunClock::now(),
+                process: 0,
+                node: "setup".into(),
+                workload: Workload::Quantity,
+            };
+            // A setup that cannot finish leaves the quantity processes idle (checked: 0 lines).
+            if workload::setup_quantity(&client, &rec).await.is_ok() {
+                done.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        });
+    }
+    let mut id = 1;
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        for &kind in &opts.workloads {
+            for _ in 0..opts.clients_per_node {
+                let name = format!("c{id}");
+                clients.push(name.clone());
+                let (recorder, endpoint, stop, setup_done) =
+                    (recorder.clone(), endpoint.clone(), stop.clone(), setup_done.clone());
+                let (node, active, think) = (cluster.hosts()[i].clone(), opts.active, opts.think);
+                let seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(id as u64);
+                cluster.sim.client(name.as_str(), async move {
+                    let clock = RunClock::now();
+                    let until = Instant::now() + active.saturating_sub(clock.elapsed());
+                    while kind == Workload::Quantity && !setup_done.load(Ordering::SeqCst) && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let client = sim_client(std::slice::from_ref(&endpoint), attached()).await?;
+                    let process = Process {
+                        recording: Recording {
+                            recorder,
+                            clock,
+                            process: id,
+                            node,
+                            workload: kind,
+                        },
+                        client,
+                        seed,
+                        until,
+                        think,
+                        stop,
+                    };
+                    process.run().await;
+                    Ok(())
+                });
+                id += 1;
+            }
+        }
+    }
+    {
+        let flag = converged_flag.clone();
+        cluster.sim.client("checker", async move {
+            // Bounded by the outer loop, which sets the flag by `active + convergence_limit`.
+            while !flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(())
+        });
+    }
+
+    let steps: Vec<Step> = nemesis::schedule(opts.seed, &nemeses, opts.nodes, opts.active, SIM_TIMING);
+    let names = cluster.hosts().to_vec();
+    // (at, step index, heal?)
+    let mut events: Vec<(Duration, usize, bool)> = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| [(s.start, i, false), (s.start + s.hold, i, true)])
+        .collect();
+    events.sort();
+    let mut next_event = 0;
+    let mut started_us = vec![0u64; steps.len()];
+    let mut carts: Option<BTreeSet<String>> = None;
+    let mut last_check = Duration::ZERO;
+    let mut converged = false;
+    loop {
+        let done = cluster
+            .sim
+            .step()
+            .map_err(|e| format!("seed {}: simulation failed: {e}", opts.seed))?;
+        let now = cluster.sim.elapsed();
+        while next_event < events.len() && events[next_event].0 <= now {
+            let (_, i, heal) = events[next_event];
+            apply(&mut cluster, &steps[i].fault, heal, &clients);
+            if heal {
+                recorder.fault(FaultSpan {
+                    nemesis: steps[i].fault.nemesis().name().into(),
+                    detail: steps[i].fault.describe(&names),
+                    start_us: started_us[i],
+                    end_us: now.as_micros() as u64,
+                });
+            } else {
+                started_us[i] = now.as_micros() as u64;
+            }
+            next_event += 1;
+        }
+        let settled = now >= opts.active + Duration::from_secs(2) && next_event == events.len();
+        if settled && !converged_flag.load(Ordering::SeqCst) && now >= last_check + Duration::from_millis(200) {
+            last_check = now;
+            let carts = carts.get_or_insert_with(|| recorder.history().ops.iter().map(|o| o.cart.clone()).collect());
+            let states = replicas(&cluster, carts)?;
+            converged = checker::converged(&states);
+            if converged || now >= opts.active + opts.convergence_limit {
+                converged_flag.store(true, Ordering::SeqCst);
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    let history = recorder.history();
+    let carts: BTreeSet<String> = history.ops.iter().map(|o| o.cart.clone()).collect();
+    let finals = replicas(&cluster, &carts)?;
+    let verdict = checker::check(&history, &finals);
+    let info = RunInfo {
+        mode: "simulation".into(),
+        seed: opts.seed,
+        nodes: opts.nodes,
+        nemeses: nemeses.iter().map(|n| n.name().to_string()).collect(),
+        workloads: opts.workloads.iter().map(|w| w.name().to_string()).collect(),
+        time_limit_s: opts.active.as_secs(),
+    };
+    Ok(SimResult {
+        verdict,
+        history,
+        converged,
+        info,
+    })
+}
