@@ -70,10 +70,17 @@ enum Cmd {
         nemesis: String,
         #[arg(long, default_value = "all")]
         workload: String,
-        /// Write the history, summary and HTML report of each failing seed (and of a single
-        /// replayed seed) here.
+        /// Write the history, summary and HTML report of the seed (of each failing seed when
+        /// several run) here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Seeds run in parallel (each in a fresh process, so a failing seed replays exactly as
+        /// `--seed N` alone); default: the number of cores.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// With --report: write only if the seed fails.
+        #[arg(long, hide = true)]
+        failures_only: bool,
     },
 }
 
@@ -152,45 +159,106 @@ fn run(cli: Cli) -> Result<bool> {
             nemesis,
             workload,
             report,
+            jobs,
+            failures_only,
         } => {
             let nemeses = Nemesis::parse_list(&nemesis).map_err(anyhow::Error::msg)?;
             let workloads = Workload::parse_list(&workload).map_err(anyhow::Error::msg)?;
-            let started = std::time::Instant::now();
-            let mut failed = Vec::new();
-            let mut lost = 0;
-            for s in seed..seed.saturating_add(seeds) {
-                let opts = SimRun {
-                    active: Duration::from_secs(time_limit),
-                    nemeses: nemeses.clone(),
-                    workloads: workloads.clone(),
-                    ..SimRun::ci(s)
+            if seeds != 1 {
+                let args = SimArgs {
+                    time_limit,
+                    nemesis: &nemesis,
+                    workload: &workload,
+                    report: report.as_deref(),
                 };
-                let result = simulate::run(&opts).map_err(anyhow::Error::msg)?;
-                lost += result.verdict.lost_items.len();
-                if seeds == 1 {
-                    println!("{}", result.summary());
-                }
-                if !result.verdict.valid {
-                    eprintln!(
-                        "seed {s} FAILED (replay: cart-jepsen sim --seed {s})\n{}",
-                        result.summary()
-                    );
-                    failed.push(s);
-                }
-                if let Some(dir) = &report {
-                    if seeds == 1 || !result.verdict.valid {
-                        let dir = dir.join(format!("seed-{s}"));
-                        report::write_all(&dir, &result.info, &result.history, &result.verdict, &result.summary())?;
-                    }
+                return sim_many(seed, seeds, jobs, &args);
+            }
+            let opts = SimRun {
+                active: Duration::from_secs(time_limit),
+                nemeses,
+                workloads,
+                ..SimRun::ci(seed)
+            };
+            let result = simulate::run(&opts).map_err(anyhow::Error::msg)?;
+            println!("{}", result.summary());
+            if let Some(dir) = &report {
+                if !failures_only || !result.verdict.valid {
+                    let dir = dir.join(format!("seed-{seed}"));
+                    report::write_all(&dir, &result.info, &result.history, &result.verdict, &result.summary())?;
+                    println!("report: {}", dir.join("report.html").display());
                 }
             }
-            println!(
-                "simulation: {seeds} seeds from {seed}, {} failed {failed:?}, {:.1} s",
-                failed.len(),
-                started.elapsed().as_secs_f64()
-            );
-            println!("lost acknowledged adds: {lost}");
-            Ok(failed.is_empty())
+            if !result.verdict.valid {
+                eprintln!("seed {seed} FAILED (replay: cart-jepsen sim --seed {seed})");
+            }
+            Ok(result.verdict.valid)
         }
     }
+}
+
+/// The options a multi-seed run passes on to each seed's process.
+struct SimArgs<'a> {
+    time_limit: u64,
+    nemesis: &'a str,
+    workload: &'a str,
+    report: Option<&'a std::path::Path>,
+}
+
+/// Runs `seeds` seeds from `first`, each in a fresh `cart-jepsen sim --seed N` process (the
+/// simulation is deterministic per process: tokio's task ids are process-wide), `jobs` at a time.
+fn sim_many(first: u64, seeds: u64, jobs: Option<usize>, args: &SimArgs) -> Result<bool> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let started = std::time::Instant::now();
+    let mut pending = first..first.saturating_add(seeds);
+    let mut running: Vec<(u64, std::process::Child)> = Vec::new();
+    let (mut failed, mut lost, mut done) = (Vec::new(), 0u64, 0u64);
+    loop {
+        while running.len() < jobs {
+            let Some(seed) = pending.next() else { break };
+            let mut command = std::process::Command::new(&exe);
+            command
+                .args(["sim", "--seeds", "1", "--seed", &seed.to_string()])
+                .args(["--time-limit", &args.time_limit.to_string()])
+                .args(["--nemesis", args.nemesis, "--workload", args.workload])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            if let Some(dir) = args.report {
+                command.arg("--report").arg(dir).arg("--failures-only");
+            }
+            running.push((seed, command.spawn().context("starting a seed")?));
+        }
+        if running.is_empty() {
+            break;
+        }
+        let (seed, child) = running.remove(0);
+        let out = child.wait_with_output().context("waiting for a seed")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        lost += stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("lost acknowledged adds: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        done += 1;
+        if !out.status.success() {
+            eprintln!(
+                "seed {seed} FAILED ({}); replay: cart-jepsen sim --seed {seed}\n{stdout}",
+                out.status
+            );
+            failed.push(seed);
+        }
+        if done % 50 == 0 {
+            eprintln!("simulation: {done}/{seeds} seeds, {} failed", failed.len());
+        }
+    }
+    println!(
+        "simulation: {seeds} seeds from {first}, {} failed {failed:?}, {:.1} s",
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("lost acknowledged adds: {lost}");
+    Ok(failed.is_empty())
 }

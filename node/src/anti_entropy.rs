@@ -82,13 +82,17 @@ pub fn bucket_keys(coordinator: &Coordinator, peer: &str, wanted: &[u32]) -> Res
 
 /// Runs one exchange per interval until `stop` fires.
 pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(coordinator.cluster.config.anti_entropy_interval);
+    // The first exchange comes one interval after start (a restarting node first takes its
+    // hints; anti-entropy is the slow path).
+    let every = coordinator.cluster.config.anti_entropy_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next = 0usize;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            biased; // fixed branch order: deterministic under simulation
             _ = stop.changed() => return,
+            _ = tick.tick() => {}
         }
         let mut peers: Vec<String> = coordinator
             .cluster

@@ -285,8 +285,9 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                biased; // fixed branch order: deterministic under simulation
                 _ = stop.changed() => return,
+                _ = tick.tick() => {}
             }
             let probes = self.peers.values().map(|peer| {
                 let me = self.clone();

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use cart_crdt::{codec, Cart, CartId};
+use cart_crdt::{codec, Cart, CartError, CartId};
 use cart_proto::replica_pb::{CoordinateRequest, ReadRequest, ReplicateRequest};
 use cart_proto::{CartRequest, Consistency};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -102,7 +102,17 @@ impl Coordinator {
         if !self.cluster.is_owner(&req.cart_id) {
             return self.forward(req).await;
         }
-        let written = self.store.write(&req.cart_id, &req.op).await?;
+        let written = match self.store.write(&req.cart_id, &req.op).await {
+            // This replica may lag behind what the client saw (a quorum read elsewhere): an op
+            // on something it does not hold yet (remove, set, adjust, save, move, coupon
+            // remove) first catches up from a read quorum, then runs once more.
+            Err(NodeError::Cart(CartError::NotFound { .. })) => {
+                let merged = self.read(&req.cart_id, req.consistency).await?;
+                self.store.merge(&req.cart_id, (*merged).clone()).await?;
+                self.store.write(&req.cart_id, &req.op).await?
+            }
+            other => other?,
+        };
         self.replicate(&req.cart_id, &written.bytes, w - 1).await?;
         Ok(written.cart)
     }
@@ -143,6 +153,7 @@ impl Coordinator {
         tokio::pin!(deadline);
         while acked < needed {
             tokio::select! {
+                biased; // fixed branch order: deterministic under simulation
                 reply = rx.recv() => match reply {
                     Some(true) => acked += 1,
                     Some(false) => {}
@@ -363,6 +374,7 @@ impl Coordinator {
         tokio::pin!(deadline);
         while outstanding > 0 {
             let reply = tokio::select! {
+                biased; // fixed branch order: deterministic under simulation
                 reply = reads.rx.recv() => reply,
                 () = &mut deadline => None,
             };

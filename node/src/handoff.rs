@@ -2,7 +2,7 @@
 //! exponential backoff per owner while they fail, and deleted only after the owner has persisted
 //! them (a hint that changed meanwhile is kept and sent again).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +22,12 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
     let interval = coordinator.cluster.config.hint_interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let mut backoff: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            biased; // fixed branch order: deterministic under simulation
             _ = stop.changed() => return,
+            _ = tick.tick() => {}
         }
         for (owner, count) in coordinator.store.hint_counts() {
             if count == 0 || !coordinator.cluster.is_up(&owner) || owner == coordinator.cluster.self_id {

@@ -136,6 +136,7 @@ impl Node {
             in_flight.count() == 0
         };
         tokio::select! {
+            biased; // fixed branch order: deterministic under simulation
             served = server => served?,
             all_done = drained => if !all_done {
                 tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");

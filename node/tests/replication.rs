@@ -423,3 +423,57 @@ async fn hints_survive_a_kill_9_of_the_node_holding_them() {
     .await;
     assert!(delivered, "hints held by a restarted node were not handed off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
+    let (n1, n2, n3) = (
+        common::addr(&cluster, 0),
+        common::addr(&cluster, 1),
+        common::addr(&cluster, 2),
+    );
+    cluster.kill9(2).unwrap();
+    add_via(n1, "user:lag", "sku-1", 2).await.unwrap();
+    // The failed copy for n3 becomes a hint in the background; discard it once it is there.
+    let hinted = common::eventually(Duration::from_secs(10), || async move {
+        hint_backlog(n1).await + hint_backlog(n2).await >= 1
+    })
+    .await;
+    assert!(hinted, "no hint was kept for n3");
+    for addr in [n1, n2] {
+        let mut req = tonic::Request::new(DiscardHintsRequest {});
+        req.metadata_mut()
+            .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+        common::admin(addr).await.discard_hints(req).await.unwrap();
+    }
+    cluster.restart(2).unwrap();
+    // n3 is an owner (3 nodes, N = 3) that never got the add: no hint, no anti-entropy.
+    assert!(local_products(n3, "user:lag").await.is_empty());
+    // The client read it (R = 1 on n2: no read repair reaches n3) and asks n3 to remove it.
+    assert!(products(&get_via(n2, "user:lag", 1).await.unwrap()).contains("sku-1"));
+    assert!(local_products(n3, "user:lag").await.is_empty());
+    let mut c = common::raw_client(n3).await;
+    let removed = c
+        .remove_item(pb::RemoveItemRequest {
+            cart_id: "user:lag".into(),
+            product_id: "sku-1".into(),
+            consistency: None,
+        })
+        .await
+        .expect("n3 catches up from a read quorum, then removes")
+        .into_inner();
+    assert!(removed.cart.map(|c| products(&c).is_empty()).unwrap_or(false));
+    let after = get_via(n2, "user:lag", 3).await.unwrap();
+    assert!(products(&after).is_empty(), "the item came back: {after:?}");
+    // Something that exists nowhere is still NOT_FOUND.
+    let missing = c
+        .remove_item(pb::RemoveItemRequest {
+            cart_id: "user:lag".into(),
+            product_id: "nope".into(),
+            consistency: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
