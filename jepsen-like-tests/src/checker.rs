@@ -4,8 +4,10 @@
 //!   replica after heal and convergence, with no remove of that item that may have taken effect.
 //!   Must be 0 (DESIGN §7 invariant 1).
 //! - *resurrected removes*: an item present at the end although an acknowledged remove of it
-//!   started after its (acknowledged) add had finished. Must be 0.
-//! - *phantom items*: an item present that no client ever tried to add to that cart. Must be 0.
+//!   started after its add had finished and taken effect (acknowledged, or seen by a read that
+//!   ended before the remove began). Must be 0.
+//! - *phantom items*: an item present that no client tried to add to that cart, or whose every
+//!   add was refused (a refusal must change nothing). Must be 0.
 //! - *quantity out of range*: a line whose final quantity is not the sum of the acknowledged
 //!   deltas plus some subset of the unknown ones (the pn-counter rule, checked as the range
 //!   [acked + Σ negative unknown, acked + Σ positive unknown]). Must be 0 (invariant 4).
@@ -143,18 +145,29 @@ pub fn check(history: &History, finals: &[ReplicaState]) -> Verdict {
             v.lost_items.push(format!("{cart}/{item}"));
         }
     }
+    // When each item was first seen by a successful read (then its one add had taken effect,
+    // whatever that add's outcome said).
+    let mut first_seen: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for op in set_ops().filter(|o| o.outcome == Outcome::Ok) {
+        if let OpKind::Read { seen } = &op.kind {
+            for item in seen {
+                let at = first_seen.entry((op.cart.as_str(), item.as_str())).or_insert(op.end_us);
+                *at = (*at).min(op.end_us);
+            }
+        }
+    }
     for ((cart, item), rs) in &removes {
         let present = replicas(cart).iter().any(|s| s.has(item));
         let add_ops = adds.get(&(*cart, *item)).map(Vec::as_slice).unwrap_or(&[]);
-        // Resurrected: an acknowledged remove that started after every add of the item had been
-        // acknowledged (so it observed them all), yet the item is back.
+        // Resurrected: an acknowledged remove that started after the item's add had taken effect
+        // (acknowledged before, or seen by a read that ended before), with no add still running,
+        // yet the item is back. Items are unique: one add each.
         let resurrected = present
             && rs.iter().any(|r| {
-                r.outcome == Outcome::Ok
-                    && !add_ops.is_empty()
-                    && add_ops
-                        .iter()
-                        .all(|a| a.outcome == Outcome::Ok && a.end_us < r.start_us)
+                let settled = add_ops.iter().all(|a| a.end_us < r.start_us);
+                let acked_before = !add_ops.is_empty() && add_ops.iter().all(|a| a.outcome == Outcome::Ok);
+                let seen_before = first_seen.get(&(*cart, *item)).is_some_and(|t| *t < r.start_us);
+                r.outcome == Outcome::Ok && settled && (acked_before || seen_before)
             });
         if resurrected {
             v.resurrected_items.push(format!("{cart}/{item}"));
@@ -180,7 +193,10 @@ pub fn check(history: &History, finals: &[ReplicaState]) -> Verdict {
             );
         }
         for item in present {
-            if !adds.contains_key(&(*cart, item)) {
+            let attempted = adds
+                .get(&(*cart, item))
+                .is_some_and(|ops| ops.iter().any(|o| o.outcome != Outcome::Fail));
+            if !attempted {
                 v.phantom_items.push(format!("{cart}/{item}"));
             }
         }
@@ -207,7 +223,18 @@ pub fn check(history: &History, finals: &[ReplicaState]) -> Verdict {
     for (&(cart, line), &(acked, neg, pos)) in &lines {
         let (low, high) = (acked + neg, acked + pos);
         let states = replicas(cart);
-        let mut ok = !states.is_empty() || (low..=high).contains(&0);
+        let mut ok = true;
+        if states.is_empty() && !(low..=high).contains(&0) {
+            ok = false;
+            v.quantity_violations.push(QuantityViolation {
+                cart: cart.into(),
+                line: line.into(),
+                node: "-".into(),
+                value: 0,
+                low,
+                high,
+            });
+        }
         for state in states {
             let value = state.quantities.get(line).copied().unwrap_or(0);
             if !(low..=high).contains(&value) {
@@ -338,9 +365,36 @@ mod tests {
 
     #[test]
     fn an_item_nobody_added_is_a_phantom() {
-        let h = history(vec![add("a", Outcome::Ok, 0, 10)]);
-        let v = check(&h, &[replica("n1", &[("a", 1), ("zz", 1)])]);
-        assert_eq!(v.phantom_items, vec!["guest:c/zz".to_string()]);
+        let h = history(vec![add("a", Outcome::Ok, 0, 10), add("f", Outcome::Fail, 0, 10)]);
+        let v = check(&h, &[replica("n1", &[("a", 1), ("zz", 1), ("f", 1)])]);
+        assert_eq!(v.phantom_items, vec!["guest:c/f".to_string(), "guest:c/zz".to_string()]);
+    }
+
+    #[test]
+    fn an_unknown_add_seen_by_a_read_must_stay_removed() {
+        let seen = OpKind::Read { seen: vec!["a".into()] };
+        let read = op(seen, "cart-set", Outcome::Ok, 12, 15);
+        let h = history(vec![
+            add("a", Outcome::Unknown, 0, 10),
+            read,
+            remove("a", Outcome::Ok, 20, 30),
+        ]);
+        let v = check(&h, &[replica("n1", &[("a", 1)])]);
+        assert_eq!(v.resurrected_items, vec!["guest:c/a".to_string()]);
+        // Never seen before the remove: the unknown add may have landed after it.
+        let h = history(vec![
+            add("a", Outcome::Unknown, 0, 10),
+            remove("a", Outcome::Ok, 20, 30),
+        ]);
+        assert!(check(&h, &[replica("n1", &[("a", 1)])]).valid);
+    }
+
+    #[test]
+    fn a_counter_with_no_replica_is_checked_against_zero() {
+        let h = history(vec![adjust(10, Outcome::Ok)]);
+        let v = check(&h, &[]);
+        assert_eq!(v.quantity_violations.len(), 1);
+        assert!(!v.valid);
     }
 
     #[test]

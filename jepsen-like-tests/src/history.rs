@@ -33,13 +33,15 @@ impl Outcome {
                 | Code::FailedPrecondition
                 | Code::ResourceExhausted
                 | Code::AlreadyExists
-                | Code::OutOfRange
                 | Code::PermissionDenied
                 | Code::Unauthenticated
                 | Code::Unimplemented,
             ) => Outcome::Fail,
+            // OUT_OF_RANGE included: the transport can cut a reply after the server applied it.
             Some(_) => Outcome::Unknown,
-            // Client-side errors (bad endpoint, empty reply) never reached a server's state.
+            // The server answered OK without a cart: applied.
+            None if matches!(error, ClientError::EmptyReply) => Outcome::Unknown,
+            // Other client-side errors (bad endpoint, usage) are raised before any call.
             None => Outcome::Fail,
         }
     }

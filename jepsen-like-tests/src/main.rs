@@ -62,7 +62,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seeds: u64,
         /// Simulated seconds of workload under faults per seed.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 6)]
         time_limit: u64,
         /// partition-halves, isolate, bridge, majorities-ring, kill, pause (clock and loss are
         /// real-tier only), or all.

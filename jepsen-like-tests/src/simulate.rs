@@ -61,7 +61,7 @@ pub struct SimRun {
 }
 
 impl SimRun {
-    /// The CI default for `seed`: 5 nodes, 8 s of faults, every simulated nemesis and workload.
+    /// The CI default for `seed`: 5 nodes, 6 s of faults, every simulated nemesis and workload.
     pub fn ci(seed: u64) -> SimRun {
         SimRun {
             seed,
@@ -184,7 +184,10 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
                 workload: Workload::Quantity,
             };
             // A setup that cannot finish leaves the quantity processes idle (checked: 0 lines).
-            if workload::setup_quantity(&client, &rec).await.is_ok() {
+            if workload::setup_quantity(&client, &rec, &AtomicBool::new(false))
+                .await
+                .is_ok()
+            {
                 done.store(true, Ordering::SeqCst);
             }
             Ok(())

@@ -237,10 +237,13 @@ pub fn products(view: &CartView) -> Vec<String> {
 
 /// Creates every quantity line with [`QUANTITY_BASE`] units (before faults), retrying a line
 /// whose add failed. Every attempt is recorded: an unknown one may still have added its units.
-pub async fn setup_quantity(client: &CartClient, rec: &Recording) -> Result<(), String> {
+pub async fn setup_quantity(client: &CartClient, rec: &Recording, stop: &AtomicBool) -> Result<(), String> {
     for (cart, item) in quantity_lines() {
         let mut done = false;
         for _ in 0..SETUP_ATTEMPTS {
+            if stop.load(Ordering::Relaxed) {
+                return Err("stopped".into());
+            }
             let kind = OpKind::Add {
                 item: item.clone(),
                 delta: QUANTITY_BASE,

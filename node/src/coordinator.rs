@@ -107,7 +107,14 @@ impl Coordinator {
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
             // remove) first catches up from a read quorum, then runs once more.
             Err(NodeError::Cart(CartError::NotFound { .. })) => {
-                let merged = self.read(&req.cart_id, req.consistency).await?;
+                // At least one other replica besides this one, whatever R the client asked for.
+                let n = self.cluster.config.n;
+                let r = req.consistency.r.map_or(self.cluster.config.r, |r| r as usize);
+                let catch_up = Consistency {
+                    r: Some(r.max(2).min(n) as u32),
+                    w: None,
+                };
+                let merged = self.read(&req.cart_id, catch_up).await?;
                 self.store.merge(&req.cart_id, (*merged).clone()).await?;
                 self.store.write(&req.cart_id, &req.op).await?
             }

@@ -81,6 +81,14 @@ async fn hint_backlog(addr: SocketAddr) -> u64 {
         .hint_backlog
 }
 
+/// Drops every hint `addr` holds (an operator call, with the cluster secret).
+async fn discard_hints(addr: SocketAddr) {
+    let mut req = tonic::Request::new(DiscardHintsRequest {});
+    req.metadata_mut()
+        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+    common::admin(addr).await.discard_hints(req).await.unwrap();
+}
+
 fn products(cart: &pb::Cart) -> BTreeSet<String> {
     cart.lines.iter().map(|l| l.product_id.clone()).collect()
 }
@@ -190,17 +198,17 @@ async fn anti_entropy_alone_converges_a_replica_whose_hints_were_discarded() {
         add_via(n1, cart, "sku-1", 2).await.unwrap();
     }
     for addr in [n1, n2] {
-        let mut admin = common::admin(addr).await;
-        let refused = admin.discard_hints(DiscardHintsRequest {}).await.unwrap_err();
+        let refused = common::admin(addr)
+            .await
+            .discard_hints(DiscardHintsRequest {})
+            .await
+            .unwrap_err();
         assert_eq!(
             refused.code(),
             Code::Unauthenticated,
             "discarding hints needs the secret"
         );
-        let mut req = tonic::Request::new(DiscardHintsRequest {});
-        req.metadata_mut()
-            .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
-        admin.discard_hints(req).await.unwrap();
+        discard_hints(addr).await;
         assert_eq!(hint_backlog(addr).await, 0);
     }
     cluster.restart(2).unwrap();
@@ -442,10 +450,7 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
     .await;
     assert!(hinted, "no hint was kept for n3");
     for addr in [n1, n2] {
-        let mut req = tonic::Request::new(DiscardHintsRequest {});
-        req.metadata_mut()
-            .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
-        common::admin(addr).await.discard_hints(req).await.unwrap();
+        discard_hints(addr).await;
     }
     cluster.restart(2).unwrap();
     // n3 is an owner (3 nodes, N = 3) that never got the add: no hint, no anti-entropy.

@@ -27,6 +27,29 @@ use crate::nemesis::{self, Fault, Nemesis, Step, Timing};
 use crate::report::{self, RunInfo};
 use crate::workload::{self, Process, Recording, RunClock, Workload};
 
+/// Set by SIGINT / SIGTERM (installed by [`run`]); every phase checks it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set [`INTERRUPTED`] instead of killing the harness, so namespaces and
+/// processes are always cleaned up.
+fn catch_signals() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Replicas per cart in the harness's cluster (R = W = 2).
 pub const N: usize = 3;
 /// Port every node listens on (each in its own namespace).
@@ -371,7 +394,7 @@ fn client_options() -> ClientOptions {
 }
 
 /// Every owner's stored state of every cart, through the admin API's LocalRead.
-async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>) -> Result<Vec<ReplicaState>> {
+async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>, deadline: Instant) -> Result<Vec<ReplicaState>> {
     let mut admins = std::collections::BTreeMap::new();
     for m in ring.members() {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.addr))?
@@ -382,6 +405,9 @@ async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>) -> Result<Vec<Repl
     }
     let mut out = Vec::new();
     for cart in carts {
+        if Instant::now() >= deadline || interrupted() {
+            bail!("no time left to read every replica");
+        }
         for owner in ring.preference_list(cart.as_bytes(), N) {
             let Some(admin) = admins.get_mut(&owner.node_id) else {
                 continue;
@@ -403,25 +429,27 @@ async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>) -> Result<Vec<Repl
     Ok(out)
 }
 
-/// Polls the owners until they agree or [`CONVERGENCE_LIMIT`] passes; returns the last states.
+/// Polls the owners until they agree or [`CONVERGENCE_LIMIT`] passes; returns the last complete
+/// reading. One reading more is allowed past the limit, so a slow last pass still gives a verdict.
 async fn await_convergence(ring: &Ring, carts: &BTreeSet<String>) -> Result<(Vec<ReplicaState>, Duration)> {
     let began = Instant::now();
-    loop {
-        let states = match read_replicas(ring, carts).await {
-            Ok(states) => Some(states),
-            Err(e) if began.elapsed() < CONVERGENCE_LIMIT => {
-                eprintln!("cart-jepsen: waiting for replicas: {e:#}");
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(states) = states {
-            if converged(&states) || began.elapsed() >= CONVERGENCE_LIMIT {
-                return Ok((states, began.elapsed()));
-            }
+    let mut last = None;
+    while began.elapsed() < CONVERGENCE_LIMIT && !interrupted() {
+        match read_replicas(ring, carts, began + CONVERGENCE_LIMIT).await {
+            Ok(states) if converged(&states) => return Ok((states, began.elapsed())),
+            Ok(states) => last = Some(states),
+            Err(e) => eprintln!("cart-jepsen: waiting for replicas: {e:#}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    if interrupted() {
+        bail!("interrupted");
+    }
+    let states = match last {
+        Some(states) => states,
+        None => read_replicas(ring, carts, Instant::now() + CONVERGENCE_LIMIT).await?,
+    };
+    Ok((states, began.elapsed()))
 }
 
 /// The result of a run.
@@ -435,6 +463,7 @@ pub struct RunResult {
 /// Must be called before any tokio runtime exists (it moves the thread into the bridge
 /// namespace and builds its own runtime there).
 pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<RunResult> {
+    catch_signals()?;
     std::fs::create_dir_all(&opts.dir)?;
     let net = Net::create(opts.nodes, opts.namespaces)?;
     if let Net::Namespaces(n) = &net {
@@ -456,6 +485,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<RunResult> {
         paused: BTreeSet::new(),
     };
     for i in 0..opts.nodes {
+        if interrupted() {
+            bail!("interrupted");
+        }
         nodes.start(i)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -488,11 +520,13 @@ async fn drive(
 ) -> Result<RunResult> {
     {
         let stop = stop.clone();
+        // Ends with the runtime; wakes ten times a second.
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("cart-jepsen: interrupted; healing and cleaning up");
-                stop.store(true, Ordering::SeqCst);
+            while !interrupted() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            eprintln!("cart-jepsen: interrupted; healing and cleaning up");
+            stop.store(true, Ordering::SeqCst);
         });
     }
     let recorder = Recorder::default();
@@ -507,7 +541,7 @@ async fn drive(
             node: "setup".into(),
             workload: Workload::Quantity,
         };
-        workload::setup_quantity(&client, &rec)
+        workload::setup_quantity(&client, &rec, stop)
             .await
             .map_err(anyhow::Error::msg)?;
     }

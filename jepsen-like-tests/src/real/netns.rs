@@ -70,7 +70,20 @@ pub fn remove_stale() {
         };
         let Ok(pid) = pid.parse::<u32>() else { continue };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            kill_inside(name);
             let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+/// kill -9 every process still inside namespace `name` (a cartd a killed harness left behind).
+fn kill_inside(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -209,6 +222,7 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         for name in self.created.iter().rev() {
+            kill_inside(name);
             if let Err(e) = run("ip", &["netns", "del", name]) {
                 eprintln!("cart-jepsen: could not delete namespace {name}: {e:#}");
             }
