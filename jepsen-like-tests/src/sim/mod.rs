@@ -111,7 +111,7 @@ impl Default for SimOptions {
             down_after_failures: 2,
             hint_interval: Duration::from_millis(200),
             anti_entropy_interval: Duration::from_millis(500),
-            keepalive_interval: Duration::from_secs(3600),
+            keepalive_interval: Duration::from_millis(1_000),
         }
     }
 }
