@@ -162,9 +162,11 @@ impl NodeConfig {
                 raw.max_inflight_writes
             )));
         }
-        if raw.keepalive_interval_ms < 100 {
+        // Without keepalive a connection stuck behind a healed partition is never noticed and
+        // replicas stop converging (the simulation showed it): bound it both ways.
+        if !(100..=60_000).contains(&raw.keepalive_interval_ms) {
             return Err(invalid(format!(
-                "keepalive_interval_ms = {} must be at least 100",
+                "keepalive_interval_ms = {} must be between 100 and 60000",
                 raw.keepalive_interval_ms
             )));
         }
@@ -379,6 +381,11 @@ mod tests {
                 "max_quantity",
             ),
             (format!("{SINGLE}[limits]\nmax_lines = 3\n"), None, "max_lines"),
+            (
+                format!("keepalive_interval_ms = 3600000\n{SINGLE}"),
+                None,
+                "keepalive_interval_ms",
+            ),
             ("node_id = ".into(), None, "TOML"),
             (t.clone(), None, "--node"),
             (t.clone(), Some("n9"), "n9"),

@@ -464,6 +464,10 @@ pub struct RunResult {
 /// namespace and builds its own runtime there).
 pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<RunResult> {
     catch_signals()?;
+    // Node data from an earlier run would show up as phantom items and counters out of range.
+    if std::fs::read_dir(&opts.dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!("the report folder {} is not empty: give a new one", opts.dir.display());
+    }
     std::fs::create_dir_all(&opts.dir)?;
     let net = Net::create(opts.nodes, opts.namespaces)?;
     if let Net::Namespaces(n) = &net {

@@ -81,8 +81,10 @@ fn kill_inside(name: &str) {
     let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
         return;
     };
+    let me = std::process::id() as i32;
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse::<i32>() {
+        // The harness itself lives in its bridge namespace.
+        if let Some(pid) = pid.parse::<i32>().ok().filter(|p| *p != me) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
