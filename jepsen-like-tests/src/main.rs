@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -147,7 +145,7 @@ fn run(cli: Cli) -> Result<bool> {
                 dir: dir.clone(),
                 namespaces: !loopback,
             };
-            let result = real::run(&opts, Arc::new(AtomicBool::new(false)))?;
+            let result = real::run(&opts)?;
             println!("{}", result.summary);
             println!("report: {}", dir.join("report.html").display());
             Ok(result.verdict.valid)

@@ -19,15 +19,13 @@ use crate::sim::{sim_client, sim_client_options, SimCluster, SimOptions};
 use crate::workload::{self, Process, Recording, RunClock, Workload};
 use cart_client::ClientOptions;
 
-/// The faults the simulation can carry out.
-pub const SIM_NEMESES: [Nemesis; 6] = [
-    Nemesis::PartitionHalves,
-    Nemesis::Isolate,
-    Nemesis::Bridge,
-    Nemesis::MajoritiesRing,
-    Nemesis::Kill,
-    Nemesis::Pause,
-];
+/// The faults the simulation can carry out: all but clock skew and packet loss.
+pub fn sim_nemeses() -> Vec<Nemesis> {
+    nemesis::ALL
+        .into_iter()
+        .filter(|n| !matches!(n, Nemesis::Clock | Nemesis::Loss))
+        .collect()
+}
 
 /// Sub-second to seconds faults for simulated time.
 pub const SIM_TIMING: Timing = Timing {
@@ -67,7 +65,7 @@ impl SimRun {
             seed,
             nodes: 5,
             active: Duration::from_secs(6),
-            nemeses: SIM_NEMESES.to_vec(),
+            nemeses: sim_nemeses(),
             workloads: vec![Workload::CartSet, Workload::Quantity],
             clients_per_node: 1,
             think: Duration::from_millis(50),
@@ -94,18 +92,19 @@ fn replicas(cluster: &SimCluster, carts: &BTreeSet<String>) -> Result<Vec<Replic
     let mut out = Vec::new();
     for cart in carts {
         for host in cluster.owners(cart) {
-            let canonical = cluster.canonical_cart(&host, cart).map_err(|e| e.to_string())?;
-            let quantities = match &canonical {
-                Some(bytes) => cart_crdt::codec::decode(bytes)
-                    .map_err(|e| format!("{host} {cart}: {e}"))?
-                    .raw_quantities(),
+            let replica = cluster.replica(&host, cart).map_err(|e| e.to_string())?;
+            let (canonical, quantities) = match &replica {
+                Some(c) => (
+                    cart_crdt::codec::encode(c).map_err(|e| format!("{host} {cart}: {e}"))?,
+                    c.raw_quantities(),
+                ),
                 None => Default::default(),
             };
             out.push(ReplicaState {
                 cart: cart.clone(),
                 node: host,
-                present: canonical.is_some(),
-                canonical: canonical.unwrap_or_default(),
+                present: replica.is_some(),
+                canonical,
                 quantities,
             });
         }
@@ -153,12 +152,8 @@ fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String]
 
 /// Runs one seed to the end and checks it.
 pub fn run(opts: &SimRun) -> Result<SimResult, String> {
-    let nemeses: Vec<Nemesis> = opts
-        .nemeses
-        .iter()
-        .copied()
-        .filter(|n| SIM_NEMESES.contains(n))
-        .collect();
+    let simulated = sim_nemeses();
+    let nemeses: Vec<Nemesis> = opts.nemeses.iter().copied().filter(|n| simulated.contains(n)).collect();
     let sim_options = SimOptions {
         simulation_duration: opts.active + opts.convergence_limit + Duration::from_secs(30),
         ..SimOptions::default()

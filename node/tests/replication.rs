@@ -81,6 +81,15 @@ async fn hint_backlog(addr: SocketAddr) -> u64 {
         .hint_backlog
 }
 
+/// The addresses of a 3-node cluster's nodes.
+fn three(cluster: &LocalCluster) -> (SocketAddr, SocketAddr, SocketAddr) {
+    (
+        common::addr(cluster, 0),
+        common::addr(cluster, 1),
+        common::addr(cluster, 2),
+    )
+}
+
 /// Drops every hint `addr` holds (an operator call, with the cluster secret).
 async fn discard_hints(addr: SocketAddr) {
     let mut req = tonic::Request::new(DiscardHintsRequest {});
@@ -142,11 +151,7 @@ async fn an_add_acknowledged_at_w2_is_readable_through_every_node() {
 async fn hinted_writes_reach_a_node_restarted_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
-    let (n1, n2, n3) = (
-        common::addr(&cluster, 0),
-        common::addr(&cluster, 1),
-        common::addr(&cluster, 2),
-    );
+    let (n1, n2, n3) = three(&cluster);
     cluster.kill9(2).unwrap();
     let carts: Vec<String> = (0..20).map(|i| format!("user:h{i}")).collect();
     for (i, cart) in carts.iter().enumerate() {
@@ -187,11 +192,7 @@ async fn hinted_writes_reach_a_node_restarted_after_kill_9() {
 async fn anti_entropy_alone_converges_a_replica_whose_hints_were_discarded() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = common::start_cluster(dir.path(), 3, "anti_entropy_interval_ms = 300");
-    let (n1, n2, n3) = (
-        common::addr(&cluster, 0),
-        common::addr(&cluster, 1),
-        common::addr(&cluster, 2),
-    );
+    let (n1, n2, n3) = three(&cluster);
     cluster.kill9(2).unwrap();
     let carts: Vec<String> = (0..30).map(|i| format!("guest:ae{i}")).collect();
     for cart in &carts {
@@ -436,11 +437,7 @@ async fn hints_survive_a_kill_9_of_the_node_holding_them() {
 async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
-    let (n1, n2, n3) = (
-        common::addr(&cluster, 0),
-        common::addr(&cluster, 1),
-        common::addr(&cluster, 2),
-    );
+    let (n1, n2, n3) = three(&cluster);
     cluster.kill9(2).unwrap();
     add_via(n1, "user:lag", "sku-1", 2).await.unwrap();
     // The failed copy for n3 becomes a hint in the background; discard it once it is there.

@@ -462,7 +462,9 @@ pub struct RunResult {
 /// Runs the whole thing: namespaces, cluster, workloads under faults, heal, convergence, check.
 /// Must be called before any tokio runtime exists (it moves the thread into the bridge
 /// namespace and builds its own runtime there).
-pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<RunResult> {
+pub fn run(opts: &Options) -> Result<RunResult> {
+    // Set on SIGINT/SIGTERM (copied from the signal flag) or when a phase fails: everything stops.
+    let stop = Arc::new(AtomicBool::new(false));
     catch_signals()?;
     // Node data from an earlier run would show up as phantom items and counters out of range.
     if std::fs::read_dir(&opts.dir).is_ok_and(|mut entries| entries.next().is_some()) {

@@ -347,18 +347,30 @@ impl SimCluster {
     /// `host`'s replica of `cart_id` in the canonical encoding (`cart_crdt::codec::encode`):
     /// equal states give equal bytes.
     pub fn canonical_cart(&self, host: &str, cart_id: &str) -> Result<Option<Vec<u8>>, SimError> {
+        match self.replica(host, cart_id)? {
+            Some(cart) => cart_crdt::codec::encode(&cart)
+                .map(Some)
+                .map_err(|e| self.decode_error(host, cart_id, e)),
+            None => Ok(None),
+        }
+    }
+
+    /// `host`'s replica of `cart_id`, decoded.
+    pub fn replica(&self, host: &str, cart_id: &str) -> Result<Option<cart_crdt::Cart>, SimError> {
         let Some(bytes) = self.stored_cart(host, cart_id)? else {
             return Ok(None);
         };
-        let decode_error = |reason: String| SimError::Decode {
+        cart_crdt::codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| self.decode_error(host, cart_id, e))
+    }
+
+    fn decode_error(&self, host: &str, cart_id: &str, e: cart_crdt::CartError) -> SimError {
+        SimError::Decode {
             host: host.to_owned(),
             cart_id: cart_id.to_owned(),
-            reason,
-        };
-        let cart = cart_crdt::codec::decode(&bytes).map_err(|e| decode_error(e.to_string()))?;
-        cart_crdt::codec::encode(&cart)
-            .map(Some)
-            .map_err(|e| decode_error(e.to_string()))
+            reason: e.to_string(),
+        }
     }
 
     fn node(&self, host: &str) -> Result<&SimNode, SimError> {
