@@ -1,11 +1,8 @@
 use std::collections::BTreeMap;
-use std::fmt::Debug;
-use std::hash::Hash;
 
-use crdts::orswot::Op;
-use crdts::{CmRDT, CvRDT, OrdDot, Orswot, VClock};
 use serde::{Deserialize, Serialize};
 
+use crate::context::{Context, Dot};
 use crate::error::CartError;
 use crate::ids::{Actor, CartId, CouponCode, ProductId};
 use crate::limits::Limits;
@@ -47,7 +44,7 @@ pub enum LineKind {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LineEntry {
     pub product_id: ProductId,
-    pub dot: OrdDot<Actor>,
+    pub dot: Dot,
     pub kind: LineKind,
 }
 
@@ -55,17 +52,53 @@ pub struct LineEntry {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SavedEntry {
     pub product_id: ProductId,
-    pub dot: OrdDot<Actor>,
+    pub dot: Dot,
     pub snapshot: ItemSnapshot,
     pub quantity: u64,
 }
 
-/// The cart CRDT. Field order is part of the storage format (see [`crate::codec`]).
+/// An applied coupon code (one entry per assertion; the code shows while any entry is present).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CouponEntry {
+    pub code: CouponCode,
+    pub dot: Dot,
+}
+
+/// An entry of one of the cart's add-wins sets: write-once, identified by its own dot.
+pub(crate) trait Dotted {
+    fn dot(&self) -> Dot;
+}
+
+impl Dotted for LineEntry {
+    fn dot(&self) -> Dot {
+        self.dot
+    }
+}
+
+impl Dotted for SavedEntry {
+    fn dot(&self) -> Dot {
+        self.dot
+    }
+}
+
+impl Dotted for CouponEntry {
+    fn dot(&self) -> Dot {
+        self.dot
+    }
+}
+
+/// The cart CRDT: three add-wins sets of write-once dotted entries (each sorted by dot) sharing
+/// one causal [`Context`], plus a max-register `touched_at_ms`. An entry is present until an
+/// operation that observed it removes it; a merge keeps an entry unless the other side has seen
+/// its dot without keeping it (then it was removed there). Every container is sorted, so equal
+/// states are equal values with equal encodings. Field order is part of the storage format
+/// (see [`crate::codec`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cart {
-    pub(crate) lines: Orswot<LineEntry, Actor>,
-    pub(crate) saved: Orswot<SavedEntry, Actor>,
-    pub(crate) coupons: Orswot<CouponCode, Actor>,
+    pub(crate) context: Context,
+    pub(crate) lines: Vec<LineEntry>,
+    pub(crate) saved: Vec<SavedEntry>,
+    pub(crate) coupons: Vec<CouponEntry>,
     pub(crate) touched_at_ms: u64,
 }
 
@@ -131,20 +164,41 @@ pub struct WriteCtx<'a> {
     pub limits: &'a Limits,
 }
 
-/// One primitive change inside a [`CartDelta`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeltaOp {
-    Lines(Op<LineEntry, Actor>),
-    Saved(Op<SavedEntry, Actor>),
-    Coupons(Op<CouponCode, Actor>),
-    Touch(u64),
-}
-
-/// The primitive changes one [`Cart::apply`] made, in order. Delivering every delta of an actor
-/// in order (per-actor FIFO) reaches the same state as merging the whole cart.
+/// What one [`Cart::apply`] changed, as a small cart state (a δ-state): the entries it added,
+/// and in its context the op's dot, the added entries' dots and the dots of the entries it
+/// removed. Merging it into any replica is an ordinary [`Cart::merge`], so deltas may arrive in
+/// any order, twice, or interleaved with whole states; a replica that got every delta of an
+/// operation history reaches the same state as one that merged the whole cart.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartDelta {
-    pub ops: Vec<DeltaOp>,
+    state: Cart,
+}
+
+impl CartDelta {
+    /// The delta as a cart state (what a replica merges; encode it with [`crate::codec`]).
+    pub fn as_cart(&self) -> &Cart {
+        &self.state
+    }
+
+    pub fn into_cart(self) -> Cart {
+        self.state
+    }
+
+    /// Entries the operation added (lines, saved, coupons).
+    pub fn added(&self) -> usize {
+        self.state.lines.len() + self.state.saved.len() + self.state.coupons.len()
+    }
+
+    /// Line entries the operation added.
+    pub fn added_lines(&self) -> &[LineEntry] {
+        &self.state.lines
+    }
+
+    /// Whether the operation removed the entry with this dot (it is in the delta's context but
+    /// not among its entries).
+    pub fn removes(&self, dot: Dot) -> bool {
+        self.state.context.contains(dot) && !self.state.lines.iter().any(|e| e.dot == dot)
+    }
 }
 
 /// The entries of one product's line as seen now.
@@ -164,6 +218,30 @@ impl Cart {
         self.touched_at_ms
     }
 
+    /// Every dot this state has seen: its version. Equal contexts mean equal states (every
+    /// operation mints its own dot), so replicas compare contexts instead of whole carts.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Every line entry, sorted by dot (for checkers and tests; the view folds them into lines).
+    pub fn lines(&self) -> &[LineEntry] {
+        &self.lines
+    }
+
+    /// Whether every container is strictly sorted (what [`crate::codec::decode`] checks).
+    pub(crate) fn is_well_formed(&self) -> bool {
+        fn sorted<E: Dotted>(entries: &[E]) -> bool {
+            entries.windows(2).all(|w| w[0].dot() < w[1].dot())
+        }
+        self.context.is_well_formed() && sorted(&self.lines) && sorted(&self.saved) && sorted(&self.coupons)
+    }
+
+    /// Whether merging `other` into this state would change nothing.
+    pub fn covers(&self, other: &Cart) -> bool {
+        self.context.covers(&other.context)
+    }
+
     /// Applies `op` as `ctx.actor`. Preconditions are all checked before anything changes, so an
     /// error leaves the cart exactly as it was.
     pub fn apply(&mut self, ctx: &WriteCtx<'_>, op: &CartOp) -> Result<CartDelta, CartError> {
@@ -173,8 +251,11 @@ impl Cart {
             cart: self,
             actor: ctx.actor,
             now_ms: ctx.now_ms,
-            delta: CartDelta::default(),
+            delta: Cart::default(),
         };
+        // The op's own dot: even an op that adds no entry (a coupon removal) changes the context,
+        // so equal contexts always mean equal states.
+        w.mint();
         match op {
             CartOp::AddItem {
                 product_id,
@@ -217,7 +298,7 @@ impl Cart {
             w.drop_residue();
         }
         w.touch(ctx.now_ms);
-        Ok(w.delta)
+        Ok(CartDelta { state: w.delta })
     }
 
     /// Refuses an op that names something absent or would pass a limit.
@@ -319,22 +400,19 @@ impl Cart {
             }
             return;
         }
-        self.lines.merge(other.lines);
-        self.saved.merge(other.saved);
-        self.coupons.merge(other.coupons);
+        if self.context.covers(&other.context) {
+            return; // nothing new (the common case for a replica that is up to date)
+        }
+        join(&mut self.lines, &self.context, other.lines, &other.context);
+        join(&mut self.saved, &self.context, other.saved, &other.context);
+        join(&mut self.coupons, &self.context, other.coupons, &other.context);
+        self.context.merge(&other.context);
         self.touched_at_ms = self.touched_at_ms.max(other.touched_at_ms);
     }
 
-    /// Applies a delta produced by [`Cart::apply`] on another replica (per-actor FIFO).
+    /// Merges a delta produced by [`Cart::apply`] on another replica (in any order).
     pub fn apply_delta(&mut self, delta: &CartDelta) {
-        for op in &delta.ops {
-            match op {
-                DeltaOp::Lines(op) => self.lines.apply(op.clone()),
-                DeltaOp::Saved(op) => self.saved.apply(op.clone()),
-                DeltaOp::Coupons(op) => self.coupons.apply(op.clone()),
-                DeltaOp::Touch(at) => self.touched_at_ms = self.touched_at_ms.max(*at),
-            }
-        }
+        self.merge(delta.state.clone());
     }
 
     /// The read model: visible lines sorted by product id, saved items, coupons, subtotals.
@@ -343,7 +421,7 @@ impl Cart {
     }
 
     pub(crate) fn line_entries(&self) -> impl Iterator<Item = &LineEntry> {
-        self.lines.iter().map(|ctx| ctx.val)
+        self.lines.iter()
     }
 
     fn line_state(&self, product_id: &ProductId) -> LineState {
@@ -378,8 +456,7 @@ impl Cart {
 
     pub(crate) fn saved_products(&self) -> BTreeMap<&ProductId, &SavedEntry> {
         let mut winners: BTreeMap<&ProductId, &SavedEntry> = BTreeMap::new();
-        for ctx in self.saved.iter() {
-            let entry = ctx.val;
+        for entry in &self.saved {
             let slot = winners.entry(&entry.product_id).or_insert(entry);
             if newer(&entry.dot, &slot.dot) {
                 *slot = entry;
@@ -393,18 +470,19 @@ impl Cart {
     }
 
     pub(crate) fn coupon_codes(&self) -> Vec<&CouponCode> {
-        let mut codes: Vec<&CouponCode> = self.coupons.iter().map(|ctx| ctx.val).collect();
+        let mut codes: Vec<&CouponCode> = self.coupons.iter().map(|e| &e.code).collect();
         codes.sort();
+        codes.dedup();
         codes
     }
 
     fn has_coupon(&self, code: &CouponCode) -> bool {
-        self.coupons.contains(code).val
+        self.coupons.iter().any(|e| &e.code == code)
     }
 }
 
 /// Deterministic "latest" among concurrent write-once entries: higher counter, then actor.
-pub(crate) fn newer(a: &OrdDot<Actor>, b: &OrdDot<Actor>) -> bool {
+pub(crate) fn newer(a: &Dot, b: &Dot) -> bool {
     (a.counter, a.actor) > (b.counter, b.actor)
 }
 
@@ -439,10 +517,19 @@ struct Writer<'c> {
     cart: &'c mut Cart,
     actor: Actor,
     now_ms: u64,
-    delta: CartDelta,
+    /// The δ-state: entries added, and every dot minted or removed.
+    delta: Cart,
 }
 
 impl Writer<'_> {
+    /// A fresh dot of this actor, recorded as seen by the cart and the delta.
+    fn mint(&mut self) -> Dot {
+        let dot = self.cart.context.next_dot(self.actor);
+        self.cart.context.insert(dot);
+        self.delta.context.insert(dot);
+        dot
+    }
+
     /// Add `quantity` to a line and re-assert its snapshot, so a concurrent remove of the line
     /// cannot leave the new quantity without a snapshot. A line that is not visible (removed, or
     /// driven to 0 or below) starts again from 0.
@@ -522,83 +609,124 @@ impl Writer<'_> {
     }
 
     fn add_line(&mut self, product_id: &ProductId, kind: LineKind) {
-        let op = add_entry(&mut self.cart.lines, self.actor, |dot| LineEntry {
+        let dot = self.mint();
+        let entry = LineEntry {
             product_id: product_id.clone(),
             dot,
             kind,
-        });
-        self.delta.ops.push(DeltaOp::Lines(op));
+        };
+        insert_sorted(&mut self.delta.lines, entry.clone());
+        insert_sorted(&mut self.cart.lines, entry);
     }
 
     fn add_saved(&mut self, product_id: &ProductId, snapshot: ItemSnapshot, quantity: u64) {
-        let op = add_entry(&mut self.cart.saved, self.actor, |dot| SavedEntry {
+        let dot = self.mint();
+        let entry = SavedEntry {
             product_id: product_id.clone(),
             dot,
             snapshot,
             quantity,
-        });
-        self.delta.ops.push(DeltaOp::Saved(op));
+        };
+        insert_sorted(&mut self.delta.saved, entry.clone());
+        insert_sorted(&mut self.cart.saved, entry);
     }
 
+    /// Applies a coupon, replacing the observed entries of the same code (one entry per code).
     fn add_coupon(&mut self, code: &CouponCode) {
-        let op = add_entry(&mut self.cart.coupons, self.actor, |_| code.clone());
-        self.delta.ops.push(DeltaOp::Coupons(op));
+        self.remove_coupons(|c| c == code);
+        let entry = CouponEntry {
+            code: code.clone(),
+            dot: self.mint(),
+        };
+        insert_sorted(&mut self.delta.coupons, entry.clone());
+        insert_sorted(&mut self.cart.coupons, entry);
     }
 
     fn remove_lines(&mut self, pred: impl Fn(&LineEntry) -> bool) {
-        if let Some(op) = remove_entries(&mut self.cart.lines, pred) {
-            self.delta.ops.push(DeltaOp::Lines(op));
-        }
+        remove_entries(
+            &mut self.cart.lines,
+            &mut self.delta.lines,
+            &mut self.delta.context,
+            pred,
+        );
     }
 
     fn remove_saved(&mut self, pred: impl Fn(&SavedEntry) -> bool) {
-        if let Some(op) = remove_entries(&mut self.cart.saved, pred) {
-            self.delta.ops.push(DeltaOp::Saved(op));
-        }
+        remove_entries(
+            &mut self.cart.saved,
+            &mut self.delta.saved,
+            &mut self.delta.context,
+            pred,
+        );
     }
 
     fn remove_coupons(&mut self, pred: impl Fn(&CouponCode) -> bool) {
-        if let Some(op) = remove_entries(&mut self.cart.coupons, pred) {
-            self.delta.ops.push(DeltaOp::Coupons(op));
-        }
+        remove_entries(
+            &mut self.cart.coupons,
+            &mut self.delta.coupons,
+            &mut self.delta.context,
+            |e| pred(&e.code),
+        );
     }
 
     fn touch(&mut self, now_ms: u64) {
         self.cart.touched_at_ms = self.cart.touched_at_ms.max(now_ms);
-        self.delta.ops.push(DeltaOp::Touch(now_ms));
+        self.delta.touched_at_ms = self.cart.touched_at_ms;
     }
 }
 
-/// Adds a member built from its own fresh dot and applies the op locally.
-fn add_entry<M>(set: &mut Orswot<M, Actor>, actor: Actor, make: impl FnOnce(OrdDot<Actor>) -> M) -> Op<M, Actor>
-where
-    M: Clone + Hash + Eq + Debug,
-{
-    let ctx = set.read_ctx().derive_add_ctx(actor);
-    let member = make(OrdDot::from(ctx.dot));
-    let op = set.add(member, ctx);
-    set.apply(op.clone());
-    op
+fn insert_sorted<E: Dotted>(entries: &mut Vec<E>, entry: E) {
+    let at = entries.partition_point(|e| e.dot() < entry.dot());
+    entries.insert(at, entry);
 }
 
-/// Removes the observed members matching `pred`. The remove clock is the union of those
-/// members' own dots, not the set's whole clock, so it removes nothing it did not observe.
-fn remove_entries<M>(set: &mut Orswot<M, Actor>, pred: impl Fn(&M) -> bool) -> Option<Op<M, Actor>>
-where
-    M: Clone + Hash + Eq + Debug,
-{
-    let mut clock: VClock<Actor> = VClock::new();
-    let mut members = Vec::new();
-    for ctx in set.iter() {
-        if pred(ctx.val) {
-            clock.merge(ctx.rm_clock);
-            members.push(ctx.val.clone());
+/// Removes the observed entries matching `pred`; the delta records their dots (so a replica
+/// that merges it drops them too) and forgets them if this same op had added them.
+fn remove_entries<E: Dotted>(entries: &mut Vec<E>, added: &mut Vec<E>, seen: &mut Context, pred: impl Fn(&E) -> bool) {
+    entries.retain(|e| {
+        if !pred(e) {
+            return true;
+        }
+        seen.insert(e.dot());
+        added.retain(|a| a.dot() != e.dot());
+        false
+    });
+}
+
+/// The add-wins join of one set: an entry both sides hold stays; an entry only one side holds
+/// stays unless the other side has seen its dot (and so removed it). Both inputs are sorted by
+/// dot and so is the result.
+fn join<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, their_context: &Context) {
+    if theirs.is_empty() && mine.iter().all(|e| !their_context.contains(e.dot())) {
+        return;
+    }
+    let ours = std::mem::take(mine);
+    let mut out = Vec::with_capacity(ours.len().max(theirs.len()));
+    let mut a = ours.into_iter().peekable();
+    let mut b = theirs.into_iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.dot().cmp(&y.dot()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Equal => {
+                out.extend(a.next());
+                b.next();
+            }
+            std::cmp::Ordering::Less => {
+                if let Some(e) = a.next().filter(|e| !their_context.contains(e.dot())) {
+                    out.push(e);
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some(e) = b.next().filter(|e| !my_context.contains(e.dot())) {
+                    out.push(e);
+                }
+            }
         }
     }
-    if members.is_empty() {
-        return None;
-    }
-    let op = Op::Rm { clock, members };
-    set.apply(op.clone());
-    Some(op)
+    *mine = out;
 }

@@ -1,25 +1,22 @@
-//! The storage and wire encoding: `[FORMAT_V1] ++ bincode2(cart)`.
+//! The storage and wire encoding: `[FORMAT_V2] ++ bincode2(cart)`.
 //!
-//! `crdts` keeps members in `HashMap`s, so the same state can serialise to different bytes.
-//! [`encode`] writes the canonical form, which sorts every map and set; bincode writes a sorted map
-//! exactly as it writes the original, so canonical bytes are valid format-1 bytes too. Equal states
-//! encode to equal canonical bytes, which anti-entropy digests and the golden test rely on.
-//! [`encode_unordered`] skips the sorting (one serialisation instead of three) for the hot paths
-//! that store or ship a cart; compare such carts with `==`, never by their bytes.
-
-use std::collections::BTreeMap;
+//! A [`Cart`] keeps every set and its context sorted, so its encoding is canonical: equal states
+//! encode to equal bytes, which anti-entropy digests and the golden test rely on.
+//!
+//! Format 1 (carts kept as `crdts::Orswot`s, before this format shipped) is refused with
+//! [`CartError::UnsupportedFormat`]: no released build ever wrote it.
 
 use bincode::config::{self, Config};
-use crdts::VClock;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::cart::{Cart, LineEntry, SavedEntry};
+use crate::cart::Cart;
 use crate::error::CartError;
-use crate::ids::{Actor, CouponCode};
 
 /// The first byte of every stored cart.
-pub const FORMAT_V1: u8 = 1;
+pub const FORMAT_V2: u8 = 2;
+
+/// The first byte of a forwarded operation ([`encode_op`]).
+pub const OP_FORMAT_V1: u8 = 1;
 
 /// Decoding refuses anything that would allocate more than this (a corrupt length prefix).
 pub const MAX_DECODE_BYTES: usize = 16 * 1024 * 1024;
@@ -28,37 +25,10 @@ fn bincode_config() -> impl Config {
     config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
 
-#[derive(Serialize, Deserialize)]
-struct CanonicalSet<M: Ord> {
-    clock: VClock<Actor>,
-    entries: BTreeMap<M, VClock<Actor>>,
-    deferred: Vec<(VClock<Actor>, Vec<M>)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CanonicalCart {
-    lines: CanonicalSet<LineEntry>,
-    saved: CanonicalSet<SavedEntry>,
-    coupons: CanonicalSet<CouponCode>,
-    touched_at_ms: u64,
-}
-
 /// Encodes a cart to its canonical stored bytes, version byte first.
 pub fn encode(cart: &Cart) -> Result<Vec<u8>, CartError> {
-    let canonical = CanonicalCart {
-        lines: canonical_set(&cart.lines)?,
-        saved: canonical_set(&cart.saved)?,
-        coupons: canonical_set(&cart.coupons)?,
-        touched_at_ms: cart.touched_at_ms,
-    };
-    let mut out = vec![FORMAT_V1];
-    bincode::serde::encode_into_std_write(&canonical, &mut out, bincode_config()).map_err(encode_error)?;
-    Ok(out)
-}
-
-/// Encodes a cart in map order (not canonical): the same format, for storage and replication.
-pub fn encode_unordered(cart: &Cart) -> Result<Vec<u8>, CartError> {
-    let mut out = vec![FORMAT_V1];
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT_V2);
     bincode::serde::encode_into_std_write(cart, &mut out, bincode_config()).map_err(encode_error)?;
     Ok(out)
 }
@@ -67,7 +37,16 @@ pub fn encode_unordered(cart: &Cart) -> Result<Vec<u8>, CartError> {
 /// trailing bytes.
 pub fn decode(bytes: &[u8]) -> Result<Cart, CartError> {
     match bytes.split_first() {
-        Some((&FORMAT_V1, body)) => decode_exact(body),
+        Some((&FORMAT_V2, body)) => {
+            let cart: Cart = decode_exact(body)?;
+            // Merge relies on sorted containers; bytes that decode but are not sorted are corrupt.
+            if !cart.is_well_formed() {
+                return Err(CartError::Decode {
+                    reason: "entries or context not in canonical order".into(),
+                });
+            }
+            Ok(cart)
+        }
         Some((&version, _)) => Err(CartError::UnsupportedFormat { version }),
         None => Err(CartError::Decode {
             reason: "empty value".into(),
@@ -86,29 +65,13 @@ fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, CartError> {
     Ok(value)
 }
 
-/// Sorts an `Orswot` by passing it through its own serde shape into sorted containers.
-fn canonical_set<M>(set: &crdts::Orswot<M, Actor>) -> Result<CanonicalSet<M>, CartError>
-where
-    M: Ord + std::hash::Hash + Serialize + DeserializeOwned,
-{
-    let raw = bincode::serde::encode_to_vec(set, bincode_config()).map_err(encode_error)?;
-    let mut canonical: CanonicalSet<M> = decode_exact(&raw)?;
-    for (_, members) in canonical.deferred.iter_mut() {
-        members.sort();
-    }
-    canonical
-        .deferred
-        .sort_by(|(a, _), (b, _)| a.dots.iter().cmp(b.dots.iter()));
-    Ok(canonical)
-}
-
 fn encode_error(e: bincode::error::EncodeError) -> CartError {
     CartError::Encode { reason: e.to_string() }
 }
 
-/// Encodes an operation for forwarding between nodes: `[FORMAT_V1] ++ bincode2(op)`.
+/// Encodes an operation for forwarding between nodes: `[OP_FORMAT_V1] ++ bincode2(op)`.
 pub fn encode_op(op: &crate::CartOp) -> Result<Vec<u8>, CartError> {
-    let mut out = vec![FORMAT_V1];
+    let mut out = vec![OP_FORMAT_V1];
     bincode::serde::encode_into_std_write(op, &mut out, bincode_config()).map_err(encode_error)?;
     Ok(out)
 }
@@ -116,7 +79,7 @@ pub fn encode_op(op: &crate::CartOp) -> Result<Vec<u8>, CartError> {
 /// Decodes an operation written by [`encode_op`].
 pub fn decode_op(bytes: &[u8]) -> Result<crate::CartOp, CartError> {
     match bytes.split_first() {
-        Some((&FORMAT_V1, body)) => decode_exact(body),
+        Some((&OP_FORMAT_V1, body)) => decode_exact(body),
         Some((&version, _)) => Err(CartError::UnsupportedFormat { version }),
         None => Err(CartError::Decode {
             reason: "empty op".into(),

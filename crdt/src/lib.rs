@@ -1,17 +1,19 @@
 //! `cart-crdt`: the shopping cart as a state-based CRDT, its operations, read model and storage codec.
 //!
 //! Contract:
-//! - A [`Cart`] is three flat add-wins [`crdts::Orswot`]s of write-once dotted entries (lines,
-//!   saved-for-later, coupons) plus a max-register `touched_at_ms`. [`Cart::merge`] is commutative,
-//!   associative and idempotent; [`Cart::apply`] returns a [`CartDelta`] whose per-actor FIFO
-//!   delivery reaches the same state as merging whole carts.
+//! - A [`Cart`] is three flat add-wins sets of write-once dotted entries (lines, saved-for-later,
+//!   coupons) sharing one causal [`Context`], plus a max-register `touched_at_ms`. [`Cart::merge`]
+//!   is commutative, associative and idempotent; [`Cart::apply`] returns a [`CartDelta`], a small
+//!   cart state whose merge (in any order) reaches the same state as merging whole carts.
+//! - Every operation mints its own dot, so equal contexts mean equal states: [`Cart::context`] is
+//!   a cart's version, cheap to compare.
 //! - Actors are node incarnations ([`Actor`]), never clients. The caller serialises writes to one
 //!   cart per actor: two ops built from the same state would reuse one dot and one would be lost.
 //! - Never merge two *different* carts (guest into user): replay lines as new ops instead.
 //! - Input validation ([`validate`]) and limits ([`Limits`]) live here so every binary agrees;
 //!   errors name the offending field.
-//! - [`codec`] stores a cart as one format-version byte followed by bincode 2 of a canonical
-//!   (sorted) form, so equal states encode to equal bytes.
+//! - [`codec`] stores a cart as one format-version byte followed by bincode 2; every container
+//!   of a cart is sorted, so equal states encode to equal bytes.
 //!
 //! - Feature `test-broken-merge` (tests only, never in a release build) adds [`sabotage`]: a
 //!   per-thread switch that turns `merge` into last-writer-wins, so harness tests can show their
@@ -21,6 +23,7 @@
 
 mod cart;
 pub mod codec;
+mod context;
 mod error;
 mod ids;
 mod limits;
@@ -30,7 +33,8 @@ mod snapshot;
 pub mod validate;
 mod view;
 
-pub use cart::{Cart, CartDelta, CartOp, DeltaOp, LineEntry, LineKind, SavedEntry, WriteCtx, RESIDUE_GRACE_MS};
+pub use cart::{Cart, CartDelta, CartOp, CouponEntry, LineEntry, LineKind, SavedEntry, WriteCtx, RESIDUE_GRACE_MS};
+pub use context::{Context, Dot};
 pub use error::CartError;
 pub use ids::{Actor, CartId, CouponCode, OwnerKind, ProductId};
 pub use limits::Limits;

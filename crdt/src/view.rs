@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 
-use crdts::OrdDot;
 use serde::{Deserialize, Serialize};
 
 use crate::cart::{newer, Cart, LineEntry, LineKind};
+use crate::context::Dot;
 use crate::ids::{Actor, CartId, OwnerKind, ProductId};
 use crate::snapshot::{ItemSnapshot, Money};
 
@@ -41,9 +41,9 @@ pub struct SavedView {
 #[derive(Default)]
 pub(crate) struct LineAcc<'a> {
     /// Each node's latest running total (by dot, should there briefly be two).
-    totals: BTreeMap<Actor, (&'a OrdDot<Actor>, i64)>,
+    totals: BTreeMap<Actor, (&'a Dot, i64)>,
     resets: Vec<(u64, &'a BTreeMap<Actor, i64>, u64)>,
-    snapshot: Option<(&'a OrdDot<Actor>, &'a ItemSnapshot)>,
+    snapshot: Option<(&'a Dot, &'a ItemSnapshot)>,
 }
 
 impl<'a> LineAcc<'a> {

@@ -1,6 +1,6 @@
-//! Golden bytes of the storage format (`codec`, format version 1). If this test fails, the
+//! Golden bytes of the storage format (`codec`, format version 2). If this test fails, the
 //! stored encoding changed: existing carts on disk and replicas running the previous version
-//! would no longer agree. Bump `codec::FORMAT_V1` to a new version (with a migration) instead of
+//! would no longer agree. Bump `codec::FORMAT_V2` to a new version (with a migration) instead of
 //! re-pinning the bytes, unless the format has never shipped.
 
 mod common;
@@ -11,12 +11,12 @@ use common::*;
 
 /// `codec::encode(&golden_cart())`, pinned.
 const GOLDEN_HEX: &str = concat!(
-    "0102010a02010904626f6f6b0101010401010104626f6f6b0102000d546865205275737420426f6f6bfb130503455552",
-    "012068747470733a2f2f63646e2e6578616d706c652e636f6d2f626f6f6b2e6a70670106666f726d6174097061706572",
-    "6261636b01010204626f6f6b02010102010201036d756701080102010108036d7567010a0200010102fd0768e5cf8b01",
-    "000001010a0370656e010501020101050370656e01070200010102fd0568e5cf8b010000010107037465610103010601",
-    "010303746561010400064d6174636861fbf401034a5059000001010400010101010370656e01010350656e9603455552",
-    "000001010101000201010201020846524545534849500102010757454c434f4d4501010100fd0768e5cf8b010000",
+    "020201130204000904626f6f6b0102010404626f6f6b0103000d546865205275737420426f6f6bfb1305034555520120",
+    "68747470733a2f2f63646e2e6578616d706c652e636f6d2f626f6f6b2e6a70670106666f726d61740970617065726261",
+    "636b037465610105010603746561010600064d6174636861fbf401034a505900000370656e010801020370656e010d02",
+    "00010102fd0568e5cf8b010000036d756701100102036d756701130200010102fd0768e5cf8b01000004626f6f6b0202",
+    "0102010370656e010e0350656e9603455552000001020757454c434f4d45010b0846524545534849500204fd0768e5cf",
+    "8b010000",
 );
 
 fn book() -> ItemSnapshot {
@@ -81,7 +81,7 @@ fn encoding_matches_golden_bytes() {
         GOLDEN_HEX,
         "the stored format changed; see the module docs"
     );
-    assert_eq!(bytes[0], codec::FORMAT_V1);
+    assert_eq!(bytes[0], codec::FORMAT_V2);
 }
 
 /// Decoding the golden bytes gives the expected cart, and re-encodes to the same bytes.
@@ -119,11 +119,11 @@ fn golden_bytes_decode_to_the_expected_cart() {
 #[test]
 fn unknown_version_is_unsupported_format() {
     let mut bytes = golden_bytes();
-    for version in [2u8, 0, 255] {
+    for version in [1u8, 0, 255] {
         bytes[0] = version;
         assert_eq!(codec::decode(&bytes), Err(CartError::UnsupportedFormat { version }));
     }
-    assert_eq!(codec::decode(&[2]), Err(CartError::UnsupportedFormat { version: 2 }));
+    assert_eq!(codec::decode(&[1]), Err(CartError::UnsupportedFormat { version: 1 }));
 }
 
 fn assert_decode_error(bytes: &[u8], what: &str) {
@@ -150,14 +150,14 @@ fn truncated_or_extended_bytes_are_decode_errors() {
 /// huge collections (refused by the decode limit, not allocated).
 #[test]
 fn garbage_bytes_are_decode_errors() {
-    let mut huge_u64_len = vec![codec::FORMAT_V1, 253];
+    let mut huge_u64_len = vec![codec::FORMAT_V2, 253];
     huge_u64_len.extend_from_slice(&[0xff; 8]);
-    let mut huge_u32_len = vec![codec::FORMAT_V1, 0, 252];
+    let mut huge_u32_len = vec![codec::FORMAT_V2, 0, 252];
     huge_u32_len.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("0xff run", [vec![codec::FORMAT_V1], vec![0xff; 32]].concat()),
-        ("version byte only", vec![codec::FORMAT_V1]),
-        ("text", [&[codec::FORMAT_V1][..], b"hello, cart"].concat()),
+        ("0xff run", [vec![codec::FORMAT_V2], vec![0xff; 32]].concat()),
+        ("version byte only", vec![codec::FORMAT_V2]),
+        ("text", [&[codec::FORMAT_V2][..], b"hello, cart"].concat()),
         ("huge u64 length", huge_u64_len),
         ("huge u32 length", huge_u32_len),
     ];
@@ -185,7 +185,7 @@ fn corrupt_bytes_never_panic() {
         let len = rng.below(200) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if let Some(first) = bytes.first_mut() {
-            *first = codec::FORMAT_V1;
+            *first = codec::FORMAT_V2;
         }
         inputs.push(bytes);
     }
@@ -196,19 +196,8 @@ fn corrupt_bytes_never_panic() {
                 let _ = codec::encode(&cart);
             }
             Err(CartError::Decode { .. }) => {}
-            Err(CartError::UnsupportedFormat { version }) => assert_ne!(version, codec::FORMAT_V1),
+            Err(CartError::UnsupportedFormat { version }) => assert_ne!(version, codec::FORMAT_V2),
             Err(other) => panic!("unexpected error {other:?} for {}", to_hex(&bytes)),
         }
     }
-}
-
-/// The unordered (hot-path) encoding is the same format: it decodes to an equal cart.
-#[test]
-fn unordered_encoding_decodes_to_the_same_cart() {
-    let cart = codec::decode(&golden_bytes()).unwrap();
-    let fast = codec::encode_unordered(&cart).unwrap();
-    assert_eq!(fast.len(), golden_bytes().len());
-    let back = codec::decode(&fast).unwrap();
-    assert_eq!(back, cart);
-    assert_eq!(enc(&back), golden_bytes());
 }

@@ -8,8 +8,7 @@ mod common;
 
 use std::collections::VecDeque;
 
-use cart_crdt::{Cart, CartDelta, CartOp, DeltaOp, ItemSnapshot, LineKind, ProductId};
-use crdts::orswot::Op;
+use cart_crdt::{Cart, CartDelta, CartOp, Dot, ItemSnapshot, LineKind, ProductId};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -278,6 +277,54 @@ proptest! {
         prop_assert_eq!(enc(&deliver_mixed(&run, &events)), enc(&by_state));
     }
 
+    /// (c'') Deltas delivered in any order at all (not per-actor FIFO), some of them twice,
+    /// reach the same bytes as merging all replicas: a delta is a state, so its merge needs no
+    /// ordering, and a node may ship deltas over several connections at once.
+    #[test]
+    fn deltas_in_any_order_converge(steps in schedule(), order in prop::collection::vec(any::<Index>(), 0..300)) {
+        let run = run(&steps);
+        let by_state = merge_all(&carts(&run));
+        let mut pending: Vec<&CartDelta> = run.deltas.iter().map(|(_, d)| d).collect();
+        let mut cart = Cart::default();
+        for pick in &order {
+            if pending.is_empty() {
+                break;
+            }
+            let i = pick.index(pending.len());
+            cart.apply_delta(pending[i]);
+            // Every other pick delivers a duplicate instead of consuming the delta.
+            if pick.index(2) == 0 {
+                pending.swap_remove(i);
+            }
+        }
+        for delta in pending {
+            cart.apply_delta(delta);
+        }
+        prop_assert_eq!(enc(&cart), enc(&by_state));
+    }
+
+    /// The context is the state's version: over every state a schedule reaches (and merges of
+    /// them), equal contexts always come with equal carts. Digest reads rely on this.
+    #[test]
+    fn equal_contexts_mean_equal_states(steps in schedule(), picks in any::<[Index; 4]>()) {
+        let run = run(&steps);
+        let mut states = carts(&run);
+        if !run.history.is_empty() {
+            let at = |i: &Index| run.history[i.index(run.history.len())].clone();
+            states.push(merged(&at(&picks[0]), &at(&picks[1])));
+            states.extend(picks[2..].iter().map(at));
+        }
+        states.extend(run.deltas.iter().take(8).map(|(_, d)| d.as_cart().clone()));
+        for x in &states {
+            for y in &states {
+                if x.context() == y.context() {
+                    prop_assert_eq!(enc(x), enc(y));
+                }
+                prop_assert_eq!(x.covers(y), merged(x, y) == *x, "covers ⇔ merge changes nothing");
+            }
+        }
+    }
+
     /// Stored bytes round-trip for every reachable state, and equal states encode equally
     /// whatever HashMap order they were built in.
     #[test]
@@ -341,12 +388,19 @@ fn increment_of(op: &CartOp) -> i64 {
     }
 }
 
-/// True when the delta replaced a running total: it removes a `Total` entry.
-fn replaces_total(delta: &CartDelta) -> bool {
-    delta.ops.iter().any(|op| match op {
-        DeltaOp::Lines(Op::Rm { members, .. }) => members.iter().any(|e| matches!(e.kind, LineKind::Total(_))),
-        _ => false,
-    })
+/// The dots of the `Total` entries a cart holds.
+fn total_dots(cart: &Cart) -> Vec<Dot> {
+    cart.lines()
+        .iter()
+        .filter(|e| matches!(e.kind, LineKind::Total(_)))
+        .map(|e| e.dot)
+        .collect()
+}
+
+/// True when the delta replaced a running total: it removes one of the `Total` entries held
+/// before the op.
+fn replaces_total(before: &[Dot], delta: &CartDelta) -> bool {
+    before.iter().any(|dot| delta.removes(*dot))
 }
 
 proptest! {
@@ -364,9 +418,10 @@ proptest! {
         for step in &steps {
             match step {
                 Step::Apply { replica, op } => {
+                    let before = total_dots(&replicas[*replica].cart);
                     if let Ok(delta) = replicas[*replica].apply(op) {
                         expected += increment_of(op);
-                        replacing_actors[*replica] |= replaces_total(&delta);
+                        replacing_actors[*replica] |= replaces_total(&before, &delta);
                         deltas.push((*replica, delta));
                     }
                 }

@@ -200,7 +200,7 @@ async fn repair_one(coordinator: &Coordinator, peer_id: &str, id: &CartId) -> Re
         peer.client()
             .replicate(cluster.request(ReplicateRequest {
                 cart_id: id.to_string(),
-                state: cart_crdt::codec::encode_unordered(&merged)?,
+                state: cart_crdt::codec::encode(&merged)?,
                 hint_for: String::new(),
             }))
             .await

@@ -109,7 +109,7 @@ impl ReplicaService for ReplicaApi {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         let id = self.cart_id(&request.into_inner().cart_id)?;
         let state = match self.coordinator.store.read_with_hints(&id)? {
-            Some(cart) => Some(codec::encode_unordered(&cart).map_err(|e| Status::from(NodeError::from(e)))?),
+            Some(cart) => Some(codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?),
             None => None,
         };
         Ok(Response::new(ReadReply {
@@ -142,7 +142,7 @@ impl ReplicaService for ReplicaApi {
                 consistency,
             })
             .await?;
-        let state = codec::encode_unordered(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
+        let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
         Ok(Response::new(CoordinateReply { state }))
     }
 

@@ -48,7 +48,7 @@ pub struct Encoded {
 
 impl Encoded {
     pub fn new(cart: Cart) -> Result<Self, NodeError> {
-        let bytes = Arc::new(codec::encode_unordered(&cart)?);
+        let bytes = Arc::new(codec::encode(&cart)?);
         Ok(Encoded {
             cart: Arc::new(cart),
             bytes,
@@ -320,7 +320,7 @@ impl CartStore {
     fn merge_hint(&self, key: &[u8], incoming: Cart) -> Result<(), NodeError> {
         let mut cart = self.load(Tree::Hints, key)?;
         cart.merge(incoming);
-        self.put(Tree::Hints, key, &codec::encode_unordered(&cart)?)
+        self.put(Tree::Hints, key, &codec::encode(&cart)?)
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
