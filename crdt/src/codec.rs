@@ -65,6 +65,11 @@ fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, CartError> {
     Ok(value)
 }
 
+/// Encodes a cart's context (what a digest read sends and compares; sorted, so canonical).
+pub fn encode_context(context: &crate::Context) -> Result<Vec<u8>, CartError> {
+    bincode::serde::encode_to_vec(context, bincode_config()).map_err(encode_error)
+}
+
 fn encode_error(e: bincode::error::EncodeError) -> CartError {
     CartError::Encode { reason: e.to_string() }
 }

@@ -181,6 +181,7 @@ async fn repair_one(coordinator: &Coordinator, peer_id: &str, id: &CartId) -> Re
         .client()
         .read(cluster.request(ReadRequest {
             cart_id: id.to_string(),
+            known_context: Vec::new(),
         }))
         .await
         .map_err(NodeError::Remote)?

@@ -2,13 +2,14 @@
 //!
 //! Write: a node outside the cart's preference list forwards the operation to an owner (only
 //! owners apply operations: a CRDT actor must keep its whole causal history for a cart, which a
-//! stand-in node could not). The owner applies it locally and durably, sends the new state to the
-//! other targets in parallel (down owners replaced by fallbacks holding a hint), and answers once
+//! stand-in node could not). The owner applies it locally and durably, sends the write's delta
+//! (a small cart state) to the other targets in parallel (down owners replaced by fallbacks holding a hint), and answers once
 //! W replicas (itself included) have persisted it. Stragglers finish in the background; a target
 //! that fails leaves a hint here for its owner.
 //!
-//! Read: any node asks every target, answers with the merge of the first R replies, and repairs
-//! owners whose state differed once all replies are in.
+//! Read: any node asks R targets (itself first), answers with the merge of R replies, and
+//! repairs owners whose state differed once all replies are in. When this node holds the cart,
+//! the others get a digest read: they send their cart only if its context differs from ours.
 
 use std::sync::Arc;
 
@@ -59,8 +60,18 @@ impl Taken {
     }
 }
 
+/// This node's own state of a cart being read, and its context encoded: what turns the reads
+/// of the other replicas into digest reads (a replica with the same context answers
+/// "unchanged" instead of shipping the cart).
+#[derive(Clone)]
+struct Known {
+    cart: Arc<Cart>,
+    context: Arc<Vec<u8>>,
+}
+
 /// A read in progress: who was asked, who is left to ask if one fails.
 struct Reads {
+    known: Option<Known>,
     id: CartId,
     r: usize,
     asked: usize,
@@ -120,11 +131,11 @@ impl Coordinator {
             }
             other => other?,
         };
-        self.replicate(&req.cart_id, &written.bytes, w - 1).await?;
+        self.replicate(&req.cart_id, &written.delta, w - 1).await?;
         Ok(written.cart)
     }
 
-    /// Sends the owner's new state to every other target; returns once `needed` of them
+    /// Sends the write's delta (a small cart state) to every other target; returns once `needed` of them
     /// persisted it, or fails with the count when the deadline passes first.
     async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
         let plan = self.cluster.plan(id);
@@ -300,14 +311,25 @@ impl Coordinator {
         let mut targets = plan.targets;
         targets.sort_by_key(|t| t.node_id != self.cluster.self_id);
         let spare = targets.split_off(r.min(targets.len()));
+        let known = match targets.first().filter(|t| t.node_id == self.cluster.self_id) {
+            Some(_) => match self.store.read_with_hints(id)? {
+                Some(cart) => Some(Known {
+                    context: Arc::new(codec::encode_context(cart.context())?),
+                    cart,
+                }),
+                None => None,
+            },
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(self.cluster.ring.members().len().max(1));
         let asked = targets.len();
         for target in targets {
-            self.ask(target, id, &tx);
+            self.ask(target, id, &tx, known.as_ref());
         }
         let (answer_tx, answer_rx) = oneshot::channel();
         let me = self.clone();
         let reads = Reads {
+            known,
             id: id.clone(),
             r,
             asked,
@@ -330,43 +352,41 @@ impl Coordinator {
     }
 
     /// Starts one target's read; the local replica is read in place (no task, no hop).
-    fn ask(self: &Arc<Self>, target: Target, id: &CartId, tx: &mpsc::Sender<ReadReply>) {
+    fn ask(self: &Arc<Self>, target: Target, id: &CartId, tx: &mpsc::Sender<ReadReply>, known: Option<&Known>) {
         if target.node_id == self.cluster.self_id {
             let state = self.store.read_with_hints(id);
             let _ = tx.try_send(ReadReply { target, state });
             return;
         }
-        let (me, id, tx) = (self.clone(), id.clone(), tx.clone());
+        let (me, id, tx, known) = (self.clone(), id.clone(), tx.clone(), known.cloned());
         tokio::spawn(async move {
-            let reply = me.read_one(target, &id).await;
-            let _ = tx.send(reply).await;
+            let state = me.call_read(&target.node_id, &id, known).await;
+            let _ = tx.send(ReadReply { target, state }).await;
         });
     }
 
-    /// One target's state of the cart.
-    async fn read_one(&self, target: Target, id: &CartId) -> ReadReply {
-        let state = self.call_read(&target.node_id, id).await;
-        ReadReply { target, state }
-    }
-
-    async fn call_read(&self, node: &str, id: &CartId) -> Result<Option<Arc<Cart>>, NodeError> {
-        if node == self.cluster.self_id {
-            return self.store.read_with_hints(id);
-        }
+    /// One peer's state of the cart: `known`'s cart itself when the peer says its context is the
+    /// same (a digest read).
+    async fn call_read(&self, node: &str, id: &CartId, known: Option<Known>) -> Result<Option<Arc<Cart>>, NodeError> {
         let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
             reason: format!("unknown peer {node}"),
         })?;
         let mut client = peer.client();
         let call = client.read(self.cluster.request(ReadRequest {
             cart_id: id.to_string(),
+            known_context: known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default(),
         }));
         let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
-        let state = result.map_err(NodeError::Remote)?.into_inner().state;
-        if state.is_empty() {
+        let reply = result.map_err(NodeError::Remote)?.into_inner();
+        match known {
+            Some(known) if reply.unchanged => return Ok(Some(known.cart)),
+            _ => {}
+        }
+        if reply.state.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Arc::new(codec::decode(&state)?)))
+        Ok(Some(Arc::new(codec::decode(&reply.state)?)))
     }
 
     /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to
@@ -391,8 +411,8 @@ impl Coordinator {
                 Ok(state) => {
                     if let Some(cart) = &state {
                         merged = Some(match merged.take() {
-                            // Replicas usually agree: merge only when this one differs.
-                            Some(m) if *m == **cart => m,
+                            // Replicas usually agree: merge only when this one has news.
+                            Some(m) if Arc::ptr_eq(&m, cart) || m.covers(cart) => m,
                             Some(m) => {
                                 let mut m = Arc::unwrap_or_clone(m);
                                 m.merge((**cart).clone());
@@ -419,7 +439,7 @@ impl Coordinator {
                         Some(reads.spare.remove(0))
                     };
                     if let Some(target) = next {
-                        self.ask(target, &reads.id, &reads.tx);
+                        self.ask(target, &reads.id, &reads.tx, reads.known.as_ref());
                         outstanding += 1;
                     }
                 }
@@ -454,7 +474,7 @@ impl Coordinator {
             t.hint_for.is_some()
                 || state
                     .as_ref()
-                    .is_some_and(|c| Arc::ptr_eq(c, &merged) || **c == *merged)
+                    .is_some_and(|c| Arc::ptr_eq(c, &merged) || c.context() == merged.context())
         }) {
             return; // every owner asked already holds the merge
         }
@@ -462,7 +482,7 @@ impl Coordinator {
             return;
         };
         for (target, state) in replies {
-            if target.hint_for.is_some() || state.as_ref() == Some(&merged.cart) {
+            if target.hint_for.is_some() || state.as_ref().is_some_and(|c| c.context() == merged.cart.context()) {
                 continue;
             }
             tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");

@@ -107,13 +107,24 @@ impl ReplicaService for ReplicaApi {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
-        let id = self.cart_id(&request.into_inner().cart_id)?;
-        let state = match self.coordinator.store.read_with_hints(&id)? {
-            Some(cart) => Some(codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?),
-            None => None,
+        let req = request.into_inner();
+        let id = self.cart_id(&req.cart_id)?;
+        let encoding = |e| Status::from(NodeError::from(e));
+        let Some(cart) = self.coordinator.store.read_with_hints(&id)? else {
+            return Ok(Response::new(ReadReply::default()));
         };
+        // Digest read: the same context means the same cart; no need to ship it.
+        if !req.known_context.is_empty()
+            && codec::encode_context(cart.context()).map_err(encoding)? == req.known_context
+        {
+            return Ok(Response::new(ReadReply {
+                state: Vec::new(),
+                unchanged: true,
+            }));
+        }
         Ok(Response::new(ReadReply {
-            state: state.unwrap_or_default(),
+            state: codec::encode(&cart).map_err(encoding)?,
+            unchanged: false,
         }))
     }
 

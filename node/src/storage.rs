@@ -87,6 +87,7 @@ impl SledStorage {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| StorageError::new("open", format!("{}: {e}", dir.display())))?;
         let open_tree = |t: Tree| db.open_tree(t.name()).map_err(|e| StorageError::new("open", e));

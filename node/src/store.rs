@@ -38,8 +38,7 @@ const CLEAN_SHUTDOWN_KEY: &[u8] = b"clean-shutdown";
 /// request. Entries are replaced under the cart's lock whenever the stored cart changes.
 pub const CART_CACHE_ENTRIES: usize = 4096;
 
-/// A cart and its encoding as stored and shipped (map order, not canonical: compare carts with
-/// `==`, not their bytes).
+/// A cart and its (canonical) encoding as stored and shipped.
 #[derive(Debug, Clone)]
 pub struct Encoded {
     pub cart: Arc<Cart>,
@@ -54,6 +53,14 @@ impl Encoded {
             bytes,
         })
     }
+}
+
+/// What a local write produced: the new cart, and the write's delta (encoded), which is what the
+/// other replicas need to merge.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub cart: Arc<Cart>,
+    pub delta: Arc<Vec<u8>>,
 }
 
 pub struct CartStore {
@@ -158,11 +165,11 @@ impl CartStore {
         Ok(cart)
     }
 
-    /// Applies `op` as this node's actor and returns the new cart once it is durable. On error
-    /// nothing is stored.
-    pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Encoded, NodeError> {
+    /// Applies `op` as this node's actor and returns the new cart and the op's delta once it is
+    /// durable. On error nothing is stored.
+    pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Written, NodeError> {
         let _permit = self.write_permit()?;
-        let encoded = {
+        let written = {
             let _guard = self.lock(id);
             let mut cart = self.take_replica_locked(id)?;
             let ctx = WriteCtx {
@@ -170,14 +177,18 @@ impl CartStore {
                 now_ms: self.clock.now_ms(),
                 limits: &self.limits,
             };
-            cart.apply(&ctx, op)?;
+            let delta = cart.apply(&ctx, op)?;
+            let delta = Arc::new(codec::encode(delta.as_cart())?);
             let encoded = Encoded::new(cart)?;
             self.put(Tree::Carts, id.as_str().as_bytes(), &encoded.bytes)?;
             self.cache.insert(id.clone(), encoded.cart.clone());
-            encoded
+            Written {
+                cart: encoded.cart,
+                delta,
+            }
         };
         self.commit.durable().await?;
-        Ok(encoded)
+        Ok(written)
     }
 
     /// Merges a replica's state into this node's replica; durable on return. Returns the merged
@@ -195,12 +206,12 @@ impl CartStore {
         let _permit = self.write_permit()?;
         let _guard = self.lock(id);
         let current = self.replica_locked(id)?;
-        let mut cart = (*current).clone();
-        cart.merge(incoming);
-        if cart == *current {
-            return Ok((current, false));
+        if current.covers(&incoming) {
+            return Ok((current, false)); // seen it all already (a repeat, or an older state)
         }
         drop(current);
+        let mut cart = self.take_replica_locked(id)?;
+        cart.merge(incoming);
         let merged = Encoded::new(cart)?;
         self.put(Tree::Carts, id.as_str().as_bytes(), &merged.bytes)?;
         self.cache.insert(id.clone(), merged.cart.clone());

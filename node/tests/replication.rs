@@ -13,7 +13,7 @@ use cart_node::launcher::LocalCluster;
 use cart_proto::admin_pb::{ClusterStatusRequest, DiscardHintsRequest, LocalReadRequest};
 use cart_proto::pb;
 use cart_proto::replica_pb::replica_service_client::ReplicaServiceClient;
-use cart_proto::replica_pb::PingRequest;
+use cart_proto::replica_pb::{PingRequest, ReadRequest};
 use cart_ring::Ring;
 use tonic::Code;
 
@@ -375,6 +375,41 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
         .metadata_mut()
         .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
     assert_eq!(peer.ping(right).await.unwrap().into_inner().node_id, "n1");
+}
+
+/// Digest reads: a replica whose cart has the context the coordinator sends answers
+/// "unchanged" without the cart; any other context (or none) gets the whole cart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answers_a_digest_read_with_unchanged_only_when_contexts_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(dir.path(), 3, "");
+    let (a, b, _) = three(&cluster);
+    add_via(a, "user:dora", "sku-1", 3).await.unwrap();
+    let peer = ReplicaServiceClient::connect(format!("http://{b}")).await.unwrap();
+    let read = |known_context: Vec<u8>| {
+        let mut request = tonic::Request::new(ReadRequest {
+            cart_id: "user:dora".into(),
+            known_context,
+        });
+        request
+            .metadata_mut()
+            .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+        let mut peer = peer.clone();
+        async move { peer.read(request).await.unwrap().into_inner() }
+    };
+    let full = read(Vec::new()).await;
+    assert!(!full.unchanged && !full.state.is_empty());
+    let cart = cart_crdt::codec::decode(&full.state).unwrap();
+    let context = cart_crdt::codec::encode_context(cart.context()).unwrap();
+    let same = read(context.clone()).await;
+    assert!(same.unchanged, "same context must be answered as unchanged");
+    assert!(same.state.is_empty(), "an unchanged answer carries no cart");
+    // After one more write the old context is stale: the whole cart comes back.
+    add_via(a, "user:dora", "sku-2", 3).await.unwrap();
+    let stale = read(context).await;
+    assert!(!stale.unchanged);
+    let newer = cart_crdt::codec::decode(&stale.state).unwrap();
+    assert!(newer.covers(&cart) && !cart.covers(&newer));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
