@@ -40,8 +40,10 @@ pub struct SavedView {
 /// The entries of one line folded into quantity and winning snapshot.
 #[derive(Default)]
 pub(crate) struct LineAcc<'a> {
-    /// Each node's latest running total (by dot, should there briefly be two).
-    totals: BTreeMap<Actor, (&'a Dot, i64)>,
+    /// Each node's latest running total (by dot, should there briefly be two). A few nodes
+    /// write a line, so a vector searched linearly beats a map (this runs for every line of
+    /// every reply).
+    totals: Vec<(Actor, &'a Dot, i64)>,
     resets: Vec<(u64, &'a BTreeMap<Actor, i64>, u64)>,
     snapshot: Option<(&'a Dot, &'a ItemSnapshot)>,
 }
@@ -57,12 +59,11 @@ impl<'a> LineAcc<'a> {
 
     fn push(&mut self, e: &'a LineEntry) {
         match &e.kind {
-            LineKind::Total(t) => {
-                let slot = self.totals.entry(e.dot.actor).or_insert((&e.dot, *t));
-                if newer(&e.dot, slot.0) {
-                    *slot = (&e.dot, *t);
-                }
-            }
+            LineKind::Total(t) => match self.totals.iter_mut().find(|(a, _, _)| *a == e.dot.actor) {
+                Some(slot) if newer(&e.dot, slot.1) => *slot = (e.dot.actor, &e.dot, *t),
+                Some(_) => {}
+                None => self.totals.push((e.dot.actor, &e.dot, *t)),
+            },
             LineKind::Reset { value, base, at_ms } => self.resets.push((*value, base, *at_ms)),
             LineKind::Snapshot(s) => {
                 if self.snapshot.is_none_or(|(dot, _)| newer(&e.dot, dot)) {
@@ -74,7 +75,7 @@ impl<'a> LineAcc<'a> {
 
     /// Each node's running total.
     pub(crate) fn totals(&self) -> BTreeMap<Actor, i64> {
-        self.totals.iter().map(|(a, (_, t))| (*a, *t)).collect()
+        self.totals.iter().map(|(a, _, t)| (*a, *t)).collect()
     }
 
     /// `max over resets of (value + growth of totals since its base)`, or the sum of totals when
@@ -83,7 +84,7 @@ impl<'a> LineAcc<'a> {
         let since = |base: Option<&BTreeMap<Actor, i64>>| -> i64 {
             self.totals
                 .iter()
-                .map(|(a, (_, t))| t.saturating_sub(base.and_then(|b| b.get(a).copied()).unwrap_or(0)))
+                .map(|(a, _, t)| t.saturating_sub(base.and_then(|b| b.get(a).copied()).unwrap_or(0)))
                 .fold(0i64, i64::saturating_add)
         };
         self.resets
