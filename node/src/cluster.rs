@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use cart_crdt::CartId;
 use cart_proto::replica_pb::replica_service_client::ReplicaServiceClient;
-use cart_proto::replica_pb::{PingRequest, ReplicateBatchRequest, ReplicateRequest};
+use cart_proto::replica_pb::{
+    ItemResult, PingRequest, ReadBatchRequest, ReadReply, ReadRequest, ReadResult, ReplicateBatchRequest,
+    ReplicateRequest,
+};
 use cart_proto::SECRET_HEADER;
 use cart_ring::{Member, Ring};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -45,39 +48,54 @@ pub fn tcp_connect() -> Connect {
     Arc::new(|endpoint: Endpoint| endpoint.connect_lazy())
 }
 
-/// Replicate requests sent to one peer in one `ReplicateBatch` call at most.
-pub const REPLICATE_BATCH_MAX: usize = 256;
-/// `ReplicateBatch` calls in flight to one peer at most; requests queue meanwhile (and so batch).
-pub const REPLICATE_BATCHES_IN_FLIGHT: usize = 4;
-/// Replicate requests waiting for one peer at most; beyond, senders wait (back-pressure).
-pub const REPLICATE_QUEUE_MAX: usize = 4096;
+/// Requests sent to one peer in one `ReplicateBatch` or `ReadBatch` call at most.
+pub const BATCH_MAX: usize = 256;
+/// Batch calls of one kind in flight to one peer at most; requests queue meanwhile (and so
+/// batch).
+pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Requests of one kind waiting for one peer at most; beyond, senders wait (back-pressure).
+pub const BATCH_QUEUE_MAX: usize = 4096;
 
 /// One other node.
 pub struct Peer {
     pub member: Member,
     client: PeerClient,
-    batcher: mpsc::Sender<BatchItem>,
+    replicates: mpsc::Sender<BatchItem<ReplicateRequest, ()>>,
+    reads: mpsc::Sender<BatchItem<ReadRequest, ReadReply>>,
     up: AtomicBool,
     failures: AtomicU32,
 }
 
-struct BatchItem {
-    request: ReplicateRequest,
-    done: oneshot::Sender<Result<(), Status>>,
+/// One request waiting in a peer's batcher, and where its own outcome goes.
+struct BatchItem<Req, Out> {
+    request: Req,
+    done: oneshot::Sender<Result<Out, Status>>,
+}
+
+/// Queues a request on a batcher and waits for its outcome.
+async fn batched<Req, Out>(queue: &mpsc::Sender<BatchItem<Req, Out>>, request: Req) -> Result<Out, Status> {
+    let (done, result) = oneshot::channel();
+    queue
+        .send(BatchItem { request, done })
+        .await
+        .map_err(|_| Status::unavailable("batch queue closed"))?;
+    result.await.map_err(|_| Status::unavailable("batch dropped"))?
+}
+
+fn item_status(code: i32, message: &str) -> Status {
+    Status::new(Code::from_i32(code), message.to_owned())
 }
 
 impl Peer {
     /// Replicates one cart state through this peer's batcher: requests queued while earlier
     /// batches are in flight go together in one call and one flush on the peer.
     pub async fn replicate(&self, request: ReplicateRequest) -> Result<(), Status> {
-        let (done, result) = oneshot::channel();
-        self.batcher
-            .send(BatchItem { request, done })
-            .await
-            .map_err(|_| Status::unavailable("replication queue closed"))?;
-        result
-            .await
-            .map_err(|_| Status::unavailable("replication batch dropped"))?
+        batched(&self.replicates, request).await
+    }
+
+    /// Reads one cart through this peer's read batcher (one call for what queued meanwhile).
+    pub async fn read(&self, request: ReadRequest) -> Result<ReadReply, Status> {
+        batched(&self.reads, request).await
     }
 
     /// A client for one call (cheap clone of the shared channel).
@@ -142,12 +160,20 @@ impl Cluster {
             let client = ReplicaServiceClient::with_interceptor(channel, SecretInterceptor(secret.clone()))
                 .max_decoding_message_size(config.limits.max_message_bytes * 4)
                 .max_encoding_message_size(config.limits.max_message_bytes * 4);
-            let (batcher, queue) = mpsc::channel(REPLICATE_QUEUE_MAX);
-            tokio::spawn(run_batcher(client.clone(), queue, cluster.peer_timeout));
+            let (replicates, queue) = mpsc::channel(BATCH_QUEUE_MAX);
+            tokio::spawn(run_batcher(
+                client.clone(),
+                queue,
+                cluster.peer_timeout,
+                replicate_batch,
+            ));
+            let (reads, queue) = mpsc::channel(BATCH_QUEUE_MAX);
+            tokio::spawn(run_batcher(client.clone(), queue, cluster.peer_timeout, read_batch));
             let peer = Peer {
                 member: member.clone(),
                 client,
-                batcher,
+                replicates,
+                reads,
                 up: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
             };
@@ -313,35 +339,77 @@ impl Cluster {
     }
 }
 
-/// Sends queued Replicate requests to one peer in batches until the queue closes.
-async fn run_batcher(client: PeerClient, mut queue: mpsc::Receiver<BatchItem>, timeout: Duration) {
-    let permits = Arc::new(Semaphore::new(REPLICATE_BATCHES_IN_FLIGHT));
+/// One `ReplicateBatch` call: an outcome per item, in order.
+async fn replicate_batch(mut client: PeerClient, request: Request<Vec<ReplicateRequest>>) -> BatchOutcomes<()> {
+    let (metadata, extensions, items) = request.into_parts();
+    let request = Request::from_parts(metadata, extensions, ReplicateBatchRequest { items });
+    let results = client.replicate_batch(request).await?.into_inner().results;
+    Ok(results
+        .into_iter()
+        .map(|ItemResult { code, message }| {
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(item_status(code, &message))
+            }
+        })
+        .collect())
+}
+
+/// One `ReadBatch` call: an outcome per item, in order.
+async fn read_batch(mut client: PeerClient, request: Request<Vec<ReadRequest>>) -> BatchOutcomes<ReadReply> {
+    let (metadata, extensions, items) = request.into_parts();
+    let request = Request::from_parts(metadata, extensions, ReadBatchRequest { items });
+    let results = client.read_batch(request).await?.into_inner().results;
+    Ok(results
+        .into_iter()
+        .map(|ReadResult { code, message, reply }| match (code, reply) {
+            (0, Some(reply)) => Ok(reply),
+            (0, None) => Err(Status::internal("the peer sent a read result without a reply")),
+            (code, _) => Err(item_status(code, &message)),
+        })
+        .collect())
+}
+
+type BatchOutcomes<Out> = Result<Vec<Result<Out, Status>>, Status>;
+
+/// Sends queued requests to one peer in batches (at most [`BATCHES_IN_FLIGHT`] calls at once)
+/// until the queue closes; each waiter gets its own item's outcome.
+async fn run_batcher<Req, Out, F, Fut>(
+    client: PeerClient,
+    mut queue: mpsc::Receiver<BatchItem<Req, Out>>,
+    timeout: Duration,
+    call: F,
+) where
+    Req: Send + 'static,
+    Out: Send + 'static,
+    F: Fn(PeerClient, Request<Vec<Req>>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = BatchOutcomes<Out>> + Send,
+{
+    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut items = Vec::new();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        if queue.recv_many(&mut items, REPLICATE_BATCH_MAX).await == 0 {
+        if queue.recv_many(&mut items, BATCH_MAX).await == 0 {
             return;
         }
-        let (requests, waiters): (Vec<ReplicateRequest>, Vec<_>) = items.drain(..).map(|i| (i.request, i.done)).unzip();
-        let mut client = client.clone();
+        let (requests, waiters): (Vec<Req>, Vec<_>) = items.drain(..).map(|i| (i.request, i.done)).unzip();
+        let client = client.clone();
         tokio::spawn(async move {
-            let mut request = Request::new(ReplicateBatchRequest { items: requests });
+            let mut request = Request::new(requests);
             request.set_timeout(timeout);
-            let call = tokio::time::timeout(timeout, client.replicate_batch(request));
-            match call
+            let outcome = tokio::time::timeout(timeout, call(client, request))
                 .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("replicate batch timed out")))
-            {
-                Ok(reply) => {
-                    let results = reply.into_inner().results;
-                    for (i, waiter) in waiters.into_iter().enumerate() {
-                        let outcome = match results.get(i) {
-                            Some(r) if r.code == 0 => Ok(()),
-                            Some(r) => Err(Status::new(Code::from_i32(r.code), r.message.clone())),
-                            None => Err(Status::internal("the peer sent fewer results than items")),
-                        };
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("batch call timed out")));
+            match outcome {
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    for waiter in waiters {
+                        let outcome = results
+                            .next()
+                            .unwrap_or_else(|| Err(Status::internal("the peer sent fewer results than items")));
                         let _ = waiter.send(outcome);
                     }
                 }

@@ -7,8 +7,8 @@ use cart_crdt::{codec, CartId};
 use cart_proto::replica_pb::replica_service_server::ReplicaService;
 use cart_proto::replica_pb::{
     BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest, ItemResult,
-    KeyHash, PingReply, PingRequest, ReadReply, ReadRequest, ReplicateBatchReply, ReplicateBatchRequest,
-    ReplicateReply, ReplicateRequest,
+    KeyHash, PingReply, PingRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReadResult,
+    ReplicateBatchReply, ReplicateBatchRequest, ReplicateReply, ReplicateRequest,
 };
 use cart_proto::{CartRequest, Consistency, SECRET_HEADER};
 use tonic::{Request, Response, Status};
@@ -40,6 +40,28 @@ impl ReplicaApi {
             .into());
         }
         Ok(())
+    }
+
+    /// This node's state of one cart (replica merged with hints), or `unchanged` when its
+    /// context is the one the coordinator already holds (a digest read).
+    fn read_one(&self, req: ReadRequest) -> Result<ReadReply, Status> {
+        let id = self.cart_id(&req.cart_id)?;
+        let encoding = |e| Status::from(NodeError::from(e));
+        let Some(cart) = self.coordinator.store.read_with_hints(&id)? else {
+            return Ok(ReadReply::default());
+        };
+        if !req.known_context.is_empty()
+            && codec::encode_context(cart.context()).map_err(encoding)? == req.known_context
+        {
+            return Ok(ReadReply {
+                state: Vec::new(),
+                unchanged: true,
+            });
+        }
+        Ok(ReadReply {
+            state: codec::encode(&cart).map_err(encoding)?,
+            unchanged: false,
+        })
     }
 
     fn cart_id(&self, raw: &str) -> Result<CartId, Status> {
@@ -107,25 +129,28 @@ impl ReplicaService for ReplicaApi {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
-        let req = request.into_inner();
-        let id = self.cart_id(&req.cart_id)?;
-        let encoding = |e| Status::from(NodeError::from(e));
-        let Some(cart) = self.coordinator.store.read_with_hints(&id)? else {
-            return Ok(Response::new(ReadReply::default()));
-        };
-        // Digest read: the same context means the same cart; no need to ship it.
-        if !req.known_context.is_empty()
-            && codec::encode_context(cart.context()).map_err(encoding)? == req.known_context
-        {
-            return Ok(Response::new(ReadReply {
-                state: Vec::new(),
-                unchanged: true,
-            }));
-        }
-        Ok(Response::new(ReadReply {
-            state: codec::encode(&cart).map_err(encoding)?,
-            unchanged: false,
-        }))
+        Ok(Response::new(self.read_one(request.into_inner())?))
+    }
+
+    async fn read_batch(&self, request: Request<ReadBatchRequest>) -> Result<Response<ReadBatchReply>, Status> {
+        let results = request
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|item| match self.read_one(item) {
+                Ok(reply) => ReadResult {
+                    code: 0,
+                    message: String::new(),
+                    reply: Some(reply),
+                },
+                Err(status) => ReadResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    reply: None,
+                },
+            })
+            .collect();
+        Ok(Response::new(ReadBatchReply { results }))
     }
 
     async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateReply>, Status> {
