@@ -1,7 +1,8 @@
 //! Anti-entropy: converging replicas that hints missed, without any read of the carts.
 //!
 //! Every `anti_entropy_interval`, a node picks the next peer that is up and compares, for the carts
-//! both replicate, a digest of [`BUCKETS`] buckets (XOR of `hash(cart id, canonical state)`).
+//! both replicate, a digest of [`BUCKETS`] buckets (XOR of `hash(cart id, cart context)`; equal
+//! contexts mean equal carts).
 //! For buckets that differ it fetches the peer's `(cart id, hash)` list, and for each cart that
 //! differs (at most `anti_entropy_keys_per_round`) pulls the peer's state, merges it locally and
 //! pushes the merge back. Digests are computed by scanning the local replicas: O(carts) per round,
@@ -46,16 +47,18 @@ fn for_shared(coordinator: &Coordinator, peer: &str, mut f: impl FnMut(String, u
         let page = coordinator.store.scan_carts(after.as_deref(), SCAN_PAGE)?;
         let Some((last, _)) = page.last() else { return Ok(()) };
         after = Some(last.clone());
-        for (key, value) in page {
+        for (key, _) in page {
             let owners = cluster.ring.preference_list(&key, cluster.config.n);
             let shared =
                 owners.iter().any(|m| m.node_id == peer) && owners.iter().any(|m| m.node_id == cluster.self_id);
             if shared {
-                // Stored bytes are in map order: hash the canonical encoding so equal carts agree.
-                let canonical = cart_crdt::codec::encode(&cart_crdt::codec::decode(&value)?)?;
-                let bucket = bucket_of(&key);
-                let h = hash(&[&key, &canonical]);
-                f(String::from_utf8_lossy(&key).into_owned(), bucket, h);
+                // The stored base may lag its deltas: hash the current cart's context (equal
+                // contexts mean equal carts, and it is a few bytes where the cart is kilobytes).
+                let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), coordinator.store.limits()) else {
+                    continue;
+                };
+                let context = cart_crdt::codec::encode_context(coordinator.store.read(&id)?.context())?;
+                f(id.to_string(), bucket_of(&key), hash(&[&key, &context]));
             }
         }
     }

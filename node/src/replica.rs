@@ -32,7 +32,7 @@ impl ReplicaApi {
         let cart = codec::decode(&req.state).map_err(bad_state)?;
         let store = &self.coordinator.store;
         if req.hint_for.is_empty() {
-            store.merge_unflushed(&id, cart)?;
+            store.merge_unflushed(&id, cart, Some(&req.state))?;
         } else if !store.add_hint_unflushed(&req.hint_for, &id, cart, self.coordinator.cluster.config.hints_max)? {
             return Err(NodeError::HintsFull {
                 limit: self.coordinator.cluster.config.hints_max,

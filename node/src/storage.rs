@@ -23,8 +23,11 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 /// The separate keyspaces a node keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tree {
-    /// Cart id → encoded cart.
+    /// Cart id → encoded cart (the base state; see `Deltas`).
     Carts,
+    /// `cart id \0 seq` (u32, big-endian) → encoded delta written after the cart's base. A cart
+    /// is its base merged with its deltas.
+    Deltas,
     /// Node-local facts (the actor id).
     Meta,
     /// `owner \0 cart id` → encoded cart held for a down owner (hinted handoff).
@@ -35,6 +38,7 @@ impl Tree {
     fn name(self) -> &'static str {
         match self {
             Tree::Carts => "carts",
+            Tree::Deltas => "deltas",
             Tree::Meta => "meta",
             Tree::Hints => "hints",
         }
@@ -60,6 +64,8 @@ impl StorageError {
 pub trait Storage: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
+    /// Deletes `key` (absent is fine).
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), StorageError>;
     /// Deletes `key` only if it still holds `expected`; returns whether it did.
     fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError>;
     /// Up to `limit` entries with keys starting with `prefix` and greater than `after`, in key order.
@@ -78,6 +84,7 @@ pub trait Storage: Send + Sync + 'static {
 pub struct SledStorage {
     db: sled::Db,
     carts: sled::Tree,
+    deltas: sled::Tree,
     meta: sled::Tree,
     hints: sled::Tree,
 }
@@ -93,6 +100,7 @@ impl SledStorage {
         let open_tree = |t: Tree| db.open_tree(t.name()).map_err(|e| StorageError::new("open", e));
         Ok(SledStorage {
             carts: open_tree(Tree::Carts)?,
+            deltas: open_tree(Tree::Deltas)?,
             meta: open_tree(Tree::Meta)?,
             hints: open_tree(Tree::Hints)?,
             db,
@@ -102,6 +110,7 @@ impl SledStorage {
     fn tree(&self, tree: Tree) -> &sled::Tree {
         match tree {
             Tree::Carts => &self.carts,
+            Tree::Deltas => &self.deltas,
             Tree::Meta => &self.meta,
             Tree::Hints => &self.hints,
         }
@@ -118,6 +127,13 @@ impl Storage for SledStorage {
         self.tree(tree)
             .insert(key, value)
             .map_err(|e| StorageError::new("put", e))?;
+        Ok(())
+    }
+
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), StorageError> {
+        self.tree(tree)
+            .remove(key)
+            .map_err(|e| StorageError::new("delete", e))?;
         Ok(())
     }
 
@@ -187,6 +203,11 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), StorageError> {
+        self.map()?.remove(&(tree, key.to_vec()));
+        Ok(())
+    }
+
     fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError> {
         let mut map = self.map()?;
         let k = (tree, key.to_vec());
@@ -245,6 +266,9 @@ mod tests {
         assert!(!s.delete_if(Tree::Hints, b"a\0x", b"other").unwrap());
         assert!(s.delete_if(Tree::Hints, b"a\0x", b"a\0x").unwrap());
         assert_eq!(s.get(Tree::Hints, b"a\0x").unwrap(), None);
+        s.delete(Tree::Hints, b"a\0y").unwrap();
+        s.delete(Tree::Hints, b"absent").unwrap();
+        assert_eq!(keys(None, 10), ["a\0z"]);
     }
 
     #[test]

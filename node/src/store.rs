@@ -1,5 +1,12 @@
 //! Local cart storage with per-key serialised read-modify-write and group-committed durability:
-//! the node's own replicas (`carts` tree) and the hints it holds for down owners (`hints` tree).
+//! the node's own replicas (`carts` and `deltas` trees) and the hints it holds for down owners
+//! (`hints` tree).
+//!
+//! A replica is stored as a *base* (the whole cart) plus the *deltas* written after it: a write
+//! stores only its delta (a few hundred bytes, not the whole cart), and every
+//! [`DELTAS_PER_BASE`]th write stores the whole cart again and drops the deltas. Loading merges
+//! base and deltas; merging is idempotent, so a crash between storing a base and dropping the
+//! deltas it covers loses nothing and double-counts nothing.
 //!
 //! Write path: take the key's lock → load → apply the op (pure, in `cart-crdt`) → put → release →
 //! wait for a group-commit flush → answer. The lock covers only the read-modify-write (so two ops
@@ -38,6 +45,29 @@ const CLEAN_SHUTDOWN_KEY: &[u8] = b"clean-shutdown";
 /// request. Entries are replaced under the cart's lock whenever the stored cart changes.
 pub const CART_CACHE_ENTRIES: usize = 4096;
 
+/// Deltas stored after a cart's base at most; the next write stores the whole cart again.
+pub const DELTAS_PER_BASE: u32 = 16;
+
+/// A replicated state bigger than this is stored as a new base rather than as a delta.
+pub const DELTA_BYTES_MAX: usize = 2048;
+
+/// A cart as held in memory, with where its stored form stands.
+#[derive(Clone)]
+struct Held {
+    cart: Arc<Cart>,
+    stored: Stored,
+}
+
+/// Where a cart's stored form stands.
+#[derive(Clone, Copy)]
+struct Stored {
+    /// Whether a base is stored (a cart's first write stores one, so the `carts` tree lists every
+    /// cart this node holds).
+    based: bool,
+    /// The highest delta sequence number stored after the base (0: none).
+    last_seq: u32,
+}
+
 /// A cart and its (canonical) encoding as stored and shipped.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -73,7 +103,7 @@ pub struct CartStore {
     write_permits: Semaphore,
     max_inflight_writes: usize,
     hints: HintCounts,
-    cache: quick_cache::sync::Cache<CartId, Arc<Cart>>,
+    cache: quick_cache::sync::Cache<CartId, Held>,
 }
 
 impl CartStore {
@@ -113,11 +143,11 @@ impl CartStore {
 
     /// This node's replica (an absent cart is empty).
     pub fn read(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
-        if let Some(cart) = self.cache.get(id) {
-            return Ok(cart);
+        if let Some(held) = self.cache.get(id) {
+            return Ok(held.cart);
         }
         let _guard = self.lock(id);
-        self.replica_locked(id)
+        Ok(self.held_locked(id)?.cart)
     }
 
     /// This node's replica merged with every hint it holds for the cart; `None` if it holds
@@ -145,23 +175,85 @@ impl CartStore {
     }
 
     /// The replica to modify, owned: taken out of the cache (no copy unless a reader still holds
-    /// it) or loaded. The caller holds the cart's lock and puts the result back, or the cache
-    /// simply misses next time.
-    fn take_replica_locked(&self, id: &CartId) -> Result<Cart, NodeError> {
-        match self.cache.remove(id) {
-            Some((_, cart)) => Ok(Arc::try_unwrap(cart).unwrap_or_else(|shared| (*shared).clone())),
-            None => self.load(Tree::Carts, id.as_str().as_bytes()),
-        }
+    /// it) or loaded. The caller holds the cart's lock and stores the result with
+    /// [`CartStore::store_locked`], or the cache simply misses next time.
+    fn take_locked(&self, id: &CartId) -> Result<(Cart, Stored), NodeError> {
+        let Held { cart, stored } = match self.cache.remove(id) {
+            Some((_, held)) => held,
+            None => self.load(id)?,
+        };
+        Ok((Arc::try_unwrap(cart).unwrap_or_else(|shared| (*shared).clone()), stored))
     }
 
     /// The replica, from the cache or storage (caller holds the cart's lock, so a miss cannot
     /// race a writer and cache a stale cart).
-    fn replica_locked(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
-        if let Some(cart) = self.cache.get(id) {
-            return Ok(cart);
+    fn held_locked(&self, id: &CartId) -> Result<Held, NodeError> {
+        if let Some(held) = self.cache.get(id) {
+            return Ok(held);
         }
-        let cart = Arc::new(self.load(Tree::Carts, id.as_str().as_bytes())?);
-        self.cache.insert(id.clone(), cart.clone());
+        let held = self.load(id)?;
+        self.cache.insert(id.clone(), held.clone());
+        Ok(held)
+    }
+
+    /// Base merged with every delta stored after it.
+    fn load(&self, id: &CartId) -> Result<Held, NodeError> {
+        let base = self.storage.get(Tree::Carts, id.as_str().as_bytes())?;
+        let based = base.is_some();
+        let mut cart = match base {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => Cart::default(),
+        };
+        let prefix = delta_prefix(id);
+        let mut last_seq = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.storage.scan(Tree::Deltas, &prefix, after.as_deref(), 64)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, bytes) in page {
+                cart.merge(codec::decode(&bytes)?);
+                last_seq = last_seq.max(delta_seq(&key));
+            }
+        }
+        Ok(Held {
+            cart: Arc::new(cart),
+            stored: Stored { based, last_seq },
+        })
+    }
+
+    /// Stores a changed replica (caller holds the cart's lock): as one more delta when `delta`
+    /// holds its encoding and there is room, else as a new base that replaces the deltas.
+    fn store_locked(&self, id: &CartId, cart: Cart, was: Stored, delta: Option<&[u8]>) -> Result<Arc<Cart>, NodeError> {
+        let stored = match delta {
+            Some(delta) if was.based && was.last_seq < DELTAS_PER_BASE && delta.len() <= DELTA_BYTES_MAX => {
+                let seq = was.last_seq + 1;
+                self.put(Tree::Deltas, &delta_key(id, seq), delta)?;
+                Stored {
+                    based: true,
+                    last_seq: seq,
+                }
+            }
+            _ => {
+                self.put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
+                // After the base: a crash in between leaves deltas the base already holds.
+                for seq in 1..=was.last_seq {
+                    self.storage.delete(Tree::Deltas, &delta_key(id, seq))?;
+                }
+                Stored {
+                    based: true,
+                    last_seq: 0,
+                }
+            }
+        };
+        let cart = Arc::new(cart);
+        self.cache.insert(
+            id.clone(),
+            Held {
+                cart: cart.clone(),
+                stored,
+            },
+        );
         Ok(cart)
     }
 
@@ -171,19 +263,24 @@ impl CartStore {
         let _permit = self.write_permit()?;
         let written = {
             let _guard = self.lock(id);
-            let mut cart = self.take_replica_locked(id)?;
+            let (mut cart, stored) = self.take_locked(id)?;
             let ctx = WriteCtx {
                 actor: self.actor,
                 now_ms: self.clock.now_ms(),
                 limits: &self.limits,
             };
-            let delta = cart.apply(&ctx, op)?;
+            let delta = match cart.apply(&ctx, op) {
+                Ok(delta) => delta,
+                Err(refused) => {
+                    // A refused op changed nothing: the cart goes back to the cache as it was.
+                    let cart = Arc::new(cart);
+                    self.cache.insert(id.clone(), Held { cart, stored });
+                    return Err(refused.into());
+                }
+            };
             let delta = Arc::new(codec::encode(delta.as_cart())?);
-            let encoded = Encoded::new(cart)?;
-            self.put(Tree::Carts, id.as_str().as_bytes(), &encoded.bytes)?;
-            self.cache.insert(id.clone(), encoded.cart.clone());
             Written {
-                cart: encoded.cart,
+                cart: self.store_locked(id, cart, stored, Some(&delta))?,
                 delta,
             }
         };
@@ -194,28 +291,32 @@ impl CartStore {
     /// Merges a replica's state into this node's replica; durable on return. Returns the merged
     /// state and whether it changed anything here.
     pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Arc<Cart>, bool), NodeError> {
-        let merged = self.merge_unflushed(id, incoming)?;
+        let merged = self.merge_unflushed(id, incoming, None)?;
         // Even when nothing changed here, what is stored may still await its flush.
         self.commit.durable().await?;
         Ok(merged)
     }
 
     /// [`CartStore::merge`] without waiting for the flush: the caller must call
-    /// [`CartStore::durable`] before acknowledging (one flush for a whole batch).
-    pub fn merge_unflushed(&self, id: &CartId, incoming: Cart) -> Result<(Arc<Cart>, bool), NodeError> {
+    /// [`CartStore::durable`] before acknowledging (one flush for a whole batch). `encoded` is
+    /// `incoming`'s encoding when the caller has it (a replicated delta): small ones are stored
+    /// as they came, as a delta.
+    pub fn merge_unflushed(
+        &self,
+        id: &CartId,
+        incoming: Cart,
+        encoded: Option<&[u8]>,
+    ) -> Result<(Arc<Cart>, bool), NodeError> {
         let _permit = self.write_permit()?;
         let _guard = self.lock(id);
-        let current = self.replica_locked(id)?;
-        if current.covers(&incoming) {
-            return Ok((current, false)); // seen it all already (a repeat, or an older state)
+        let current = self.held_locked(id)?;
+        if current.cart.covers(&incoming) {
+            return Ok((current.cart, false)); // seen it all already (a repeat, or an older state)
         }
         drop(current);
-        let mut cart = self.take_replica_locked(id)?;
+        let (mut cart, stored) = self.take_locked(id)?;
         cart.merge(incoming);
-        let merged = Encoded::new(cart)?;
-        self.put(Tree::Carts, id.as_str().as_bytes(), &merged.bytes)?;
-        self.cache.insert(id.clone(), merged.cart.clone());
-        Ok((merged.cart, true))
+        Ok((self.store_locked(id, cart, stored, encoded)?, true))
     }
 
     /// Returns once everything stored so far is durable.
@@ -329,7 +430,7 @@ impl CartStore {
 
     /// Merges `incoming` into the hint stored at `key` (caller holds the cart's lock).
     fn merge_hint(&self, key: &[u8], incoming: Cart) -> Result<(), NodeError> {
-        let mut cart = self.load(Tree::Hints, key)?;
+        let mut cart = self.load_hint(Tree::Hints, key)?;
         cart.merge(incoming);
         self.put(Tree::Hints, key, &codec::encode(&cart)?)
     }
@@ -347,7 +448,7 @@ impl CartStore {
         })
     }
 
-    fn load(&self, tree: Tree, key: &[u8]) -> Result<Cart, NodeError> {
+    fn load_hint(&self, tree: Tree, key: &[u8]) -> Result<Cart, NodeError> {
         match self.storage.get(tree, key)? {
             Some(bytes) => Ok(codec::decode(&bytes)?),
             None => Ok(Cart::default()),
@@ -362,6 +463,26 @@ impl CartStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn delta_prefix(id: &CartId) -> Vec<u8> {
+    let mut k = id.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn delta_key(id: &CartId, seq: u32) -> Vec<u8> {
+    let mut k = delta_prefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number at the end of a delta key (0 for a malformed key).
+fn delta_seq(key: &[u8]) -> u32 {
+    key.len()
+        .checked_sub(4)
+        .and_then(|at| key[at..].try_into().ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 fn hint_prefix(owner: &str) -> Vec<u8> {
@@ -455,4 +576,107 @@ fn incarnation(storage: &dyn Storage, fresh: u64) -> Result<Actor, NodeError> {
         storage.delete_if(Tree::Meta, CLEAN_SHUTDOWN_KEY, &marker)?;
     }
     Ok(Actor(actor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::storage::MemoryStorage;
+    use cart_crdt::validate::{self, SnapshotInput};
+    use cart_crdt::ProductId;
+
+    async fn open(storage: &Arc<MemoryStorage>, actor: u64) -> CartStore {
+        CartStore::open(storage.clone(), Arc::new(SystemClock), Limits::DEFAULT, 64, actor)
+            .await
+            .unwrap()
+    }
+
+    fn add(product: &str) -> CartOp {
+        let limits = Limits::DEFAULT;
+        CartOp::AddItem {
+            product_id: ProductId::parse(product, &limits).unwrap(),
+            quantity: 1,
+            snapshot: validate::snapshot(
+                SnapshotInput {
+                    name: format!("Item {product}"),
+                    unit_price_minor: 100,
+                    currency: "EUR".into(),
+                    image_url: String::new(),
+                    attributes: Default::default(),
+                },
+                &limits,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn stored(storage: &MemoryStorage, tree: Tree) -> usize {
+        storage.scan(tree, b"", None, usize::MAX).unwrap().len()
+    }
+
+    /// Writes store deltas after a base, at most `DELTAS_PER_BASE` of them, and a store opened
+    /// afresh on the same storage (no cache) reads the same cart as the one that wrote it.
+    #[tokio::test]
+    async fn a_cart_is_its_base_plus_a_bounded_number_of_deltas() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 7).await;
+        let id = CartId::parse("user:deltas", &Limits::DEFAULT).unwrap();
+        for i in 0..(2 * DELTAS_PER_BASE + 5) {
+            store.write(&id, &add(&format!("sku-{}", i % 7))).await.unwrap();
+            assert!(stored(&storage, Tree::Deltas) <= DELTAS_PER_BASE as usize);
+            assert_eq!(stored(&storage, Tree::Carts), 1, "the first write stores a base");
+        }
+        assert!(stored(&storage, Tree::Deltas) > 0, "recent writes are deltas");
+        let written = store.read(&id).unwrap();
+        store.close(std::time::Duration::from_secs(1)).await.unwrap();
+        let reopened = open(&storage, 8).await;
+        assert_eq!(*reopened.read(&id).unwrap(), *written);
+    }
+
+    /// Deltas the base already holds (a crash between storing a base and dropping its deltas)
+    /// change nothing when merged again.
+    #[tokio::test]
+    async fn leftover_deltas_merge_idempotently() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 7).await;
+        let id = CartId::parse("user:leftover", &Limits::DEFAULT).unwrap();
+        // The first write stores the base, the next ones fill the deltas.
+        for i in 0..=DELTAS_PER_BASE {
+            store.write(&id, &add(&format!("sku-{i}"))).await.unwrap();
+        }
+        let leftovers = storage.scan(Tree::Deltas, b"", None, usize::MAX).unwrap();
+        assert_eq!(leftovers.len(), DELTAS_PER_BASE as usize);
+        // This write stores a new base and drops the deltas; put them back as a crash would.
+        store.write(&id, &add("sku-last")).await.unwrap();
+        assert_eq!(stored(&storage, Tree::Deltas), 0);
+        for (key, value) in &leftovers {
+            storage.put(Tree::Deltas, key, value).unwrap();
+        }
+        let written = store.read(&id).unwrap();
+        let reopened = open(&storage, 8).await;
+        assert_eq!(*reopened.read(&id).unwrap(), *written);
+    }
+
+    /// A small replicated delta is stored as it came; a big state becomes a base.
+    #[tokio::test]
+    async fn replicated_deltas_are_stored_as_received() {
+        let storage = Arc::new(MemoryStorage::default());
+        let writer = open(&Arc::new(MemoryStorage::default()), 1).await;
+        let replica = open(&storage, 2).await;
+        let id = CartId::parse("user:replica", &Limits::DEFAULT).unwrap();
+        for i in 0..3 {
+            let written = writer.write(&id, &add(&format!("sku-{i}"))).await.unwrap();
+            let delta = codec::decode(&written.delta).unwrap();
+            let (_, changed) = replica
+                .merge_unflushed(&id, delta.clone(), Some(&written.delta))
+                .unwrap();
+            assert!(changed);
+            let (_, again) = replica.merge_unflushed(&id, delta, Some(&written.delta)).unwrap();
+            assert!(!again, "a repeated delta changes nothing");
+        }
+        assert_eq!(stored(&storage, Tree::Carts), 1);
+        assert_eq!(stored(&storage, Tree::Deltas), 2);
+        assert_eq!(*replica.read(&id).unwrap(), *writer.read(&id).unwrap());
+    }
 }
