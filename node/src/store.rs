@@ -198,27 +198,10 @@ impl CartStore {
 
     /// Base merged with every delta stored after it.
     fn load(&self, id: &CartId) -> Result<Held, NodeError> {
-        let base = self.storage.get(Tree::Carts, id.as_str().as_bytes())?;
-        let based = base.is_some();
-        let mut cart = match base {
-            Some(bytes) => codec::decode(&bytes)?,
-            None => Cart::default(),
-        };
-        let prefix = delta_prefix(id);
-        let mut last_seq = 0;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.storage.scan(Tree::Deltas, &prefix, after.as_deref(), 64)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (key, bytes) in page {
-                cart.merge(codec::decode(&bytes)?);
-                last_seq = last_seq.max(delta_seq(&key));
-            }
-        }
+        let (cart, stored) = load_stored(self.storage.as_ref(), id.as_str())?;
         Ok(Held {
-            cart: Arc::new(cart),
-            stored: Stored { based, last_seq },
+            cart: Arc::new(cart.unwrap_or_default()),
+            stored,
         })
     }
 
@@ -465,14 +448,43 @@ impl CartStore {
     }
 }
 
-fn delta_prefix(id: &CartId) -> Vec<u8> {
-    let mut k = id.as_str().as_bytes().to_vec();
+/// A replica as stored: its base merged with every delta stored after it (`None` when nothing is
+/// stored), and where the stored form stands. Checkers read replicas straight from storage
+/// with this too.
+pub fn read_stored(storage: &dyn Storage, cart_id: &str) -> Result<Option<Cart>, NodeError> {
+    Ok(load_stored(storage, cart_id)?.0)
+}
+
+fn load_stored(storage: &dyn Storage, cart_id: &str) -> Result<(Option<Cart>, Stored), NodeError> {
+    let base = storage.get(Tree::Carts, cart_id.as_bytes())?;
+    let based = base.is_some();
+    let mut cart = match base {
+        Some(bytes) => Some(codec::decode(&bytes)?),
+        None => None,
+    };
+    let prefix = delta_prefix(cart_id);
+    let mut last_seq = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = storage.scan(Tree::Deltas, &prefix, after.as_deref(), 64)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (key, bytes) in page {
+            cart.get_or_insert_with(Cart::default).merge(codec::decode(&bytes)?);
+            last_seq = last_seq.max(delta_seq(&key));
+        }
+    }
+    Ok((cart, Stored { based, last_seq }))
+}
+
+fn delta_prefix(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
     k.push(0);
     k
 }
 
 fn delta_key(id: &CartId, seq: u32) -> Vec<u8> {
-    let mut k = delta_prefix(id);
+    let mut k = delta_prefix(id.as_str());
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use cart_client::{CartClient, ClientError, ClientOptions};
 use cart_node::config::ConfigError;
-use cart_node::storage::{MemoryStorage, Storage, StorageError, Tree};
+use cart_node::storage::{MemoryStorage, StorageError};
 use cart_node::{Node, NodeConfig};
 use thiserror::Error;
 
@@ -333,17 +333,6 @@ impl SimCluster {
         }
     }
 
-    /// The bytes `host` stores for `cart_id` (its replica, not hints), as written: map order.
-    pub fn stored_cart(&self, host: &str, cart_id: &str) -> Result<Option<Vec<u8>>, SimError> {
-        let node = self.node(host)?;
-        node.storage
-            .get(Tree::Carts, cart_id.as_bytes())
-            .map_err(|source| SimError::Storage {
-                host: host.to_owned(),
-                source,
-            })
-    }
-
     /// `host`'s replica of `cart_id` in the canonical encoding (`cart_crdt::codec::encode`):
     /// equal states give equal bytes.
     pub fn canonical_cart(&self, host: &str, cart_id: &str) -> Result<Option<Vec<u8>>, SimError> {
@@ -357,12 +346,12 @@ impl SimCluster {
 
     /// `host`'s replica of `cart_id`, decoded.
     pub fn replica(&self, host: &str, cart_id: &str) -> Result<Option<cart_crdt::Cart>, SimError> {
-        let Some(bytes) = self.stored_cart(host, cart_id)? else {
-            return Ok(None);
-        };
-        cart_crdt::codec::decode(&bytes)
-            .map(Some)
-            .map_err(|e| self.decode_error(host, cart_id, e))
+        // Base and deltas, as the node itself would load them.
+        cart_node::store::read_stored(self.node(host)?.storage.as_ref(), cart_id).map_err(|e| SimError::Decode {
+            host: host.to_owned(),
+            cart_id: cart_id.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     fn decode_error(&self, host: &str, cart_id: &str, e: cart_crdt::CartError) -> SimError {
