@@ -3,8 +3,8 @@
 //! Write: a node outside the cart's preference list forwards the operation to an owner (only
 //! owners apply operations: a CRDT actor must keep its whole causal history for a cart, which a
 //! stand-in node could not). The owner applies it locally and durably, sends the write's delta
-//! (a small cart state) to the other targets in parallel (down owners replaced by fallbacks holding a hint), and answers once
-//! W replicas (itself included) have persisted it. Stragglers finish in the background; a target
+//! (a small cart state) to the other targets in parallel (down owners replaced by fallbacks
+//! holding a hint), and answers once W replicas (itself included) have persisted it. Stragglers finish in the background; a target
 //! that fails leaves a hint here for its owner.
 //!
 //! Read: any node asks R targets (itself first), answers with the merge of R replies, and
@@ -135,8 +135,8 @@ impl Coordinator {
         Ok(written.cart)
     }
 
-    /// Sends the write's delta (a small cart state) to every other target; returns once `needed` of them
-    /// persisted it, or fails with the count when the deadline passes first.
+    /// Sends the write's delta (a small cart state) to every other target; returns once `needed`
+    /// of them persisted it, or fails with the count when the deadline passes first.
     async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
         let plan = self.cluster.plan(id);
         let taken = Taken::new(&plan.targets);
@@ -371,14 +371,13 @@ impl Coordinator {
         let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
             reason: format!("unknown peer {node}"),
         })?;
-        let mut client = peer.client();
-        let call = client.read(self.cluster.request(ReadRequest {
+        let call = peer.read(ReadRequest {
             cart_id: id.to_string(),
             known_context: known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default(),
-        }));
+        });
         let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
-        let reply = result.map_err(NodeError::Remote)?.into_inner();
+        let reply = result.map_err(NodeError::Remote)?;
         match known {
             Some(known) if reply.unchanged => return Ok(Some(known.cart)),
             _ => {}
