@@ -234,7 +234,16 @@ impl Cart {
         fn sorted<E: Dotted>(entries: &[E]) -> bool {
             entries.windows(2).all(|w| w[0].dot() < w[1].dot())
         }
-        self.context.is_well_formed() && sorted(&self.lines) && sorted(&self.saved) && sorted(&self.coupons)
+        // Every entry's dot is in the context: a receiver must never hold an entry whose dot it
+        // could issue again.
+        let seen = |d: Dot| self.context.contains(d);
+        self.context.is_well_formed()
+            && sorted(&self.lines)
+            && sorted(&self.saved)
+            && sorted(&self.coupons)
+            && self.lines.iter().all(|e| seen(e.dot))
+            && self.saved.iter().all(|e| seen(e.dot))
+            && self.coupons.iter().all(|e| seen(e.dot))
     }
 
     /// Whether merging `other` into this state would change nothing.

@@ -70,6 +70,17 @@ pub fn encode_context(context: &crate::Context) -> Result<Vec<u8>, CartError> {
     bincode::serde::encode_to_vec(context, bincode_config()).map_err(encode_error)
 }
 
+/// Decodes a context written by [`encode_context`]; refuses one that is not in canonical order.
+pub fn decode_context(bytes: &[u8]) -> Result<crate::Context, CartError> {
+    let context: crate::Context = decode_exact(bytes)?;
+    if !context.is_well_formed() {
+        return Err(CartError::Decode {
+            reason: "context not in canonical order".into(),
+        });
+    }
+    Ok(context)
+}
+
 fn encode_error(e: bincode::error::EncodeError) -> CartError {
     CartError::Encode { reason: e.to_string() }
 }

@@ -62,7 +62,8 @@ impl Context {
             .unwrap_or(0);
         Dot {
             actor,
-            counter: self.contiguous(actor).max(in_cloud) + 1,
+            // Decode refuses u64::MAX counters, so this never saturates in practice.
+            counter: self.contiguous(actor).max(in_cloud).saturating_add(1),
         }
     }
 
@@ -72,7 +73,7 @@ impl Context {
             return;
         }
         match self.clock.binary_search_by_key(&dot.actor, |(a, _)| *a) {
-            Ok(i) if self.clock[i].1 + 1 == dot.counter => self.clock[i].1 = dot.counter,
+            Ok(i) if self.clock[i].1.saturating_add(1) == dot.counter => self.clock[i].1 = dot.counter,
             Err(i) if dot.counter == 1 => self.clock.insert(i, (dot.actor, 1)),
             _ => {
                 if let Err(at) = self.cloud.binary_search(&dot) {
@@ -115,10 +116,16 @@ impl Context {
     }
 
     /// Whether both vectors are strictly sorted and the cloud lies beyond the clock.
+    /// (Decoded input must pass this: no zero clock entries, no `u64::MAX` counters, so equal
+    /// contexts always encode equally and counters never overflow.)
     pub(crate) fn is_well_formed(&self) -> bool {
         self.clock.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.clock.iter().all(|(_, c)| (1..u64::MAX).contains(c))
             && self.cloud.windows(2).all(|w| w[0] < w[1])
-            && self.cloud.iter().all(|d| d.counter > self.contiguous(d.actor) + 1)
+            && self
+                .cloud
+                .iter()
+                .all(|d| d.counter < u64::MAX && d.counter > self.contiguous(d.actor).saturating_add(1))
     }
 
     /// Folds cloud dots that became contiguous with the clock into it, and drops those it covers.
@@ -141,7 +148,7 @@ impl Context {
                 }
             };
             let clock = &mut self.clock[i].1;
-            if dot.counter == *clock + 1 {
+            if dot.counter == clock.saturating_add(1) {
                 *clock = dot.counter;
             } else if dot.counter > *clock {
                 kept.push(dot);

@@ -57,7 +57,15 @@ fn for_shared(coordinator: &Coordinator, peer: &str, mut f: impl FnMut(String, u
                 let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), coordinator.store.limits()) else {
                     continue;
                 };
-                let context = cart_crdt::codec::encode_context(coordinator.store.read(&id)?.context())?;
+                // Skipped (and repaired by nobody) if it cannot be read: one bad cart must not stop
+                // anti-entropy for every other one.
+                let context = match coordinator.store.peek(&id) {
+                    Ok(cart) => cart_crdt::codec::encode_context(cart.context())?,
+                    Err(e) => {
+                        tracing::warn!(cart_id = %id, error = %e, "anti-entropy skips an unreadable cart");
+                        continue;
+                    }
+                };
                 f(id.to_string(), bucket_of(&key), hash(&[&key, &context]));
             }
         }
@@ -206,6 +214,7 @@ async fn repair_one(coordinator: &Coordinator, peer_id: &str, id: &CartId) -> Re
                 cart_id: id.to_string(),
                 state: cart_crdt::codec::encode(&merged)?,
                 hint_for: String::new(),
+                deps: Vec::new(),
             }))
             .await
             .map_err(NodeError::Remote)?;

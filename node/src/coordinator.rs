@@ -82,6 +82,25 @@ struct Reads {
     owners: Vec<String>,
 }
 
+/// A write on its way to the other replicas: its delta, the context the delta was built on,
+/// and the whole cart (encoded only if some target needs it).
+struct Outgoing {
+    delta: Arc<Vec<u8>>,
+    deps: Arc<Vec<u8>>,
+    cart: Arc<Cart>,
+    whole: std::sync::OnceLock<Arc<Vec<u8>>>,
+}
+
+impl Outgoing {
+    fn whole(&self) -> Result<Arc<Vec<u8>>, NodeError> {
+        if let Some(whole) = self.whole.get() {
+            return Ok(whole.clone());
+        }
+        let whole = Arc::new(codec::encode(&self.cart)?);
+        Ok(self.whole.get_or_init(|| whole).clone())
+    }
+}
+
 /// One replica's answer to a read.
 struct ReadReply {
     target: Target,
@@ -131,13 +150,24 @@ impl Coordinator {
             }
             other => other?,
         };
-        self.replicate(&req.cart_id, &written.delta, w - 1).await?;
+        let outgoing = Arc::new(Outgoing {
+            delta: written.delta,
+            deps: written.deps,
+            cart: written.cart.clone(),
+            whole: std::sync::OnceLock::new(),
+        });
+        self.replicate(&req.cart_id, &outgoing, w - 1).await?;
         Ok(written.cart)
     }
 
-    /// Sends the write's delta (a small cart state) to every other target; returns once `needed`
-    /// of them persisted it, or fails with the count when the deadline passes first.
-    async fn replicate(self: &Arc<Self>, id: &CartId, bytes: &Arc<Vec<u8>>, needed: usize) -> Result<(), NodeError> {
+    /// Sends the write to every other target; returns once `needed` of them persisted it, or
+    /// fails with the count when the deadline passes first.
+    async fn replicate(
+        self: &Arc<Self>,
+        id: &CartId,
+        outgoing: &Arc<Outgoing>,
+        needed: usize,
+    ) -> Result<(), NodeError> {
         let plan = self.cluster.plan(id);
         let taken = Taken::new(&plan.targets);
         let remote: Vec<Target> = plan
@@ -155,12 +185,12 @@ impl Coordinator {
             let Ok(Ok(permit)) = permit else {
                 // Too much replication in flight to even start this one: keep a hint instead.
                 let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
-                self.hint_locally(owner, id, bytes).await;
+                self.hint_locally(owner, id, &outgoing.cart).await;
                 continue;
             };
-            let (me, id, bytes, tx, taken) = (self.clone(), id.clone(), bytes.clone(), tx.clone(), taken.clone());
+            let (me, id, outgoing, tx, taken) = (self.clone(), id.clone(), outgoing.clone(), tx.clone(), taken.clone());
             tokio::spawn(async move {
-                let ok = me.send_state(&target, &id, &bytes, &taken).await;
+                let ok = me.send_state(&target, &id, &outgoing, &taken).await;
                 let _ = tx.send(ok).await;
                 drop(permit);
             });
@@ -201,25 +231,53 @@ impl Coordinator {
         })
     }
 
-    /// Replicates to one target. If an owner turns out unreachable, a free fallback stands in
-    /// (and counts); failing that, this node keeps a hint for the owner (which does not count).
-    async fn send_state(&self, target: &Target, id: &CartId, bytes: &Arc<Vec<u8>>, taken: &Taken) -> bool {
+    /// Replicates to one target: an owner gets the delta, or the whole cart when it answers that
+    /// it lacks writes the delta was built on; a stand-in always gets the whole cart (a hint
+    /// must be complete). If an owner turns out unreachable, a free fallback stands in (and
+    /// counts); failing that, this node keeps a hint for the owner (which does not count).
+    async fn send_state(&self, target: &Target, id: &CartId, outgoing: &Outgoing, taken: &Taken) -> bool {
         let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
-        let Err(status) = self
-            .call_replicate(&target.node_id, id, bytes, target.hint_for.as_deref())
-            .await
-        else {
+        let sent = match &target.hint_for {
+            None => {
+                let delta = self
+                    .call_replicate(&target.node_id, id, &outgoing.delta, &outgoing.deps, None)
+                    .await;
+                match delta {
+                    Err(status) if status.code() == tonic::Code::FailedPrecondition => match outgoing.whole() {
+                        // The replica lacks writes the delta was built on (reordered or lost).
+                        Ok(whole) if tracing::enabled!(tracing::Level::DEBUG) => {
+                            tracing::debug!(target = %target.node_id, cart_id = %id, "sending the whole cart");
+                            self.call_replicate(&target.node_id, id, &whole, &[], None).await
+                        }
+                        Ok(whole) => self.call_replicate(&target.node_id, id, &whole, &[], None).await,
+                        Err(e) => Err(Status::from(e)),
+                    },
+                    other => other,
+                }
+            }
+            Some(owner) => match outgoing.whole() {
+                Ok(whole) => self.call_replicate(&target.node_id, id, &whole, &[], Some(owner)).await,
+                Err(e) => Err(Status::from(e)),
+            },
+        };
+        let Err(status) = sent else {
             return true;
         };
         tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed");
         if target.hint_for.is_none() && unreachable(&status) {
             if let Some(fallback) = taken.reserve(|t| self.cluster.fallback_for(id, t)) {
-                if self.call_replicate(&fallback, id, bytes, Some(owner)).await.is_ok() {
-                    return true;
+                if let Ok(whole) = outgoing.whole() {
+                    if self
+                        .call_replicate(&fallback, id, &whole, &[], Some(owner))
+                        .await
+                        .is_ok()
+                    {
+                        return true;
+                    }
                 }
             }
         }
-        self.hint_locally(owner, id, bytes).await;
+        self.hint_locally(owner, id, &outgoing.cart).await;
         false
     }
 
@@ -228,6 +286,7 @@ impl Coordinator {
         node: &str,
         id: &CartId,
         bytes: &[u8],
+        deps: &[u8],
         hint_for: Option<&str>,
     ) -> Result<(), Status> {
         let peer = self
@@ -238,6 +297,7 @@ impl Coordinator {
             cart_id: id.to_string(),
             state: bytes.to_vec(),
             hint_for: hint_for.unwrap_or_default().to_owned(),
+            deps: deps.to_vec(),
         };
         let limit = self.cluster.config.request_timeout;
         let result = self.cluster.within(limit, peer.replicate(request)).await;
@@ -245,15 +305,12 @@ impl Coordinator {
         result
     }
 
-    async fn hint_locally(&self, owner: &str, id: &CartId, bytes: &[u8]) {
-        let stored = match codec::decode(bytes) {
-            Ok(cart) => {
-                self.store
-                    .add_hint(owner, id, cart, self.cluster.config.hints_max)
-                    .await
-            }
-            Err(e) => Err(e.into()),
-        };
+    /// Keeps the whole cart as a hint for `owner` (a hint must never be a bare delta).
+    async fn hint_locally(&self, owner: &str, id: &CartId, cart: &Cart) {
+        let stored = self
+            .store
+            .add_hint(owner, id, cart.clone(), self.cluster.config.hints_max)
+            .await;
         match stored {
             Ok(true) => {}
             Ok(false) => tracing::warn!(owner, cart_id = %id, "hint store full; anti-entropy will repair this owner"),
@@ -490,7 +547,7 @@ impl Coordinator {
                     tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
                 }
             } else if let Ok(_permit) = self.background.try_acquire() {
-                let _ = self.call_replicate(&target.node_id, id, &merged.bytes, None).await;
+                let _ = self.call_replicate(&target.node_id, id, &merged.bytes, &[], None).await;
             }
         }
     }

@@ -34,6 +34,9 @@ pub enum NodeError {
     BadPeerMessage { reason: String },
     #[error("this node holds hints_max = {limit} hints already")]
     HintsFull { limit: usize },
+    /// A delta arrived before writes it was built on: the sender must ship the whole cart.
+    #[error("replica of {cart_id} lacks writes the delta was built on; send the whole cart")]
+    MissingHistory { cart_id: String },
     #[error("{node} is not an owner of {cart_id}; check that every node has the same membership")]
     NotOwner { node: String, cart_id: String },
     #[error("internal call without the cluster secret ({header})")]
@@ -72,7 +75,7 @@ impl From<NodeError> for Status {
             NodeError::Remote(status) => status,
             NodeError::BadPeerMessage { .. } => Status::invalid_argument(message),
             NodeError::HintsFull { .. } => Status::resource_exhausted(message),
-            NodeError::NotOwner { .. } => Status::failed_precondition(message),
+            NodeError::NotOwner { .. } | NodeError::MissingHistory { .. } => Status::failed_precondition(message),
             NodeError::Unauthenticated { .. } => Status::unauthenticated(message),
             NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
         }

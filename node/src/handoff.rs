@@ -70,6 +70,7 @@ async fn deliver(coordinator: &Coordinator, owner: &str) -> Result<usize, String
             cart_id: id.to_string(),
             state: state.clone(),
             hint_for: String::new(),
+            deps: Vec::new(),
         });
         match peer.client().replicate(request).await {
             Ok(_) => {

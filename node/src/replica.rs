@@ -31,8 +31,18 @@ impl ReplicaApi {
         let id = self.cart_id(&req.cart_id)?;
         let cart = codec::decode(&req.state).map_err(bad_state)?;
         let store = &self.coordinator.store;
+        let deps = match req.deps.is_empty() {
+            true => None,
+            false => Some(codec::decode_context(&req.deps).map_err(bad_state)?),
+        };
         if req.hint_for.is_empty() {
-            store.merge_unflushed(&id, cart, Some(&req.state))?;
+            store.merge_unflushed(&id, cart, Some(&req.state), deps.as_ref())?;
+        } else if deps.is_some() {
+            // A hint must be a whole cart: a delta without its past would reach the owner alone.
+            return Err(NodeError::MissingHistory {
+                cart_id: id.to_string(),
+            }
+            .into());
         } else if !store.add_hint_unflushed(&req.hint_for, &id, cart, self.coordinator.cluster.config.hints_max)? {
             return Err(NodeError::HintsFull {
                 limit: self.coordinator.cluster.config.hints_max,

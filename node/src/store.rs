@@ -24,7 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use cart_crdt::{codec, Actor, Cart, CartId, CartOp, Limits, WriteCtx};
+use cart_crdt::{codec, Actor, Cart, CartId, CartOp, Context, Limits, WriteCtx};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Semaphore;
@@ -85,12 +85,14 @@ impl Encoded {
     }
 }
 
-/// What a local write produced: the new cart, and the write's delta (encoded), which is what the
-/// other replicas need to merge.
+/// What a local write produced: the new cart, the write's delta (encoded), which is what the
+/// other replicas need to merge, and the context of the cart it was applied to (encoded): a
+/// replica merges the delta only once it has seen all of that.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub cart: Arc<Cart>,
     pub delta: Arc<Vec<u8>>,
+    pub deps: Arc<Vec<u8>>,
 }
 
 pub struct CartStore {
@@ -196,6 +198,19 @@ impl CartStore {
         Ok(held)
     }
 
+    /// The replica as [`CartStore::read`] gives it, but a cache miss is loaded without being
+    /// cached: for scans over every cart (anti-entropy), which must not push hot carts out.
+    pub fn peek(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
+        if let Some(held) = self.cache.get(id) {
+            return Ok(held.cart);
+        }
+        let _guard = self.lock(id);
+        match self.cache.get(id) {
+            Some(held) => Ok(held.cart),
+            None => Ok(self.load(id)?.cart),
+        }
+    }
+
     /// Base merged with every delta stored after it.
     fn load(&self, id: &CartId) -> Result<Held, NodeError> {
         let (cart, stored) = load_stored(self.storage.as_ref(), id.as_str())?;
@@ -219,10 +234,14 @@ impl CartStore {
             }
             _ => {
                 self.put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
-                // After the base: a crash in between leaves deltas the base already holds.
+                // After the base: a crash in between leaves deltas the base already holds, and so
+                // does a failed delete (a leftover merges idempotently, so it is only logged).
                 for seq in 1..=was.last_seq {
-                    self.storage.delete(Tree::Deltas, &delta_key(id, seq))?;
+                    if let Err(e) = self.storage.delete(Tree::Deltas, &delta_key(id, seq)) {
+                        tracing::warn!(cart_id = %id, seq, error = %e, "cannot drop a delta the base holds");
+                    }
                 }
+                self.commit.note_write();
                 Stored {
                     based: true,
                     last_seq: 0,
@@ -252,6 +271,7 @@ impl CartStore {
                 now_ms: self.clock.now_ms(),
                 limits: &self.limits,
             };
+            let deps = Arc::new(codec::encode_context(cart.context())?);
             let delta = match cart.apply(&ctx, op) {
                 Ok(delta) => delta,
                 Err(refused) => {
@@ -265,6 +285,7 @@ impl CartStore {
             Written {
                 cart: self.store_locked(id, cart, stored, Some(&delta))?,
                 delta,
+                deps,
             }
         };
         self.commit.durable().await?;
@@ -274,7 +295,7 @@ impl CartStore {
     /// Merges a replica's state into this node's replica; durable on return. Returns the merged
     /// state and whether it changed anything here.
     pub async fn merge(&self, id: &CartId, incoming: Cart) -> Result<(Arc<Cart>, bool), NodeError> {
-        let merged = self.merge_unflushed(id, incoming, None)?;
+        let merged = self.merge_unflushed(id, incoming, None, None)?;
         // Even when nothing changed here, what is stored may still await its flush.
         self.commit.durable().await?;
         Ok(merged)
@@ -283,16 +304,25 @@ impl CartStore {
     /// [`CartStore::merge`] without waiting for the flush: the caller must call
     /// [`CartStore::durable`] before acknowledging (one flush for a whole batch). `encoded` is
     /// `incoming`'s encoding when the caller has it (a replicated delta): small ones are stored
-    /// as they came, as a delta.
+    /// as they came, as a delta. `deps`, for a delta, is the context it was built on: unless this
+    /// replica has seen all of it, nothing is merged and the answer is
+    /// [`NodeError::MissingHistory`] (a replica never holds a write without its causal past, so
+    /// writes coordinated here always build on complete carts).
     pub fn merge_unflushed(
         &self,
         id: &CartId,
         incoming: Cart,
         encoded: Option<&[u8]>,
+        deps: Option<&Context>,
     ) -> Result<(Arc<Cart>, bool), NodeError> {
         let _permit = self.write_permit()?;
         let _guard = self.lock(id);
         let current = self.held_locked(id)?;
+        if deps.is_some_and(|deps| !current.cart.context().covers(deps)) {
+            return Err(NodeError::MissingHistory {
+                cart_id: id.to_string(),
+            });
+        }
         if current.cart.covers(&incoming) {
             return Ok((current.cart, false)); // seen it all already (a repeat, or an older state)
         }
@@ -670,6 +700,30 @@ mod tests {
         assert_eq!(*reopened.read(&id).unwrap(), *written);
     }
 
+    /// A delta that arrives before a write it was built on is refused (nothing merged), so a
+    /// replica never coordinates a write on a cart missing part of its past; once the earlier
+    /// delta (or the whole cart) is there, the later one applies.
+    #[tokio::test]
+    async fn a_delta_ahead_of_its_past_is_refused() {
+        let writer = open(&Arc::new(MemoryStorage::default()), 1).await;
+        let replica = open(&Arc::new(MemoryStorage::default()), 2).await;
+        let id = CartId::parse("user:causal", &Limits::DEFAULT).unwrap();
+        let first = writer.write(&id, &add("sku-1")).await.unwrap();
+        let second = writer.write(&id, &add("sku-1")).await.unwrap();
+        let deps = |w: &Written| codec::decode_context(&w.deps).unwrap();
+        let delta = |w: &Written| codec::decode(&w.delta).unwrap();
+        let refused = replica.merge_unflushed(&id, delta(&second), Some(&second.delta), Some(&deps(&second)));
+        assert!(matches!(refused, Err(NodeError::MissingHistory { .. })), "{refused:?}");
+        assert_eq!(*replica.read(&id).unwrap(), Cart::default(), "nothing merged");
+        replica
+            .merge_unflushed(&id, delta(&first), Some(&first.delta), Some(&deps(&first)))
+            .unwrap();
+        replica
+            .merge_unflushed(&id, delta(&second), Some(&second.delta), Some(&deps(&second)))
+            .unwrap();
+        assert_eq!(*replica.read(&id).unwrap(), *writer.read(&id).unwrap());
+    }
+
     /// A small replicated delta is stored as it came; a big state becomes a base.
     #[tokio::test]
     async fn replicated_deltas_are_stored_as_received() {
@@ -680,11 +734,12 @@ mod tests {
         for i in 0..3 {
             let written = writer.write(&id, &add(&format!("sku-{i}"))).await.unwrap();
             let delta = codec::decode(&written.delta).unwrap();
+            let deps = codec::decode_context(&written.deps).unwrap();
             let (_, changed) = replica
-                .merge_unflushed(&id, delta.clone(), Some(&written.delta))
+                .merge_unflushed(&id, delta.clone(), Some(&written.delta), Some(&deps))
                 .unwrap();
             assert!(changed);
-            let (_, again) = replica.merge_unflushed(&id, delta, Some(&written.delta)).unwrap();
+            let (_, again) = replica.merge_unflushed(&id, delta, Some(&written.delta), None).unwrap();
             assert!(!again, "a repeated delta changes nothing");
         }
         assert_eq!(stored(&storage, Tree::Carts), 1);
