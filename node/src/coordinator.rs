@@ -245,11 +245,10 @@ impl Coordinator {
                 match delta {
                     Err(status) if status.code() == tonic::Code::FailedPrecondition => match outgoing.whole() {
                         // The replica lacks writes the delta was built on (reordered or lost).
-                        Ok(whole) if tracing::enabled!(tracing::Level::DEBUG) => {
+                        Ok(whole) => {
                             tracing::debug!(target = %target.node_id, cart_id = %id, "sending the whole cart");
                             self.call_replicate(&target.node_id, id, &whole, &[], None).await
                         }
-                        Ok(whole) => self.call_replicate(&target.node_id, id, &whole, &[], None).await,
                         Err(e) => Err(Status::from(e)),
                     },
                     other => other,
