@@ -50,9 +50,11 @@ pub fn tcp_connect() -> Connect {
 
 /// Requests sent to one peer in one `ReplicateBatch` or `ReadBatch` call at most.
 pub const BATCH_MAX: usize = 256;
-/// Batch calls of one kind in flight to one peer at most; requests queue meanwhile (and so
-/// batch).
-pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Read batch calls in flight to one peer at most; requests queue meanwhile (and so batch).
+pub const READ_BATCHES_IN_FLIGHT: usize = 2;
+/// Replicate batch calls in flight to one peer: one, so that deltas queued in write order reach
+/// the peer in that order (a delta ahead of its past costs a whole-cart resend).
+pub const REPLICATE_BATCHES_IN_FLIGHT: usize = 1;
 /// Requests of one kind waiting for one peer at most; beyond, senders wait (back-pressure).
 pub const BATCH_QUEUE_MAX: usize = 4096;
 
@@ -91,6 +93,14 @@ impl Peer {
     /// batches are in flight go together in one call and one flush on the peer.
     pub async fn replicate(&self, request: ReplicateRequest) -> Result<(), Status> {
         batched(&self.replicates, request).await
+    }
+
+    /// Queues a replicate request without waiting (for callers holding a lock); `None` when
+    /// the queue is full or closed (the caller then sends it the usual way).
+    pub fn try_replicate(&self, request: ReplicateRequest) -> Option<oneshot::Receiver<Result<(), Status>>> {
+        let (done, result) = oneshot::channel();
+        self.replicates.try_send(BatchItem { request, done }).ok()?;
+        Some(result)
     }
 
     /// Reads one cart through this peer's read batcher (one call for what queued meanwhile).
@@ -165,10 +175,17 @@ impl Cluster {
                 client.clone(),
                 queue,
                 cluster.peer_timeout,
+                REPLICATE_BATCHES_IN_FLIGHT,
                 replicate_batch,
             ));
             let (reads, queue) = mpsc::channel(BATCH_QUEUE_MAX);
-            tokio::spawn(run_batcher(client.clone(), queue, cluster.peer_timeout, read_batch));
+            tokio::spawn(run_batcher(
+                client.clone(),
+                queue,
+                cluster.peer_timeout,
+                READ_BATCHES_IN_FLIGHT,
+                read_batch,
+            ));
             let peer = Peer {
                 member: member.clone(),
                 client,
@@ -373,12 +390,13 @@ async fn read_batch(mut client: PeerClient, request: Request<Vec<ReadRequest>>) 
 
 type BatchOutcomes<Out> = Result<Vec<Result<Out, Status>>, Status>;
 
-/// Sends queued requests to one peer in batches (at most [`BATCHES_IN_FLIGHT`] calls at once)
-/// until the queue closes; each waiter gets its own item's outcome.
+/// Sends queued requests to one peer in batches (at most `in_flight` calls at once) until the
+/// queue closes; each waiter gets its own item's outcome.
 async fn run_batcher<Req, Out, F, Fut>(
     client: PeerClient,
     mut queue: mpsc::Receiver<BatchItem<Req, Out>>,
     timeout: Duration,
+    in_flight: usize,
     call: F,
 ) where
     Req: Send + 'static,
@@ -386,7 +404,7 @@ async fn run_batcher<Req, Out, F, Fut>(
     F: Fn(PeerClient, Request<Vec<Req>>) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = BatchOutcomes<Out>> + Send,
 {
-    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(in_flight));
     let mut items = Vec::new();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {

@@ -19,9 +19,9 @@ use cart_proto::{CartRequest, Consistency};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
-use crate::cluster::{Cluster, Target};
+use crate::cluster::{Cluster, Plan, Target};
 use crate::error::NodeError;
-use crate::store::{CartStore, Encoded};
+use crate::store::{CartStore, Encoded, Written};
 
 /// Replication and repair calls running in the background at most; beyond it, new ones wait.
 pub const BACKGROUND_CALLS_MAX: usize = 4096;
@@ -101,6 +101,9 @@ impl Outgoing {
     }
 }
 
+/// The outcome of a replicate request queued on a peer's batcher.
+type Queued = oneshot::Receiver<Result<(), Status>>;
+
 /// One replica's answer to a read.
 struct ReadReply {
     target: Target,
@@ -132,7 +135,28 @@ impl Coordinator {
         if !self.cluster.is_owner(&req.cart_id) {
             return self.forward(req).await;
         }
-        let written = match self.store.write(&req.cart_id, &req.op).await {
+        // The delta goes into each up owner's replicate queue while the cart's lock is held, so
+        // deltas reach every peer in the order they were applied (one batch in flight per peer).
+        let plan = self.cluster.plan(&req.cart_id);
+        let mut queued: Vec<(String, Queued)> = Vec::new();
+        let hand_on = |written: &Written| {
+            let owners = plan.targets.iter().filter(|t| t.hint_for.is_none());
+            for target in owners.filter(|t| t.node_id != self.cluster.self_id) {
+                let Some(peer) = self.cluster.peer(&target.node_id) else {
+                    continue;
+                };
+                let request = ReplicateRequest {
+                    cart_id: req.cart_id.to_string(),
+                    state: written.delta.to_vec(),
+                    hint_for: String::new(),
+                    deps: written.deps.to_vec(),
+                };
+                if let Some(outcome) = peer.try_replicate(request) {
+                    queued.push((target.node_id.clone(), outcome));
+                }
+            }
+        };
+        let written = match self.store.write_with(&req.cart_id, &req.op, hand_on).await {
             // This replica may lag behind what the client saw (a quorum read elsewhere): an op
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
             // remove) first catches up from a read quorum, then runs once more.
@@ -156,7 +180,7 @@ impl Coordinator {
             cart: written.cart.clone(),
             whole: std::sync::OnceLock::new(),
         });
-        self.replicate(&req.cart_id, &outgoing, w - 1).await?;
+        self.replicate(&req.cart_id, &outgoing, w - 1, plan, queued).await?;
         Ok(written.cart)
     }
 
@@ -167,8 +191,9 @@ impl Coordinator {
         id: &CartId,
         outgoing: &Arc<Outgoing>,
         needed: usize,
+        plan: Plan,
+        mut queued: Vec<(String, Queued)>,
     ) -> Result<(), NodeError> {
-        let plan = self.cluster.plan(id);
         let taken = Taken::new(&plan.targets);
         let remote: Vec<Target> = plan
             .targets
@@ -188,9 +213,13 @@ impl Coordinator {
                 self.hint_locally(owner, id, &outgoing.cart).await;
                 continue;
             };
+            let early = match queued.iter().position(|(node, _)| *node == target.node_id) {
+                Some(at) if target.hint_for.is_none() => Some(queued.swap_remove(at).1),
+                _ => None,
+            };
             let (me, id, outgoing, tx, taken) = (self.clone(), id.clone(), outgoing.clone(), tx.clone(), taken.clone());
             tokio::spawn(async move {
-                let ok = me.send_state(&target, &id, &outgoing, &taken).await;
+                let ok = me.send_state(&target, &id, &outgoing, early, &taken).await;
                 let _ = tx.send(ok).await;
                 drop(permit);
             });
@@ -235,13 +264,35 @@ impl Coordinator {
     /// it lacks writes the delta was built on; a stand-in always gets the whole cart (a hint
     /// must be complete). If an owner turns out unreachable, a free fallback stands in (and
     /// counts); failing that, this node keeps a hint for the owner (which does not count).
-    async fn send_state(&self, target: &Target, id: &CartId, outgoing: &Outgoing, taken: &Taken) -> bool {
+    async fn send_state(
+        &self,
+        target: &Target,
+        id: &CartId,
+        outgoing: &Outgoing,
+        early: Option<Queued>,
+        taken: &Taken,
+    ) -> bool {
         let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
         let sent = match &target.hint_for {
             None => {
-                let delta = self
-                    .call_replicate(&target.node_id, id, &outgoing.delta, &outgoing.deps, None)
-                    .await;
+                let delta = match early {
+                    // Queued while the write held the cart's lock: its outcome.
+                    Some(outcome) => {
+                        let limit = self.cluster.config.request_timeout;
+                        let outcome = async {
+                            outcome
+                                .await
+                                .unwrap_or_else(|_| Err(Status::unavailable("batch dropped")))
+                        };
+                        let result = self.cluster.within(limit, outcome).await;
+                        self.cluster.record(&target.node_id, result.as_ref().map(|_| ()));
+                        result
+                    }
+                    None => {
+                        self.call_replicate(&target.node_id, id, &outgoing.delta, &outgoing.deps, None)
+                            .await
+                    }
+                };
                 match delta {
                     Err(status) if status.code() == tonic::Code::FailedPrecondition => match outgoing.whole() {
                         // The replica lacks writes the delta was built on (reordered or lost).

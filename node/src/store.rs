@@ -262,6 +262,18 @@ impl CartStore {
     /// Applies `op` as this node's actor and returns the new cart and the op's delta once it is
     /// durable. On error nothing is stored.
     pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Written, NodeError> {
+        self.write_with(id, op, |_| {}).await
+    }
+
+    /// [`CartStore::write`], calling `applied` with the write while the cart's lock is still held
+    /// (before the flush): what it hands on (the coordinator queues the delta for the other
+    /// replicas) is handed on in the order the writes were applied.
+    pub async fn write_with(
+        &self,
+        id: &CartId,
+        op: &CartOp,
+        applied: impl FnOnce(&Written),
+    ) -> Result<Written, NodeError> {
         let _permit = self.write_permit()?;
         let written = {
             let _guard = self.lock(id);
@@ -282,11 +294,13 @@ impl CartStore {
                 }
             };
             let delta = Arc::new(codec::encode(delta.as_cart())?);
-            Written {
+            let written = Written {
                 cart: self.store_locked(id, cart, stored, Some(&delta))?,
                 delta,
                 deps,
-            }
+            };
+            applied(&written);
+            written
         };
         self.commit.durable().await?;
         Ok(written)
