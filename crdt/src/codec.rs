@@ -33,8 +33,7 @@ pub fn encode(cart: &Cart) -> Result<Vec<u8>, CartError> {
     Ok(out)
 }
 
-/// Decodes bytes written by [`encode`] or [`encode_unordered`]; refuses unknown versions and
-/// trailing bytes.
+/// Decodes bytes written by [`encode`]; refuses unknown versions and trailing bytes.
 pub fn decode(bytes: &[u8]) -> Result<Cart, CartError> {
     match bytes.split_first() {
         Some((&FORMAT_V2, body)) => {
