@@ -21,7 +21,7 @@ use tonic::Status;
 
 use crate::cluster::{Cluster, Plan, Target};
 use crate::error::NodeError;
-use crate::store::{CartStore, Encoded, Written};
+use crate::store::{CartStore, Written};
 
 /// Replication and repair calls running in the background at most; beyond it, new ones wait.
 pub const BACKGROUND_CALLS_MAX: usize = 4096;
@@ -278,15 +278,12 @@ impl Coordinator {
                 let delta = match early {
                     // Queued while the write held the cart's lock: its outcome.
                     Some(outcome) => {
-                        let limit = self.cluster.config.request_timeout;
                         let outcome = async {
                             outcome
                                 .await
                                 .unwrap_or_else(|_| Err(Status::unavailable("batch dropped")))
                         };
-                        let result = self.cluster.within(limit, outcome).await;
-                        self.cluster.record(&target.node_id, result.as_ref().map(|_| ()));
-                        result
+                        self.settle(&target.node_id, outcome).await
                     }
                     None => {
                         self.call_replicate(&target.node_id, id, &outgoing.delta, &outgoing.deps, None)
@@ -349,8 +346,17 @@ impl Coordinator {
             hint_for: hint_for.unwrap_or_default().to_owned(),
             deps: deps.to_vec(),
         };
-        let limit = self.cluster.config.request_timeout;
-        let result = self.cluster.within(limit, peer.replicate(request)).await;
+        self.settle(node, peer.replicate(request)).await
+    }
+
+    /// Waits (within the request deadline) for a replicate call's outcome and records it for the
+    /// failure detector.
+    async fn settle(
+        &self,
+        node: &str,
+        outcome: impl std::future::Future<Output = Result<(), Status>>,
+    ) -> Result<(), Status> {
+        let result = self.cluster.within(self.cluster.config.request_timeout, outcome).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
         result
     }
@@ -418,20 +424,24 @@ impl Coordinator {
         let mut targets = plan.targets;
         targets.sort_by_key(|t| t.node_id != self.cluster.self_id);
         let spare = targets.split_off(r.min(targets.len()));
-        let known = match targets.first().filter(|t| t.node_id == self.cluster.self_id) {
-            Some(_) => match self.store.read_with_hints(id)? {
-                Some(cart) => Some(Known {
-                    context: Arc::new(codec::encode_context(cart.context())?),
-                    cart,
-                }),
-                None => None,
-            },
-            None => None,
-        };
         let (tx, rx) = mpsc::channel(self.cluster.ring.members().len().max(1));
         let asked = targets.len();
+        let mut known = None;
         for target in targets {
-            self.ask(target, id, &tx, known.as_ref());
+            if target.node_id != self.cluster.self_id {
+                self.ask(target, id, &tx, known.as_ref());
+                continue;
+            }
+            // This node first (sorted so), read once in place: its reply, and, when it holds the
+            // cart, the context that turns the other reads into digest reads.
+            let state = self.store.read_with_hints(id);
+            if let Ok(Some(cart)) = &state {
+                known = Some(Known {
+                    context: Arc::new(codec::encode_context(cart.context())?),
+                    cart: cart.clone(),
+                });
+            }
+            let _ = tx.try_send(ReadReply { target, state });
         }
         let (answer_tx, answer_rx) = oneshot::channel();
         let me = self.clone();
@@ -458,13 +468,10 @@ impl Coordinator {
         }
     }
 
-    /// Starts one target's read; the local replica is read in place (no task, no hop).
+    /// Starts one peer's read (this node is read in place by [`Coordinator::read`]; spares and
+    /// fallbacks are always other nodes).
     fn ask(self: &Arc<Self>, target: Target, id: &CartId, tx: &mpsc::Sender<ReadReply>, known: Option<&Known>) {
-        if target.node_id == self.cluster.self_id {
-            let state = self.store.read_with_hints(id);
-            let _ = tx.try_send(ReadReply { target, state });
-            return;
-        }
+        debug_assert_ne!(target.node_id, self.cluster.self_id);
         let (me, id, tx, known) = (self.clone(), id.clone(), tx.clone(), known.cloned());
         tokio::spawn(async move {
             let state = me.call_read(&target.node_id, &id, known).await;
@@ -576,28 +583,31 @@ impl Coordinator {
 
     /// Read repair: send the merged state to every owner that answered with something else.
     async fn repair(&self, id: &CartId, merged: Arc<Cart>, replies: Vec<(Target, Option<Arc<Cart>>)>) {
-        if replies.iter().all(|(t, state)| {
-            t.hint_for.is_some()
-                || state
-                    .as_ref()
-                    .is_some_and(|c| Arc::ptr_eq(c, &merged) || c.context() == merged.context())
-        }) {
-            return; // every owner asked already holds the merge
+        // Owners asked (not stand-ins) whose cart is not the merge.
+        let stale: Vec<Target> = replies
+            .into_iter()
+            .filter(|(t, state)| {
+                t.hint_for.is_none()
+                    && !state
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(c, &merged) || c.context() == merged.context())
+            })
+            .map(|(t, _)| t)
+            .collect();
+        if stale.is_empty() {
+            return; // the usual case: every owner asked already holds the merge
         }
-        let Ok(merged) = Encoded::new((*merged).clone()) else {
+        let Ok(bytes) = codec::encode(&merged) else {
             return;
         };
-        for (target, state) in replies {
-            if target.hint_for.is_some() || state.as_ref().is_some_and(|c| c.context() == merged.cart.context()) {
-                continue;
-            }
+        for target in stale {
             tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");
             if target.node_id == self.cluster.self_id {
-                if let Err(e) = self.store.merge(id, (*merged.cart).clone()).await {
+                if let Err(e) = self.store.merge(id, (*merged).clone()).await {
                     tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
                 }
             } else if let Ok(_permit) = self.background.try_acquire() {
-                let _ = self.call_replicate(&target.node_id, id, &merged.bytes, &[], None).await;
+                let _ = self.call_replicate(&target.node_id, id, &bytes, &[], None).await;
             }
         }
     }

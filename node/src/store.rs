@@ -68,23 +68,6 @@ struct Stored {
     last_seq: u32,
 }
 
-/// A cart and its (canonical) encoding as stored and shipped.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    pub cart: Arc<Cart>,
-    pub bytes: Arc<Vec<u8>>,
-}
-
-impl Encoded {
-    pub fn new(cart: Cart) -> Result<Self, NodeError> {
-        let bytes = Arc::new(codec::encode(&cart)?);
-        Ok(Encoded {
-            cart: Arc::new(cart),
-            bytes,
-        })
-    }
-}
-
 /// What a local write produced: the new cart, the write's delta (encoded), which is what the
 /// other replicas need to merge, and the context of the cart it was applied to (encoded): a
 /// replica merges the delta only once it has seen all of that.
