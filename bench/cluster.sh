@@ -2,6 +2,7 @@
 # data dir. `start_cluster NODES PORT` sets CLUSTER_PID / CLUSTER_ENDPOINTS; `stop_cluster` stops it
 # with SIGTERM (SIGKILL after STOP_TIMEOUT_S, then also to any node it left behind) and removes
 # the data dir. The scripts trap EXIT to call stop_cluster on every path, failures included.
+# `cpu_ticks`, `children_cpu_ticks` and `cluster_pids` measure the CPU a run used (CPU per op).
 #
 # `run_child CMD…` runs a long command (cargo, cart-bench, another bench script) in the background,
 # in a process group of its own, and waits for it, so a signal to the script runs its traps at once
@@ -49,6 +50,37 @@ stop_pid() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+}
+
+# cpu_ticks PID…: user + system CPU the processes used so far, in clock ticks (1/100 s on Linux);
+# a process that is gone counts 0.
+cpu_ticks() {
+    local total=0 pid ticks
+    for pid in "$@"; do
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || ticks=0
+        total=$((total + ${ticks:-0}))
+    done
+    echo "$total"
+}
+
+# children_cpu_ticks: sets CHILDREN_TICKS to the user + system CPU of this shell's finished
+# children (a cart-bench run once `run_child` waited for it), in clock ticks, from bash's `times`.
+# Not a `$(…)` function: `times` in a subshell would count only that subshell's children.
+CHILDREN_TICKS=0
+children_cpu_ticks() {
+    local file
+    file=$(mktemp)
+    times >"$file"
+    CHILDREN_TICKS=$(awk 'NR == 2 {
+        split($1, u, /[ms]/); split($2, s, /[ms]/)
+        printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 100
+    }' "$file")
+    rm -f -- "$file"
+}
+
+# cluster_pids: the node processes of the running dev cluster.
+cluster_pids() {
+    pgrep -P "$CLUSTER_PID" 2>/dev/null || true
 }
 
 port_answers() {

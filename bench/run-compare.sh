@@ -13,7 +13,8 @@
 #    Each system runs alone, from empty data, and is stopped before the next starts.
 # 3. Open loop at RATE ops/s (at most OPEN_INFLIGHT in flight; more is counted as dropped) against
 #    cartdb and redis-everysec, latency from each request's intended send time.
-# 4. Tables: per target ops/s, p50/p99/p99.9 and the ratio to cartdb, and p50/p99 per operation.
+# 4. Tables: per target ops/s, p50/p99/p99.9 and the ratio to cartdb, CPU per operation of the
+#    servers and of cart-bench (user + system time from /proc), and p50/p99 per operation.
 # 5. bench/run-scaling.sh: cartdb on 1, 3 and 5 nodes with the same settings.
 #
 # JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git).
@@ -44,6 +45,7 @@ SEED=${SEED:-7}
 CARTDB_PORT=17601
 REDIS_PORT=17611
 OUT=bench/results/compare
+SERVER_PIDS="" # the processes whose CPU a run counts (set per target below)
 
 run_child cargo build --release -p cart-node -p cart-bench
 ensure_redis_server
@@ -51,10 +53,15 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log
 
 # bench NAME TARGET [extra cart-bench flags…]: one cart-bench run, output in $OUT/NAME.{json,log}.
+# The CPU the servers (SERVER_PIDS) and cart-bench used during the run goes to $OUT/NAME.cpu
+# ("SERVER_TICKS CLIENT_TICKS", 1/100 s), which summarize.py turns into CPU per operation.
 bench() {
-    local name=$1 target=$2
+    local name=$1 target=$2 server0 client0
     shift 2
     echo "cart-bench $name: $PROFILE, ${DURATION}s $* (output: $OUT/$name.log)"
+    server0=$(cpu_ticks $SERVER_PIDS)
+    children_cpu_ticks
+    client0=$CHILDREN_TICKS
     if ! run_child target/release/cart-bench --profile "$PROFILE" --duration "$DURATION" \
         --target "$target" --json "$OUT/$name.json" --no-progress --seed "$SEED" "$@" \
         >"$OUT/$name.log" 2>&1; then
@@ -62,6 +69,8 @@ bench() {
         cat "$OUT/$name.log" >&2
         exit 1
     fi
+    children_cpu_ticks
+    echo "$(($(cpu_ticks $SERVER_PIDS) - server0)) $((CHILDREN_TICKS - client0))" >"$OUT/$name.cpu"
     grep '^target ' "$OUT/$name.log" || true
 }
 
@@ -73,11 +82,13 @@ against() {
     case $name in
     cartdb)
         start_cluster 3 "$CARTDB_PORT"
+        SERVER_PIDS=$(cluster_pids)
         bench "$mode-$name" "cartdb=$CLUSTER_ENDPOINTS" "$@"
         stop_cluster
         ;;
     redis-everysec | redis-always)
         start_redis "$REDIS_PORT" "${name#redis-}"
+        SERVER_PIDS=$REDIS_PID
         bench "$mode-$name" "redis=$REDIS_URL" "$@"
         stop_redis
         ;;

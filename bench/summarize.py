@@ -54,6 +54,22 @@ def pairs(args):
     return out
 
 
+def cpu_row(label, path):
+    """CPU µs per completed operation of the servers and the load generator, from the `.cpu`
+    file the bench scripts write next to a report (absent: no row)."""
+    try:
+        with open(path.removesuffix(".json") + ".cpu") as f:
+            server_ticks, client_ticks = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        return None
+    t = load(path)[1]
+    done = t["overall"]["count"]
+    if not done:
+        return None
+    per_op = lambda ticks: f"{ticks * 10_000 / done:.0f}µs"
+    return [label, per_op(server_ticks), per_op(client_ticks), per_op(server_ticks + client_ticks)]
+
+
 def compare(args):
     runs = [(label, *load(path)) for label, path in pairs(args)]
     report0, base = runs[0][1], runs[0][2]
@@ -73,6 +89,11 @@ def compare(args):
         ])
     print(table(["target", "ops/s", "p50", "p99", "p99.9", "errors", "dropped",
                  "ops/s ratio", "p50 ratio", "p99 ratio", "p99.9 ratio"], rows))
+    cpu_rows = [row for label, path in pairs(args) if (row := cpu_row(label, path))]
+    if cpu_rows:
+        print()
+        print("CPU per operation (user + system, from /proc; the load generator shares the cores):")
+        print(table(["target", "servers", "cart-bench", "total"], cpu_rows))
     print()
     print("per operation, p50 / p99 (not_found counted as completed):")
     ops = list(base["ops"].keys())
