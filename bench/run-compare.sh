@@ -50,7 +50,7 @@ SERVER_PIDS="" # the processes whose CPU a run counts (set per target below)
 run_child cargo build --release -p cart-node -p cart-bench
 ensure_redis_server
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.log
+rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.cpu
 
 # bench NAME TARGET [extra cart-bench flags…]: one cart-bench run, output in $OUT/NAME.{json,log}.
 # The CPU the servers (SERVER_PIDS) and cart-bench used during the run goes to $OUT/NAME.cpu
