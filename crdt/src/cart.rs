@@ -460,7 +460,9 @@ impl Cart {
     }
 
     fn visible_line_count(&self) -> usize {
-        view::line_accs(self).values().filter(|acc| acc.visible()).count()
+        let mut count = 0;
+        view::for_each_line(self, |_, acc| count += usize::from(acc.visible()));
+        count
     }
 
     pub(crate) fn saved_products(&self) -> BTreeMap<&ProductId, &SavedEntry> {
@@ -706,7 +708,10 @@ fn remove_entries<E: Dotted>(entries: &mut Vec<E>, added: &mut Vec<E>, seen: &mu
 /// stays unless the other side has seen its dot (and so removed it). Both inputs are sorted by
 /// dot and so is the result.
 fn join<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, their_context: &Context) {
-    if theirs.is_empty() && mine.iter().all(|e| !their_context.contains(e.dot())) {
+    if theirs.len() * 8 < mine.len() {
+        // A few entries (a delta) into many: edited in place, so the entries that stay are not
+        // moved into a new vector. Same outcome as the walk below.
+        join_few(mine, my_context, theirs, their_context);
         return;
     }
     let ours = std::mem::take(mine);
@@ -738,4 +743,19 @@ fn join<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, thei
         }
     }
     *mine = out;
+}
+
+/// [`join`] for a short `theirs`: drop my entries they saw and no longer hold (removed there),
+/// then insert each of theirs I have not seen at its place by dot.
+fn join_few<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, their_context: &Context) {
+    mine.retain(|e| !their_context.contains(e.dot()) || theirs.binary_search_by(|t| t.dot().cmp(&e.dot())).is_ok());
+    for entry in theirs {
+        // Seen here: held already (same dot, same write-once entry) or removed here.
+        if my_context.contains(entry.dot()) {
+            continue;
+        }
+        if let Err(at) = mine.binary_search_by(|m| m.dot().cmp(&entry.dot())) {
+            mine.insert(at, entry);
+        }
+    }
 }

@@ -57,6 +57,12 @@ impl<'a> LineAcc<'a> {
         acc
     }
 
+    fn clear(&mut self) {
+        self.totals.clear();
+        self.resets.clear();
+        self.snapshot = None;
+    }
+
     fn push(&mut self, e: &'a LineEntry) {
         match &e.kind {
             LineKind::Total(t) => match self.totals.iter_mut().find(|(a, _, _)| *a == e.dot.actor) {
@@ -119,18 +125,35 @@ pub(crate) fn line_accs(cart: &Cart) -> BTreeMap<&ProductId, LineAcc<'_>> {
     accs
 }
 
+/// Calls `f` with each product's entries folded, in product id order: what [`line_accs`] holds,
+/// without building a map. One sort of entry references and one accumulator reused for every
+/// line: this runs for every reply, so it allocates twice per cart, not per line.
+pub(crate) fn for_each_line<'a>(cart: &'a Cart, mut f: impl FnMut(&'a ProductId, &LineAcc<'a>)) {
+    let mut entries: Vec<&'a LineEntry> = cart.line_entries().collect();
+    // Folding is order-independent (the newest dot wins, resets take the max), so unstable is fine.
+    entries.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id));
+    let mut acc = LineAcc::default();
+    for group in entries.chunk_by(|a, b| a.product_id == b.product_id) {
+        acc.clear();
+        for e in group {
+            acc.push(e);
+        }
+        f(&group[0].product_id, &acc);
+    }
+}
+
 pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
-    let lines: Vec<LineView> = line_accs(cart)
-        .into_iter()
-        .filter(|(_, acc)| acc.visible())
-        .filter_map(|(product_id, acc)| {
-            Some(LineView {
+    let mut lines: Vec<LineView> = Vec::new();
+    for_each_line(cart, |product_id, acc| {
+        let quantity = acc.quantity();
+        if let (true, Some(snapshot)) = (quantity >= 1, acc.snapshot()) {
+            lines.push(LineView {
                 product_id: product_id.to_string(),
-                quantity: acc.quantity() as u64,
-                snapshot: acc.snapshot()?.clone(),
-            })
-        })
-        .collect();
+                quantity: quantity as u64,
+                snapshot: snapshot.clone(),
+            });
+        }
+    });
     let mut subtotals: BTreeMap<&str, i128> = BTreeMap::new();
     for line in &lines {
         *subtotals.entry(&line.snapshot.currency).or_default() +=
