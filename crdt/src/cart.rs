@@ -746,7 +746,8 @@ fn join<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, thei
 }
 
 /// [`join`] for a short `theirs`: drop my entries they saw and no longer hold (removed there),
-/// then insert each of theirs I have not seen at its place by dot.
+/// then insert each of theirs I have not seen at its place by dot. The binary searches need
+/// both sides strictly sorted by dot, which every cart is (`codec::decode` refuses others).
 fn join_few<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, their_context: &Context) {
     mine.retain(|e| !their_context.contains(e.dot()) || theirs.binary_search_by(|t| t.dot().cmp(&e.dot())).is_ok());
     for entry in theirs {

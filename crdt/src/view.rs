@@ -130,8 +130,9 @@ pub(crate) fn line_accs(cart: &Cart) -> BTreeMap<&ProductId, LineAcc<'_>> {
 /// line: this runs for every reply, so it allocates twice per cart, not per line.
 pub(crate) fn for_each_line<'a>(cart: &'a Cart, mut f: impl FnMut(&'a ProductId, &LineAcc<'a>)) {
     let mut entries: Vec<&'a LineEntry> = cart.line_entries().collect();
-    // Folding is order-independent (the newest dot wins, resets take the max), so unstable is fine.
-    entries.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id));
+    // Within a product, dot order, as the entries are stored: the fold's saturating sums then
+    // add up in the same order as every other fold of a line (`line_state`, `line_accs`).
+    entries.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id).then_with(|| a.dot.cmp(&b.dot)));
     let mut acc = LineAcc::default();
     for group in entries.chunk_by(|a, b| a.product_id == b.product_id) {
         acc.clear();
@@ -183,5 +184,63 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
         coupons: cart.coupon_codes().into_iter().map(|c| c.to_string()).collect(),
         subtotals,
         touched_at_ms: cart.touched_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{self, SnapshotInput};
+    use crate::Limits;
+
+    /// `for_each_line` folds a line as `line_accs` does, saturating sums included: lines whose
+    /// running totals saturate `i64` get the same quantity from both. (Enough lines that the sort
+    /// is not an insertion sort: without the tie-break on dots it reorders a line's totals.)
+    #[test]
+    fn for_each_line_folds_like_line_accs() {
+        let limits = Limits::DEFAULT;
+        let snapshot = validate::snapshot(
+            SnapshotInput {
+                name: "Espresso".into(),
+                unit_price_minor: 1299,
+                currency: "EUR".into(),
+                image_url: String::new(),
+                attributes: BTreeMap::new(),
+            },
+            &limits,
+        )
+        .expect("valid snapshot");
+        let mut cart = Cart::default();
+        let mut counters = [0u64; 4];
+        for p in 0..40 {
+            let product_id = ProductId::parse(&format!("p{p:02}"), &limits).expect("valid product id");
+            let entries = [
+                (1, LineKind::Snapshot(snapshot.clone())),
+                (1, LineKind::Total(i64::MAX)),
+                (2, LineKind::Total(1)),
+                (3, LineKind::Total(-1)),
+            ];
+            for (actor, kind) in entries {
+                counters[actor] += 1;
+                let dot = Dot {
+                    actor: Actor(actor as u64),
+                    counter: counters[actor],
+                };
+                cart.context.insert(dot);
+                cart.lines.push(LineEntry {
+                    product_id: product_id.clone(),
+                    dot,
+                    kind,
+                });
+            }
+        }
+        cart.lines.sort_by_key(|e| e.dot);
+        let expected: Vec<(String, i64)> = line_accs(&cart)
+            .iter()
+            .map(|(p, acc)| (p.to_string(), acc.quantity()))
+            .collect();
+        let mut folded = Vec::new();
+        for_each_line(&cart, |p, acc| folded.push((p.to_string(), acc.quantity())));
+        assert_eq!(folded, expected);
     }
 }
