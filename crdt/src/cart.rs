@@ -444,19 +444,23 @@ impl Cart {
     /// The raw counter value of every line that has an item snapshot, including lines whose
     /// quantity went to 0 or below (the view hides those). For checkers and debugging.
     pub fn raw_quantities(&self) -> BTreeMap<String, i64> {
-        view::line_accs(self)
-            .into_iter()
-            .filter(|(_, acc)| acc.snapshot().is_some())
-            .map(|(p, acc)| (p.to_string(), acc.quantity()))
-            .collect()
+        let mut quantities = BTreeMap::new();
+        view::for_each_line(self, |p, acc| {
+            if acc.snapshot().is_some() {
+                quantities.insert(p.to_string(), acc.quantity());
+            }
+        });
+        quantities
     }
 
     fn products_with_snapshot(&self) -> Vec<ProductId> {
-        view::line_accs(self)
-            .into_iter()
-            .filter(|(_, acc)| acc.snapshot().is_some())
-            .map(|(p, _)| p.clone())
-            .collect()
+        let mut products = Vec::new();
+        view::for_each_line(self, |p, acc| {
+            if acc.snapshot().is_some() {
+                products.push(p.clone());
+            }
+        });
+        products
     }
 
     fn visible_line_count(&self) -> usize {
@@ -605,15 +609,15 @@ impl Writer<'_> {
     /// Drops the counter entries of lines without a snapshot once [`RESIDUE_GRACE_MS`] has passed
     /// since their last reset (or at once when they have no reset at all).
     fn drop_residue(&mut self) {
-        let stale: Vec<ProductId> = view::line_accs(self.cart)
-            .into_iter()
-            .filter(|(_, acc)| acc.snapshot().is_none())
-            .filter(|(_, acc)| {
-                acc.last_reset_ms()
-                    .is_none_or(|at| at.saturating_add(RESIDUE_GRACE_MS) < self.now_ms)
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
+        let mut stale: Vec<ProductId> = Vec::new();
+        view::for_each_line(self.cart, |p, acc| {
+            let expired = acc
+                .last_reset_ms()
+                .is_none_or(|at| at.saturating_add(RESIDUE_GRACE_MS) < self.now_ms);
+            if acc.snapshot().is_none() && expired {
+                stale.push(p.clone());
+            }
+        });
         for product_id in stale {
             self.remove_lines(|e| e.product_id == product_id);
         }

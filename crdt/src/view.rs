@@ -117,21 +117,13 @@ impl<'a> LineAcc<'a> {
     }
 }
 
-pub(crate) fn line_accs(cart: &Cart) -> BTreeMap<&ProductId, LineAcc<'_>> {
-    let mut accs: BTreeMap<&ProductId, LineAcc<'_>> = BTreeMap::new();
-    for e in cart.line_entries() {
-        accs.entry(&e.product_id).or_default().push(e);
-    }
-    accs
-}
-
-/// Calls `f` with each product's entries folded, in product id order: what [`line_accs`] holds,
-/// without building a map. One sort of entry references and one accumulator reused for every
-/// line: this runs for every reply, so it allocates twice per cart, not per line.
+/// Calls `f` with each product's entries folded, in product id order: the one walk over a cart's
+/// lines by product. One sort of entry references and one accumulator reused for every line: this
+/// runs for every reply, so it allocates twice per cart, not per line.
 pub(crate) fn for_each_line<'a>(cart: &'a Cart, mut f: impl FnMut(&'a ProductId, &LineAcc<'a>)) {
     let mut entries: Vec<&'a LineEntry> = cart.line_entries().collect();
     // Within a product, dot order, as the entries are stored: the fold's saturating sums then
-    // add up in the same order as every other fold of a line (`line_state`, `line_accs`).
+    // add up in the same order as the fold of a single line (`Cart::line_state`).
     entries.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id).then_with(|| a.dot.cmp(&b.dot)));
     let mut acc = LineAcc::default();
     for group in entries.chunk_by(|a, b| a.product_id == b.product_id) {
@@ -193,11 +185,12 @@ mod tests {
     use crate::validate::{self, SnapshotInput};
     use crate::Limits;
 
-    /// `for_each_line` folds a line as `line_accs` does, saturating sums included: lines whose
-    /// running totals saturate `i64` get the same quantity from both. (Enough lines that the sort
-    /// is not an insertion sort: without the tie-break on dots it reorders a line's totals.)
+    /// `for_each_line` folds a line as the single-line fold of the write checks does (its entries
+    /// in stored order), saturating sums included: lines whose running totals saturate `i64` get
+    /// the same quantity from both. (Enough lines that the sort is not an insertion sort: without
+    /// the tie-break on dots it reorders a line's totals.)
     #[test]
-    fn for_each_line_folds_like_line_accs() {
+    fn for_each_line_folds_like_the_single_line_fold() {
         let limits = Limits::DEFAULT;
         let snapshot = validate::snapshot(
             SnapshotInput {
@@ -235,9 +228,15 @@ mod tests {
             }
         }
         cart.lines.sort_by_key(|e| e.dot);
-        let expected: Vec<(String, i64)> = line_accs(&cart)
-            .iter()
-            .map(|(p, acc)| (p.to_string(), acc.quantity()))
+        let mut products: Vec<&ProductId> = cart.lines.iter().map(|e| &e.product_id).collect();
+        products.sort();
+        products.dedup();
+        let expected: Vec<(String, i64)> = products
+            .into_iter()
+            .map(|p| {
+                let acc = LineAcc::from_entries(cart.line_entries().filter(|e| &e.product_id == p));
+                (p.to_string(), acc.quantity())
+            })
             .collect();
         let mut folded = Vec::new();
         for_each_line(&cart, |p, acc| folded.push((p.to_string(), acc.quantity())));
