@@ -4,8 +4,8 @@
 //! owners apply operations: a CRDT actor must keep its whole causal history for a cart, which a
 //! stand-in node could not). The owner applies it locally and durably, sends the write's delta
 //! (a small cart state) to the other targets in parallel (down owners replaced by fallbacks
-//! holding a hint), and answers once W replicas (itself included) have persisted it. Stragglers finish in the background; a target
-//! that fails leaves a hint here for its owner.
+//! holding a hint), and answers once W replicas (itself included) have persisted it. Stragglers
+//! finish in the background; a target that fails leaves a hint here for its owner.
 //!
 //! Read: any node asks R targets (itself first), answers with the merge of R replies, and
 //! repairs owners whose state differed once all replies are in. When this node holds the cart,
@@ -138,25 +138,13 @@ impl Coordinator {
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so
         // deltas reach every peer in the order they were applied (one batch in flight per peer).
         let plan = self.cluster.plan(&req.cart_id);
-        let mut queued: Vec<(String, Queued)> = Vec::new();
-        let hand_on = |written: &Written| {
-            let owners = plan.targets.iter().filter(|t| t.hint_for.is_none());
-            for target in owners.filter(|t| t.node_id != self.cluster.self_id) {
-                let Some(peer) = self.cluster.peer(&target.node_id) else {
-                    continue;
-                };
-                let request = ReplicateRequest {
-                    cart_id: req.cart_id.to_string(),
-                    state: written.delta.to_vec(),
-                    hint_for: String::new(),
-                    deps: written.deps.to_vec(),
-                };
-                if let Some(outcome) = peer.try_replicate(request) {
-                    queued.push((target.node_id.clone(), outcome));
-                }
-            }
-        };
-        let written = match self.store.write_with(&req.cart_id, &req.op, hand_on).await {
+        let mut queued = Vec::new();
+        let id = &req.cart_id;
+        let written = match self
+            .store
+            .write_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w))
+            .await
+        {
             // This replica may lag behind what the client saw (a quorum read elsewhere): an op
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
             // remove) first catches up from a read quorum, then runs once more.
@@ -168,9 +156,11 @@ impl Coordinator {
                     r: Some(r.max(2).min(n) as u32),
                     w: None,
                 };
-                let merged = self.read(&req.cart_id, catch_up).await?;
-                self.store.merge(&req.cart_id, (*merged).clone()).await?;
-                self.store.write(&req.cart_id, &req.op).await?
+                let merged = self.read(id, catch_up).await?;
+                self.store.merge(id, (*merged).clone()).await?;
+                self.store
+                    .write_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w))
+                    .await?
             }
             other => other?,
         };
@@ -182,6 +172,25 @@ impl Coordinator {
         });
         self.replicate(&req.cart_id, &outgoing, w - 1, plan, queued).await?;
         Ok(written.cart)
+    }
+
+    /// Queues the write's delta on the replicate batcher of every other owner that is up (called
+    /// with the cart's lock held, so deltas queue in write order); the outcomes it could queue.
+    fn queue_delta(&self, plan: &Plan, id: &CartId, written: &Written) -> Vec<(String, Queued)> {
+        let owners = plan.targets.iter().filter(|t| t.hint_for.is_none());
+        owners
+            .filter(|t| t.node_id != self.cluster.self_id)
+            .filter_map(|target| {
+                let request = ReplicateRequest {
+                    cart_id: id.to_string(),
+                    state: written.delta.to_vec(),
+                    hint_for: String::new(),
+                    deps: written.deps.to_vec(),
+                };
+                let outcome = self.cluster.peer(&target.node_id)?.try_replicate(request)?;
+                Some((target.node_id.clone(), outcome))
+            })
+            .collect()
     }
 
     /// Sends the write to every other target; returns once `needed` of them persisted it, or

@@ -216,7 +216,8 @@ impl CartStore {
                 }
             }
             _ => {
-                self.put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
+                self.storage
+                    .put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
                 // After the base: a crash in between leaves deltas the base already holds, and so
                 // does a failed delete (a leftover merges idempotently, so it is only logged).
                 for seq in 1..=was.last_seq {
@@ -224,6 +225,7 @@ impl CartStore {
                         tracing::warn!(cart_id = %id, seq, error = %e, "cannot drop a delta the base holds");
                     }
                 }
+                // One count for the base and its deletes: a flush from now on covers them all.
                 self.commit.note_write();
                 Stored {
                     based: true,
@@ -243,14 +245,16 @@ impl CartStore {
     }
 
     /// Applies `op` as this node's actor and returns the new cart and the op's delta once it is
-    /// durable. On error nothing is stored.
+    /// durable. On error nothing is stored. (The coordinator uses [`CartStore::write_with`].)
+    #[cfg(test)]
     pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Written, NodeError> {
         self.write_with(id, op, |_| {}).await
     }
 
-    /// [`CartStore::write`], calling `applied` with the write while the cart's lock is still held
-    /// (before the flush): what it hands on (the coordinator queues the delta for the other
-    /// replicas) is handed on in the order the writes were applied.
+    /// Applies `op` as this node's actor and returns the new cart and the op's delta once it is
+    /// durable (on error nothing is stored), calling `applied` with the write while the cart's
+    /// lock is still held (before the flush): what it hands on (the coordinator queues the delta
+    /// for the other replicas) is handed on in the order the writes were applied.
     pub async fn write_with(
         &self,
         id: &CartId,
@@ -419,7 +423,8 @@ impl CartStore {
         Ok(discarded)
     }
 
-    /// Up to `limit` replicas (cart id, canonical bytes) after `after`, in key order.
+    /// Up to `limit` stored bases (cart id, encoded base, which may lag the cart's deltas) after
+    /// `after`, in key order: the list of carts this node holds.
     pub fn scan_carts(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, NodeError> {
         Ok(self.storage.scan(Tree::Carts, b"", after, limit)?)
     }
