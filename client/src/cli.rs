@@ -4,6 +4,7 @@
 //! - `cartctl cart …` reads and changes carts through a [`CartClient`].
 //! - `cartctl status` asks the first endpoint that answers for `AdminService.ClusterStatus`: one
 //!   row per node as that node sees it (up or down, share of the ring, hints it holds for it).
+//! - `cartctl cluster …` changes the membership (see [`crate::cluster_cli`]).
 //! - `cartctl hints discard --secret SECRET` drops every hint the asked node holds. An operator
 //!   action, for a backlog that can never be delivered (a node removed for good): afterwards only
 //!   anti-entropy repairs those owners. It needs the cluster secret and acts on exactly one node.
@@ -21,6 +22,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request};
 
 use crate::client::lazy_channel;
+use crate::cluster_cli::{ClusterCmd, TransferRow};
 use crate::{CartClient, ClientError, ClientOptions, Consistency};
 
 #[derive(Debug, Parser)]
@@ -60,6 +62,9 @@ pub enum Command {
     /// Hinted-handoff maintenance (operator actions).
     #[command(subcommand)]
     Hints(HintsCmd),
+    /// Membership: show the layout, stage join/leave/replace, plan, commit (operator actions).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
                 Ok(render_status(&status))
             }
         }
+        Command::Cluster(cmd) => crate::cluster_cli::run(cmd, &cli.endpoints, &options, cli.json).await,
         Command::Hints(HintsCmd::Discard { secret }) => {
             let discarded = discard_hints(&cli.endpoints, &options, &secret).await?;
             if cli.json {
@@ -210,6 +216,19 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeRow>,
     /// Every hint the asked node holds.
     pub hint_backlog: u64,
+    /// The asked node's newest layout version.
+    #[serde(default)]
+    pub layout_version: u64,
+    /// The asked node's part of a layout change in progress.
+    #[serde(default)]
+    pub transfer: Option<TransferRow>,
+    /// False while the asked node waits to be added (started with `--join`).
+    #[serde(default = "yes")]
+    pub asked_is_member: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One node as the asked node sees it.
@@ -223,6 +242,13 @@ pub struct NodeRow {
     pub ring_share: f64,
     /// Hints the asked node holds for this node.
     pub hints_held: u64,
+    #[serde(default)]
+    pub zone: String,
+    /// The layout version this node last reported, and the one it has handed its carts over for.
+    #[serde(default)]
+    pub layout_version: u64,
+    #[serde(default)]
+    pub synced_version: u64,
 }
 
 impl ClusterStatus {
@@ -239,9 +265,15 @@ impl ClusterStatus {
                     up: n.up,
                     ring_share: n.ring_share,
                     hints_held: n.hints_held,
+                    zone: n.zone,
+                    layout_version: n.layout_version,
+                    synced_version: n.synced_version,
                 })
                 .collect(),
             hint_backlog: reply.hint_backlog,
+            layout_version: reply.layout_version,
+            transfer: reply.transfer.map(TransferRow::from_proto),
+            asked_is_member: reply.asked_is_member,
         }
     }
 }
@@ -304,28 +336,48 @@ async fn discard_hints(endpoints: &[String], options: &ClientOptions, secret: &s
 /// The human-readable form of a cluster status.
 pub fn render_status(status: &ClusterStatus) -> String {
     let mut out = format!(
-        "cluster as seen by {} (asked at {})\n",
-        status.asked_node, status.endpoint
+        "cluster as seen by {} (asked at {}), layout version {}\n",
+        status.asked_node, status.endpoint, status.layout_version
     );
+    if !status.asked_is_member {
+        out.push_str("the asked node is not a member yet: add it with `cartctl cluster join`\n");
+    }
     let mut table = Table::new();
     table.load_style(presets::UTF8_BORDERS_ONLY);
-    table.set_header(["node", "address", "state", "ring share", "hints held"]);
+    table.set_header([
+        "node",
+        "address",
+        "zone",
+        "state",
+        "ring share",
+        "hints held",
+        "layout/synced",
+    ]);
     for node in &status.nodes {
         table.add_row([
             node.node_id.clone(),
             node.addr.clone(),
+            if node.zone.is_empty() {
+                "-".into()
+            } else {
+                node.zone.clone()
+            },
             if node.up { "up" } else { "down" }.to_owned(),
             format!("{:.1}%", node.ring_share * 100.0),
             node.hints_held.to_string(),
+            format!("{}/{}", node.layout_version, node.synced_version),
         ]);
     }
-    for column in [3, 4] {
+    for column in [4, 5, 6] {
         if let Some(c) = table.column_mut(column) {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
     out.push_str(&format!("{table}\n"));
     out.push_str(&format!("hint backlog: {}\n", status.hint_backlog));
+    if let Some(t) = &status.transfer {
+        out.push_str(&t.render());
+    }
     out
 }
 
@@ -390,6 +442,9 @@ mod tests {
             up,
             ring_share: share,
             hints_held: hints,
+            zone: String::new(),
+            layout_version: 2,
+            synced_version: 2,
         };
         ClusterStatus {
             asked_node: "n1".into(),
@@ -400,6 +455,9 @@ mod tests {
                 row("n3", false, 0.3351, 42),
             ],
             hint_backlog: 42,
+            layout_version: 2,
+            transfer: None,
+            asked_is_member: true,
         }
     }
 
@@ -407,7 +465,10 @@ mod tests {
     fn status_renders_a_row_per_node_with_state_share_and_hints() {
         let out = render_status(&status());
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "cluster as seen by n1 (asked at 127.0.0.1:7001)");
+        assert_eq!(
+            lines[0],
+            "cluster as seen by n1 (asked at 127.0.0.1:7001), layout version 2"
+        );
         assert_eq!(lines.last(), Some(&"hint backlog: 42"));
         let row = |id: &str| {
             lines
@@ -416,9 +477,9 @@ mod tests {
                 .find(|words| words.first() == Some(&id))
                 .unwrap_or_else(|| panic!("no row for {id}:\n{out}"))
         };
-        assert_eq!(row("n1"), ["n1", "127.0.0.1:7001", "up", "33.5%", "0"]);
-        assert_eq!(row("n2"), ["n2", "127.0.0.1:7002", "up", "33.0%", "0"]);
-        assert_eq!(row("n3"), ["n3", "127.0.0.1:7003", "down", "33.5%", "42"]);
+        assert_eq!(row("n1"), ["n1", "127.0.0.1:7001", "-", "up", "33.5%", "0", "2/2"]);
+        assert_eq!(row("n2"), ["n2", "127.0.0.1:7002", "-", "up", "33.0%", "0", "2/2"]);
+        assert_eq!(row("n3"), ["n3", "127.0.0.1:7003", "-", "down", "33.5%", "42", "2/2"]);
     }
 
     #[test]
@@ -441,8 +502,10 @@ mod tests {
                 up: true,
                 ring_share: 1.0,
                 hints_held: 0,
+                ..Default::default()
             }],
             hint_backlog: 0,
+            ..Default::default()
         };
         let status = ClusterStatus::from_reply(reply, "10.0.0.2:7001");
         assert_eq!(status.nodes[0].ring_share, 1.0);

@@ -146,6 +146,7 @@ impl Routes {
                 node_id: m.node_id,
                 addr: m.addr,
                 weight: m.weight,
+                zone: m.zone,
             })
             .collect();
         let ring = Ring::new(members).map_err(|e| e.to_string())?;
@@ -179,10 +180,10 @@ impl Routes {
 pub(crate) fn route_order(ring: &Ring, n: usize, key: &[u8], endpoints: &[String]) -> Vec<String> {
     // `walk` offers every member once: its first `n` are the preference list, the rest follow in
     // ring order, which is what "owners first, then anyone" needs.
-    debug_assert!(ring.walk(key).take(n).eq(ring.preference_list(key, n)));
+    debug_assert!(ring.walk(key, n).take(n).eq(ring.preference_list(key, n)));
     let mut seen = HashSet::new();
     let mut order = Vec::new();
-    for member in ring.walk(key) {
+    for member in ring.walk(key, n) {
         if dialable(&member.addr) && seen.insert(uri_of(&member.addr)) {
             order.push(member.addr.clone());
         }
@@ -750,6 +751,7 @@ mod tests {
             node_id: format!("n{i}"),
             addr: addr.to_owned(),
             weight: 1,
+            zone: String::new(),
         }
     }
 
@@ -778,7 +780,7 @@ mod tests {
                 .collect();
             assert_eq!(rest, others.iter().collect(), "{key}");
             // The others follow in the ring's fallback order.
-            let walk: Vec<String> = ring.walk(key.as_bytes()).map(|m| m.addr.clone()).collect();
+            let walk: Vec<String> = ring.walk(key.as_bytes(), 3).map(|m| m.addr.clone()).collect();
             assert_eq!(order, walk, "{key}");
         }
     }
@@ -851,9 +853,11 @@ mod tests {
                     node_id: (*id).into(),
                     addr: (*addr).into(),
                     weight: 1,
+                    zone: String::new(),
                 })
                 .collect(),
             n,
+            layout_version: 1,
             r: 2,
             w: 2,
             version: 7,

@@ -49,6 +49,7 @@
 
 pub mod cli;
 mod client;
+pub mod cluster_cli;
 
 pub use cart_crdt::{CartView, ItemSnapshot, LineView, Money, SavedView};
 pub use cart_proto::Consistency;

@@ -107,6 +107,41 @@ impl AdminService for Svc {
     async fn discard_hints(&self, _: Request<DiscardHintsRequest>) -> Result<Response<DiscardHintsReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn show_layout(
+        &self,
+        _: Request<cart_proto::admin_pb::ShowLayoutRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::LayoutReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn stage_change(
+        &self,
+        _: Request<cart_proto::admin_pb::StageChangeRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::LayoutReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn plan_layout(
+        &self,
+        _: Request<cart_proto::admin_pb::PlanLayoutRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::PlanLayoutReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn commit_layout(
+        &self,
+        _: Request<cart_proto::admin_pb::CommitLayoutRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::LayoutReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn discard_staged(
+        &self,
+        _: Request<cart_proto::admin_pb::DiscardStagedRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::LayoutReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 struct Fakes {
@@ -129,6 +164,7 @@ impl Fakes {
                 node_id: format!("n{}", i + 1),
                 addr: inc.local_addr().unwrap().to_string(),
                 weight: 1,
+                zone: String::new(),
             })
             .collect();
         let ring_members: Vec<cart_ring::Member> = members
@@ -137,6 +173,7 @@ impl Fakes {
                 node_id: m.node_id.clone(),
                 addr: m.addr.clone(),
                 weight: m.weight,
+                zone: String::new(),
             })
             .collect();
         let membership = Arc::new(Mutex::new(Membership {
@@ -145,6 +182,7 @@ impl Fakes {
             n,
             r: 1,
             w: 1,
+            layout_version: 1,
         }));
         let mut nodes = Vec::new();
         for incoming in incomings {

@@ -14,6 +14,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod membership;
 pub mod nemesis;
 pub mod real;
 pub mod report;

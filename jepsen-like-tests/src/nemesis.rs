@@ -29,9 +29,12 @@ pub enum Nemesis {
     Clock,
     /// Random packet loss on every node (nft numgen).
     Loss,
+    /// A membership change: one node leaves the layout (its carts move to the others), and joins
+    /// again at heal (carts move back).
+    Membership,
 }
 
-pub const ALL: [Nemesis; 8] = [
+pub const ALL: [Nemesis; 9] = [
     Nemesis::PartitionHalves,
     Nemesis::Isolate,
     Nemesis::Bridge,
@@ -40,6 +43,7 @@ pub const ALL: [Nemesis; 8] = [
     Nemesis::Pause,
     Nemesis::Clock,
     Nemesis::Loss,
+    Nemesis::Membership,
 ];
 
 impl Nemesis {
@@ -53,6 +57,7 @@ impl Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::Clock => "clock",
             Nemesis::Loss => "loss",
+            Nemesis::Membership => "membership",
         }
     }
 
@@ -98,6 +103,8 @@ pub enum Fault {
     Loss {
         percent: u32,
     },
+    /// The node leaves the layout; it joins again at heal.
+    Leave(usize),
 }
 
 impl Fault {
@@ -108,6 +115,7 @@ impl Fault {
             Fault::Pause(_) => Nemesis::Pause,
             Fault::Skew(_) => Nemesis::Clock,
             Fault::Loss { .. } => Nemesis::Loss,
+            Fault::Leave(_) => Nemesis::Membership,
         }
     }
 
@@ -128,6 +136,7 @@ impl Fault {
                 .collect::<Vec<_>>()
                 .join(" "),
             Fault::Loss { percent } => format!("{percent}% of packets"),
+            Fault::Leave(node) => format!("{} leaves, joins at heal", name(node)),
         }
     }
 
@@ -196,6 +205,7 @@ impl Fault {
             Nemesis::Loss => Fault::Loss {
                 percent: rng.random_range(10..=40),
             },
+            Nemesis::Membership => Fault::Leave(order[0]),
         }
     }
 }
@@ -303,7 +313,7 @@ mod tests {
 
     #[test]
     fn lists_parse() {
-        assert_eq!(Nemesis::parse_list("all").expect("all").len(), 8);
+        assert_eq!(Nemesis::parse_list("all").expect("all").len(), 9);
         assert_eq!(
             Nemesis::parse_list("kill,isolate").expect("list"),
             vec![Nemesis::Isolate, Nemesis::Kill]

@@ -1,8 +1,9 @@
 //! The simulation tier: the same workloads, schedule and checker as the real tier, with the
 //! whole cluster inside one turmoil simulation ([`crate::sim::SimCluster`]), so one seed gives
 //! one run. Faults: the four partition shapes, kill (crash + bounce on the surviving in-memory
-//! storage) and pause (every message to and from the node held, then released). Clock skew and
-//! packet loss exist only in the real tier.
+//! storage), pause (every message to and from the node held, then released) and membership (a
+//! node leaves the layout, joins again at heal, through the admin API). Clock skew and packet
+//! loss exist only in the real tier.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +14,10 @@ use tokio::time::Instant;
 
 use crate::checker::{self, ReplicaState, Verdict};
 use crate::history::{FaultSpan, History, Recorder};
+use crate::membership;
 use crate::nemesis::{self, Fault, Nemesis, Step, Timing};
 use crate::report::{self, RunInfo};
-use crate::sim::{sim_client, sim_client_options, SimCluster, SimOptions};
+use crate::sim::{sim_client, sim_client_options, SimCluster, SimOptions, SIM_SECRET};
 use crate::workload::{self, Process, Recording, RunClock, Workload};
 use cart_client::ClientOptions;
 
@@ -76,6 +78,8 @@ impl SimRun {
 
 /// What a simulated run produced.
 pub struct SimResult {
+    /// Layout versions committed during the run (the membership nemesis's leaves and rejoins).
+    pub layout_changes: u64,
     pub verdict: Verdict,
     pub history: History,
     pub converged: bool,
@@ -84,7 +88,9 @@ pub struct SimResult {
 
 impl SimResult {
     pub fn summary(&self) -> String {
-        report::summary(&self.info, &self.verdict)
+        let mut out = report::summary(&self.info, &self.verdict);
+        out.push_str(&format!("layout changes committed: {}\n", self.layout_changes));
+        out
     }
 }
 
@@ -112,8 +118,9 @@ fn replicas(cluster: &SimCluster, carts: &BTreeSet<String>) -> Result<Vec<Replic
     Ok(out)
 }
 
-/// Carries out (or undoes) one fault on the simulated cluster.
-fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String]) {
+/// Carries out (or undoes) one fault on the simulated cluster. `step` names the fault's
+/// operator client (a membership change runs as a client of the cluster).
+fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String], step: usize) {
     let hosts = cluster.hosts().to_vec();
     match fault {
         Fault::Partition { blocked, .. } => {
@@ -144,6 +151,35 @@ fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String]
                     }
                 }
             }
+        }
+        Fault::Leave(node) => {
+            let node_id = hosts[*node].clone();
+            let change = match heal {
+                false => membership::Change::Leave { node_id },
+                true => match cluster.config(&node_id) {
+                    Ok(config) => membership::Change::Join {
+                        addr: config.listen_addr.to_string(),
+                        node_id,
+                    },
+                    Err(_) => return,
+                },
+            };
+            // Staged and committed on the other nodes (the leaving one hands over, not decides).
+            let endpoints: Vec<String> = cluster
+                .endpoints()
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| i != node)
+                .map(|(_, e)| e)
+                .collect();
+            let name = format!("operator-{step}-{}", if heal { "join" } else { "leave" });
+            cluster.sim.client(name.as_str(), async move {
+                let connect = crate::sim::sim_client_connector();
+                if let Err(e) = membership::apply(&endpoints, SIM_SECRET, &change, &connect).await {
+                    tracing::warn!(?change, error = %e, "membership nemesis: change not committed");
+                }
+                Ok(())
+            });
         }
         // Not simulated: filtered out of sim schedules.
         Fault::Skew(_) | Fault::Loss { .. } => {}
@@ -259,7 +295,7 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
         let now = cluster.sim.elapsed();
         while next_event < events.len() && events[next_event].0 <= now {
             let (_, i, heal) = events[next_event];
-            apply(&mut cluster, &steps[i].fault, heal, &clients);
+            apply(&mut cluster, &steps[i].fault, heal, &clients, i);
             if heal {
                 recorder.fault(FaultSpan {
                     nemesis: steps[i].fault.nemesis().name().into(),
@@ -299,6 +335,7 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
         time_limit_s: opts.active.as_secs(),
     };
     Ok(SimResult {
+        layout_changes: cluster.layout_version().saturating_sub(1),
         verdict,
         history,
         converged,

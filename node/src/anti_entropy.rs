@@ -42,15 +42,16 @@ fn bucket_of(key: &[u8]) -> usize {
 /// replicates too.
 fn for_shared(coordinator: &Coordinator, peer: &str, mut f: impl FnMut(String, usize, u64)) -> Result<(), NodeError> {
     let cluster = &coordinator.cluster;
+    // Owners by the newest layout version (while carts move into it, the transfer moves them).
+    let topology = cluster.topology();
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = coordinator.store.scan_carts(after.as_deref(), SCAN_PAGE)?;
         let Some((last, _)) = page.last() else { return Ok(()) };
         after = Some(last.clone());
         for (key, _) in page {
-            let owners = cluster.ring.preference_list(&key, cluster.config.n);
-            let shared =
-                owners.iter().any(|m| m.node_id == peer) && owners.iter().any(|m| m.node_id == cluster.self_id);
+            let owners = topology.current.owners(&key);
+            let shared = owners.iter().any(|m| m == peer) && owners.contains(&cluster.self_id);
             if shared {
                 // The stored base may lag its deltas: hash the current cart's context (equal
                 // contexts mean equal carts, and it is a few bytes where the cart is kilobytes).
@@ -108,6 +109,7 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
         let mut peers: Vec<String> = coordinator
             .cluster
             .peers()
+            .into_iter()
             .filter(|p| p.is_up())
             .map(|p| p.member.node_id.clone())
             .collect();

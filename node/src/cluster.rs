@@ -1,9 +1,17 @@
-//! The cluster as one node sees it: the ring, a channel to every peer, and the failure detector's
-//! up/down verdicts. [`Cluster::plan`] turns a cart id into the nodes to contact (sloppy quorum).
+//! The cluster as one node sees it: the live layout versions and their rings, a channel to every
+//! peer, and the failure detector's up/down verdicts. [`Cluster::plan`] turns a cart id into the
+//! nodes to contact (sloppy quorum).
+//!
+//! Layouts change at run time ([`Cluster::install`]): while carts move into a new version, two
+//! versions are live. Reads, coordination and sloppy-quorum fallbacks follow the *read* version
+//! (the previous one, whose owners hold everything); writes also reach the new version's owners
+//! ([`Plan::extras`]). Heartbeats carry each node's layout and synced versions
+//! ([`Peer::layout_version`], [`Peer::synced_version`]); a newer version seen wakes
+//! [`Cluster::newer_layout`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cart_crdt::CartId;
@@ -13,8 +21,9 @@ use cart_proto::replica_pb::{
     ReplicateRequest,
 };
 use cart_proto::SECRET_HEADER;
+use cart_ring::layout::Layout;
 use cart_ring::{Member, Ring};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -28,6 +37,12 @@ use crate::error::NodeError;
 /// Adds the cluster secret to every internal call.
 #[derive(Clone)]
 pub struct SecretInterceptor(MetadataValue<Ascii>);
+
+impl SecretInterceptor {
+    pub fn new(secret: MetadataValue<Ascii>) -> Self {
+        SecretInterceptor(secret)
+    }
+}
 
 impl Interceptor for SecretInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -66,6 +81,10 @@ pub struct Peer {
     reads: mpsc::Sender<BatchItem<ReadRequest, ReadReply>>,
     up: AtomicBool,
     failures: AtomicU32,
+    /// What the peer's last heartbeat answer said: its newest layout version, and the version it
+    /// has handed over all its carts for (0: not heard yet).
+    pub layout_version: AtomicU64,
+    pub synced_version: AtomicU64,
 }
 
 /// One request waiting in a peer's batcher, and where its own outcome goes.
@@ -135,96 +154,235 @@ pub struct Plan {
     /// (no fallback free) the owner anyway: the detector may be stale, and a call to a dead node
     /// fails fast; the coordinator then keeps a hint for it.
     pub targets: Vec<Target>,
+    /// Owners in the newest layout version that the read version does not list, while carts move
+    /// into it: they get every write too, but do not count towards W.
+    pub extras: Vec<String>,
+}
+
+/// One live layout version and its ring.
+pub struct Version {
+    pub layout: Layout,
+    pub ring: Ring,
+}
+
+impl Version {
+    pub fn new(layout: Layout) -> Result<Self, NodeError> {
+        let ring = Ring::new(layout.members.clone()).map_err(|e| NodeError::Config {
+            reason: format!("layout version {}: {e}", layout.version),
+        })?;
+        Ok(Version { layout, ring })
+    }
+
+    /// The preference list of `key` in this version.
+    pub fn owners(&self, key: &[u8]) -> Vec<String> {
+        self.ring
+            .preference_list(key, self.layout.n as usize)
+            .into_iter()
+            .map(|m| m.node_id.clone())
+            .collect()
+    }
+}
+
+/// The live layout versions: the newest, and while carts still move into it, the one before.
+pub struct Topology {
+    pub current: Version,
+    pub previous: Option<Version>,
+    /// The membership fingerprint clients follow (of the read version).
+    pub fingerprint: u64,
+}
+
+impl Topology {
+    /// The version reads, coordination and fallbacks follow: the one whose owners hold
+    /// everything (the previous one until the move into the current one is done).
+    pub fn read(&self) -> &Version {
+        self.previous.as_ref().unwrap_or(&self.current)
+    }
+
+    /// Every member of a live version.
+    pub fn members(&self) -> BTreeMap<&str, &Member> {
+        let mut all: BTreeMap<&str, &Member> = BTreeMap::new();
+        for v in self.previous.iter().chain([&self.current]) {
+            for m in &v.layout.members {
+                all.insert(&m.node_id, m);
+            }
+        }
+        all
+    }
+}
+
+/// How this node dials peers (fixed for its lifetime).
+struct Dialer {
+    connect: Connect,
+    secret: MetadataValue<Ascii>,
+    keepalive: Duration,
+    max_message_bytes: usize,
+    peer_timeout: Duration,
+}
+
+impl Dialer {
+    fn peer(&self, member: &Member) -> Result<Peer, NodeError> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", member.addr))
+            .map_err(|e| NodeError::Config {
+                reason: format!("address of {}: {e}", member.node_id),
+            })?
+            .connect_timeout(self.peer_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive)
+            .keep_alive_while_idle(true);
+        let channel = (self.connect)(endpoint);
+        let client = ReplicaServiceClient::with_interceptor(channel, SecretInterceptor(self.secret.clone()))
+            .max_decoding_message_size(self.max_message_bytes * 4)
+            .max_encoding_message_size(self.max_message_bytes * 4);
+        let (replicates, queue) = mpsc::channel(BATCH_QUEUE_MAX);
+        tokio::spawn(run_batcher(
+            client.clone(),
+            queue,
+            self.peer_timeout,
+            REPLICATE_BATCHES_IN_FLIGHT,
+            replicate_batch,
+        ));
+        let (reads, queue) = mpsc::channel(BATCH_QUEUE_MAX);
+        tokio::spawn(run_batcher(
+            client.clone(),
+            queue,
+            self.peer_timeout,
+            READ_BATCHES_IN_FLIGHT,
+            read_batch,
+        ));
+        Ok(Peer {
+            member: member.clone(),
+            client,
+            replicates,
+            reads,
+            up: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            layout_version: AtomicU64::new(0),
+            synced_version: AtomicU64::new(0),
+        })
+    }
 }
 
 pub struct Cluster {
     pub config: ClusterConfig,
     pub self_id: String,
-    pub ring: Ring,
-    pub version: u64,
+    dialer: Dialer,
+    topology: RwLock<Arc<Topology>>,
     /// Ordered by node id, so every iteration over peers is deterministic (simulation).
-    peers: BTreeMap<String, Arc<Peer>>,
+    peers: RwLock<BTreeMap<String, Arc<Peer>>>,
+    /// The version this node has handed over all its carts for (see `membership::rebalance`).
+    pub synced_version: AtomicU64,
+    /// Woken when a heartbeat shows a peer with a newer layout version (who: `newer_from`).
+    pub newer_layout: Notify,
+    pub newer_from: std::sync::Mutex<Option<String>>,
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Cluster {
-    /// Builds the ring and a channel to every peer, made by `connect` (lazily connecting: no peer
-    /// needs to be up).
-    pub fn new(config: &NodeConfig, connect: &Connect) -> Result<Self, NodeError> {
+    /// Builds the rings of the live layout versions and a channel to every member, made by
+    /// `connect` (lazily connecting: no peer needs to be up).
+    pub fn new(
+        config: &NodeConfig,
+        connect: &Connect,
+        current: Layout,
+        previous: Option<Layout>,
+        synced_version: u64,
+    ) -> Result<Self, NodeError> {
         let cluster = &config.cluster;
-        let ring = Ring::new(cluster.members.clone()).map_err(|e| NodeError::Config { reason: e.to_string() })?;
         let secret: MetadataValue<Ascii> = cluster.secret.parse().map_err(|_| NodeError::Config {
             reason: "[cluster] secret must be printable ASCII".into(),
         })?;
-        let mut peers = BTreeMap::new();
-        for member in cluster.members.iter().filter(|m| m.node_id != config.node_id) {
-            let endpoint = Endpoint::from_shared(format!("http://{}", member.addr))
-                .map_err(|e| NodeError::Config {
-                    reason: format!("address of {}: {e}", member.node_id),
-                })?
-                .connect_timeout(cluster.peer_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(config.keepalive_interval)
-                .keep_alive_timeout(config.keepalive_interval)
-                .keep_alive_while_idle(true);
-            let channel = connect(endpoint);
-            let client = ReplicaServiceClient::with_interceptor(channel, SecretInterceptor(secret.clone()))
-                .max_decoding_message_size(config.limits.max_message_bytes * 4)
-                .max_encoding_message_size(config.limits.max_message_bytes * 4);
-            let (replicates, queue) = mpsc::channel(BATCH_QUEUE_MAX);
-            tokio::spawn(run_batcher(
-                client.clone(),
-                queue,
-                cluster.peer_timeout,
-                REPLICATE_BATCHES_IN_FLIGHT,
-                replicate_batch,
-            ));
-            let (reads, queue) = mpsc::channel(BATCH_QUEUE_MAX);
-            tokio::spawn(run_batcher(
-                client.clone(),
-                queue,
-                cluster.peer_timeout,
-                READ_BATCHES_IN_FLIGHT,
-                read_batch,
-            ));
-            let peer = Peer {
-                member: member.clone(),
-                client,
-                replicates,
-                reads,
-                up: AtomicBool::new(true),
-                failures: AtomicU32::new(0),
-            };
-            peers.insert(member.node_id.clone(), Arc::new(peer));
-        }
-        Ok(Cluster {
-            version: cart_ring::membership_version(&cluster.members),
+        let dialer = Dialer {
+            connect: connect.clone(),
+            secret,
+            keepalive: config.keepalive_interval,
+            max_message_bytes: config.limits.max_message_bytes,
+            peer_timeout: cluster.peer_timeout,
+        };
+        let me = Cluster {
             config: cluster.clone(),
             self_id: config.node_id.clone(),
-            ring,
-            peers,
-        })
+            dialer,
+            topology: RwLock::new(Arc::new(Topology {
+                fingerprint: current.fingerprint(),
+                current: Version::new(current.clone())?,
+                previous: None,
+            })),
+            peers: RwLock::new(BTreeMap::new()),
+            synced_version: AtomicU64::new(synced_version),
+            newer_layout: Notify::new(),
+            newer_from: std::sync::Mutex::new(None),
+        };
+        me.install(current, previous)?;
+        Ok(me)
     }
 
-    pub fn peer(&self, node_id: &str) -> Option<&Arc<Peer>> {
-        self.peers.get(node_id)
+    /// Makes `current` (and `previous`, while carts move out of it) the live versions: channels
+    /// to new members are made, those to nodes in neither version dropped.
+    pub fn install(&self, current: Layout, previous: Option<Layout>) -> Result<(), NodeError> {
+        let fingerprint = previous.as_ref().unwrap_or(&current).fingerprint();
+        let topology = Topology {
+            current: Version::new(current)?,
+            previous: previous.map(Version::new).transpose()?,
+            fingerprint,
+        };
+        let mut peers = write_lock(&self.peers);
+        let members: BTreeMap<String, Member> = topology
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != self.self_id)
+            .map(|(id, m)| (id.to_owned(), m.clone()))
+            .collect();
+        peers.retain(|id, peer| members.get(id).is_some_and(|m| m.addr == peer.member.addr));
+        for (id, member) in members {
+            if let std::collections::btree_map::Entry::Vacant(slot) = peers.entry(id) {
+                slot.insert(Arc::new(self.dialer.peer(&member)?));
+            }
+        }
+        *write_lock(&self.topology) = Arc::new(topology);
+        Ok(())
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.peers.values()
+    /// The live layout versions now.
+    pub fn topology(&self) -> Arc<Topology> {
+        read_lock(&self.topology).clone()
+    }
+
+    /// The fingerprint clients follow (`x-cartdb-membership`).
+    pub fn version(&self) -> u64 {
+        self.topology().fingerprint
+    }
+
+    /// Whether this node is a member of a live layout version (a node started with `--join`
+    /// is not until an operator adds it).
+    pub fn is_member(&self) -> bool {
+        self.topology().members().contains_key(self.self_id.as_str())
+    }
+
+    pub fn peer(&self, node_id: &str) -> Option<Arc<Peer>> {
+        read_lock(&self.peers).get(node_id).cloned()
+    }
+
+    /// Every peer, in node id order.
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        read_lock(&self.peers).values().cloned().collect()
     }
 
     /// Whether `node_id` is believed up (this node always is).
     pub fn is_up(&self, node_id: &str) -> bool {
-        node_id == self.self_id || self.peers.get(node_id).is_some_and(|p| p.is_up())
+        node_id == self.self_id || read_lock(&self.peers).get(node_id).is_some_and(|p| p.is_up())
     }
 
-    /// The cart's preference list.
+    /// The cart's preference list in the read version.
     pub fn owners(&self, id: &CartId) -> Vec<String> {
-        self.ring
-            .preference_list(id.as_str().as_bytes(), self.config.n)
-            .into_iter()
-            .map(|m| m.node_id.clone())
-            .collect()
+        self.topology().read().owners(id.as_str().as_bytes())
     }
 
     pub fn is_owner(&self, id: &CartId) -> bool {
@@ -234,8 +392,11 @@ impl Cluster {
     /// Owners that are up serve themselves; each down owner is replaced by the next healthy node
     /// on the ring beyond the preference list (which then holds a hint for it).
     pub fn plan(&self, id: &CartId) -> Plan {
-        let walk: Vec<&Member> = self.ring.walk(id.as_str().as_bytes()).collect();
-        let n = self.config.n.min(walk.len());
+        let topology = self.topology();
+        let read = topology.read();
+        let n = read.layout.n as usize;
+        let walk: Vec<&Member> = read.ring.walk(id.as_str().as_bytes(), n).collect();
+        let n = n.min(walk.len());
         let owners: Vec<String> = walk[..n].iter().map(|m| m.node_id.clone()).collect();
         let mut fallbacks = walk[n..].iter().filter(|m| self.is_up(&m.node_id));
         let mut targets = Vec::new();
@@ -252,17 +413,33 @@ impl Cluster {
                 },
             });
         }
-        Plan { owners, targets }
+        let extras = match &topology.previous {
+            Some(_) => topology
+                .current
+                .owners(id.as_str().as_bytes())
+                .into_iter()
+                .filter(|o| !owners.contains(o))
+                .collect(),
+            None => Vec::new(),
+        };
+        Plan {
+            owners,
+            targets,
+            extras,
+        }
     }
 
     /// The first healthy node beyond the cart's preference list that is not in `taken`: where a
     /// copy goes when a call to an owner the detector still thought up has just failed.
     pub fn fallback_for(&self, id: &CartId, taken: &[String]) -> Option<String> {
         // Prefer a node believed up; a stale "down" verdict should not leave the request short.
-        let spare: Vec<&Member> = self
+        let topology = self.topology();
+        let read = topology.read();
+        let n = read.layout.n as usize;
+        let spare: Vec<&Member> = read
             .ring
-            .walk(id.as_str().as_bytes())
-            .skip(self.config.n)
+            .walk(id.as_str().as_bytes(), n)
+            .skip(n)
             .filter(|m| !taken.contains(&m.node_id) && m.node_id != self.self_id)
             .collect();
         spare
@@ -275,7 +452,7 @@ impl Cluster {
     /// Records the outcome of a call to a peer: a success marks it up; a failure that says the
     /// peer is unreachable marks it down at once (the heartbeat probes it back).
     pub fn record(&self, node_id: &str, outcome: Result<(), &Status>) {
-        let Some(peer) = self.peers.get(node_id) else { return };
+        let Some(peer) = self.peer(node_id) else { return };
         match outcome {
             Ok(()) => {
                 peer.failures.store(0, Ordering::SeqCst);
@@ -319,6 +496,28 @@ impl Cluster {
         request
     }
 
+    /// This node's heartbeat: who it is, its newest layout version and its synced version.
+    pub fn ping(&self) -> PingRequest {
+        PingRequest {
+            from_node: self.self_id.clone(),
+            layout_version: self.topology().current.layout.version,
+            synced_version: self.synced_version.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Notes the versions a peer reported; a newer layout than ours wakes the membership task.
+    pub fn heard(&self, peer: &Peer, layout_version: u64, synced_version: u64) {
+        peer.layout_version.store(layout_version, Ordering::SeqCst);
+        peer.synced_version.store(synced_version, Ordering::SeqCst);
+        if layout_version > self.topology().current.layout.version {
+            *self
+                .newer_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(peer.member.node_id.clone());
+            self.newer_layout.notify_one();
+        }
+    }
+
     /// Probes every peer once per `heartbeat_interval` until `stop` fires.
     pub async fn run_failure_detector(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         // The first probe waits one interval: peers of a cluster starting together get a chance to
@@ -332,20 +531,21 @@ impl Cluster {
                 _ = stop.changed() => return,
                 _ = tick.tick() => {}
             }
-            let probes = self.peers.values().map(|peer| {
+            let probes = self.peers().into_iter().map(|peer| {
                 let me = self.clone();
-                let peer = peer.clone();
                 async move {
-                    let request = me.request(PingRequest {
-                        from_node: me.self_id.clone(),
-                    });
+                    let request = me.request(me.ping());
                     let outcome = tokio::time::timeout(
                         me.config.peer_timeout + Duration::from_millis(50),
                         peer.client().ping(request),
                     )
                     .await;
                     match outcome {
-                        Ok(Ok(_)) => me.record(&peer.member.node_id, Ok(())),
+                        Ok(Ok(reply)) => {
+                            let reply = reply.into_inner();
+                            me.heard(&peer, reply.layout_version, reply.synced_version);
+                            me.record(&peer.member.node_id, Ok(()))
+                        }
                         Ok(Err(status)) => me.record(&peer.member.node_id, Err(&status)),
                         Err(_) => me.record(&peer.member.node_id, Err(&Status::deadline_exceeded("ping timed out"))),
                     }

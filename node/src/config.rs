@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// HTTP/2 keepalive ping interval on every connection, served and dialled.
     pub keepalive_interval: Duration,
     pub cluster: ClusterConfig,
+    /// `HOST:PORT` of a cluster node to learn the layout from on first start (`cartd run
+    /// --join`); the node then waits as a non-member until an operator adds it.
+    pub join: Option<String>,
 }
 
 /// Replication settings, the same on every node.
@@ -69,6 +72,8 @@ pub struct ClusterConfig {
     pub anti_entropy_interval: Duration,
     /// Carts repaired per anti-entropy round at most.
     pub anti_entropy_keys_per_round: usize,
+    /// Carts a node hands over per second at most while a layout change moves carts.
+    pub transfer_carts_per_sec: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +104,9 @@ struct RawNode {
     data_dir: PathBuf,
     #[serde(default = "defaults::weight")]
     weight: u32,
+    /// Failure domain (rack, availability zone).
+    #[serde(default)]
+    zone: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +124,7 @@ struct RawCluster {
     hints_max: Option<usize>,
     anti_entropy_interval_ms: Option<u64>,
     anti_entropy_keys_per_round: Option<usize>,
+    transfer_carts_per_sec: Option<usize>,
 }
 
 mod defaults {
@@ -180,6 +189,7 @@ impl NodeConfig {
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             keepalive_interval: Duration::from_millis(raw.keepalive_interval_ms),
             cluster,
+            join: None,
         })
     }
 }
@@ -189,6 +199,7 @@ struct ParsedNode {
     addr: SocketAddr,
     data_dir: PathBuf,
     weight: u32,
+    zone: String,
 }
 
 fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
@@ -203,6 +214,7 @@ fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
             listen_addr: listen_addr.clone(),
             data_dir: data_dir.clone(),
             weight: 1,
+            zone: String::new(),
         }],
         (None, None, None) => Vec::new(),
         _ => {
@@ -248,6 +260,7 @@ fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
             addr,
             data_dir: n.data_dir.clone(),
             weight: n.weight,
+            zone: n.zone.clone(),
         });
     }
     Ok(nodes)
@@ -271,6 +284,7 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
             node_id: n.node_id.clone(),
             addr: n.addr.to_string(),
             weight: n.weight,
+            zone: n.zone.clone(),
         })
         .collect();
     cart_ring::Ring::new(members.clone()).map_err(|e| e.to_string())?;
@@ -323,6 +337,7 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
         hints_max: count(raw.hints_max, 1_000_000, "hints_max")?,
         anti_entropy_interval: ms(raw.anti_entropy_interval_ms, 10_000, 10, "anti_entropy_interval_ms")?,
         anti_entropy_keys_per_round: count(raw.anti_entropy_keys_per_round, 512, "anti_entropy_keys_per_round")?,
+        transfer_carts_per_sec: count(raw.transfer_carts_per_sec, 2_000, "transfer_carts_per_sec")?,
     })
 }
 

@@ -21,6 +21,7 @@ use tonic::Status;
 
 use crate::cluster::{Cluster, Plan, Target};
 use crate::error::NodeError;
+use crate::membership::Membership;
 use crate::store::{CartStore, Written};
 
 /// Replication and repair calls running in the background at most; beyond it, new ones wait.
@@ -29,6 +30,7 @@ pub const BACKGROUND_CALLS_MAX: usize = 4096;
 pub struct Coordinator {
     pub store: Arc<CartStore>,
     pub cluster: Arc<Cluster>,
+    pub membership: Arc<Membership>,
     background: Arc<Semaphore>,
 }
 
@@ -113,6 +115,7 @@ struct ReadReply {
 impl Coordinator {
     pub fn new(store: Arc<CartStore>, cluster: Arc<Cluster>) -> Arc<Self> {
         Arc::new(Coordinator {
+            membership: Arc::new(Membership::new(store.clone(), cluster.clone())),
             store,
             cluster,
             background: Arc::new(Semaphore::new(BACKGROUND_CALLS_MAX)),
@@ -177,18 +180,19 @@ impl Coordinator {
     /// Queues the write's delta on the replicate batcher of every other owner that is up (called
     /// with the cart's lock held, so deltas queue in write order); the outcomes it could queue.
     fn queue_delta(&self, plan: &Plan, id: &CartId, written: &Written) -> Vec<(String, Queued)> {
-        let owners = plan.targets.iter().filter(|t| t.hint_for.is_none());
+        let owners = plan.targets.iter().filter(|t| t.hint_for.is_none()).map(|t| &t.node_id);
         owners
-            .filter(|t| t.node_id != self.cluster.self_id)
-            .filter_map(|target| {
+            .chain(plan.extras.iter().filter(|e| self.cluster.is_up(e)))
+            .filter(|node| **node != self.cluster.self_id)
+            .filter_map(|node| {
                 let request = ReplicateRequest {
                     cart_id: id.to_string(),
                     state: written.delta.to_vec(),
                     hint_for: String::new(),
                     deps: written.deps.to_vec(),
                 };
-                let outcome = self.cluster.peer(&target.node_id)?.try_replicate(request)?;
-                Some((target.node_id.clone(), outcome))
+                let outcome = self.cluster.peer(node)?.try_replicate(request)?;
+                Some((node.clone(), outcome))
             })
             .collect()
     }
@@ -204,6 +208,26 @@ impl Coordinator {
         mut queued: Vec<(String, Queued)>,
     ) -> Result<(), NodeError> {
         let taken = Taken::new(&plan.targets);
+        // New owners while carts move into a new layout: sent in the background, never counted.
+        for extra in plan.extras.iter().filter(|e| **e != self.cluster.self_id) {
+            let Ok(permit) = self.background.clone().try_acquire_owned() else {
+                self.hint_locally(extra, id, &outgoing.cart).await;
+                continue;
+            };
+            let early = queued
+                .iter()
+                .position(|(node, _)| node == extra)
+                .map(|at| queued.swap_remove(at).1);
+            let target = Target {
+                node_id: extra.clone(),
+                hint_for: None,
+            };
+            let (me, id, outgoing, taken) = (self.clone(), id.clone(), outgoing.clone(), taken.clone());
+            tokio::spawn(async move {
+                me.send_state(&target, &id, &outgoing, early, &taken).await;
+                drop(permit);
+            });
+        }
         let remote: Vec<Target> = plan
             .targets
             .into_iter()
@@ -433,7 +457,7 @@ impl Coordinator {
         let mut targets = plan.targets;
         targets.sort_by_key(|t| t.node_id != self.cluster.self_id);
         let spare = targets.split_off(r.min(targets.len()));
-        let (tx, rx) = mpsc::channel(self.cluster.ring.members().len().max(1));
+        let (tx, rx) = mpsc::channel(self.cluster.topology().members().len().max(1));
         let asked = targets.len();
         let mut known = None;
         for target in targets {

@@ -43,6 +43,12 @@ pub enum NodeError {
     Unauthenticated { header: &'static str },
     #[error("configuration: {reason}")]
     Config { reason: String },
+    #[error("membership change refused: {reason}")]
+    LayoutRefused { reason: String },
+    #[error("membership change lost a race: {reason}")]
+    LayoutConflict { reason: String },
+    #[error("membership change not committed: {reason}")]
+    NoMajority { reason: String },
 }
 
 impl From<NodeError> for Status {
@@ -77,6 +83,9 @@ impl From<NodeError> for Status {
             NodeError::HintsFull { .. } => Status::resource_exhausted(message),
             NodeError::NotOwner { .. } | NodeError::MissingHistory { .. } => Status::failed_precondition(message),
             NodeError::Unauthenticated { .. } => Status::unauthenticated(message),
+            NodeError::LayoutRefused { .. } => Status::failed_precondition(message),
+            NodeError::LayoutConflict { .. } => Status::aborted(message),
+            NodeError::NoMajority { .. } => Status::unavailable(message),
             NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
         }
     }

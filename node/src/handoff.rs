@@ -1,6 +1,7 @@
 //! Hinted handoff: hints this node holds are offered to their owners once those are up again, with
 //! exponential backoff per owner while they fail, and deleted only after the owner has persisted
-//! them (a hint that changed meanwhile is kept and sent again).
+//! them (a hint that changed meanwhile is kept and sent again). Hints for a node that is no longer
+//! in any live layout version (it left, or was replaced) go to the cart's owners in the newest one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,8 +30,16 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
+        let members: Vec<String> = coordinator
+            .cluster
+            .topology()
+            .members()
+            .into_keys()
+            .map(str::to_owned)
+            .collect();
         for (owner, count) in coordinator.store.hint_counts() {
-            if count == 0 || !coordinator.cluster.is_up(&owner) || owner == coordinator.cluster.self_id {
+            let departed = !members.contains(&owner);
+            if count == 0 || (!departed && !coordinator.cluster.is_up(&owner)) || owner == coordinator.cluster.self_id {
                 continue;
             }
             if backoff.get(&owner).is_some_and(|(until, _)| Instant::now() < *until) {
@@ -53,10 +62,13 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
     }
 }
 
-/// Sends one batch of `owner`'s hints; returns how many were delivered and deleted.
+/// Sends one batch of `owner`'s hints (to the cart's current owners if `owner` departed);
+/// returns how many were delivered and deleted.
 async fn deliver(coordinator: &Coordinator, owner: &str) -> Result<usize, String> {
     let cluster = &coordinator.cluster;
-    let peer = cluster.peer(owner).ok_or_else(|| format!("unknown owner {owner}"))?;
+    let Some(peer) = cluster.peer(owner) else {
+        return deliver_to_new_owners(coordinator, owner).await;
+    };
     let batch = coordinator
         .store
         .hints_for(owner, None, HINT_BATCH)
@@ -88,6 +100,49 @@ async fn deliver(coordinator: &Coordinator, owner: &str) -> Result<usize, String
                 cluster.record(owner, Err(&status));
                 return Err(format!("{:?}: {}", status.code(), status.message()));
             }
+        }
+    }
+    Ok(delivered)
+}
+
+/// The hints of a node that left: each goes to every owner of its cart in the newest layout
+/// version (merged here when this node is one), then is deleted.
+async fn deliver_to_new_owners(coordinator: &Coordinator, departed: &str) -> Result<usize, String> {
+    let cluster = &coordinator.cluster;
+    let batch = coordinator
+        .store
+        .hints_for(departed, None, HINT_BATCH)
+        .map_err(|e| e.to_string())?;
+    let topology = cluster.topology();
+    let mut delivered = 0;
+    for (key, state) in batch {
+        let Some(id) = hint_cart_id(&key).and_then(|raw| CartId::parse(raw, coordinator.store.limits()).ok()) else {
+            continue;
+        };
+        for owner in topology.current.owners(id.as_str().as_bytes()) {
+            if owner == cluster.self_id {
+                let cart = cart_crdt::codec::decode(&state).map_err(|e| e.to_string())?;
+                coordinator.store.merge(&id, cart).await.map_err(|e| e.to_string())?;
+                continue;
+            }
+            let peer = cluster.peer(&owner).ok_or_else(|| format!("no channel to {owner}"))?;
+            let request = cluster.request(ReplicateRequest {
+                cart_id: id.to_string(),
+                state: state.clone(),
+                hint_for: String::new(),
+                deps: Vec::new(),
+            });
+            let outcome = peer.client().replicate(request).await;
+            cluster.record(&owner, outcome.as_ref().map(|_| ()));
+            outcome.map_err(|status| format!("{owner}: {:?}: {}", status.code(), status.message()))?;
+        }
+        if coordinator
+            .store
+            .remove_hint(departed, &id, &state)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            delivered += 1;
         }
     }
     Ok(delivered)

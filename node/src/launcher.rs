@@ -248,6 +248,8 @@ pub struct LocalCluster {
     pub spec: ClusterSpec,
     bin: PathBuf,
     nodes: Vec<Option<NodeProcess>>,
+    /// Nodes started with a node file of their own and `--join`: (id, file, seed address).
+    joined: Vec<(String, PathBuf, String)>,
 }
 
 impl LocalCluster {
@@ -258,6 +260,7 @@ impl LocalCluster {
             bin: cartd_bin.to_owned(),
             nodes: spec.nodes.iter().map(|_| None).collect(),
             spec,
+            joined: Vec::new(),
         };
         for i in 0..cluster.nodes.len() {
             cluster.restart(i)?;
@@ -275,9 +278,57 @@ impl LocalCluster {
                 node_id: format!("#{i}"),
             })?
             .clone();
-        let node = NodeProcess::start(&self.bin, &self.spec.config_path(), &id, &self.spec.node_dir(&id))?;
+        let dir = self.spec.node_dir(&id);
+        let node = match self.joined.iter().find(|(j, _, _)| *j == id) {
+            Some((_, file, seed)) => {
+                let mut command = Command::new(&self.bin);
+                command.arg("run").arg("--config").arg(file).arg("--join").arg(seed);
+                NodeProcess::start_command(command, &id, &dir)?
+            }
+            None => NodeProcess::start(&self.bin, &self.spec.config_path(), &id, &dir)?,
+        };
         self.nodes[i] = Some(node);
         Ok(self.nodes[i].as_ref().expect("just set"))
+    }
+
+    /// Starts a new node `node_id` on `port` (0: a free one) from a node file of its own
+    /// (`DIR/<node_id>.toml`), joining through node `seed`: it learns the layout and waits as a
+    /// non-member until an operator adds it (`cartctl cluster join`). Returns its index.
+    pub fn start_joining(&mut self, node_id: &str, port: u16, seed: usize) -> Result<usize, LaunchError> {
+        let port = if port == 0 { free_port()? } else { port };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let seed = self
+            .endpoints()
+            .get(seed)
+            .cloned()
+            .ok_or_else(|| LaunchError::NoSuchNode {
+                node_id: format!("#{seed}"),
+            })?;
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        // Timing keys of the cluster table carry over; N/R/W come from the layout it learns.
+        let cluster_toml: String = self
+            .spec
+            .cluster_toml
+            .lines()
+            .filter(|l| !["n", "r", "w"].contains(&l.split('=').next().unwrap_or("").trim()))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let data = self.spec.node_dir(node_id).join("data");
+        let text = format!(
+            "{}\nnode_id = {}\nlisten_addr = \"{addr}\"\ndata_dir = {}\n\n[cluster]\nsecret = {}\n{cluster_toml}",
+            self.spec.top_toml,
+            quote(node_id),
+            quote(&data.display().to_string()),
+            quote(&self.spec.secret),
+        );
+        let file = self.spec.dir.join(format!("{node_id}.toml"));
+        std::fs::write(&file, text).map_err(io("write", &file))?;
+        self.spec.nodes.push((node_id.to_owned(), addr));
+        self.nodes.push(None);
+        self.joined.push((node_id.to_owned(), file, seed));
+        let i = self.nodes.len() - 1;
+        self.restart(i)?;
+        Ok(i)
     }
 
     /// The running node `i`, if it is running.
@@ -312,11 +363,15 @@ impl LocalCluster {
         Ok(out)
     }
 
-    /// The first running node that has exited on its own, with its status.
+    /// A running node that has exited on its own, with its status (reported once: it no longer
+    /// counts as running).
     pub fn exited(&mut self) -> Result<Option<(String, ExitStatus)>, LaunchError> {
-        for node in self.nodes.iter_mut().flatten() {
+        for slot in self.nodes.iter_mut() {
+            let Some(node) = slot else { continue };
             if let Some(status) = node.try_wait()? {
-                return Ok(Some((node.node_id.clone(), status)));
+                let id = node.node_id.clone();
+                *slot = None;
+                return Ok(Some((id, status)));
             }
         }
         Ok(None)

@@ -10,6 +10,9 @@
 //!   `incoming` stream of [`server::Node::serve`] and the peer connector [`cluster::Connect`] of
 //!   [`server::Node::open_with_connector`]) so the same code runs under simulation.
 //! - Every queue is bounded; overload is refused with `RESOURCE_EXHAUSTED`.
+//! - The cluster layout is a versioned document every node stores and spreads ([`membership`]);
+//!   versions are agreed by a majority of the current members, and carts move into a new version
+//!   without loss (writes reach both versions' owners until every node has handed over).
 //!
 //! It never panics on a request and never holds a cart lock across anything but its own write.
 
@@ -23,6 +26,7 @@ pub mod coordinator;
 pub mod error;
 pub mod handoff;
 pub mod launcher;
+pub mod membership;
 pub mod replica;
 pub mod server;
 pub mod service;

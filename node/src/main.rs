@@ -31,6 +31,10 @@ enum Cmd {
         /// Which node of a cluster file this is.
         #[arg(long, value_name = "ID")]
         node: Option<String>,
+        /// On first start, learn the cluster's layout from this node and wait as a non-member
+        /// until an operator adds this node (`cartctl cluster join`).
+        #[arg(long, value_name = "HOST:PORT")]
+        join: Option<String>,
     },
     /// Start a local cluster of separate `cartd` processes on 127.0.0.1 and stop it on Ctrl-C.
     Dev {
@@ -66,7 +70,7 @@ fn main() -> Result<()> {
         .build()
         .context("start tokio runtime")?;
     match cli.command {
-        Cmd::Run { config, node } => runtime.block_on(run(&config, node.as_deref())),
+        Cmd::Run { config, node, join } => runtime.block_on(run(&config, node.as_deref(), join)),
         Cmd::Dev {
             nodes,
             base_port,
@@ -76,8 +80,15 @@ fn main() -> Result<()> {
     }
 }
 
-async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
+async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Result<()> {
     let mut config = NodeConfig::load(config_path, node)?;
+    if join.is_some() && config.cluster.secret.is_empty() {
+        bail!(
+            "--join needs the cluster's secret: set [cluster] secret in {}",
+            config_path.display()
+        );
+    }
+    config.join = join;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
     let storage = SledStorage::open(&config.data_dir)?;
@@ -148,27 +159,37 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Pa
         endpoints[0]
     );
 
-    let outcome = tokio::select! {
-        () = shutdown_signal() => Ok(()),
-        failed = watch_nodes(&mut cluster) => failed,
-    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = watch_nodes(&mut cluster) => {}
+    }
     let mut clean = true;
     for (id, status) in cluster.terminate_all(Duration::from_secs(15))? {
         println!("node {id} stopped ({status})");
         clean &= status.success();
     }
-    outcome?;
     if !clean {
         bail!("a node did not stop cleanly; see its log");
     }
     Ok(())
 }
 
-/// Returns an error as soon as any node exits on its own.
-async fn watch_nodes(cluster: &mut LocalCluster) -> Result<()> {
+/// Reports every node that exits on its own, with the command that starts it again; the other
+/// nodes keep serving (staying available when a node dies is what cartdb is for).
+async fn watch_nodes(cluster: &mut LocalCluster) {
+    let bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cartd"));
     loop {
-        if let Some((id, status)) = cluster.exited()? {
-            bail!("node {id} exited unexpectedly ({status}); see its log");
+        match cluster.exited() {
+            Ok(Some((id, status))) => {
+                println!(
+                    "node {id} exited ({status}); the others keep serving. Restart it with:\n  {} run --config {} --node {id} >> {} 2>&1 &",
+                    bin.display(),
+                    cluster.spec.config_path().display(),
+                    cluster.spec.node_dir(&id).join("cartd.log").display()
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the dev nodes"),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use cart_crdt::{codec, CartId};
 use cart_proto::replica_pb::replica_service_server::ReplicaService;
 use cart_proto::replica_pb::{
-    BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest, ItemResult,
-    KeyHash, PingReply, PingRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReadResult,
+    BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest,
+    GetLayoutRequest, ItemResult, KeyHash, LayoutAcceptReply, LayoutAcceptRequest, LayoutDoc, LayoutPrepareReply,
+    LayoutPrepareRequest, PingReply, PingRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReadResult,
     ReplicateBatchReply, ReplicateBatchRequest, ReplicateReply, ReplicateRequest,
 };
 use cart_proto::{CartRequest, Consistency, SECRET_HEADER};
@@ -16,6 +17,9 @@ use tonic::{Request, Response, Status};
 use crate::anti_entropy;
 use crate::coordinator::Coordinator;
 use crate::error::NodeError;
+use crate::membership;
+use crate::membership::paxos::{Ballot, Prepared};
+use cart_ring::layout::Layout;
 
 pub struct ReplicaApi {
     coordinator: Arc<Coordinator>,
@@ -192,9 +196,76 @@ impl ReplicaService for ReplicaApi {
         Ok(Response::new(CoordinateReply { state }))
     }
 
-    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let cluster = &self.coordinator.cluster;
+        let ping = request.into_inner();
+        if let Some(peer) = cluster.peer(&ping.from_node) {
+            cluster.heard(&peer, ping.layout_version, ping.synced_version);
+        }
+        let me = cluster.ping();
         Ok(Response::new(PingReply {
-            node_id: self.coordinator.cluster.self_id.clone(),
+            node_id: me.from_node,
+            layout_version: me.layout_version,
+            synced_version: me.synced_version,
+        }))
+    }
+
+    async fn get_layout(&self, _request: Request<GetLayoutRequest>) -> Result<Response<LayoutDoc>, Status> {
+        Ok(Response::new(membership::doc(&self.coordinator.cluster)?))
+    }
+
+    async fn layout_prepare(
+        &self,
+        request: Request<LayoutPrepareRequest>,
+    ) -> Result<Response<LayoutPrepareReply>, Status> {
+        let req = request.into_inner();
+        let ballot = Ballot {
+            round: req.round,
+            proposer: req.proposer,
+        };
+        let (answer, installed) = self.coordinator.membership.on_prepare(req.version, &ballot).await?;
+        let mut reply = LayoutPrepareReply {
+            current_version: installed,
+            ..LayoutPrepareReply::default()
+        };
+        match answer {
+            Prepared::Promise(prior) => {
+                reply.promised = true;
+                if let Some((ballot, layout)) = prior {
+                    reply.accepted_round = ballot.round;
+                    reply.accepted_proposer = ballot.proposer;
+                    reply.accepted_layout = serde_json::to_vec(&layout)
+                        .map_err(|e| Status::internal(format!("encode accepted layout: {e}")))?;
+                }
+            }
+            Prepared::Refused { promised } => reply.promised_round = promised.round,
+            Prepared::Decided => {}
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn layout_accept(
+        &self,
+        request: Request<LayoutAcceptRequest>,
+    ) -> Result<Response<LayoutAcceptReply>, Status> {
+        let req = request.into_inner();
+        let layout: Layout = serde_json::from_slice(&req.layout).map_err(|e| {
+            Status::from(NodeError::BadPeerMessage {
+                reason: format!("layout: {e}"),
+            })
+        })?;
+        let ballot = Ballot {
+            round: req.round,
+            proposer: req.proposer,
+        };
+        let (accepted, installed) = self
+            .coordinator
+            .membership
+            .on_accept(req.version, &ballot, &layout)
+            .await?;
+        Ok(Response::new(LayoutAcceptReply {
+            accepted,
+            current_version: installed,
         }))
     }
 

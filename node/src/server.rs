@@ -25,7 +25,11 @@ use crate::replica::{check_secret, ReplicaApi};
 use crate::service::{CartApi, InFlight};
 use crate::storage::{Storage, StorageError};
 use crate::store::CartStore;
-use crate::{anti_entropy, handoff};
+use crate::{anti_entropy, handoff, membership};
+use cart_ring::layout::Layout;
+
+/// Attempts (500 ms apart) to learn the layout from the `--join` seed on first start.
+const JOIN_ATTEMPTS: u32 = 60;
 
 pub struct Node {
     config: NodeConfig,
@@ -69,7 +73,64 @@ impl Node {
             fresh_actor,
         )
         .await?;
-        let cluster = Arc::new(Cluster::new(&config, &connect)?);
+        let mut config = config;
+        let stored = match membership::load(&store)? {
+            Some(stored) => {
+                let mut listed = config.cluster.members.clone();
+                listed.sort();
+                if config.join.is_none() && listed != stored.current.members && stored.current.version > 1 {
+                    tracing::info!(
+                        version = stored.current.version,
+                        "the stored cluster layout differs from the config file's members and wins: change membership with `cartctl cluster`"
+                    );
+                } else if config.join.is_none() && listed != stored.current.members {
+                    tracing::warn!(
+                        "the config file's members differ from the stored layout version 1, which wins: change membership with `cartctl cluster`, not the file"
+                    );
+                }
+                stored
+            }
+            None => {
+                let (current, previous) = match &config.join {
+                    // First start of a joining node: the cluster's layout, from the seed.
+                    Some(seed) => {
+                        let secret = &config.cluster.secret;
+                        membership::fetch_from_seed(seed, secret, &connect, JOIN_ATTEMPTS).await?
+                    }
+                    // First start from a cluster file: its members are version 1.
+                    None => {
+                        let c = &config.cluster;
+                        let layout = Layout::initial(c.members.clone(), c.n as u32, c.r as u32, c.w as u32);
+                        (layout, None)
+                    }
+                };
+                membership::save(&store, &current, previous.as_ref()).await?;
+                let synced = current.version;
+                membership::Stored {
+                    current,
+                    previous,
+                    synced,
+                }
+            }
+        };
+        // N, R and W are the layout's (a joining node's file need not name them).
+        let layout = &stored.current;
+        (config.cluster.n, config.cluster.r, config.cluster.w) =
+            (layout.n as usize, layout.r as usize, layout.w as usize);
+        config.cluster.members = layout.members.clone();
+        if !layout.is_member(&config.node_id) {
+            tracing::info!(
+                version = layout.version,
+                "not a member of the cluster layout yet: waiting for an operator's `cartctl cluster join`"
+            );
+        }
+        let cluster = Arc::new(Cluster::new(
+            &config,
+            &connect,
+            stored.current,
+            stored.previous,
+            stored.synced,
+        )?);
         Ok(Node {
             coordinator: Coordinator::new(Arc::new(store), cluster),
             config,
@@ -108,7 +169,8 @@ impl Node {
         let background = [
             tokio::spawn(self.coordinator.cluster.clone().run_failure_detector(stop_rx.clone())),
             tokio::spawn(handoff::run(self.coordinator.clone(), stop_rx.clone())),
-            tokio::spawn(anti_entropy::run(self.coordinator.clone(), stop_rx)),
+            tokio::spawn(anti_entropy::run(self.coordinator.clone(), stop_rx.clone())),
+            tokio::spawn(membership::run(self.coordinator.membership.clone(), stop_rx)),
         ];
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

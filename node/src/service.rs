@@ -17,7 +17,8 @@ use crate::error::NodeError;
 pub struct CartApi {
     coordinator: Arc<Coordinator>,
     in_flight: Arc<InFlight>,
-    membership: MetadataValue<Ascii>,
+    /// The membership header of the last reply, rebuilt when the layout changes.
+    membership: std::sync::Mutex<(u64, MetadataValue<Ascii>)>,
 }
 
 /// Counts requests being handled, so shutdown can wait for them rather than for idle connections
@@ -44,14 +45,18 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// The membership header's value for a layout fingerprint.
+fn header(version: u64) -> MetadataValue<Ascii> {
+    MetadataValue::try_from(format!("{version:016x}")).unwrap_or_else(|_| MetadataValue::from_static("0"))
+}
+
 impl CartApi {
     pub fn new(coordinator: Arc<Coordinator>, in_flight: Arc<InFlight>) -> Self {
-        let membership = MetadataValue::try_from(format!("{:016x}", coordinator.cluster.version))
-            .unwrap_or_else(|_| MetadataValue::from_static("0"));
+        let version = coordinator.cluster.version();
         CartApi {
             coordinator,
             in_flight,
-            membership,
+            membership: std::sync::Mutex::new((version, header(version))),
         }
     }
 
@@ -64,9 +69,18 @@ impl CartApi {
         let mut response = Response::new(CartReply {
             cart: Some(pb::Cart::from(cart.view(id))),
         });
-        response
-            .metadata_mut()
-            .insert(MEMBERSHIP_HEADER, self.membership.clone());
+        let version = self.coordinator.cluster.version();
+        let value = {
+            let mut cached = self
+                .membership
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cached.0 != version {
+                *cached = (version, header(version));
+            }
+            cached.1.clone()
+        };
+        response.metadata_mut().insert(MEMBERSHIP_HEADER, value);
         response
     }
 

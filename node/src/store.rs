@@ -423,6 +423,53 @@ impl CartStore {
         Ok(discarded)
     }
 
+    /// A value of the `meta` tree (layout, membership state).
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
+        Ok(self.storage.get(Tree::Meta, key)?)
+    }
+
+    /// Stores a value in the `meta` tree; durable on return.
+    pub async fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
+        self.put(Tree::Meta, key, value)?;
+        self.durable().await
+    }
+
+    /// Deletes a value of the `meta` tree; durable on return.
+    pub async fn meta_delete(&self, key: &[u8]) -> Result<(), NodeError> {
+        self.storage.delete(Tree::Meta, key)?;
+        self.commit.note_write();
+        self.durable().await
+    }
+
+    /// Drops this node's replica of a cart it no longer owns (base, deltas, cache entry), but
+    /// only if its context is still `handed_over` (what its new owners were sent): a write that
+    /// arrived since keeps it for the next pass. Durable on return.
+    pub async fn drop_replica(&self, id: &CartId, handed_over: &Context) -> Result<bool, NodeError> {
+        {
+            let _guard = self.lock(id);
+            let current = self.held_locked(id)?;
+            if current.cart.context() != handed_over {
+                return Ok(false);
+            }
+            drop(current);
+            self.cache.remove(id);
+            self.storage.delete(Tree::Carts, id.as_str().as_bytes())?;
+            let prefix = delta_prefix(id.as_str());
+            loop {
+                let page = self.storage.scan(Tree::Deltas, &prefix, None, 64)?;
+                if page.is_empty() {
+                    break;
+                }
+                for (key, _) in page {
+                    self.storage.delete(Tree::Deltas, &key)?;
+                }
+            }
+            self.commit.note_write();
+        }
+        self.durable().await?;
+        Ok(true)
+    }
+
     /// Up to `limit` stored bases (cart id, encoded base, which may lag the cart's deltas) after
     /// `after`, in key order: the list of carts this node holds.
     pub fn scan_carts(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, NodeError> {

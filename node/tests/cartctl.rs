@@ -81,3 +81,55 @@ async fn the_readme_tour_works() {
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
     assert!(err.to_string().contains("product_id"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartctl_cluster_stages_plans_and_discards() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(dir.path(), 3, "");
+    let n1 = common::addr(&cluster, 0);
+    let shown = cartctl(n1, &["cluster", "show"]).await.unwrap();
+    assert!(shown.contains("layout version 1 (n=3 r=2 w=2)"), "{shown}");
+    assert!(shown.contains("no staged changes"), "{shown}");
+
+    let secret = cluster.spec.secret.clone();
+    let staged = cartctl(
+        n1,
+        &[
+            "cluster",
+            "join",
+            "n4",
+            "127.0.0.1:1",
+            "--zone",
+            "b",
+            "--secret",
+            &secret,
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(staged.contains("join    n4 at 127.0.0.1:1 zone \"b\""), "{staged}");
+    let plan = cartctl(n1, &["cluster", "plan"]).await.unwrap();
+    assert!(plan.contains("plan: version 1 -> 2"), "{plan}");
+    assert!(plan.contains("n4"), "{plan}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cartctl(n1, &["--json", "cluster", "plan"]).await.unwrap()).unwrap();
+    assert_eq!(json["next_version"], 2);
+    assert!(
+        json["moves"].as_array().unwrap().iter().all(|m| m["to_node"] == "n4"),
+        "{json}"
+    );
+
+    let wrong = cartctl(n1, &["cluster", "leave", "n9", "--secret", &secret])
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("\"n9\" is not a member"), "{wrong}");
+    let denied = cartctl(n1, &["cluster", "commit", "--secret", "not-the-secret"])
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("secret"), "{denied}");
+
+    let discarded = cartctl(n1, &["cluster", "discard", "--secret", &secret]).await.unwrap();
+    assert!(discarded.contains("no staged changes"), "{discarded}");
+    let status = cartctl(n1, &["status"]).await.unwrap();
+    assert!(status.contains("layout version 1"), "{status}");
+}

@@ -74,3 +74,84 @@ async fn cartd_dev_runs_three_replicating_nodes_and_stops_them_all() {
         );
     }
 }
+
+/// The `cartd dev` node processes (children of any of the launcher's threads), with their
+/// command lines.
+fn children(pid: u32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_dev_node_leaves_the_other_two_serving_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let mut dev = Command::new(common::cartd())
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let endpoints = loop {
+        let line = lines.next().expect("cartd dev ended early").unwrap();
+        if let Some(rest) = line.strip_prefix("cartdb dev cluster up: ") {
+            break rest.split(',').map(str::to_owned).collect::<Vec<_>>();
+        }
+    };
+    let nodes = children(dev.id());
+    assert_eq!(nodes.len(), 3, "three node processes: {nodes:?}");
+    // kill -9 n3 (the third endpoint).
+    let (n3, _) = nodes
+        .iter()
+        .find(|(_, cmd)| cmd.contains("--node n3"))
+        .expect("n3 runs");
+    kill(Pid::from_raw(*n3), Signal::SIGKILL).unwrap();
+    let reported = loop {
+        let line = lines.next().expect("cartd dev ended early").unwrap();
+        if line.contains("exited") {
+            break line;
+        }
+    };
+    assert!(
+        reported.contains("node n3 exited") && reported.contains("the others keep serving"),
+        "{reported}"
+    );
+    assert!(dev.try_wait().unwrap().is_none(), "the launcher must keep running");
+
+    // cartctl against the two survivors still writes (W = 2 of the two that are left).
+    for endpoint in &endpoints[..2] {
+        let argv = [
+            "cartctl",
+            "--endpoint",
+            endpoint,
+            "cart",
+            "add",
+            "user:survivor",
+            "sku-1",
+        ];
+        let argv = argv
+            .iter()
+            .chain(&["--name", "Mug", "--price", "1299", "--currency", "EUR"]);
+        let cli = <cart_client::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let out = cart_client::cli::run(cli).await;
+        assert!(out.is_ok(), "{endpoint}: {out:?}");
+    }
+    let first = common::client(endpoints[0].parse().unwrap()).await;
+    assert_eq!(first.get_cart("user:survivor").await.unwrap().lines[0].quantity, 2);
+
+    kill(Pid::from_raw(dev.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dev.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "cartd dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

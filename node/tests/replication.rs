@@ -107,6 +107,7 @@ fn ring_of(cluster: &LocalCluster) -> Ring {
         node_id: id.clone(),
         addr: a.to_string(),
         weight: 1,
+        zone: String::new(),
     }))
     .unwrap()
 }
@@ -294,7 +295,7 @@ async fn sloppy_quorum_uses_a_fallback_and_a_non_owner_forwards() {
     let ids: Vec<String> = cluster.spec.nodes.iter().map(|(n, _)| n.clone()).collect();
     let index = |id: &str| ids.iter().position(|n| n == id).unwrap();
     let cart = "user:sloppy";
-    let walk: Vec<String> = ring.walk(cart.as_bytes()).map(|m| m.node_id.clone()).collect();
+    let walk: Vec<String> = ring.walk(cart.as_bytes(), 3).map(|m| m.node_id.clone()).collect();
     let (owners, outsider) = (&walk[..3], &walk[3]);
 
     // A non-owner forwards: the write succeeds and lands on the owners, not on it.
@@ -358,6 +359,8 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
     let mut peer = ReplicaServiceClient::connect(url).await.unwrap();
     let refused = peer
         .ping(PingRequest {
+            layout_version: 0,
+            synced_version: 0,
             from_node: "intruder".into(),
         })
         .await
@@ -365,12 +368,16 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
     assert_eq!(refused.code(), Code::Unauthenticated);
     let mut wrong = tonic::Request::new(PingRequest {
         from_node: "intruder".into(),
+        ..PingRequest::default()
     });
     wrong
         .metadata_mut()
         .insert(cart_proto::SECRET_HEADER, "not-the-secret".parse().unwrap());
     assert_eq!(peer.ping(wrong).await.unwrap_err().code(), Code::Unauthenticated);
-    let mut right = tonic::Request::new(PingRequest { from_node: "n2".into() });
+    let mut right = tonic::Request::new(PingRequest {
+        from_node: "n2".into(),
+        ..PingRequest::default()
+    });
     right
         .metadata_mut()
         .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());

@@ -7,8 +7,16 @@
 //!   ids are hashed as their raw bytes through small wrapper types (the underlying crate's
 //!   positions depend on the Rust type hashed), and `tests/golden.rs` pins preference lists.
 //! - A member of weight `w` gets `w × VNODES_PER_WEIGHT` virtual nodes.
+//! - Zone-aware placement (Cassandra's NetworkTopologyStrategy walk): a key's N owners are the
+//!   first N nodes on its walk, skipping nodes of a zone already taken while untaken zones remain;
+//!   the skipped nodes come first among the fallbacks. With one zone (the default, `""`) this is the
+//!   plain ring walk.
+//! - [`layout`]: the versioned cluster layout (members, zones, weights, N/R/W), the operator's
+//!   staged changes and their validation, and the pure arithmetic of a plan (what moves where).
 //!
 //! Pure and synchronous: no IO, no async, no notion of which nodes are up.
+
+pub mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -28,6 +36,9 @@ pub struct Member {
     /// `HOST:PORT` of the node's gRPC server.
     pub addr: String,
     pub weight: u32,
+    /// Failure domain (rack, availability zone); `""` when the operator names none.
+    #[serde(default)]
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -69,6 +80,8 @@ pub struct Ring {
     inner: consistent_hash_ring::Ring<NodeKey, RingHasher>,
     /// Sorted by node id.
     members: Vec<Member>,
+    /// Distinct zones among the members.
+    zones: usize,
 }
 
 impl std::fmt::Debug for Ring {
@@ -107,7 +120,8 @@ impl Ring {
         let inner = consistent_hash_ring::RingBuilder::new(RingHasher::new())
             .weighted_nodes_iter(weighted.into_iter())
             .build();
-        Ok(Ring { inner, members })
+        let zones = members.iter().map(|m| m.zone.as_str()).collect::<BTreeSet<_>>().len();
+        Ok(Ring { inner, members, zones })
     }
 
     /// Members sorted by node id.
@@ -122,17 +136,53 @@ impl Ring {
             .map(|i| &self.members[i])
     }
 
-    /// Every node, distinct, in the order the ring offers them for `key`: the first N are the
-    /// preference list, the rest are sloppy-quorum fallbacks in order.
-    pub fn walk<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = &'a Member> + 'a {
+    /// Every node, distinct, in the ring's own order for `key` (no zones).
+    fn raw_walk<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = &'a Member> + 'a {
         self.inner
             .replicas(KeyBytes(key))
             .filter_map(move |node| self.member(&node.0))
     }
 
-    /// The first `n` distinct nodes for `key` (fewer if the cluster is smaller).
+    /// Every node, distinct, in the order placement offers them for `key` with `n` replicas: the
+    /// first `n` are the preference list (one per zone while untaken zones remain), the rest are
+    /// sloppy-quorum fallbacks in order (the nodes skipped for their zone first).
+    pub fn walk<'a>(&'a self, key: &[u8], n: usize) -> impl Iterator<Item = &'a Member> + 'a {
+        let mut raw = self.raw_walk(key);
+        let mut owners: Vec<&Member> = Vec::with_capacity(n);
+        let mut skipped: Vec<&Member> = Vec::new();
+        if self.zones == 1 {
+            owners.extend(raw.by_ref().take(n));
+        } else {
+            let mut zones_taken: Vec<&str> = Vec::with_capacity(n);
+            while owners.len() < n {
+                let Some(m) = raw.next() else { break };
+                let zone_free = !zones_taken.contains(&m.zone.as_str());
+                if zone_free || zones_taken.len() >= self.zones {
+                    if zone_free {
+                        zones_taken.push(&m.zone);
+                    }
+                    owners.push(m);
+                } else {
+                    skipped.push(m);
+                }
+            }
+            // Fewer nodes than n in untaken zones: fill from the skipped ones, in ring order.
+            while owners.len() < n && !skipped.is_empty() {
+                owners.push(skipped.remove(0));
+            }
+        }
+        owners.into_iter().chain(skipped).chain(raw)
+    }
+
+    /// The first `n` distinct nodes for `key` (fewer if the cluster is smaller), on `n` different
+    /// zones where the ring has that many.
     pub fn preference_list<'a>(&'a self, key: &[u8], n: usize) -> Vec<&'a Member> {
-        self.walk(key).take(n).collect()
+        self.walk(key, n).take(n).collect()
+    }
+
+    /// How many distinct zones the members are in.
+    pub fn zone_count(&self) -> usize {
+        self.zones
     }
 
     /// Fraction of the hash space each node is the first owner of (sums to 1).
@@ -161,6 +211,8 @@ pub fn membership_version(members: &[Member]) -> u64 {
             m.addr.as_bytes(),
             b"\0",
             &m.weight.to_be_bytes(),
+            b"\0",
+            m.zone.as_bytes(),
             b"\n",
         ] {
             for b in part {

@@ -10,6 +10,7 @@ fn members(n: usize) -> Vec<Member> {
             node_id: format!("n{i}"),
             addr: format!("127.0.0.1:{}", 7000 + i),
             weight: 1,
+            zone: String::new(),
         })
         .collect()
 }
@@ -54,7 +55,7 @@ const GOLDEN_5: [&str; 6] = [
 fn lists_are_distinct_and_fallbacks_follow() {
     let ring = Ring::new(members(5)).unwrap();
     for k in KEYS {
-        let walk: Vec<&str> = ring.walk(k.as_bytes()).map(|m| m.node_id.as_str()).collect();
+        let walk: Vec<&str> = ring.walk(k.as_bytes(), 3).map(|m| m.node_id.as_str()).collect();
         assert_eq!(walk.len(), 5);
         let mut sorted = walk.clone();
         sorted.sort();
@@ -128,5 +129,68 @@ fn sequential_short_ids_spread_evenly() {
                 "{prefix}N: {node} is first owner of {share:.3}: {counts:?}"
             );
         }
+    }
+}
+
+fn zoned(n: usize, zones: usize) -> Vec<Member> {
+    members(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| Member {
+            zone: format!("z{}", i % zones + 1),
+            ..m
+        })
+        .collect()
+}
+
+fn zone_of<'a>(members: &'a [Member], id: &str) -> &'a str {
+    &members.iter().find(|m| m.node_id == id).unwrap().zone
+}
+
+#[test]
+fn zoned_preference_lists_are_pinned() {
+    // 6 nodes in 3 zones: n1,n4 in z1; n2,n5 in z2; n3,n6 in z3.
+    let ring = Ring::new(zoned(6, 3)).unwrap();
+    let got: Vec<String> = KEYS
+        .iter()
+        .map(|k| format!("{k}={}", ids(&ring, k, 3).join(",")))
+        .collect();
+    assert_eq!(got, GOLDEN_ZONED_6.to_vec());
+}
+
+const GOLDEN_ZONED_6: [&str; 6] = [
+    "user:alice=n3,n5,n1",
+    "user:bob=n6,n2,n1",
+    "guest:s-1=n4,n2,n6",
+    "guest:s-2=n3,n5,n1",
+    "user:42=n5,n6,n1",
+    "user:carol=n4,n2,n3",
+];
+
+#[test]
+fn owners_span_every_zone_when_there_are_n() {
+    for (nodes, zones) in [(6, 3), (9, 3), (7, 4), (12, 5)] {
+        let members = zoned(nodes, zones);
+        let ring = Ring::new(members.clone()).unwrap();
+        for i in 0..2_000 {
+            let key = format!("user:{i}");
+            let owners = ids(&ring, &key, 3);
+            let zs: std::collections::BTreeSet<&str> = owners.iter().map(|o| zone_of(&members, o)).collect();
+            assert_eq!(zs.len(), 3, "{key} on {owners:?} ({nodes} nodes, {zones} zones)");
+            let walk: Vec<String> = ring.walk(key.as_bytes(), 3).map(|m| m.node_id.clone()).collect();
+            assert_eq!(walk.len(), nodes, "the walk still offers every node as a fallback");
+        }
+    }
+}
+
+#[test]
+fn with_fewer_zones_than_n_owners_spread_over_all_of_them() {
+    let members = zoned(6, 2);
+    let ring = Ring::new(members.clone()).unwrap();
+    for i in 0..2_000 {
+        let key = format!("guest:{i}");
+        let owners = ids(&ring, &key, 3);
+        let zs: std::collections::BTreeSet<&str> = owners.iter().map(|o| zone_of(&members, o)).collect();
+        assert_eq!((owners.len(), zs.len()), (3, 2), "{key} on {owners:?}");
     }
 }

@@ -23,6 +23,7 @@ use self::netns::TestNet;
 use self::proxy::ProxyNet;
 use crate::checker::{self, converged, ReplicaState, Verdict};
 use crate::history::{FaultSpan, History, Recorder};
+use crate::membership;
 use crate::nemesis::{self, Fault, Nemesis, Step, Timing};
 use crate::report::{self, RunInfo};
 use crate::workload::{self, Process, Recording, RunClock, Workload};
@@ -54,6 +55,8 @@ fn interrupted() -> bool {
 pub const N: usize = 3;
 /// Port every node listens on (each in its own namespace).
 const PORT: u16 = 7000;
+/// The cluster secret of harness clusters (in `Net::cluster_toml`).
+const SECRET: &str = "cart-jepsen";
 /// libfaketime as Debian installs it.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// The longest the harness waits for replicas to converge after the last fault healed.
@@ -227,6 +230,8 @@ struct Nodes {
     dir: PathBuf,
     procs: Vec<Option<NodeProcess>>,
     paused: BTreeSet<usize>,
+    /// Nodes the membership nemesis took out of the layout (they join again at heal).
+    left: BTreeSet<usize>,
 }
 
 impl Nodes {
@@ -299,6 +304,38 @@ impl Nodes {
                 Ok(())
             }
             Fault::Skew(skews) => skews.iter().try_for_each(|&(i, s)| self.set_clock(i, s)),
+            Fault::Leave(i) => {
+                let change = membership::Change::Leave {
+                    node_id: Self::name(*i),
+                };
+                if self.change_membership(*i, &change)? {
+                    self.left.insert(*i);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Commits a membership change through the other nodes (namespaces only: the loopback
+    /// fallback gives each node its own proxy address for every peer, which one cluster-wide
+    /// layout cannot hold). Whether it was committed.
+    fn change_membership(&self, node: usize, change: &membership::Change) -> Result<bool> {
+        if !matches!(self.net, Net::Namespaces(_)) {
+            eprintln!("membership nemesis skipped: it needs network namespaces (run as root)");
+            return Ok(false);
+        }
+        let endpoints: Vec<String> = (0..self.procs.len())
+            .filter(|j| *j != node)
+            .map(|j| self.net.client_addr(j))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let connect = cart_client::tcp_connect();
+        match runtime.block_on(membership::apply(&endpoints, SECRET, change, &connect)) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                eprintln!("membership nemesis: {change:?} not committed: {e}");
+                Ok(false)
+            }
         }
     }
 
@@ -306,6 +343,15 @@ impl Nodes {
     /// restarted.
     fn heal_all(&mut self) -> Result<()> {
         self.net.heal()?;
+        for i in std::mem::take(&mut self.left) {
+            let change = membership::Change::Join {
+                node_id: Self::name(i),
+                addr: self.net.client_addr(i),
+            };
+            if !self.change_membership(i, &change)? {
+                self.left.insert(i);
+            }
+        }
         for i in std::mem::take(&mut self.paused) {
             self.signal(i, Signal::SIGCONT)?;
         }
@@ -480,6 +526,7 @@ pub fn run(opts: &Options) -> Result<RunResult> {
             node_id: Nodes::name(i),
             addr: net.client_addr(i),
             weight: 1,
+            zone: String::new(),
         })
         .collect();
     let ring = Ring::new(members)?;
@@ -489,6 +536,7 @@ pub fn run(opts: &Options) -> Result<RunResult> {
         dir: opts.dir.clone(),
         procs: (0..opts.nodes).map(|_| None).collect(),
         paused: BTreeSet::new(),
+        left: BTreeSet::new(),
     };
     for i in 0..opts.nodes {
         if interrupted() {

@@ -121,7 +121,7 @@ impl SimOptions {
     fn cluster_toml(&self, hosts: &[String], addrs: &[SocketAddr]) -> String {
         let ms = |d: Duration| d.as_millis();
         let mut toml = format!(
-            "keepalive_interval_ms = {}\nshutdown_grace_ms = 1000\n\n[cluster]\nsecret = \"simulated-cluster-secret\"\n",
+            "keepalive_interval_ms = {}\nshutdown_grace_ms = 1000\n\n[cluster]\nsecret = \"{SIM_SECRET}\"\n",
             ms(self.keepalive_interval)
         );
         for (key, value) in [("n", self.n), ("r", self.r), ("w", self.w)] {
@@ -146,6 +146,9 @@ impl SimOptions {
         toml
     }
 }
+
+/// The cluster secret of simulated clusters.
+pub const SIM_SECRET: &str = "simulated-cluster-secret";
 
 /// SplitMix64: a tiny seeded generator for actor ids (no dependency on a `rand` version).
 struct SplitMix64(u64);
@@ -319,16 +322,40 @@ impl SimCluster {
         Ok(self.node(host)?.storage.clone())
     }
 
-    /// The cart's preference list (its N owners' host names), as every node computes it.
+    /// The newest layout version any node has stored (1 before any membership change).
+    pub fn layout_version(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| cart_node::membership::stored_layouts(n.storage.as_ref()).ok().flatten())
+            .map(|(current, _)| current.version)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The cart's preference list (its N owners' host names) in the read version of the newest
+    /// layout any node has stored: the version whose owners hold everything (the previous one
+    /// while carts still move; the cluster file's members before any change).
     pub fn owners(&self, cart_id: &str) -> Vec<String> {
         let cluster = &self.nodes[0].config.cluster;
-        match cart_ring::Ring::new(cluster.members.clone()) {
+        let newest = self
+            .nodes
+            .iter()
+            .filter_map(|n| cart_node::membership::stored_layouts(n.storage.as_ref()).ok().flatten())
+            .max_by_key(|(current, previous)| (current.version, previous.is_none()));
+        let (members, n) = match newest {
+            Some((current, previous)) => {
+                let read = previous.unwrap_or(current);
+                (read.members, read.n as usize)
+            }
+            None => (cluster.members.clone(), cluster.n),
+        };
+        match cart_ring::Ring::new(members) {
             Ok(ring) => ring
-                .preference_list(cart_id.as_bytes(), cluster.n)
+                .preference_list(cart_id.as_bytes(), n)
                 .into_iter()
                 .map(|m| m.node_id.clone())
                 .collect(),
-            // The config parser has already built this ring once.
+            // Layouts are validated before they are stored.
             Err(_) => Vec::new(),
         }
     }

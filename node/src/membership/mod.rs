@@ -1,0 +1,481 @@
+//! Membership: the cluster layout as a durable, versioned, cluster-wide document.
+//!
+//! - **Stored** in the node's `meta` tree: the current layout, the previous one while carts move
+//!   out of it, this node's synced version, the changes an operator staged on this node, and the
+//!   Paxos acceptor state of the version being decided.
+//! - **Spread** by heartbeats: every ping (both ways) carries the sender's layout version; a node
+//!   that sees a newer one fetches the live versions from that peer (`GetLayout`) and installs them.
+//! - **Committed** through [`paxos`] at a majority of the current members: two concurrent commits
+//!   never give two layouts of one version.
+//! - **Moved into** by [`rebalance`]: once every node routes writes by the new version, each
+//!   node hands the carts it holds to their new owners; when every node has, the previous
+//!   version is dropped and carts a node no longer owns are deleted there.
+
+pub mod paxos;
+pub mod rebalance;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cart_proto::replica_pb::{GetLayoutRequest, LayoutAcceptRequest, LayoutDoc, LayoutPrepareRequest};
+use cart_ring::layout::{Change, Layout};
+use tokio::sync::Mutex;
+
+use crate::cluster::{Cluster, Connect};
+use crate::error::NodeError;
+use crate::store::CartStore;
+use paxos::{Acceptor, Ballot, Prepared};
+
+const CURRENT_KEY: &[u8] = b"layout.current";
+const PREVIOUS_KEY: &[u8] = b"layout.previous";
+const SYNCED_KEY: &[u8] = b"layout.synced";
+const STAGED_KEY: &[u8] = b"layout.staged";
+const PAXOS_KEY: &[u8] = b"layout.paxos";
+
+/// The live layout versions as stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub current: Layout,
+    pub previous: Option<Layout>,
+    pub synced: u64,
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, NodeError> {
+    serde_json::to_vec(value).map_err(|e| NodeError::Config {
+        reason: format!("encode membership state: {e}"),
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, NodeError> {
+    serde_json::from_slice(bytes).map_err(|e| NodeError::BadPeerMessage {
+        reason: format!("{what}: {e}"),
+    })
+}
+
+/// The stored layout versions, if this node has any yet.
+pub fn load(store: &CartStore) -> Result<Option<Stored>, NodeError> {
+    let Some(current) = store.meta_get(CURRENT_KEY)? else {
+        return Ok(None);
+    };
+    let current: Layout = from_json(&current, "stored layout")?;
+    let previous = match store.meta_get(PREVIOUS_KEY)? {
+        Some(bytes) => Some(from_json(&bytes, "stored previous layout")?),
+        None => None,
+    };
+    let synced = store
+        .meta_get(SYNCED_KEY)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    Ok(Some(Stored {
+        current,
+        previous,
+        synced,
+    }))
+}
+
+/// The live layout versions stored in `storage`, current and previous (for tools that read a
+/// node's storage directly, as the simulation's checker does).
+pub fn stored_layouts(storage: &dyn crate::storage::Storage) -> Result<Option<(Layout, Option<Layout>)>, NodeError> {
+    let Some(current) = storage.get(crate::storage::Tree::Meta, CURRENT_KEY)? else {
+        return Ok(None);
+    };
+    let previous = match storage.get(crate::storage::Tree::Meta, PREVIOUS_KEY)? {
+        Some(bytes) => Some(from_json(&bytes, "stored previous layout")?),
+        None => None,
+    };
+    Ok(Some((from_json(&current, "stored layout")?, previous)))
+}
+
+/// Stores the live versions (previous first deleted or written, then current: a crash between
+/// the two leaves the older pair, which the next heartbeat corrects).
+pub async fn save(store: &CartStore, current: &Layout, previous: Option<&Layout>) -> Result<(), NodeError> {
+    match previous {
+        Some(p) => store.meta_put(PREVIOUS_KEY, &json(p)?).await?,
+        None => store.meta_delete(PREVIOUS_KEY).await?,
+    }
+    store.meta_put(CURRENT_KEY, &json(current)?).await
+}
+
+/// The live versions as a `LayoutDoc` (the `GetLayout` reply).
+pub fn doc(cluster: &Cluster) -> Result<LayoutDoc, NodeError> {
+    let topology = cluster.topology();
+    Ok(LayoutDoc {
+        current: json(&topology.current.layout)?,
+        previous: match &topology.previous {
+            Some(p) => json(&p.layout)?,
+            None => Vec::new(),
+        },
+    })
+}
+
+/// Decodes a `LayoutDoc`.
+pub fn parse_doc(doc: &LayoutDoc) -> Result<(Layout, Option<Layout>), NodeError> {
+    let current: Layout = from_json(&doc.current, "layout")?;
+    current.validate().map_err(|e| NodeError::BadPeerMessage {
+        reason: format!("layout version {}: {e}", current.version),
+    })?;
+    let previous = match doc.previous.is_empty() {
+        true => None,
+        false => Some(from_json(&doc.previous, "previous layout")?),
+    };
+    Ok((current, previous))
+}
+
+/// Asks `seed` for the cluster's layout (a node started with `--join`), trying for up to
+/// `attempts` × 500 ms.
+pub async fn fetch_from_seed(
+    seed: &str,
+    secret: &str,
+    connect: &Connect,
+    attempts: u32,
+) -> Result<(Layout, Option<Layout>), NodeError> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{seed}")).map_err(|e| NodeError::Config {
+            reason: format!("--join {seed}: {e}"),
+        })?;
+    let secret: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        secret.parse().map_err(|_| NodeError::Config {
+            reason: "[cluster] secret must be printable ASCII".into(),
+        })?;
+    let channel = connect(endpoint.connect_timeout(std::time::Duration::from_secs(2)));
+    let mut client = cart_proto::replica_pb::replica_service_client::ReplicaServiceClient::with_interceptor(
+        channel,
+        crate::cluster::SecretInterceptor::new(secret),
+    );
+    let mut last = String::new();
+    for _ in 0..attempts.max(1) {
+        match client.get_layout(GetLayoutRequest {}).await {
+            Ok(reply) => return parse_doc(&reply.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                return Err(NodeError::Config {
+                    reason: format!("--join {seed}: the seed refused our [cluster] secret"),
+                })
+            }
+            Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(NodeError::Config {
+        reason: format!("--join {seed}: no layout from the seed ({last})"),
+    })
+}
+
+/// What the admin API and the background task share.
+pub struct Membership {
+    pub store: Arc<CartStore>,
+    pub cluster: Arc<Cluster>,
+    /// Serialises installs, commits and acceptor steps on this node.
+    lock: Mutex<()>,
+    pub progress: std::sync::Mutex<rebalance::Progress>,
+}
+
+impl Membership {
+    pub fn new(store: Arc<CartStore>, cluster: Arc<Cluster>) -> Self {
+        Membership {
+            store,
+            cluster,
+            lock: Mutex::new(()),
+            progress: std::sync::Mutex::new(rebalance::Progress::default()),
+        }
+    }
+
+    /// Installs newer live versions learned from a peer (older or equal ones are ignored).
+    pub async fn learn(&self, current: Layout, previous: Option<Layout>) -> Result<bool, NodeError> {
+        let _guard = self.lock.lock().await;
+        let mine = self.cluster.topology().current.layout.version;
+        if current.version <= mine {
+            return Ok(false);
+        }
+        tracing::info!(
+            from = mine,
+            to = current.version,
+            members = current.members.len(),
+            moving = previous.is_some(),
+            "installing a newer cluster layout"
+        );
+        save(&self.store, &current, previous.as_ref()).await?;
+        self.cluster.install(current, previous)?;
+        Ok(true)
+    }
+
+    /// Drops the previous version once every node handed its carts over (rebalance decides).
+    pub async fn finish_transition(&self, version: u64) -> Result<(), NodeError> {
+        let _guard = self.lock.lock().await;
+        let topology = self.cluster.topology();
+        if topology.current.layout.version != version || topology.previous.is_none() {
+            return Ok(());
+        }
+        let current = topology.current.layout.clone();
+        save(&self.store, &current, None).await?;
+        self.cluster.install(current, None)?;
+        tracing::info!(
+            version,
+            "every node has handed over its carts: the previous layout is dropped"
+        );
+        Ok(())
+    }
+
+    /// Records that this node handed over every cart it holds for `version`.
+    pub async fn set_synced(&self, version: u64) -> Result<(), NodeError> {
+        self.store.meta_put(SYNCED_KEY, &version.to_be_bytes()).await?;
+        self.cluster.synced_version.fetch_max(version, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn staged(&self) -> Result<Vec<Change>, NodeError> {
+        match self.store.meta_get(STAGED_KEY)? {
+            Some(bytes) => from_json(&bytes, "staged changes"),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Stages one more change (validated with the ones already staged against the current
+    /// layout); returns every staged change.
+    pub async fn stage(&self, change: Change) -> Result<Vec<Change>, NodeError> {
+        let _guard = self.lock.lock().await;
+        let current = self.cluster.topology().current.layout.clone();
+        let all = current.stage(&self.staged()?, change).map_err(refused)?;
+        self.store.meta_put(STAGED_KEY, &json(&all)?).await?;
+        Ok(all)
+    }
+
+    pub async fn discard(&self) -> Result<(), NodeError> {
+        let _guard = self.lock.lock().await;
+        self.store.meta_delete(STAGED_KEY).await
+    }
+
+    fn acceptor(&self) -> Result<Acceptor, NodeError> {
+        match self.store.meta_get(PAXOS_KEY)? {
+            Some(bytes) => from_json(&bytes, "acceptor state"),
+            None => Ok(Acceptor::default()),
+        }
+    }
+
+    /// Phase 1 as an acceptor (durable before it answers).
+    pub async fn on_prepare(&self, version: u64, ballot: &Ballot) -> Result<(Prepared, u64), NodeError> {
+        let _guard = self.lock.lock().await;
+        let installed = self.cluster.topology().current.layout.version;
+        let mut acceptor = self.acceptor()?;
+        let answer = acceptor.prepare(version, ballot, installed);
+        self.store.meta_put(PAXOS_KEY, &json(&acceptor)?).await?;
+        Ok((answer, installed))
+    }
+
+    /// Phase 2 as an acceptor (durable before it answers).
+    pub async fn on_accept(&self, version: u64, ballot: &Ballot, layout: &Layout) -> Result<(bool, u64), NodeError> {
+        let _guard = self.lock.lock().await;
+        let installed = self.cluster.topology().current.layout.version;
+        let mut acceptor = self.acceptor()?;
+        let ok = acceptor.accept(version, ballot, layout, installed);
+        if ok {
+            self.store.meta_put(PAXOS_KEY, &json(&acceptor)?).await?;
+        }
+        Ok((ok, installed))
+    }
+
+    /// Commits the staged changes as the next version. Refused while carts still move into the
+    /// current version, or when nothing is staged; `ABORTED` when another commit took the version
+    /// (the staged changes stay, to re-plan against the new layout).
+    pub async fn commit(&self) -> Result<Layout, NodeError> {
+        let topology = self.cluster.topology();
+        if let Some(previous) = &topology.previous {
+            return Err(refused(format!(
+                "carts are still moving from version {} to {}; commit once `cartctl cluster show` says the transfer is done",
+                previous.layout.version, topology.current.layout.version
+            )));
+        }
+        let current = topology.current.layout.clone();
+        let next = current.apply(&self.staged()?).map_err(refused)?;
+        let acceptors: Vec<String> = current.members.iter().map(|m| m.node_id.clone()).collect();
+        let majority = acceptors.len() / 2 + 1;
+        let mut round = self.acceptor()?.promised.round + 1;
+        for _attempt in 0..3 {
+            let ballot = Ballot {
+                round,
+                proposer: self.cluster.self_id.clone(),
+            };
+            let (promises, highest, decided) = self.prepare_all(&acceptors, next.version, &ballot).await;
+            if decided {
+                return Err(NodeError::LayoutConflict {
+                    reason: format!(
+                        "version {} was already committed by another commit; your staged changes are kept: re-plan",
+                        next.version
+                    ),
+                });
+            }
+            if promises.len() < majority {
+                round = round.max(highest) + 1;
+                continue;
+            }
+            let proposal = paxos::choose(&next, &promises);
+            let accepted = self.accept_all(&acceptors, next.version, &ballot, &proposal).await;
+            if accepted < majority {
+                round = round.max(highest) + 1;
+                continue;
+            }
+            // Chosen: install here; the others learn it from heartbeats.
+            let previous = Some(current.clone());
+            self.learn(proposal.clone(), previous).await?;
+            if proposal != next {
+                return Err(NodeError::LayoutConflict {
+                    reason: format!(
+                        "another commit of version {} (proposed earlier) was completed instead of yours; your staged changes are kept: re-plan",
+                        next.version
+                    ),
+                });
+            }
+            self.discard().await?;
+            tracing::info!(version = proposal.version, "committed a new cluster layout");
+            return Ok(proposal);
+        }
+        Err(NodeError::NoMajority {
+            reason: format!(
+                "no majority ({majority} of {}) of the current members agreed to version {}; are they up?",
+                acceptors.len(),
+                next.version
+            ),
+        })
+    }
+
+    /// Phase 1 at every acceptor: the prior acceptances of those that promised, the highest
+    /// promised round seen, and whether some acceptor already installed the version.
+    async fn prepare_all(
+        &self,
+        acceptors: &[String],
+        version: u64,
+        ballot: &Ballot,
+    ) -> (Vec<Option<(Ballot, Layout)>>, u64, bool) {
+        let calls = acceptors.iter().map(|node| async move {
+            if *node == self.cluster.self_id {
+                return self.on_prepare(version, ballot).await.ok().map(|(p, _)| p);
+            }
+            let peer = self.cluster.peer(node)?;
+            let request = self.cluster.request(LayoutPrepareRequest {
+                version,
+                round: ballot.round,
+                proposer: ballot.proposer.clone(),
+            });
+            let reply = self
+                .cluster
+                .within(self.cluster.config.peer_timeout, peer.client().layout_prepare(request))
+                .await
+                .ok()?
+                .into_inner();
+            if reply.current_version >= version {
+                return Some(Prepared::Decided);
+            }
+            if !reply.promised {
+                return Some(Prepared::Refused {
+                    promised: Ballot {
+                        round: reply.promised_round,
+                        proposer: String::new(),
+                    },
+                });
+            }
+            let prior = match reply.accepted_layout.is_empty() {
+                true => None,
+                false => Some((
+                    Ballot {
+                        round: reply.accepted_round,
+                        proposer: reply.accepted_proposer,
+                    },
+                    from_json(&reply.accepted_layout, "accepted layout").ok()?,
+                )),
+            };
+            Some(Prepared::Promise(prior))
+        });
+        let mut promises = Vec::new();
+        let (mut highest, mut decided) = (0, false);
+        for answer in futures::future::join_all(calls).await.into_iter().flatten() {
+            match answer {
+                Prepared::Promise(prior) => promises.push(prior),
+                Prepared::Refused { promised } => highest = highest.max(promised.round),
+                Prepared::Decided => decided = true,
+            }
+        }
+        (promises, highest, decided)
+    }
+
+    /// Phase 2 at every acceptor: how many accepted.
+    async fn accept_all(&self, acceptors: &[String], version: u64, ballot: &Ballot, layout: &Layout) -> usize {
+        let Ok(bytes) = json(layout) else { return 0 };
+        let calls = acceptors.iter().map(|node| {
+            let bytes = bytes.clone();
+            async move {
+                if *node == self.cluster.self_id {
+                    return self.on_accept(version, ballot, layout).await.is_ok_and(|(ok, _)| ok);
+                }
+                let Some(peer) = self.cluster.peer(node) else {
+                    return false;
+                };
+                let request = self.cluster.request(LayoutAcceptRequest {
+                    version,
+                    round: ballot.round,
+                    proposer: ballot.proposer.clone(),
+                    layout: bytes,
+                });
+                self.cluster
+                    .within(self.cluster.config.peer_timeout, peer.client().layout_accept(request))
+                    .await
+                    .is_ok_and(|r| r.into_inner().accepted)
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// Fetches the live versions from `node` and installs them if newer.
+    pub async fn fetch_from(&self, node: &str) -> Result<bool, NodeError> {
+        let Some(peer) = self.cluster.peer(node) else {
+            return Ok(false);
+        };
+        let reply = self
+            .cluster
+            .within(
+                self.cluster.config.peer_timeout,
+                peer.client().get_layout(self.cluster.request(GetLayoutRequest {})),
+            )
+            .await
+            .map_err(NodeError::Remote)?;
+        let (current, previous) = parse_doc(&reply.into_inner())?;
+        self.learn(current, previous).await
+    }
+}
+
+/// A refused membership request (`FAILED_PRECONDITION` with the reason).
+fn refused(reason: impl std::fmt::Display) -> NodeError {
+    NodeError::LayoutRefused {
+        reason: reason.to_string(),
+    }
+}
+
+/// Runs membership in the background until `stop` fires: fetches newer layouts that heartbeats
+/// reveal, and moves carts into a new version ([`rebalance`]).
+pub async fn run(membership: Arc<Membership>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let period = membership.cluster.config.heartbeat_interval;
+    loop {
+        tokio::select! {
+            biased; // fixed branch order: deterministic under simulation
+            _ = stop.changed() => return,
+            _ = membership.cluster.newer_layout.notified() => {}
+            _ = tokio::time::sleep(period) => {}
+        }
+        let from = membership
+            .cluster
+            .newer_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(node) = from {
+            if let Err(e) = membership.fetch_from(&node).await {
+                tracing::warn!(peer = node, error = %e, "cannot fetch the newer layout");
+            }
+        }
+        if let Err(e) = rebalance::step(&membership, &stop).await {
+            tracing::warn!(error = %e, "layout transfer step failed; retrying");
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Moving carts into a new layout version without losing any (Garage's layout transitions).
+//!
+//! While two versions are live, writes reach the owners of both (`Plan::extras`) and reads follow
+//! the previous one. Each node, once every involved node reports the new version (so every write
+//! coordinated from then on reaches the new owners) and one request timeout has passed (writes
+//! routed by the old version have finished), scans the carts it holds and sends each whole cart
+//! to the owners the new version adds for it. The scan's position is stored after every page, so
+//! a node killed mid-transfer resumes where it was. Done, the node reports the version as synced
+//! in its heartbeats. When every involved node is synced, the previous version is dropped, and
+//! each node hands over once more, then deletes, the carts it no longer owns (only if unchanged
+//! since the hand-over). The transfer is throttled (`transfer_carts_per_sec`) and yields between
+//! pages, so it never holds the runtime that serves requests and heartbeats.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cart_crdt::{codec, CartId};
+use cart_proto::admin_pb::TransferProgress;
+use cart_proto::replica_pb::ReplicateRequest;
+use serde::{Deserialize, Serialize};
+
+use super::{from_json, json, Membership};
+use crate::cluster::Topology;
+use crate::error::NodeError;
+
+/// Carts per page of the transfer scan.
+pub const PAGE: usize = 128;
+const CURSOR_KEY: &[u8] = b"layout.cursor";
+const CLEANUP_KEY: &[u8] = b"layout.cleanup";
+
+/// What `cluster show` and `status` report about the transfer on this node.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub from_version: u64,
+    pub to_version: u64,
+    pub phase: String,
+    pub carts_scanned: u64,
+    pub carts_sent: u64,
+    pub bytes_sent: u64,
+    pub carts_dropped: u64,
+    pub waiting_for: Vec<String>,
+    pub waiting_reason: String,
+    /// When every node was first seen routing by the new version.
+    acked_at: Option<tokio::time::Instant>,
+}
+
+impl Progress {
+    pub fn to_proto(&self) -> Option<TransferProgress> {
+        (self.to_version > 0).then(|| TransferProgress {
+            from_version: self.from_version,
+            to_version: self.to_version,
+            phase: self.phase.clone(),
+            carts_scanned: self.carts_scanned,
+            carts_total: 0,
+            carts_sent: self.carts_sent,
+            bytes_sent: self.bytes_sent,
+            waiting_for: self.waiting_for.clone(),
+            waiting_reason: self.waiting_reason.clone(),
+        })
+    }
+}
+
+/// Where a hand-over scan is (stored after each page).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Cursor {
+    version: u64,
+    /// `true` for the delete pass after the previous version was dropped.
+    cleanup: bool,
+    after: Option<Vec<u8>>,
+    sent: u64,
+    bytes: u64,
+    scanned: u64,
+}
+
+fn progress(m: &Membership) -> std::sync::MutexGuard<'_, Progress> {
+    m.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Nodes whose hand-over a transition waits for: members of either version, except those the
+/// new version retired (replaced as dead).
+fn involved(topology: &Topology) -> Vec<String> {
+    let retired = &topology.current.layout.retired;
+    topology
+        .members()
+        .into_keys()
+        .filter(|id| !retired.iter().any(|r| r == id))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One step of the transfer state machine (called every heartbeat interval).
+pub async fn step(m: &Membership, stop: &tokio::sync::watch::Receiver<bool>) -> Result<(), NodeError> {
+    let topology = m.cluster.topology();
+    let Some(previous) = &topology.previous else {
+        if let Some(version) = m.store.meta_get(CLEANUP_KEY)? {
+            let version = <[u8; 8]>::try_from(version.as_slice()).map_or(0, u64::from_be_bytes);
+            hand_over(m, &topology, version, true, stop).await?;
+            m.store.meta_delete(CLEANUP_KEY).await?;
+            let mut p = progress(m);
+            p.phase = "done".into();
+            p.waiting_for.clear();
+            p.waiting_reason.clear();
+        }
+        return Ok(());
+    };
+    let to = topology.current.layout.version;
+    let me = m.cluster.self_id.clone();
+    let nodes = involved(&topology);
+    let reported = |id: &str, synced: bool| -> u64 {
+        if id == me {
+            return match synced {
+                true => m.cluster.synced_version.load(Ordering::SeqCst),
+                false => to,
+            };
+        }
+        m.cluster.peer(id).map_or(0, |p| match synced {
+            true => p.synced_version.load(Ordering::SeqCst),
+            false => p.layout_version.load(Ordering::SeqCst),
+        })
+    };
+    {
+        let mut p = progress(m);
+        if p.to_version != to {
+            *p = Progress {
+                from_version: previous.layout.version,
+                to_version: to,
+                ..Progress::default()
+            };
+        }
+    }
+    let behind: Vec<String> = nodes.iter().filter(|id| reported(id, false) < to).cloned().collect();
+    if !behind.is_empty() {
+        let mut p = progress(m);
+        p.phase = "waiting".into();
+        p.waiting_reason = format!("these nodes have not reported layout version {to} yet (down?)");
+        p.waiting_for = behind;
+        p.acked_at = None;
+        return Ok(());
+    }
+    if m.cluster.synced_version.load(Ordering::SeqCst) < to {
+        // Writes routed by the older version may still be running: give them one timeout.
+        let acked_at = *progress(m).acked_at.get_or_insert_with(tokio::time::Instant::now);
+        if acked_at.elapsed() < m.cluster.config.request_timeout {
+            return Ok(());
+        }
+        progress(m).phase = "sending".into();
+        if !hand_over(m, &topology, to, false, stop).await? {
+            return Ok(()); // stopped
+        }
+        m.set_synced(to).await?;
+        tracing::info!(version = to, "this node has handed over its carts to their new owners");
+    }
+    let waiting: Vec<String> = nodes.iter().filter(|id| reported(id, true) < to).cloned().collect();
+    if !waiting.is_empty() {
+        let mut p = progress(m);
+        p.phase = "sent".into();
+        p.waiting_reason = format!("waiting for these nodes to hand over their carts for version {to}");
+        p.waiting_for = waiting;
+        return Ok(());
+    }
+    m.store.meta_put(CLEANUP_KEY, &to.to_be_bytes()).await?;
+    m.finish_transition(to).await?;
+    progress(m).phase = "cleanup".into();
+    Ok(())
+}
+
+/// Sends every cart this node holds to the owners `topology` adds for it (`cleanup`: to every
+/// owner, then deletes it here, for the carts this node no longer owns). Resumes from the stored
+/// cursor; returns `false` if `stop` fired first.
+async fn hand_over(
+    m: &Membership,
+    topology: &Topology,
+    version: u64,
+    cleanup: bool,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, NodeError> {
+    let mut cursor: Cursor = match m.store.meta_get(CURSOR_KEY)? {
+        Some(bytes) => from_json(&bytes, "transfer cursor")?,
+        None => Cursor::default(),
+    };
+    if cursor.version != version || cursor.cleanup != cleanup {
+        cursor = Cursor {
+            version,
+            cleanup,
+            ..Cursor::default()
+        };
+    }
+    let rate = m.cluster.config.transfer_carts_per_sec.max(1) as f64;
+    let me = m.cluster.self_id.as_str();
+    loop {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        let started = tokio::time::Instant::now();
+        let page = m.store.scan_carts(cursor.after.as_deref(), PAGE)?;
+        let Some((last, _)) = page.last() else { break };
+        let last = last.clone();
+        let mut sends = Vec::new();
+        for (key, _) in &page {
+            let Ok(id) = CartId::parse(&String::from_utf8_lossy(key), m.store.limits()) else {
+                continue;
+            };
+            let now_owners = topology.current.owners(key);
+            let targets: Vec<String> = match (cleanup, &topology.previous) {
+                (true, _) if now_owners.iter().any(|o| o == me) => continue,
+                (true, _) => now_owners,
+                (false, Some(previous)) => {
+                    let before = previous.owners(key);
+                    now_owners
+                        .into_iter()
+                        .filter(|o| !before.contains(o) && o != me)
+                        .collect()
+                }
+                (false, None) => continue,
+            };
+            if targets.is_empty() {
+                continue;
+            }
+            let cart = match m.store.peek(&id) {
+                Ok(cart) => cart,
+                Err(e) => {
+                    tracing::warn!(cart_id = %id, error = %e, "transfer skips an unreadable cart");
+                    continue;
+                }
+            };
+            let state = codec::encode(&cart)?;
+            sends.push(send_to_all(m, id, cart, state, targets, cleanup));
+        }
+        let outcomes = futures::future::join_all(sends).await;
+        let mut failed = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok((bytes, dropped)) => {
+                    cursor.sent += 1;
+                    cursor.bytes += bytes;
+                    if dropped {
+                        progress(m).carts_dropped += 1;
+                    }
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        if let Some(first) = failed.first() {
+            // The page is sent again next step (merging twice is harmless).
+            progress(m).waiting_reason = format!("{} carts of a page not handed over: {first}", failed.len());
+            return Err(NodeError::Config {
+                reason: format!("transfer to a new owner failed: {first}"),
+            });
+        }
+        cursor.scanned += page.len() as u64;
+        cursor.after = Some(last);
+        m.store.meta_put(CURSOR_KEY, &json(&cursor)?).await?;
+        {
+            let mut p = progress(m);
+            p.carts_scanned = cursor.scanned;
+            p.carts_sent = cursor.sent;
+            p.bytes_sent = cursor.bytes;
+            p.waiting_reason.clear();
+            p.waiting_for.clear();
+        }
+        // Throttle: at most `rate` carts per second, and always yield between pages.
+        let budget = Duration::from_secs_f64(page.len() as f64 / rate);
+        tokio::time::sleep(budget.saturating_sub(started.elapsed()).max(Duration::from_millis(1))).await;
+    }
+    m.store.meta_delete(CURSOR_KEY).await?;
+    Ok(true)
+}
+
+/// Sends one whole cart to every target (durable there on success); for `cleanup`, then drops
+/// the local replica if unchanged since. Returns the bytes sent and whether it was dropped.
+async fn send_to_all(
+    m: &Membership,
+    id: CartId,
+    cart: std::sync::Arc<cart_crdt::Cart>,
+    state: Vec<u8>,
+    targets: Vec<String>,
+    cleanup: bool,
+) -> Result<(u64, bool), String> {
+    let mut bytes = 0;
+    for target in &targets {
+        let peer = m
+            .cluster
+            .peer(target)
+            .ok_or_else(|| format!("no channel to new owner {target}"))?;
+        let call = peer.replicate(ReplicateRequest {
+            cart_id: id.to_string(),
+            state: state.clone(),
+            hint_for: String::new(),
+            deps: Vec::new(),
+        });
+        m.cluster
+            .within(m.cluster.config.request_timeout, call)
+            .await
+            .map_err(|s| format!("{target}: {:?} {}", s.code(), s.message()))?;
+        bytes += state.len() as u64;
+    }
+    let dropped = match cleanup {
+        true => m
+            .store
+            .drop_replica(&id, cart.context())
+            .await
+            .map_err(|e| e.to_string())?,
+        false => false,
+    };
+    Ok((bytes, dropped))
+}
