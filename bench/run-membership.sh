@@ -104,8 +104,14 @@ echo
 printf 'join of n4: commit to every node handed over: %.1f s (load kept running, %s s in all)\n' \
     "$(echo "$done_at - $start" | bc)" "$JOIN_S"
 for i in 0 1 2 3; do
-    target/release/cartctl --endpoint 127.0.0.1:$((PORT + i)) --json cluster show |
-        python3 -c 'import json,sys; v=json.load(sys.stdin); t=v["transfer"] or {}; print(f"  {v[\"asked_node\"]}: sent {t.get(\"carts_sent\",0)} carts, {t.get(\"bytes_sent\",0)} bytes (scanned {t.get(\"carts_scanned\",0)})")'
+    target/release/cartctl --endpoint 127.0.0.1:$((PORT + i)) --json cluster show >"$OUT/show-n$((i + 1)).json"
+    python3 - "$OUT/show-n$((i + 1)).json" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))
+t = v["transfer"] or {}
+print(f"  {v['asked_node']}: handed over {t.get('carts_sent', 0)} carts, {t.get('bytes_sent', 0)} bytes "
+      f"(scanned {t.get('carts_scanned', 0)}); deleted after: {t.get('carts_dropped', 0)}; phase {t.get('phase', '-')}")
+PY
 done
 echo
 python3 bench/summarize.py compare steady="$OUT/steady.json" join="$OUT/join.json"

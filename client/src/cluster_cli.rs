@@ -113,6 +113,8 @@ pub struct TransferRow {
     pub bytes_sent: u64,
     pub waiting_for: Vec<String>,
     pub waiting_reason: String,
+    #[serde(default)]
+    pub carts_dropped: u64,
 }
 
 impl TransferRow {
@@ -126,13 +128,20 @@ impl TransferRow {
             bytes_sent: t.bytes_sent,
             waiting_for: t.waiting_for,
             waiting_reason: t.waiting_reason,
+            carts_dropped: t.carts_dropped,
         }
     }
 
     pub fn render(&self) -> String {
         let mut out = format!(
-            "transfer {} -> {} on this node: {} ({} carts scanned, {} sent, {} bytes)",
-            self.from_version, self.to_version, self.phase, self.carts_scanned, self.carts_sent, self.bytes_sent
+            "transfer {} -> {} on this node: {} ({} carts scanned, {} sent, {} bytes; {} deleted after hand-over)",
+            self.from_version,
+            self.to_version,
+            self.phase,
+            self.carts_scanned,
+            self.carts_sent,
+            self.bytes_sent,
+            self.carts_dropped
         );
         if !self.waiting_for.is_empty() || !self.waiting_reason.is_empty() {
             out.push_str(&format!(

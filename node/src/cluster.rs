@@ -85,6 +85,8 @@ pub struct Peer {
     /// has handed over all its carts for (0: not heard yet).
     pub layout_version: AtomicU64,
     pub synced_version: AtomicU64,
+    /// The peer's read version (it has dropped every version before it).
+    pub finished_version: AtomicU64,
 }
 
 /// One request waiting in a peer's batcher, and where its own outcome goes.
@@ -259,6 +261,7 @@ impl Dialer {
             failures: AtomicU32::new(0),
             layout_version: AtomicU64::new(0),
             synced_version: AtomicU64::new(0),
+            finished_version: AtomicU64::new(0),
         })
     }
 }
@@ -498,17 +501,22 @@ impl Cluster {
 
     /// This node's heartbeat: who it is, its newest layout version and its synced version.
     pub fn ping(&self) -> PingRequest {
+        let topology = self.topology();
         PingRequest {
             from_node: self.self_id.clone(),
-            layout_version: self.topology().current.layout.version,
+            layout_version: topology.current.layout.version,
             synced_version: self.synced_version.load(Ordering::SeqCst),
+            finished_version: topology.read().layout.version,
         }
     }
 
-    /// Notes the versions a peer reported; a newer layout than ours wakes the membership task.
-    pub fn heard(&self, peer: &Peer, layout_version: u64, synced_version: u64) {
+    /// Notes the versions a peer reported (a ping or its answer); a newer layout than ours wakes
+    /// the membership task.
+    pub fn heard(&self, peer: &Peer, ping: &PingRequest) {
+        let layout_version = ping.layout_version;
         peer.layout_version.store(layout_version, Ordering::SeqCst);
-        peer.synced_version.store(synced_version, Ordering::SeqCst);
+        peer.synced_version.store(ping.synced_version, Ordering::SeqCst);
+        peer.finished_version.store(ping.finished_version, Ordering::SeqCst);
         if layout_version > self.topology().current.layout.version {
             *self
                 .newer_from
@@ -543,7 +551,13 @@ impl Cluster {
                     match outcome {
                         Ok(Ok(reply)) => {
                             let reply = reply.into_inner();
-                            me.heard(&peer, reply.layout_version, reply.synced_version);
+                            let versions = PingRequest {
+                                from_node: reply.node_id,
+                                layout_version: reply.layout_version,
+                                synced_version: reply.synced_version,
+                                finished_version: reply.finished_version,
+                            };
+                            me.heard(&peer, &versions);
                             me.record(&peer.member.node_id, Ok(()))
                         }
                         Ok(Err(status)) => me.record(&peer.member.node_id, Err(&status)),

@@ -24,6 +24,10 @@ use crate::error::NodeError;
 use crate::membership::Membership;
 use crate::store::{CartStore, Written};
 
+/// What a refusal to coordinate a forwarded write for a cart the node does not own says (see
+/// `NodeError::NotOwner`).
+pub const NOT_OWNER: &str = "is not an owner of";
+
 /// Replication and repair calls running in the background at most; beyond it, new ones wait.
 pub const BACKGROUND_CALLS_MAX: usize = 4096;
 
@@ -222,7 +226,9 @@ impl Coordinator {
                 node_id: extra.clone(),
                 hint_for: None,
             };
-            let (me, id, outgoing, taken) = (self.clone(), id.clone(), outgoing.clone(), taken.clone());
+            // Fallbacks an extra reserves must not be taken from the write's own owners.
+            let taken = Taken::new(&[]);
+            let (me, id, outgoing) = (self.clone(), id.clone(), outgoing.clone());
             tokio::spawn(async move {
                 me.send_state(&target, &id, &outgoing, early, &taken).await;
                 drop(permit);
@@ -435,6 +441,13 @@ impl Coordinator {
                 }
                 Err(status) if status.code() == tonic::Code::Unavailable && !cart_proto::outcome_unknown(&status) => {
                     self.cluster.record(owner, Err(&status));
+                    tried.push(format!("{owner}: {}", status.message()));
+                }
+                // While a layout change spreads, the owner may route by another version and
+                // refuse before applying anything: the next owner is asked.
+                Err(status)
+                    if status.code() == tonic::Code::FailedPrecondition && status.message().contains(NOT_OWNER) =>
+                {
                     tried.push(format!("{owner}: {}", status.message()));
                 }
                 // The owner ran the operation and refused it, or its outcome is unknown: say so.

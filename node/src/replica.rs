@@ -200,13 +200,14 @@ impl ReplicaService for ReplicaApi {
         let cluster = &self.coordinator.cluster;
         let ping = request.into_inner();
         if let Some(peer) = cluster.peer(&ping.from_node) {
-            cluster.heard(&peer, ping.layout_version, ping.synced_version);
+            cluster.heard(&peer, &ping);
         }
         let me = cluster.ping();
         Ok(Response::new(PingReply {
             node_id: me.from_node,
             layout_version: me.layout_version,
             synced_version: me.synced_version,
+            finished_version: me.finished_version,
         }))
     }
 

@@ -361,6 +361,7 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
         .ping(PingRequest {
             layout_version: 0,
             synced_version: 0,
+            finished_version: 0,
             from_node: "intruder".into(),
         })
         .await

@@ -75,10 +75,16 @@ fn check_member(m: &Member) -> Result<(), LayoutError> {
             node_id: m.node_id.clone(),
         });
     }
+    // A host name or IPv4 address of [A-Za-z0-9.-], or a bracketed IPv6 address, then a port: what
+    // every node can dial (a layout no node can dial would stop them all from starting).
+    let host_ok = |host: &str| match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)),
+    };
     let port_ok = m
         .addr
         .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+        .is_some_and(|(host, port)| !host.is_empty() && host_ok(host) && port.parse::<u16>().is_ok_and(|p| p != 0));
     if !port_ok {
         return Err(LayoutError::BadAddr {
             node_id: m.node_id.clone(),
@@ -166,6 +172,12 @@ impl Layout {
                     members.remove(node_id).ok_or_else(|| unknown(node_id))?;
                 }
                 Change::Replace { old, new } => {
+                    if *old == new.node_id {
+                        // Placement hashes ids: the same id would move nothing to the empty node.
+                        return Err(LayoutError::AlreadyMember {
+                            node_id: new.node_id.clone(),
+                        });
+                    }
                     let gone = members.remove(old).ok_or_else(|| unknown(old))?;
                     if members.contains_key(&new.node_id) {
                         return Err(LayoutError::AlreadyMember {
@@ -323,11 +335,23 @@ mod tests {
             .unwrap_err();
         assert!(taken.to_string().contains("already a member"), "{taken}");
         assert_eq!(l.apply(&[]).unwrap_err(), LayoutError::NothingStaged);
-        let bad_addr = l.apply(&[Change::Join(Member {
-            addr: "nowhere".into(),
+        for addr in ["nowhere", "db 4:7001", "h\u{e9}:1", ":7001", "[::zz]:1"] {
+            let bad = l.apply(&[Change::Join(Member {
+                addr: addr.into(),
+                ..m("n4", 4, "")
+            })]);
+            assert!(matches!(bad, Err(LayoutError::BadAddr { .. })), "{addr}: {bad:?}");
+        }
+        let v6 = l.apply(&[Change::Join(Member {
+            addr: "[::1]:7004".into(),
             ..m("n4", 4, "")
         })]);
-        assert!(matches!(bad_addr, Err(LayoutError::BadAddr { .. })));
+        assert!(v6.is_ok(), "{v6:?}");
+        let same_id = l.apply(&[Change::Replace {
+            old: "n2".into(),
+            new: m("n2", 9, ""),
+        }]);
+        assert!(matches!(same_id, Err(LayoutError::AlreadyMember { .. })), "{same_id:?}");
     }
 
     #[test]

@@ -193,8 +193,14 @@ impl Membership {
             moving = previous.is_some(),
             "installing a newer cluster layout"
         );
+        // A jump past the end of our own transition: its delete pass is still owed.
+        let topology = self.cluster.topology();
+        if topology.previous.is_some() && previous.as_ref().is_none_or(|p| p.version >= mine) {
+            rebalance::mark_cleanup(self, mine).await?;
+        }
+        // Dial first, store second: a layout this node cannot install is never stored.
+        self.cluster.install(current.clone(), previous.clone())?;
         save(&self.store, &current, previous.as_ref()).await?;
-        self.cluster.install(current, previous)?;
         Ok(true)
     }
 
@@ -284,6 +290,11 @@ impl Membership {
                 previous.layout.version, topology.current.layout.version
             )));
         }
+        if rebalance::cleanup_pending(self)? {
+            return Err(refused(
+                "this node is still deleting carts it handed over in the last change; commit once `cartctl cluster show` says done",
+            ));
+        }
         let current = topology.current.layout.clone();
         let next = current.apply(&self.staged()?).map_err(refused)?;
         let acceptors: Vec<String> = current.members.iter().map(|m| m.node_id.clone()).collect();
@@ -361,7 +372,8 @@ impl Membership {
                 .await
                 .ok()?
                 .into_inner();
-            if reply.current_version >= version {
+            // An acceptor that refuses without a promised round has moved past this version.
+            if reply.current_version >= version || (!reply.promised && reply.promised_round == 0) {
                 return Some(Prepared::Decided);
             }
             if !reply.promised {

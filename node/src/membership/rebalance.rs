@@ -38,6 +38,8 @@ pub struct Progress {
     pub carts_sent: u64,
     pub bytes_sent: u64,
     pub carts_dropped: u64,
+    /// Carts the delete pass looked at so far.
+    pub cleanup_scanned: u64,
     pub waiting_for: Vec<String>,
     pub waiting_reason: String,
     /// When every node was first seen routing by the new version.
@@ -56,6 +58,8 @@ impl Progress {
             bytes_sent: self.bytes_sent,
             waiting_for: self.waiting_for.clone(),
             waiting_reason: self.waiting_reason.clone(),
+            carts_dropped: self.carts_dropped,
+            cleanup_scanned: self.cleanup_scanned,
         })
     }
 }
@@ -88,12 +92,39 @@ fn involved(topology: &Topology) -> Vec<String> {
         .collect()
 }
 
+/// Whether a delete pass after a transition is still to run (a commit waits for it).
+pub fn cleanup_pending(m: &Membership) -> Result<bool, NodeError> {
+    Ok(m.store.meta_get(CLEANUP_KEY)?.is_some())
+}
+
+/// Records that the carts of versions before `version` are to be deleted here once every node
+/// has left them behind.
+pub async fn mark_cleanup(m: &Membership, version: u64) -> Result<(), NodeError> {
+    m.store.meta_put(CLEANUP_KEY, &version.to_be_bytes()).await
+}
+
 /// One step of the transfer state machine (called every heartbeat interval).
 pub async fn step(m: &Membership, stop: &tokio::sync::watch::Receiver<bool>) -> Result<(), NodeError> {
     let topology = m.cluster.topology();
     let Some(previous) = &topology.previous else {
         if let Some(version) = m.store.meta_get(CLEANUP_KEY)? {
             let version = <[u8; 8]>::try_from(version.as_slice()).map_or(0, u64::from_be_bytes);
+            // Deleting is safe only once no node reads or writes by the old version any more.
+            let behind: Vec<String> = m
+                .cluster
+                .peers()
+                .iter()
+                .filter(|p| topology.current.layout.is_member(&p.member.node_id))
+                .filter(|p| p.finished_version.load(Ordering::SeqCst) < version)
+                .map(|p| p.member.node_id.clone())
+                .collect();
+            if !behind.is_empty() {
+                let mut p = progress(m);
+                p.phase = "cleanup".into();
+                p.waiting_reason = format!("waiting for these nodes to stop routing by versions before {version}");
+                p.waiting_for = behind;
+                return Ok(());
+            }
             hand_over(m, &topology, version, true, stop).await?;
             m.store.meta_delete(CLEANUP_KEY).await?;
             let mut p = progress(m);
@@ -158,7 +189,7 @@ pub async fn step(m: &Membership, stop: &tokio::sync::watch::Receiver<bool>) -> 
         p.waiting_for = waiting;
         return Ok(());
     }
-    m.store.meta_put(CLEANUP_KEY, &to.to_be_bytes()).await?;
+    mark_cleanup(m, to).await?;
     m.finish_transition(to).await?;
     progress(m).phase = "cleanup".into();
     Ok(())
@@ -251,10 +282,15 @@ async fn hand_over(
         cursor.after = Some(last);
         m.store.meta_put(CURSOR_KEY, &json(&cursor)?).await?;
         {
+            // The hand-over's figures stay as they were once the delete pass runs.
             let mut p = progress(m);
-            p.carts_scanned = cursor.scanned;
-            p.carts_sent = cursor.sent;
-            p.bytes_sent = cursor.bytes;
+            if cleanup {
+                p.cleanup_scanned = cursor.scanned;
+            } else {
+                p.carts_scanned = cursor.scanned;
+                p.carts_sent = cursor.sent;
+                p.bytes_sent = cursor.bytes;
+            }
             p.waiting_reason.clear();
             p.waiting_for.clear();
         }
@@ -294,7 +330,16 @@ async fn send_to_all(
             .map_err(|s| format!("{target}: {:?} {}", s.code(), s.message()))?;
         bytes += state.len() as u64;
     }
-    let dropped = match cleanup {
+    // Never delete what this node owns in a live version now (a newer layout may have arrived
+    // since the page was planned).
+    let owned_now = || {
+        let topology = m.cluster.topology();
+        let key = id.as_str().as_bytes();
+        let me = &m.cluster.self_id;
+        topology.current.owners(key).contains(me)
+            || topology.previous.as_ref().is_some_and(|p| p.owners(key).contains(me))
+    };
+    let dropped = match cleanup && !owned_now() {
         true => m
             .store
             .drop_replica(&id, cart.context())
