@@ -225,6 +225,11 @@ pub struct ClusterStatus {
     /// False while the asked node waits to be added (started with `--join`).
     #[serde(default = "yes")]
     pub asked_is_member: bool,
+    /// The asked node's anti-entropy digests are built (not rebuilding), over this many carts.
+    #[serde(default)]
+    pub digests_ready: bool,
+    #[serde(default)]
+    pub digest_carts: u64,
 }
 
 fn yes() -> bool {
@@ -249,6 +254,18 @@ pub struct NodeRow {
     pub layout_version: u64,
     #[serde(default)]
     pub synced_version: u64,
+    /// The asked node's last anti-entropy exchange with this node: ms ago (-1: none yet), how
+    /// long it took, carts differing and repaired, its error.
+    #[serde(default)]
+    pub ae_last_ms_ago: i64,
+    #[serde(default)]
+    pub ae_took_ms: u64,
+    #[serde(default)]
+    pub ae_differing: u64,
+    #[serde(default)]
+    pub ae_repaired: u64,
+    #[serde(default)]
+    pub ae_error: String,
 }
 
 impl ClusterStatus {
@@ -268,12 +285,19 @@ impl ClusterStatus {
                     zone: n.zone,
                     layout_version: n.layout_version,
                     synced_version: n.synced_version,
+                    ae_last_ms_ago: n.ae_last_ms_ago,
+                    ae_took_ms: n.ae_took_ms,
+                    ae_differing: n.ae_differing,
+                    ae_repaired: n.ae_repaired,
+                    ae_error: n.ae_error,
                 })
                 .collect(),
             hint_backlog: reply.hint_backlog,
             layout_version: reply.layout_version,
             transfer: reply.transfer.map(TransferRow::from_proto),
             asked_is_member: reply.asked_is_member,
+            digests_ready: reply.digests_ready,
+            digest_carts: reply.digest_carts,
         }
     }
 }
@@ -352,6 +376,7 @@ pub fn render_status(status: &ClusterStatus) -> String {
         "ring share",
         "hints held",
         "layout/synced",
+        "last anti-entropy",
     ]);
     for node in &status.nodes {
         table.add_row([
@@ -366,6 +391,7 @@ pub fn render_status(status: &ClusterStatus) -> String {
             format!("{:.1}%", node.ring_share * 100.0),
             node.hints_held.to_string(),
             format!("{}/{}", node.layout_version, node.synced_version),
+            render_exchange(node),
         ]);
     }
     for column in [4, 5, 6] {
@@ -375,10 +401,30 @@ pub fn render_status(status: &ClusterStatus) -> String {
     }
     out.push_str(&format!("{table}\n"));
     out.push_str(&format!("hint backlog: {}\n", status.hint_backlog));
+    out.push_str(&format!(
+        "anti-entropy digests: {} ({} carts)\n",
+        if status.digests_ready { "built" } else { "rebuilding" },
+        status.digest_carts
+    ));
     if let Some(t) = &status.transfer {
         out.push_str(&t.render());
     }
     out
+}
+
+/// The asked node's last exchange with a node: "2.1s ago, 3 ms, 0 differing".
+fn render_exchange(node: &NodeRow) -> String {
+    match (node.ae_last_ms_ago, node.ae_error.is_empty()) {
+        (ms, _) if ms < 0 => "-".into(),
+        (ms, true) => format!(
+            "{:.1}s ago, {} ms, {} differing, {} repaired",
+            ms as f64 / 1e3,
+            node.ae_took_ms,
+            node.ae_differing,
+            node.ae_repaired
+        ),
+        (ms, false) => format!("{:.1}s ago, failed: {}", ms as f64 / 1e3, node.ae_error),
+    }
 }
 
 /// The human-readable form of a cart.
@@ -445,6 +491,11 @@ mod tests {
             zone: String::new(),
             layout_version: 2,
             synced_version: 2,
+            ae_last_ms_ago: -1,
+            ae_took_ms: 0,
+            ae_differing: 0,
+            ae_repaired: 0,
+            ae_error: String::new(),
         };
         ClusterStatus {
             asked_node: "n1".into(),
@@ -458,6 +509,8 @@ mod tests {
             layout_version: 2,
             transfer: None,
             asked_is_member: true,
+            digests_ready: true,
+            digest_carts: 42,
         }
     }
 
@@ -469,7 +522,8 @@ mod tests {
             lines[0],
             "cluster as seen by n1 (asked at 127.0.0.1:7001), layout version 2"
         );
-        assert_eq!(lines.last(), Some(&"hint backlog: 42"));
+        assert_eq!(lines[lines.len() - 2], "hint backlog: 42");
+        assert_eq!(lines.last(), Some(&"anti-entropy digests: built (42 carts)"));
         let row = |id: &str| {
             lines
                 .iter()
@@ -477,9 +531,12 @@ mod tests {
                 .find(|words| words.first() == Some(&id))
                 .unwrap_or_else(|| panic!("no row for {id}:\n{out}"))
         };
-        assert_eq!(row("n1"), ["n1", "127.0.0.1:7001", "-", "up", "33.5%", "0", "2/2"]);
-        assert_eq!(row("n2"), ["n2", "127.0.0.1:7002", "-", "up", "33.0%", "0", "2/2"]);
-        assert_eq!(row("n3"), ["n3", "127.0.0.1:7003", "-", "down", "33.5%", "42", "2/2"]);
+        assert_eq!(row("n1"), ["n1", "127.0.0.1:7001", "-", "up", "33.5%", "0", "2/2", "-"]);
+        assert_eq!(row("n2"), ["n2", "127.0.0.1:7002", "-", "up", "33.0%", "0", "2/2", "-"]);
+        assert_eq!(
+            row("n3"),
+            ["n3", "127.0.0.1:7003", "-", "down", "33.5%", "42", "2/2", "-"]
+        );
     }
 
     #[test]

@@ -193,7 +193,13 @@ impl AdminService for AdminApi {
                         cluster.synced_version.load(Ordering::SeqCst),
                     ),
                 };
+                let ae = self.coordinator.anti_entropy.get(&m.node_id).unwrap_or_default();
                 NodeStatus {
+                    ae_last_ms_ago: ae.last.map_or(-1, |t| t.elapsed().as_millis() as i64),
+                    ae_took_ms: ae.took.as_millis() as u64,
+                    ae_differing: ae.differing_carts as u64,
+                    ae_repaired: ae.repaired as u64,
+                    ae_error: ae.error.unwrap_or_default(),
                     node_id: m.node_id.clone(),
                     addr: m.addr.clone(),
                     up: cluster.is_up(&m.node_id),
@@ -220,6 +226,8 @@ impl AdminService for AdminApi {
             layout_version: topology.current.layout.version,
             transfer,
             asked_is_member: cluster.is_member(),
+            digests_ready: self.coordinator.store.digests.state().ready,
+            digest_carts: self.coordinator.store.digests.state().carts,
         }))
     }
 

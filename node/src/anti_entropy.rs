@@ -1,95 +1,79 @@
 //! Anti-entropy: converging replicas that hints missed, without any read of the carts.
 //!
 //! Every `anti_entropy_interval`, a node picks the next peer that is up and compares, for the carts
-//! both replicate, a digest of [`BUCKETS`] buckets (XOR of `hash(cart id, cart context)`; equal
-//! contexts mean equal carts).
-//! For buckets that differ it fetches the peer's `(cart id, hash)` list, and for each cart that
+//! both replicate, the leaves of their range digests ([`crate::digests`]: per replica set, XOR of
+//! `hash(cart id, cart context)` per leaf, kept up to date on every write; equal contexts mean
+//! equal carts). Comparing costs O(leaves), not O(carts): an idle cluster does no scan at all.
+//! For leaves that differ it fetches the peer's `(cart id, hash)` list, and for each cart that
 //! differs (at most `anti_entropy_keys_per_round`) pulls the peer's state, merges it locally and
-//! pushes the merge back. Digests are computed by scanning the local replicas: O(carts) per round,
-//! fine for the cart counts of one node; a Merkle tree kept up to date on write would replace it.
+//! pushes the merge back. Listing a differing leaf's keys still scans the local replicas (a page
+//! at a time, yielding between pages): the cost of a repair, not of an idle round.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::Hasher;
 use std::sync::Arc;
 
 use cart_crdt::CartId;
 use cart_proto::replica_pb::{BucketKeysRequest, DigestRequest, ReadRequest, ReplicateRequest};
-use fnv::FnvHasher;
 
 use crate::coordinator::Coordinator;
+use crate::digests::{entry_hash, leaf_of, LEAVES};
 use crate::error::NodeError;
 
-/// Digest buckets.
-pub const BUCKETS: usize = 256;
-/// Buckets examined per round at most.
+/// Leaves examined per round at most.
 pub const BUCKETS_PER_ROUND: usize = 64;
 const SCAN_PAGE: usize = 1024;
 
-fn hash(parts: &[&[u8]]) -> u64 {
-    let mut h = FnvHasher::default();
-    for p in parts {
-        h.write(p);
-        h.write_u8(0xff);
-    }
-    h.finish()
-}
-
-fn bucket_of(key: &[u8]) -> usize {
-    (hash(&[key]) % BUCKETS as u64) as usize
-}
-
-/// Calls `f(cart id, bucket, hash of the canonical state)` for every local replica that `peer`
-/// replicates too.
-fn for_shared(coordinator: &Coordinator, peer: &str, mut f: impl FnMut(String, usize, u64)) -> Result<(), NodeError> {
+/// `(cart id, hash)` of the local replicas that `peer` replicates too and whose leaf is in
+/// `wanted`: one scan of the local carts, a page at a time, yielding between pages.
+pub async fn bucket_keys(
+    coordinator: &Coordinator,
+    peer: &str,
+    wanted: &[u32],
+) -> Result<Vec<(String, u64)>, NodeError> {
+    let wanted: BTreeSet<usize> = wanted.iter().map(|b| *b as usize).collect();
     let cluster = &coordinator.cluster;
     // Owners by the newest layout version (while carts move into it, the transfer moves them).
     let topology = cluster.topology();
+    let mut out = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = coordinator.store.scan_carts(after.as_deref(), SCAN_PAGE)?;
-        let Some((last, _)) = page.last() else { return Ok(()) };
+        let Some((last, _)) = page.last() else { return Ok(out) };
         after = Some(last.clone());
         for (key, _) in page {
+            if !wanted.contains(&leaf_of(&key)) {
+                continue;
+            }
             let owners = topology.current.owners(&key);
-            let shared = owners.iter().any(|m| m == peer) && owners.contains(&cluster.self_id);
-            if shared {
-                // The stored base may lag its deltas: hash the current cart's context (equal
-                // contexts mean equal carts, and it is a few bytes where the cart is kilobytes).
-                let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), coordinator.store.limits()) else {
-                    continue;
-                };
-                // Skipped (and repaired by nobody) if it cannot be read: one bad cart must not stop
-                // anti-entropy for every other one.
-                let context = match coordinator.store.peek(&id) {
-                    Ok(cart) => cart_crdt::codec::encode_context(cart.context())?,
-                    Err(e) => {
-                        tracing::warn!(cart_id = %id, error = %e, "anti-entropy skips an unreadable cart");
-                        continue;
+            if !(owners.iter().any(|m| m == peer) && owners.contains(&cluster.self_id)) {
+                continue;
+            }
+            let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), coordinator.store.limits()) else {
+                continue;
+            };
+            // Skipped (and repaired by nobody) if it cannot be read: one bad cart must not stop
+            // anti-entropy for every other one.
+            match coordinator.store.peek(&id) {
+                Ok(cart) => {
+                    if let Some(h) = entry_hash(&key, cart.context())? {
+                        out.push((id.to_string(), h));
                     }
-                };
-                f(id.to_string(), bucket_of(&key), hash(&[&key, &context]));
+                }
+                Err(e) => tracing::warn!(cart_id = %id, error = %e, "anti-entropy skips an unreadable cart"),
             }
         }
+        tokio::task::yield_now().await;
     }
 }
 
-/// The bucket digest of the carts this node and `peer` both replicate.
+/// The leaves of the carts this node and `peer` both replicate; `UNAVAILABLE` while the digests
+/// are being rebuilt.
 pub fn digest(coordinator: &Coordinator, peer: &str) -> Result<Vec<u64>, NodeError> {
-    let mut buckets = vec![0u64; BUCKETS];
-    for_shared(coordinator, peer, |_, b, h| buckets[b] ^= h)?;
-    Ok(buckets)
-}
-
-/// `(cart id, hash)` of the shared carts in `wanted` buckets.
-pub fn bucket_keys(coordinator: &Coordinator, peer: &str, wanted: &[u32]) -> Result<Vec<(String, u64)>, NodeError> {
-    let wanted: BTreeSet<usize> = wanted.iter().map(|b| *b as usize).collect();
-    let mut out = Vec::new();
-    for_shared(coordinator, peer, |key, b, h| {
-        if wanted.contains(&b) {
-            out.push((key, h));
-        }
-    })?;
-    Ok(out)
+    coordinator
+        .store
+        .digests
+        .shared(&coordinator.cluster.self_id, peer)
+        .ok_or(NodeError::Rebuilding)
 }
 
 /// Runs one exchange per interval until `stop` fires.
@@ -120,15 +104,73 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
         let peer = peers[next % peers.len()].clone();
         next = next.wrapping_add(1);
         match exchange(&coordinator, &peer).await {
-            Ok(0) => {}
-            Ok(repaired) => tracing::info!(peer, repaired, "anti-entropy repaired carts"),
+            Ok(Found { repaired: 0, .. }) => {}
+            Ok(Found { repaired, .. }) => tracing::info!(peer, repaired, "anti-entropy repaired carts"),
             Err(e) => tracing::debug!(peer, error = %e, "anti-entropy exchange failed"),
         }
     }
 }
 
-/// One digest exchange with `peer`; returns how many carts were repaired.
-pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<usize, NodeError> {
+/// What the last exchange with one peer found (for `cartctl status`).
+#[derive(Debug, Clone, Default)]
+pub struct PeerStats {
+    pub last: Option<tokio::time::Instant>,
+    pub took: std::time::Duration,
+    pub differing_carts: usize,
+    pub repaired: usize,
+    pub error: Option<String>,
+}
+
+/// Per peer, the last exchange.
+#[derive(Default)]
+pub struct Stats(std::sync::Mutex<BTreeMap<String, PeerStats>>);
+
+impl Stats {
+    pub fn get(&self, peer: &str) -> Option<PeerStats> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(peer)
+            .cloned()
+    }
+
+    fn record(&self, peer: &str, stats: PeerStats) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(peer.to_owned(), stats);
+    }
+}
+
+/// What one exchange found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Found {
+    pub differing_carts: usize,
+    pub repaired: usize,
+}
+
+/// One digest exchange with `peer`, recorded in the coordinator's anti-entropy stats.
+pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<Found, NodeError> {
+    let started = tokio::time::Instant::now();
+    let outcome = exchange_once(coordinator, peer_id).await;
+    let (found, error) = match &outcome {
+        Ok(found) => (*found, None),
+        Err(e) => (Found::default(), Some(e.to_string())),
+    };
+    coordinator.anti_entropy.record(
+        peer_id,
+        PeerStats {
+            last: Some(tokio::time::Instant::now()),
+            took: started.elapsed(),
+            differing_carts: found.differing_carts,
+            repaired: found.repaired,
+            error,
+        },
+    );
+    outcome
+}
+
+async fn exchange_once(coordinator: &Coordinator, peer_id: &str) -> Result<Found, NodeError> {
     let cluster = &coordinator.cluster;
     let peer = cluster.peer(peer_id).ok_or_else(|| NodeError::Config {
         reason: format!("unknown peer {peer_id}"),
@@ -143,13 +185,13 @@ pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<usize,
         .map_err(NodeError::Remote)?
         .into_inner()
         .buckets;
-    let differing: Vec<u32> = (0..BUCKETS)
+    let differing: Vec<u32> = (0..LEAVES)
         .filter(|b| theirs.get(*b).copied().unwrap_or(0) != mine[*b])
         .take(BUCKETS_PER_ROUND)
         .map(|b| b as u32)
         .collect();
     if differing.is_empty() {
-        return Ok(0);
+        return Ok(Found::default());
     }
     let their_keys: BTreeMap<String, u64> = peer
         .client()
@@ -164,7 +206,10 @@ pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<usize,
         .into_iter()
         .map(|k| (k.cart_id, k.hash))
         .collect();
-    let my_keys: BTreeMap<String, u64> = bucket_keys(coordinator, peer_id, &differing)?.into_iter().collect();
+    let my_keys: BTreeMap<String, u64> = bucket_keys(coordinator, peer_id, &differing)
+        .await?
+        .into_iter()
+        .collect();
     let stale: BTreeSet<&String> = their_keys
         .iter()
         .filter(|(k, h)| my_keys.get(*k) != Some(h))
@@ -172,6 +217,7 @@ pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<usize,
         .chain(my_keys.keys().filter(|k| !their_keys.contains_key(*k)))
         .take(cluster.config.anti_entropy_keys_per_round)
         .collect();
+    let differing_carts = stale.len();
     let mut repaired = 0;
     for key in stale {
         let Ok(id) = CartId::parse(key, coordinator.store.limits()) else {
@@ -181,7 +227,10 @@ pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<usize,
             repaired += 1;
         }
     }
-    Ok(repaired)
+    Ok(Found {
+        differing_carts,
+        repaired,
+    })
 }
 
 /// Pulls the peer's state of one cart, merges it here, pushes the merge back.

@@ -35,6 +35,8 @@ pub struct Coordinator {
     pub store: Arc<CartStore>,
     pub cluster: Arc<Cluster>,
     pub membership: Arc<Membership>,
+    /// The last anti-entropy exchange with each peer.
+    pub anti_entropy: crate::anti_entropy::Stats,
     background: Arc<Semaphore>,
 }
 
@@ -120,6 +122,7 @@ impl Coordinator {
     pub fn new(store: Arc<CartStore>, cluster: Arc<Cluster>) -> Arc<Self> {
         Arc::new(Coordinator {
             membership: Arc::new(Membership::new(store.clone(), cluster.clone())),
+            anti_entropy: crate::anti_entropy::Stats::default(),
             store,
             cluster,
             background: Arc::new(Semaphore::new(BACKGROUND_CALLS_MAX)),

@@ -43,6 +43,8 @@ pub enum NodeError {
     Unauthenticated { header: &'static str },
     #[error("configuration: {reason}")]
     Config { reason: String },
+    #[error("anti-entropy digests are being rebuilt; ask again later")]
+    Rebuilding,
     #[error("membership change refused: {reason}")]
     LayoutRefused { reason: String },
     #[error("membership change lost a race: {reason}")]
@@ -85,7 +87,7 @@ impl From<NodeError> for Status {
             NodeError::Unauthenticated { .. } => Status::unauthenticated(message),
             NodeError::LayoutRefused { .. } => Status::failed_precondition(message),
             NodeError::LayoutConflict { .. } => Status::aborted(message),
-            NodeError::NoMajority { .. } => Status::unavailable(message),
+            NodeError::NoMajority { .. } | NodeError::Rebuilding => Status::unavailable(message),
             NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
         }
     }

@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod coordinator;
+pub mod digests;
 pub mod error;
 pub mod handoff;
 pub mod launcher;

@@ -278,7 +278,7 @@ impl ReplicaService for ReplicaApi {
 
     async fn bucket_keys(&self, request: Request<BucketKeysRequest>) -> Result<Response<BucketKeysReply>, Status> {
         let req = request.into_inner();
-        let keys = anti_entropy::bucket_keys(&self.coordinator, &req.from_node, &req.buckets)?;
+        let keys = anti_entropy::bucket_keys(&self.coordinator, &req.from_node, &req.buckets).await?;
         Ok(Response::new(BucketKeysReply {
             keys: keys
                 .into_iter()

@@ -165,6 +165,8 @@ impl Node {
         );
         let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
 
+        let current = self.coordinator.cluster.topology().current.layout.clone();
+        membership::rebuild_digests(self.coordinator.store.clone(), current);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let background = [
             tokio::spawn(self.coordinator.cluster.clone().run_failure_detector(stop_rx.clone())),

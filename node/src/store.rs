@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::commit::GroupCommit;
+use crate::digests::{entry_hash, RangeDigests};
 use crate::error::NodeError;
 use crate::storage::{KeyValue, Storage, StorageError, Tree};
 
@@ -89,6 +90,8 @@ pub struct CartStore {
     max_inflight_writes: usize,
     hints: HintCounts,
     cache: quick_cache::sync::Cache<CartId, Held>,
+    /// Anti-entropy digests of the replicas, kept up to date by every change below.
+    pub digests: RangeDigests,
 }
 
 impl CartStore {
@@ -115,6 +118,7 @@ impl CartStore {
             max_inflight_writes,
             hints,
             cache: quick_cache::sync::Cache::new(CART_CACHE_ENTRIES),
+            digests: RangeDigests::default(),
         })
     }
 
@@ -271,6 +275,7 @@ impl CartStore {
                 limits: &self.limits,
             };
             let deps = Arc::new(codec::encode_context(cart.context())?);
+            let old_hash = entry_hash(id.as_str().as_bytes(), cart.context())?;
             let delta = match cart.apply(&ctx, op) {
                 Ok(delta) => delta,
                 Err(refused) => {
@@ -286,6 +291,8 @@ impl CartStore {
                 delta,
                 deps,
             };
+            let new_hash = entry_hash(id.as_str().as_bytes(), written.cart.context())?;
+            self.digests.changed(id.as_str().as_bytes(), old_hash, new_hash);
             applied(&written);
             written
         };
@@ -327,10 +334,14 @@ impl CartStore {
         if current.cart.covers(&incoming) {
             return Ok((current.cart, false)); // seen it all already (a repeat, or an older state)
         }
+        let key = id.as_str().as_bytes();
+        let old_hash = entry_hash(key, current.cart.context())?;
         drop(current);
         let (mut cart, stored) = self.take_locked(id)?;
         cart.merge(incoming);
-        Ok((self.store_locked(id, cart, stored, encoded)?, true))
+        let merged = self.store_locked(id, cart, stored, encoded)?;
+        self.digests.changed(key, old_hash, entry_hash(key, merged.context())?);
+        Ok((merged, true))
     }
 
     /// Returns once everything stored so far is durable.
@@ -451,6 +462,9 @@ impl CartStore {
             if current.cart.context() != handed_over {
                 return Ok(false);
             }
+            let key = id.as_str().as_bytes();
+            self.digests
+                .changed(key, entry_hash(key, current.cart.context())?, None);
             drop(current);
             self.cache.remove(id);
             self.storage.delete(Tree::Carts, id.as_str().as_bytes())?;
@@ -468,6 +482,47 @@ impl CartStore {
         }
         self.durable().await?;
         Ok(true)
+    }
+
+    /// Counts one page of carts (after `after`) into the digests being rebuilt as `generation`,
+    /// each under its lock (see `digests`); the last key, or `None` at the end (or when a newer
+    /// rebuild took over).
+    pub fn digest_page(
+        &self,
+        generation: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let page = self.storage.scan(Tree::Carts, b"", after, limit)?;
+        let Some((last, _)) = page.last() else { return Ok(None) };
+        let last = last.clone();
+        for (key, _) in page {
+            let hash = match CartId::parse(&String::from_utf8_lossy(&key), &self.limits) {
+                Ok(id) => {
+                    let _guard = self.lock(&id);
+                    let cart = match self.cache.get(&id) {
+                        Some(held) => Ok(held.cart),
+                        None => self.load(&id).map(|h| h.cart),
+                    };
+                    let hash = match cart {
+                        Ok(cart) => entry_hash(&key, cart.context())?,
+                        Err(e) => {
+                            tracing::warn!(cart_id = %id, error = %e, "digest rebuild skips an unreadable cart");
+                            None
+                        }
+                    };
+                    if !self.digests.scanned(generation, &key, hash) {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Err(_) => None,
+            };
+            if !self.digests.scanned(generation, &key, hash) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(last))
     }
 
     /// Up to `limit` stored bases (cart id, encoded base, which may lag the cart's deltas) after
@@ -794,5 +849,86 @@ mod tests {
         assert_eq!(stored(&storage, Tree::Carts), 1);
         assert_eq!(stored(&storage, Tree::Deltas), 2);
         assert_eq!(*replica.read(&id).unwrap(), *writer.read(&id).unwrap());
+    }
+
+    fn five() -> cart_ring::layout::Layout {
+        let members = (1..=5)
+            .map(|i| cart_ring::Member {
+                node_id: format!("n{i}"),
+                addr: format!("127.0.0.1:{}", 7000 + i),
+                weight: 1,
+                zone: String::new(),
+            })
+            .collect();
+        cart_ring::layout::Layout::initial(members, 3, 2, 2)
+    }
+
+    /// Every pair's digest, as the exchange sees it.
+    fn pairs(store: &CartStore) -> Vec<Vec<u64>> {
+        let mut out = Vec::new();
+        for a in 1..=5 {
+            for b in 1..=5 {
+                if a != b {
+                    out.push(store.digests.shared(&format!("n{a}"), &format!("n{b}")).expect("ready"));
+                }
+            }
+        }
+        out
+    }
+
+    async fn some_writes(store: &CartStore, round: usize) {
+        for i in 0..60 {
+            let id = CartId::parse(&format!("user:{}", (i * 7 + round) % 50), &Limits::DEFAULT).unwrap();
+            store.write(&id, &add(&format!("p{round}-{i}"))).await.unwrap();
+        }
+    }
+
+    /// Digests kept up to date by writes, merges and drops equal digests rebuilt from scratch,
+    /// also when the writes land while a rebuild is half way (before and after its cursor).
+    #[tokio::test]
+    async fn digests_kept_on_write_equal_a_rebuild() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 1).await;
+        let layout = five();
+        crate::digests::rebuild(&store, &layout).await.unwrap();
+        assert!(
+            pairs(&store).iter().all(|d| d.iter().all(|l| *l == 0)),
+            "empty store, zero digests"
+        );
+        some_writes(&store, 0).await;
+        // A merge of another replica's writes, and a dropped cart.
+        let other = open(&Arc::new(MemoryStorage::default()), 2).await;
+        some_writes(&other, 1).await;
+        let id = CartId::parse("user:3", &Limits::DEFAULT).unwrap();
+        store.merge(&id, (*other.read(&id).unwrap()).clone()).await.unwrap();
+        let gone = CartId::parse("user:4", &Limits::DEFAULT).unwrap();
+        let ctx = store.read(&gone).unwrap().context().clone();
+        assert!(store.drop_replica(&gone, &ctx).await.unwrap());
+        let kept = pairs(&store);
+        assert!(
+            kept.iter().any(|d| d.iter().any(|l| *l != 0)),
+            "writes show in the digests"
+        );
+        crate::digests::rebuild(&store, &layout).await.unwrap();
+        assert_eq!(pairs(&store), kept, "incremental digests differ from a rebuild");
+        assert_eq!(store.digests.state().carts, 49);
+
+        // A rebuild interrupted by writes on both sides of its cursor.
+        let generation = store.digests.reset(&layout);
+        assert!(store.digests.shared("n1", "n2").is_none(), "not ready while rebuilding");
+        let cursor = store.digest_page(generation, None, 20).unwrap().expect("a first page");
+        some_writes(&store, 2).await;
+        let mut after = Some(cursor);
+        while let Some(last) = store.digest_page(generation, after.as_deref(), 20).unwrap() {
+            after = Some(last);
+        }
+        store.digests.built(generation);
+        let interleaved = pairs(&store);
+        crate::digests::rebuild(&store, &layout).await.unwrap();
+        assert_eq!(
+            pairs(&store),
+            interleaved,
+            "writes during a rebuild were counted wrongly"
+        );
     }
 }

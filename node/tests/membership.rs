@@ -455,3 +455,72 @@ async fn a_transfer_survives_kill_9_of_a_sender_and_of_the_receiver() {
         &missing[..missing.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_mid_transfer_is_replaced_and_the_transfer_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
+    let first = addrs(&cluster);
+    let client = CartClient::connect(first.iter().map(|a| a.to_string())).await.unwrap();
+    let cold: Vec<String> = (0..200).map(|i| format!("guest:cold-{i}")).collect();
+    for cart in &cold {
+        client
+            .add_item(cart, "cold", 1, ItemSnapshot::new("Mug", 1299, "EUR"))
+            .await
+            .unwrap();
+    }
+    let i4 = tokio::task::block_in_place(|| cluster.start_joining("n4", 0, 0)).unwrap();
+    let a4 = common::addr(&cluster, i4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // n4 dies as soon as it is added: the transfer waits for it, and says so.
+    tokio::task::block_in_place(|| cluster.kill9(i4)).unwrap();
+    stage(first[0], join("n4", a4)).await.unwrap();
+    commit(first[0]).await.unwrap();
+    let waiting = common::eventually(Duration::from_secs(10), || async {
+        show(first[0])
+            .await
+            .and_then(|l| l.transfer)
+            .is_some_and(|t| t.phase == "waiting" && t.waiting_for == ["n4"])
+    })
+    .await;
+    assert!(waiting, "{:?}", show(first[0]).await.and_then(|l| l.transfer));
+    // Any other change is refused meanwhile; replacing the dead node is not.
+    stage(first[0], leave("n3")).await.unwrap();
+    let refused = commit(first[0]).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("cartctl cluster replace"),
+        "{}",
+        refused.message()
+    );
+    let i5 = tokio::task::block_in_place(|| cluster.start_joining("n5", 0, 0)).unwrap();
+    let a5 = common::addr(&cluster, i5);
+    let replace = StagedChange {
+        kind: "replace".into(),
+        node_id: "n5".into(),
+        addr: a5.to_string(),
+        replaces: "n4".into(),
+        ..StagedChange::default()
+    };
+    stage(first[1], replace).await.unwrap();
+    let committed = commit(first[1]).await.unwrap();
+    assert_eq!(committed.current.unwrap().version, 3);
+    assert_eq!(
+        committed.previous.unwrap().version,
+        1,
+        "carts move straight from version 1"
+    );
+    let live = vec![first[0], first[1], first[2], a5];
+    assert!(
+        common::eventually(Duration::from_secs(60), || settled(&live, 3)).await,
+        "the transfer into version 3 did not finish: {:?}",
+        show(first[0]).await.and_then(|l| l.transfer)
+    );
+    let missing = cold_missing(first[0], &cold).await;
+    assert!(
+        missing.is_empty(),
+        "{} cold carts miss an owner: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}

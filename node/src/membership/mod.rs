@@ -201,6 +201,8 @@ impl Membership {
         // Dial first, store second: a layout this node cannot install is never stored.
         self.cluster.install(current.clone(), previous.clone())?;
         save(&self.store, &current, previous.as_ref()).await?;
+        // Replica sets follow the new version: its digests are rebuilt (in the background).
+        rebuild_digests(self.store.clone(), current);
         Ok(true)
     }
 
@@ -282,21 +284,28 @@ impl Membership {
     /// Commits the staged changes as the next version. Refused while carts still move into the
     /// current version, or when nothing is staged; `ABORTED` when another commit took the version
     /// (the staged changes stay, to re-plan against the new layout).
+    ///
+    /// While carts move, only replacements are accepted (a node that died mid-transfer would
+    /// otherwise block it for good): the next version then moves carts straight from the old
+    /// read version, which still holds every acknowledged write.
     pub async fn commit(&self) -> Result<Layout, NodeError> {
         let topology = self.cluster.topology();
+        let staged = self.staged()?;
         if let Some(previous) = &topology.previous {
-            return Err(refused(format!(
-                "carts are still moving from version {} to {}; commit once `cartctl cluster show` says the transfer is done",
-                previous.layout.version, topology.current.layout.version
-            )));
-        }
-        if rebalance::cleanup_pending(self)? {
+            let replaces_only = !staged.is_empty() && staged.iter().all(|c| matches!(c, Change::Replace { .. }));
+            if !replaces_only {
+                return Err(refused(format!(
+                    "carts are still moving from version {} to {}; commit once `cartctl cluster show` says the transfer is done (a dead node that blocks it can be replaced: `cartctl cluster replace`)",
+                    previous.layout.version, topology.current.layout.version
+                )));
+            }
+        } else if rebalance::cleanup_pending(self)? {
             return Err(refused(
                 "this node is still deleting carts it handed over in the last change; commit once `cartctl cluster show` says done",
             ));
         }
         let current = topology.current.layout.clone();
-        let next = current.apply(&self.staged()?).map_err(refused)?;
+        let next = current.apply(&staged).map_err(refused)?;
         let acceptors: Vec<String> = current.members.iter().map(|m| m.node_id.clone()).collect();
         let majority = acceptors.len() / 2 + 1;
         let mut round = self.acceptor()?.promised.round + 1;
@@ -325,7 +334,8 @@ impl Membership {
                 continue;
             }
             // Chosen: install here; the others learn it from heartbeats.
-            let previous = Some(current.clone());
+            // The version carts move out of: the read version, which holds everything.
+            let previous = Some(topology.read().layout.clone());
             self.learn(proposal.clone(), previous).await?;
             if proposal != next {
                 return Err(NodeError::LayoutConflict {
@@ -455,6 +465,15 @@ impl Membership {
         let (current, previous) = parse_doc(&reply.into_inner())?;
         self.learn(current, previous).await
     }
+}
+
+/// Rebuilds the anti-entropy digests for `layout` in a task of its own.
+pub fn rebuild_digests(store: Arc<CartStore>, layout: Layout) {
+    tokio::spawn(async move {
+        if let Err(e) = crate::digests::rebuild(&store, &layout).await {
+            tracing::warn!(error = %e, "anti-entropy digests could not be rebuilt");
+        }
+    });
 }
 
 /// A refused membership request (`FAILED_PRECONDITION` with the reason).
