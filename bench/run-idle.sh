@@ -61,7 +61,7 @@ t1=$(cpu_ticks $PIDS)
 down_after=$(cat "$CLUSTER_DIR"/n*/cartd.log | grep -c 'peer is down' || true)
 
 echo
-printf 'idle for %s s with %s carts preloaded: the 3 nodes used %.2f%% of one core (%s ticks of 1/100 s)\n' \
+printf 'idle for %s s after a preload over a key space of %s carts: the 3 nodes used %.2f%% of one core (%s ticks of 1/100 s)\n' \
     "$IDLE_S" "$CARTS" "$(echo "($t1 - $t0) / $IDLE_S" | bc -l)" "$((t1 - t0))"
 echo "\"peer is down\" lines logged during the idle window: $((down_after - down_before))"
 for i in 0 1 2; do

@@ -337,7 +337,7 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
         hints_max: count(raw.hints_max, 1_000_000, "hints_max")?,
         anti_entropy_interval: ms(raw.anti_entropy_interval_ms, 10_000, 10, "anti_entropy_interval_ms")?,
         anti_entropy_keys_per_round: count(raw.anti_entropy_keys_per_round, 512, "anti_entropy_keys_per_round")?,
-        transfer_carts_per_sec: count(raw.transfer_carts_per_sec, 2_000, "transfer_carts_per_sec")?,
+        transfer_carts_per_sec: count(raw.transfer_carts_per_sec, 1_000, "transfer_carts_per_sec")?,
     })
 }
 

@@ -291,17 +291,17 @@ impl Membership {
     pub async fn commit(&self) -> Result<Layout, NodeError> {
         let topology = self.cluster.topology();
         let staged = self.staged()?;
+        let replaces_only = !staged.is_empty() && staged.iter().all(|c| matches!(c, Change::Replace { .. }));
         if let Some(previous) = &topology.previous {
-            let replaces_only = !staged.is_empty() && staged.iter().all(|c| matches!(c, Change::Replace { .. }));
             if !replaces_only {
                 return Err(refused(format!(
                     "carts are still moving from version {} to {}; commit once `cartctl cluster show` says the transfer is done (a dead node that blocks it can be replaced: `cartctl cluster replace`)",
                     previous.layout.version, topology.current.layout.version
                 )));
             }
-        } else if rebalance::cleanup_pending(self)? {
+        } else if !replaces_only && rebalance::cleanup_pending(self)? {
             return Err(refused(
-                "this node is still deleting carts it handed over in the last change; commit once `cartctl cluster show` says done",
+                "this node is still deleting carts it handed over in the last change; commit once `cartctl cluster show` says done (a dead node that blocks it can be replaced: `cartctl cluster replace`)",
             ));
         }
         let current = topology.current.layout.clone();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cart_crdt::{codec, CartId};
 use cart_proto::admin_pb::TransferProgress;
-use cart_proto::replica_pb::ReplicateRequest;
+use cart_proto::replica_pb::{ReadRequest, ReplicateRequest};
 use serde::{Deserialize, Serialize};
 
 use super::{from_json, json, Membership};
@@ -262,7 +262,8 @@ async fn hand_over(
         for outcome in outcomes {
             match outcome {
                 Ok((bytes, dropped)) => {
-                    cursor.sent += 1;
+                    // A cart every new owner already had is not counted as sent.
+                    cursor.sent += u64::from(bytes > 0);
                     cursor.bytes += bytes;
                     if dropped {
                         progress(m).carts_dropped += 1;
@@ -313,11 +314,28 @@ async fn send_to_all(
     cleanup: bool,
 ) -> Result<(u64, bool), String> {
     let mut bytes = 0;
+    let context = match cleanup {
+        false => codec::encode_context(cart.context()).map_err(|e| e.to_string())?,
+        true => Vec::new(),
+    };
     for target in &targets {
         let peer = m
             .cluster
             .peer(target)
             .ok_or_else(|| format!("no channel to new owner {target}"))?;
+        // Every old owner hands over, so the new owner usually has the cart already from the
+        // first of them: a digest read (batched) spares the others the send, the merge and the
+        // flush. Not for the delete pass, which must know the owner's own replica holds it.
+        if !cleanup {
+            let known = peer.read(ReadRequest {
+                cart_id: id.to_string(),
+                known_context: context.clone(),
+            });
+            let same = m.cluster.within(m.cluster.config.peer_timeout, known).await;
+            if same.is_ok_and(|reply| reply.unchanged) {
+                continue;
+            }
+        }
         let call = peer.replicate(ReplicateRequest {
             cart_id: id.to_string(),
             state: state.clone(),
