@@ -42,7 +42,7 @@ pub async fn run(args: Args) -> Result<BenchReport> {
         targets: Vec::new(),
     };
     for spec in &args.targets {
-        let target_report = run_target(spec, args.connect_options(), plan, show_progress).await?;
+        let target_report = run_target(spec, args.connect_options(), plan.clone(), show_progress).await?;
         print_target(&target_report);
         report.targets.push(target_report);
     }
@@ -86,7 +86,7 @@ async fn run_target(
     }
     let progress = Arc::new(Progress::default());
     let bar = show_progress.then(|| progress_bar(plan.duration, &label, Arc::clone(&progress)));
-    let result = runner::run(target, plan, progress).await;
+    let result = runner::run(target, plan.clone(), progress).await;
     if let Some((bar, ticker)) = bar {
         ticker.abort();
         bar.finish_and_clear();

@@ -2,7 +2,7 @@
 //!
 //! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
 //!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT --json FILE [--carts N]
-//!  [--distribution zipf|uniform] [--seed N] [--no-progress] [--redis-connections N]
+//!  [--distribution zipf|uniform|sequential] [--seed N] [--no-progress] [--redis-connections N]
 //!  [--cart-lines N (with --profile add-to-size)]`
 
 use std::path::PathBuf;

@@ -26,7 +26,7 @@ use crate::workload::{Workload, WorkloadSpec};
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything about one run except the target.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunPlan {
     pub workload: WorkloadSpec,
     pub duration: Duration,
@@ -97,7 +97,7 @@ async fn closed_loop<T: Target>(
         let target = Arc::clone(&target);
         let progress = Arc::clone(&progress);
         let mut rng = worker_rng(plan.seed, index as u64);
-        let mut workload = Workload::new(plan.workload);
+        let mut workload = Workload::new(plan.workload.clone());
         workers.spawn(async move {
             let mut recorder = Recorder::new();
             while Instant::now() < deadline {

@@ -13,6 +13,8 @@ use rand::distr::Distribution as _;
 use rand::{Rng, RngExt};
 use rand_distr::Zipf;
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::BenchError;
 use crate::profile::{OpKind, Profile};
@@ -35,13 +37,26 @@ const RECENT_LINES: usize = 256;
 pub enum KeyDistribution {
     Zipf,
     Uniform,
+    /// Carts 0, 1, 2, … in turn across every client (wrapping): a preload that writes each cart
+    /// of the key space once.
+    Sequential,
 }
 
 /// Draws cart indexes in `0..population`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum CartPicker {
-    Uniform { population: u64 },
-    Zipf { population: u64, zipf: Zipf<f64> },
+    Uniform {
+        population: u64,
+    },
+    Zipf {
+        population: u64,
+        zipf: Zipf<f64>,
+    },
+    /// Shared by every clone: the next index to hand out.
+    Sequential {
+        population: u64,
+        next: Arc<AtomicU64>,
+    },
 }
 
 impl CartPicker {
@@ -54,6 +69,10 @@ impl CartPicker {
         }
         Ok(match distribution {
             KeyDistribution::Uniform => CartPicker::Uniform { population },
+            KeyDistribution::Sequential => CartPicker::Sequential {
+                population,
+                next: Arc::new(AtomicU64::new(0)),
+            },
             KeyDistribution::Zipf => {
                 let zipf = Zipf::new(population as f64, ZIPF_THETA).map_err(|e| BenchError::InvalidOption {
                     option: "--carts",
@@ -68,6 +87,7 @@ impl CartPicker {
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> u64 {
         match self {
             CartPicker::Uniform { population } => rng.random_range(0..*population),
+            CartPicker::Sequential { population, next } => next.fetch_add(1, Ordering::Relaxed) % *population,
             CartPicker::Zipf { population, zipf } => {
                 // Zipf yields ranks 1..=n as floats; clamp guards the float edge.
                 let rank = zipf.sample(rng) as u64;
@@ -152,7 +172,7 @@ impl Op {
 }
 
 /// What a workload is made of; cheap to copy into every worker.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WorkloadSpec {
     pub profile: Profile,
     pub carts: CartPicker,
@@ -365,8 +385,29 @@ mod tests {
     }
 
     #[test]
+    fn sequential_hands_out_each_cart_once_across_clones_then_wraps() {
+        let picker = CartPicker::new(KeyDistribution::Sequential, 5).expect("valid picker");
+        let other = picker.clone();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let drawn: Vec<u64> = (0..7)
+            .map(|i| {
+                if i % 2 == 0 {
+                    picker.pick(&mut rng)
+                } else {
+                    other.pick(&mut rng)
+                }
+            })
+            .collect();
+        assert_eq!(drawn, vec![0, 1, 2, 3, 4, 0, 1]);
+    }
+
+    #[test]
     fn population_of_one_always_picks_cart_zero() {
-        for d in [KeyDistribution::Zipf, KeyDistribution::Uniform] {
+        for d in [
+            KeyDistribution::Zipf,
+            KeyDistribution::Uniform,
+            KeyDistribution::Sequential,
+        ] {
             let picker = CartPicker::new(d, 1).expect("valid picker");
             let mut rng = SmallRng::seed_from_u64(9);
             assert!((0..1_000).all(|_| picker.pick(&mut rng) == 0));
@@ -401,7 +442,7 @@ mod tests {
     #[test]
     fn same_seed_same_stream() {
         let s = spec(Profile::Storefront, KeyDistribution::Zipf, 10_000);
-        let (mut a, mut b) = (Workload::new(s), Workload::new(s));
+        let (mut a, mut b) = (Workload::new(s.clone()), Workload::new(s));
         let (mut ra, mut rb) = (SmallRng::seed_from_u64(11), SmallRng::seed_from_u64(11));
         for _ in 0..1_000 {
             assert_eq!(a.next_op(&mut ra), b.next_op(&mut rb));
@@ -413,7 +454,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(2);
         let mut s = spec(Profile::AddToSize, KeyDistribution::Zipf, 10_000);
         s.cart_lines = 100;
-        let mut workload = Workload::new(s);
+        let mut workload = Workload::new(s.clone());
         let mut skus = HashSet::new();
         for _ in 0..20_000 {
             match workload.next_op(&mut rng) {

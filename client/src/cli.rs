@@ -1,7 +1,8 @@
 //! `cartctl`: the operator's command line. Parsing is clap's; each command is one client call;
 //! output is a readable table or, with `--json`, the same as JSON.
 //!
-//! - `cartctl cart …` reads and changes carts through a [`CartClient`].
+//! - `cartctl cart …` reads and changes carts through a [`CartClient`]; `cart get ID --local`
+//!   shows the asked node's own replica (no quorum, no read repair: what anti-entropy sees).
 //! - `cartctl status` asks the first endpoint that answers for `AdminService.ClusterStatus`: one
 //!   row per node as that node sees it (up or down, share of the ring, hints it holds for it).
 //! - `cartctl cluster …` changes the membership (see [`crate::cluster_cli`]).
@@ -13,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cart_crdt::{format_money, CartView, ItemSnapshot};
 use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
-use cart_proto::admin_pb::{ClusterStatusReply, ClusterStatusRequest, DiscardHintsRequest};
+use cart_proto::admin_pb::{ClusterStatusReply, ClusterStatusRequest, DiscardHintsRequest, LocalReadRequest};
 use cart_proto::SECRET_HEADER;
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{presets, CellAlignment, Table};
@@ -81,7 +82,13 @@ pub enum HintsCmd {
 #[derive(Debug, Subcommand)]
 pub enum CartCmd {
     /// Show a cart.
-    Get { id: String },
+    Get {
+        id: String,
+        /// The replica of the one --endpoint given, as stored there: no quorum read, no read
+        /// repair (to see what a node holds, e.g. before and after anti-entropy).
+        #[arg(long)]
+        local: bool,
+    },
     /// Add a quantity of a product.
     Add(AddArgs),
     /// Set a line's quantity (0 removes it).
@@ -151,6 +158,14 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
         ..ClientOptions::default()
     };
     match cli.command {
+        Command::Cart(CartCmd::Get { id, local: true }) => {
+            let (endpoint, cart) = local_cart(&cli.endpoints, &options, &id).await?;
+            match (cli.json, cart) {
+                (true, cart) => to_json(&cart),
+                (false, Some(cart)) => Ok(render(&cart)),
+                (false, None) => Ok(format!("{endpoint} holds no replica of {id}\n")),
+            }
+        }
         Command::Cart(cmd) => {
             let client = CartClient::connect_with(&cli.endpoints, options).await?;
             let cart = run_cart(&client, cmd).await?;
@@ -185,7 +200,7 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
 
 async fn run_cart(client: &CartClient, cmd: CartCmd) -> Result<CartView, ClientError> {
     match cmd {
-        CartCmd::Get { id } => client.get_cart(&id).await,
+        CartCmd::Get { id, .. } => client.get_cart(&id).await,
         CartCmd::Add(a) => {
             let mut snapshot = ItemSnapshot::new(a.name, a.price, a.currency);
             snapshot.image_url = a.image_url;
@@ -330,16 +345,43 @@ pub struct Discarded {
     pub discarded: u64,
 }
 
-/// `DiscardHints` on the one endpoint given: hints belong to a node, so no failover.
-async fn discard_hints(endpoints: &[String], options: &ClientOptions, secret: &str) -> Result<Discarded, ClientError> {
-    let [endpoint] = endpoints else {
-        return Err(ClientError::Usage {
+/// The one endpoint of a command that acts on one node (no failover).
+fn one_endpoint<'a>(endpoints: &'a [String], command: &str) -> Result<&'a String, ClientError> {
+    match endpoints {
+        [endpoint] => Ok(endpoint),
+        _ => Err(ClientError::Usage {
             reason: format!(
-                "hints discard acts on one node: give exactly one --endpoint (got {})",
+                "{command} acts on one node: give exactly one --endpoint (got {})",
                 endpoints.len()
             ),
-        });
-    };
+        }),
+    }
+}
+
+/// `LocalRead` on the one endpoint given: that node's replica of `id` (`None`: it holds none).
+async fn local_cart(
+    endpoints: &[String],
+    options: &ClientOptions,
+    id: &str,
+) -> Result<(String, Option<CartView>), ClientError> {
+    let endpoint = one_endpoint(endpoints, "cart get --local")?;
+    let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
+    let mut request = Request::new(LocalReadRequest { cart_id: id.into() });
+    request.set_timeout(options.request_timeout);
+    let reply = client
+        .local_read(request)
+        .await
+        .map_err(|status| ClientError::status(&status, endpoint))?
+        .into_inner();
+    Ok((
+        endpoint.clone(),
+        reply.cart.filter(|_| reply.present).map(CartView::from),
+    ))
+}
+
+/// `DiscardHints` on the one endpoint given: hints belong to a node, so no failover.
+async fn discard_hints(endpoints: &[String], options: &ClientOptions, secret: &str) -> Result<Discarded, ClientError> {
+    let endpoint = one_endpoint(endpoints, "hints discard")?;
     let secret: MetadataValue<Ascii> = secret.parse().map_err(|_| ClientError::Usage {
         reason: "the secret must be printable ASCII".into(),
     })?;

@@ -6,8 +6,8 @@
 //! equal carts). Comparing costs O(leaves), not O(carts): an idle cluster does no scan at all.
 //! For leaves that differ it fetches the peer's `(cart id, hash)` list, and for each cart that
 //! differs (at most `anti_entropy_keys_per_round`) pulls the peer's state, merges it locally and
-//! pushes the merge back. Listing a differing leaf's keys still scans the local replicas (a page
-//! at a time, yielding between pages): the cost of a repair, not of an idle round.
+//! pushes the merge back. A differing leaf's keys are one contiguous range of the `leaves` index
+//! (about carts / 1024 ids), so a repair reads only the leaves that differ, never the whole store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use cart_crdt::CartId;
 use cart_proto::replica_pb::{BucketKeysRequest, DigestRequest, ReadRequest, ReplicateRequest};
 
 use crate::coordinator::Coordinator;
-use crate::digests::{entry_hash, leaf_of, LEAVES};
+use crate::digests::{entry_hash, LEAVES};
 use crate::error::NodeError;
 
 /// Leaves examined per round at most.
@@ -24,46 +24,47 @@ pub const BUCKETS_PER_ROUND: usize = 64;
 const SCAN_PAGE: usize = 1024;
 
 /// `(cart id, hash)` of the local replicas that `peer` replicates too and whose leaf is in
-/// `wanted`: one scan of the local carts, a page at a time, yielding between pages.
+/// `wanted`: a range read of the `leaves` index per wanted leaf (about carts / [`LEAVES`] ids
+/// each), a page at a time, yielding between pages.
 pub async fn bucket_keys(
     coordinator: &Coordinator,
     peer: &str,
     wanted: &[u32],
 ) -> Result<Vec<(String, u64)>, NodeError> {
-    let wanted: BTreeSet<usize> = wanted.iter().map(|b| *b as usize).collect();
+    let wanted: BTreeSet<usize> = wanted.iter().map(|b| *b as usize).filter(|b| *b < LEAVES).collect();
     let cluster = &coordinator.cluster;
     // Owners by the newest layout version (while carts move into it, the transfer moves them).
     let topology = cluster.topology();
     let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = coordinator.store.scan_carts(after.as_deref(), SCAN_PAGE)?;
-        let Some((last, _)) = page.last() else { return Ok(out) };
-        after = Some(last.clone());
-        for (key, _) in page {
-            if !wanted.contains(&leaf_of(&key)) {
-                continue;
-            }
-            let owners = topology.current.owners(&key);
-            if !(owners.iter().any(|m| m == peer) && owners.contains(&cluster.self_id)) {
-                continue;
-            }
-            let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), coordinator.store.limits()) else {
-                continue;
-            };
-            // Skipped (and repaired by nobody) if it cannot be read: one bad cart must not stop
-            // anti-entropy for every other one.
-            match coordinator.store.peek(&id) {
-                Ok(cart) => {
-                    if let Some(h) = entry_hash(&key, cart.context())? {
-                        out.push((id.to_string(), h));
-                    }
+    for leaf in wanted {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = coordinator.store.leaf_carts(leaf, after.as_deref(), SCAN_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.clone());
+            for key in page {
+                let owners = topology.current.owners(&key);
+                if !(owners.iter().any(|m| m == peer) && owners.contains(&cluster.self_id)) {
+                    continue;
                 }
-                Err(e) => tracing::warn!(cart_id = %id, error = %e, "anti-entropy skips an unreadable cart"),
+                let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), coordinator.store.limits()) else {
+                    continue;
+                };
+                // Skipped (and repaired by nobody) if it cannot be read: one bad cart must not
+                // stop anti-entropy for every other one.
+                match coordinator.store.peek(&id) {
+                    Ok(cart) => {
+                        if let Some(h) = entry_hash(&key, cart.context())? {
+                            out.push((id.to_string(), h));
+                        }
+                    }
+                    Err(e) => tracing::warn!(cart_id = %id, error = %e, "anti-entropy skips an unreadable cart"),
+                }
             }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
     }
+    Ok(out)
 }
 
 /// The leaves of the carts this node and `peer` both replicate; `UNAVAILABLE` while the digests

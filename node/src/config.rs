@@ -74,6 +74,9 @@ pub struct ClusterConfig {
     pub anti_entropy_keys_per_round: usize,
     /// Carts a node hands over per second at most while a layout change moves carts.
     pub transfer_carts_per_sec: usize,
+    /// Carts the digest rebuild (at start, after a layout change) counts per second at most; it
+    /// also never takes more than half of one core.
+    pub digest_rebuild_carts_per_sec: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +128,7 @@ struct RawCluster {
     anti_entropy_interval_ms: Option<u64>,
     anti_entropy_keys_per_round: Option<usize>,
     transfer_carts_per_sec: Option<usize>,
+    digest_rebuild_carts_per_sec: Option<usize>,
 }
 
 mod defaults {
@@ -338,6 +342,11 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
         anti_entropy_interval: ms(raw.anti_entropy_interval_ms, 10_000, 10, "anti_entropy_interval_ms")?,
         anti_entropy_keys_per_round: count(raw.anti_entropy_keys_per_round, 512, "anti_entropy_keys_per_round")?,
         transfer_carts_per_sec: count(raw.transfer_carts_per_sec, 1_000, "transfer_carts_per_sec")?,
+        digest_rebuild_carts_per_sec: count(
+            raw.digest_rebuild_carts_per_sec,
+            200_000,
+            "digest_rebuild_carts_per_sec",
+        )?,
     })
 }
 

@@ -32,6 +32,20 @@ pub fn leaf_of(key: &[u8]) -> usize {
     (h.finish() % LEAVES as u64) as usize
 }
 
+/// The key of a cart in the `leaves` index: its leaf (u16, big-endian), then its id, so that the
+/// carts of one leaf are one contiguous range.
+pub fn leaf_index_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.len());
+    out.extend_from_slice(&(leaf_of(key) as u16).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The prefix of one leaf's range in the `leaves` index.
+pub fn leaf_prefix(leaf: usize) -> [u8; 2] {
+    (leaf as u16).to_be_bytes()
+}
+
 /// The hash a cart contributes to its leaf: of its id and its encoded context (`None` for a cart
 /// this node does not hold: an empty context).
 pub fn entry_hash(key: &[u8], context: &Context) -> Result<Option<u64>, CartError> {
@@ -196,16 +210,32 @@ impl RangeDigests {
     }
 }
 
-/// Rebuilds the digests for `layout` by one scan of the store, a page at a time, yielding the
-/// runtime between pages (requests and heartbeats keep being served). A newer rebuild (a newer
-/// layout) makes this one stop.
-pub async fn rebuild(store: &crate::store::CartStore, layout: &Layout) -> Result<(), crate::error::NodeError> {
+/// Rebuilds the digests for `layout` by one scan of the store, a page at a time, throttled: at most
+/// `carts_per_sec`, and after each page it sleeps at least as long as the page took, so a rebuild
+/// uses at most half of one core and requests and heartbeats keep being served. A newer rebuild (a newer layout) makes this one
+/// stop. Progress (carts counted so far) shows in `cartctl status`.
+pub async fn rebuild(
+    store: &crate::store::CartStore,
+    layout: &Layout,
+    carts_per_sec: usize,
+) -> Result<(), crate::error::NodeError> {
+    let page_every = std::time::Duration::from_secs_f64(REBUILD_PAGE as f64 / carts_per_sec.max(1) as f64);
     let generation = store.digests.reset(layout);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut after: Option<Vec<u8>> = None;
-    while let Some(last) = store.digest_page(generation, after.as_deref(), REBUILD_PAGE)? {
+    loop {
+        let page_started = tokio::time::Instant::now();
+        let Some(last) = store.digest_page(generation, after.as_deref(), REBUILD_PAGE)? else {
+            break;
+        };
         after = Some(last);
-        tokio::task::yield_now().await;
+        let took = page_started.elapsed();
+        let pause = took.max(page_every.saturating_sub(took));
+        if pause.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(pause).await;
+        }
     }
     store.digests.built(generation);
     let state = store.digests.state();

@@ -166,7 +166,11 @@ impl Node {
         let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
 
         let current = self.coordinator.cluster.topology().current.layout.clone();
-        membership::rebuild_digests(self.coordinator.store.clone(), current);
+        membership::rebuild_digests(
+            self.coordinator.store.clone(),
+            current,
+            self.coordinator.cluster.config.digest_rebuild_carts_per_sec,
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let background = [
             tokio::spawn(self.coordinator.cluster.clone().run_failure_detector(stop_rx.clone())),

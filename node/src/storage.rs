@@ -32,6 +32,10 @@ pub enum Tree {
     Meta,
     /// `owner \0 cart id` → encoded cart held for a down owner (hinted handoff).
     Hints,
+    /// `leaf (u16, big-endian) cart id` → empty: the carts of one anti-entropy digest leaf as a
+    /// contiguous range (see `digests`). Written before a cart's first base; may hold entries
+    /// for carts since dropped (readers skip them).
+    Leaves,
 }
 
 impl Tree {
@@ -41,6 +45,7 @@ impl Tree {
             Tree::Deltas => "deltas",
             Tree::Meta => "meta",
             Tree::Hints => "hints",
+            Tree::Leaves => "leaves",
         }
     }
 }
@@ -87,6 +92,7 @@ pub struct SledStorage {
     deltas: sled::Tree,
     meta: sled::Tree,
     hints: sled::Tree,
+    leaves: sled::Tree,
 }
 
 impl SledStorage {
@@ -103,6 +109,7 @@ impl SledStorage {
             deltas: open_tree(Tree::Deltas)?,
             meta: open_tree(Tree::Meta)?,
             hints: open_tree(Tree::Hints)?,
+            leaves: open_tree(Tree::Leaves)?,
             db,
         })
     }
@@ -113,6 +120,7 @@ impl SledStorage {
             Tree::Deltas => &self.deltas,
             Tree::Meta => &self.meta,
             Tree::Hints => &self.hints,
+            Tree::Leaves => &self.leaves,
         }
     }
 }

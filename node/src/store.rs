@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::commit::GroupCommit;
-use crate::digests::{entry_hash, RangeDigests};
+use crate::digests::{entry_hash, leaf_index_key, leaf_prefix, RangeDigests};
 use crate::error::NodeError;
 use crate::storage::{KeyValue, Storage, StorageError, Tree};
 
@@ -220,6 +220,12 @@ impl CartStore {
                 }
             }
             _ => {
+                if !was.based {
+                    // Before the first base: a crash in between leaves an index entry with no
+                    // cart (skipped by readers), never a cart its leaf does not list.
+                    self.storage
+                        .put(Tree::Leaves, &leaf_index_key(id.as_str().as_bytes()), b"")?;
+                }
                 self.storage
                     .put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
                 // After the base: a crash in between leaves deltas the base already holds, and so
@@ -478,6 +484,7 @@ impl CartStore {
                     self.storage.delete(Tree::Deltas, &key)?;
                 }
             }
+            self.storage.delete(Tree::Leaves, &leaf_index_key(key))?;
             self.commit.note_write();
         }
         self.durable().await?;
@@ -505,7 +512,15 @@ impl CartStore {
                         None => self.load(&id).map(|h| h.cart),
                     };
                     let hash = match cart {
-                        Ok(cart) => entry_hash(&key, cart.context())?,
+                        Ok(cart) => {
+                            // The index is checked here, never trusted: one written by an older
+                            // version, or lost in a crash, is completed by the rebuild.
+                            let indexed = leaf_index_key(&key);
+                            if self.storage.get(Tree::Leaves, &indexed)?.is_none() {
+                                self.put(Tree::Leaves, &indexed, b"")?;
+                            }
+                            entry_hash(&key, cart.context())?
+                        }
                         Err(e) => {
                             tracing::warn!(cart_id = %id, error = %e, "digest rebuild skips an unreadable cart");
                             None
@@ -523,6 +538,20 @@ impl CartStore {
             }
         }
         Ok(Some(last))
+    }
+
+    /// Up to `limit` cart ids of digest leaf `leaf` after `after` (an id of that leaf), in key
+    /// order, from the `leaves` index: a contiguous range, no scan of other carts. May list a
+    /// cart since dropped (it then reads as empty).
+    pub fn leaf_carts(&self, leaf: usize, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, NodeError> {
+        let prefix = leaf_prefix(leaf);
+        let after = after.map(leaf_index_key);
+        Ok(self
+            .storage
+            .scan(Tree::Leaves, &prefix, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, _)| k[prefix.len()..].to_vec())
+            .collect())
     }
 
     /// Up to `limit` stored bases (cart id, encoded base, which may lag the cart's deltas) after
@@ -731,6 +760,7 @@ mod tests {
     use crate::storage::MemoryStorage;
     use cart_crdt::validate::{self, SnapshotInput};
     use cart_crdt::ProductId;
+    use std::collections::BTreeSet;
 
     async fn open(storage: &Arc<MemoryStorage>, actor: u64) -> CartStore {
         CartStore::open(storage.clone(), Arc::new(SystemClock), Limits::DEFAULT, 64, actor)
@@ -890,7 +920,7 @@ mod tests {
         let storage = Arc::new(MemoryStorage::default());
         let store = open(&storage, 1).await;
         let layout = five();
-        crate::digests::rebuild(&store, &layout).await.unwrap();
+        crate::digests::rebuild(&store, &layout, usize::MAX).await.unwrap();
         assert!(
             pairs(&store).iter().all(|d| d.iter().all(|l| *l == 0)),
             "empty store, zero digests"
@@ -909,7 +939,7 @@ mod tests {
             kept.iter().any(|d| d.iter().any(|l| *l != 0)),
             "writes show in the digests"
         );
-        crate::digests::rebuild(&store, &layout).await.unwrap();
+        crate::digests::rebuild(&store, &layout, usize::MAX).await.unwrap();
         assert_eq!(pairs(&store), kept, "incremental digests differ from a rebuild");
         assert_eq!(store.digests.state().carts, 49);
 
@@ -924,11 +954,62 @@ mod tests {
         }
         store.digests.built(generation);
         let interleaved = pairs(&store);
-        crate::digests::rebuild(&store, &layout).await.unwrap();
+        crate::digests::rebuild(&store, &layout, usize::MAX).await.unwrap();
         assert_eq!(
             pairs(&store),
             interleaved,
             "writes during a rebuild were counted wrongly"
         );
+    }
+
+    /// Every cart of a leaf, from the `leaves` index (what a repair lists).
+    fn listed(store: &CartStore) -> BTreeSet<Vec<u8>> {
+        (0..crate::digests::LEAVES)
+            .flat_map(|leaf| {
+                let mut out = Vec::new();
+                let mut after: Option<Vec<u8>> = None;
+                while let Some(last) = {
+                    let page = store.leaf_carts(leaf, after.as_deref(), 3).unwrap();
+                    for key in &page {
+                        assert_eq!(crate::digests::leaf_of(key), leaf, "a cart listed under another leaf");
+                    }
+                    out.extend(page.iter().cloned());
+                    page.last().cloned()
+                } {
+                    after = Some(last);
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// The `leaves` index lists every cart held, under its own leaf, and no dropped one; an
+    /// index lost (a crash, an older version's data) is completed by the next rebuild.
+    #[tokio::test]
+    async fn leaf_index_lists_each_cart_under_its_leaf() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 1).await;
+        some_writes(&store, 0).await;
+        let held = |store: &CartStore| -> BTreeSet<Vec<u8>> {
+            store
+                .scan_carts(None, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(held(&store).len(), 50);
+        assert_eq!(listed(&store), held(&store));
+        let gone = CartId::parse("user:4", &Limits::DEFAULT).unwrap();
+        let ctx = store.read(&gone).unwrap().context().clone();
+        assert!(store.drop_replica(&gone, &ctx).await.unwrap());
+        assert_eq!(listed(&store), held(&store), "a dropped cart is still listed");
+
+        for (key, _) in storage.scan(Tree::Leaves, b"", None, 10).unwrap() {
+            storage.delete(Tree::Leaves, &key).unwrap();
+        }
+        assert_eq!(listed(&store).len(), 39, "ten entries deleted behind the store's back");
+        crate::digests::rebuild(&store, &five(), usize::MAX).await.unwrap();
+        assert_eq!(listed(&store), held(&store), "the rebuild did not complete the index");
     }
 }

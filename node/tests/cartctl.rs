@@ -80,6 +80,27 @@ async fn the_readme_tour_works() {
         .unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
     assert!(err.to_string().contains("product_id"), "{err}");
+
+    // The node's own replica, without a quorum read.
+    let local = cartctl(common::addr(&node, 0), &["cart", "get", "user:alice", "--local"])
+        .await
+        .unwrap();
+    let quorum = cartctl(common::addr(&node, 0), &["cart", "get", "user:alice"])
+        .await
+        .unwrap();
+    assert!(local.contains("(no items)"), "{local}");
+    assert_eq!(local, quorum, "one node: its replica is the cart");
+    let none = cartctl(common::addr(&node, 0), &["cart", "get", "user:nobody", "--local"])
+        .await
+        .unwrap();
+    assert!(none.contains("holds no replica of user:nobody"), "{none}");
+    let json = cartctl(
+        common::addr(&node, 0),
+        &["--json", "cart", "get", "user:nobody", "--local"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(json.trim(), "null");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

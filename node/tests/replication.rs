@@ -1,6 +1,7 @@
 //! Replication end to end with real `cartd` processes: quorum reads and writes, hinted handoff
 //! after kill -9, anti-entropy without hints or reads, concurrent coordinators, sloppy quorum with
-//! a fallback node, forwarding from a non-owner, and the cluster secret.
+//! a fallback node, forwarding from a non-owner, the cluster secret, and heartbeats while a large
+//! store rebuilds its anti-entropy digests.
 
 mod common;
 
@@ -526,4 +527,152 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+}
+
+/// Writes `carts` carts straight into a node's storage at `data` (before the node runs).
+async fn preload(data: &std::path::Path, carts: usize) {
+    use cart_crdt::validate::{self, SnapshotInput};
+    use cart_crdt::{CartId, CartOp, Limits, ProductId};
+    use cart_node::storage::SledStorage;
+    use cart_node::store::CartStore;
+    use std::sync::Arc;
+
+    std::fs::create_dir_all(data).unwrap();
+    let storage = Arc::new(SledStorage::open(data).unwrap());
+    let store = Arc::new(
+        CartStore::open(
+            storage,
+            Arc::new(cart_node::clock::SystemClock),
+            Limits::DEFAULT,
+            4096,
+            99,
+        )
+        .await
+        .unwrap(),
+    );
+    let limits = Limits::DEFAULT;
+    let op = CartOp::AddItem {
+        product_id: ProductId::parse("sku-1", &limits).unwrap(),
+        quantity: 1,
+        snapshot: validate::snapshot(
+            SnapshotInput {
+                name: "Mug".into(),
+                unit_price_minor: 100,
+                currency: "EUR".into(),
+                image_url: String::new(),
+                attributes: Default::default(),
+            },
+            &limits,
+        )
+        .unwrap(),
+    };
+    // Concurrent writers share flushes (group commit).
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..64 {
+        let (store, op) = (store.clone(), op.clone());
+        tasks.spawn(async move {
+            for i in (worker..carts).step_by(64) {
+                let id = CartId::parse(&format!("user:preload-{i}"), &Limits::DEFAULT).unwrap();
+                store.write_with(&id, &op, |_| {}).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    // No clean-shutdown marker: each node that starts on a copy takes an incarnation of its own.
+}
+
+/// `peer is down` lines in a node's log after byte `from`.
+fn downs_logged(log: &std::path::Path, from: usize) -> usize {
+    let text = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(text.get(from..).unwrap_or_default())
+        .matches("peer is down")
+        .count()
+}
+
+/// Three nodes start on a store of 30,000 carts each and rebuild their digests (throttled to 3,000
+/// carts/s, so the rebuild spans about 100 heartbeats): no node marks a peer down meanwhile, the
+/// rebuild shows in `status`, and every node ends with all the carts counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_stay_green_while_a_large_store_rebuilds_its_digests() {
+    const CARTS: usize = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = cart_node::launcher::ClusterSpec::loopback(dir.path(), 3, 0).unwrap();
+    spec.cluster_toml = "heartbeat_interval_ms = 100\ndigest_rebuild_carts_per_sec = 3000\n".into();
+    let first = spec.node_dir("n1").join("data");
+    preload(&first, CARTS).await;
+    for id in ["n2", "n3"] {
+        let to = spec.node_dir(id).join("data");
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&first)
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+    }
+    let logs: Vec<_> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| spec.node_dir(id).join("cartd.log"))
+        .collect();
+    let cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
+    let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
+    let status = |addr: SocketAddr| async move {
+        common::admin(addr)
+            .await
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    // Nodes start one after another: a peer not started yet may be marked down at first.
+    let all_up = common::eventually(Duration::from_secs(30), || async move {
+        for addr in addrs {
+            if !status(addr).await.nodes.iter().all(|n| n.up) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(all_up, "the nodes never all saw each other up");
+    let from: Vec<usize> = logs
+        .iter()
+        .map(|l| std::fs::metadata(l).map_or(0, |m| m.len() as usize))
+        .collect();
+
+    let mut rebuilding_seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut ready = 0;
+        for addr in addrs {
+            let s = status(addr).await;
+            let down: Vec<_> = s.nodes.iter().filter(|n| !n.up).map(|n| n.node_id.clone()).collect();
+            assert!(
+                down.is_empty(),
+                "{} sees {down:?} down during the rebuild",
+                s.asked_node
+            );
+            if s.digests_ready {
+                assert_eq!(s.digest_carts, CARTS as u64, "{} counted", s.asked_node);
+                ready += 1;
+            } else {
+                rebuilding_seen += 1;
+            }
+        }
+        if ready == addrs.len() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "digests not built after 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rebuilding_seen >= 3,
+        "the rebuild ended before it could be watched ({rebuilding_seen} observations)"
+    );
+    for (log, from) in logs.iter().zip(&from) {
+        assert_eq!(downs_logged(log, *from), 0, "{} logged a peer down", log.display());
+    }
 }

@@ -202,7 +202,11 @@ impl Membership {
         self.cluster.install(current.clone(), previous.clone())?;
         save(&self.store, &current, previous.as_ref()).await?;
         // Replica sets follow the new version: its digests are rebuilt (in the background).
-        rebuild_digests(self.store.clone(), current);
+        rebuild_digests(
+            self.store.clone(),
+            current,
+            self.cluster.config.digest_rebuild_carts_per_sec,
+        );
         Ok(true)
     }
 
@@ -468,9 +472,9 @@ impl Membership {
 }
 
 /// Rebuilds the anti-entropy digests for `layout` in a task of its own.
-pub fn rebuild_digests(store: Arc<CartStore>, layout: Layout) {
+pub fn rebuild_digests(store: Arc<CartStore>, layout: Layout, carts_per_sec: usize) {
     tokio::spawn(async move {
-        if let Err(e) = crate::digests::rebuild(&store, &layout).await {
+        if let Err(e) = crate::digests::rebuild(&store, &layout, carts_per_sec).await {
             tracing::warn!(error = %e, "anti-entropy digests could not be rebuilt");
         }
     });
