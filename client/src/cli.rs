@@ -281,6 +281,9 @@ pub struct NodeRow {
     pub ae_repaired: u64,
     #[serde(default)]
     pub ae_error: String,
+    /// Why the node's storage takes no writes (empty: it does); the state then reads "degraded".
+    #[serde(default)]
+    pub degraded: String,
 }
 
 impl ClusterStatus {
@@ -305,6 +308,7 @@ impl ClusterStatus {
                     ae_differing: n.ae_differing,
                     ae_repaired: n.ae_repaired,
                     ae_error: n.ae_error,
+                    degraded: n.degraded,
                 })
                 .collect(),
             hint_backlog: reply.hint_backlog,
@@ -429,7 +433,12 @@ pub fn render_status(status: &ClusterStatus) -> String {
             } else {
                 node.zone.clone()
             },
-            if node.up { "up" } else { "down" }.to_owned(),
+            match (node.up, node.degraded.is_empty()) {
+                (false, _) => "down",
+                (true, true) => "up",
+                (true, false) => "degraded",
+            }
+            .to_owned(),
             format!("{:.1}%", node.ring_share * 100.0),
             node.hints_held.to_string(),
             format!("{}/{}", node.layout_version, node.synced_version),
@@ -448,6 +457,9 @@ pub fn render_status(status: &ClusterStatus) -> String {
         if status.digests_ready { "built" } else { "rebuilding" },
         status.digest_carts
     ));
+    for node in status.nodes.iter().filter(|n| !n.degraded.is_empty()) {
+        out.push_str(&format!("{} takes no writes: {}\n", node.node_id, node.degraded));
+    }
     if let Some(t) = &status.transfer {
         out.push_str(&t.render());
     }
@@ -538,6 +550,7 @@ mod tests {
             ae_differing: 0,
             ae_repaired: 0,
             ae_error: String::new(),
+            degraded: String::new(),
         };
         ClusterStatus {
             asked_node: "n1".into(),

@@ -32,9 +32,12 @@ pub enum Nemesis {
     /// A membership change: one node leaves the layout (its carts move to the others), and joins
     /// again at heal (carts move back).
     Membership,
+    /// One node's disk fails (full, I/O errors on write or flush, slow flushes, or flushes that
+    /// lie and lose their writes in a crash); at heal it recovers and the node restarts.
+    Disk,
 }
 
-pub const ALL: [Nemesis; 9] = [
+pub const ALL: [Nemesis; 10] = [
     Nemesis::PartitionHalves,
     Nemesis::Isolate,
     Nemesis::Bridge,
@@ -44,6 +47,7 @@ pub const ALL: [Nemesis; 9] = [
     Nemesis::Clock,
     Nemesis::Loss,
     Nemesis::Membership,
+    Nemesis::Disk,
 ];
 
 impl Nemesis {
@@ -58,6 +62,7 @@ impl Nemesis {
             Nemesis::Clock => "clock",
             Nemesis::Loss => "loss",
             Nemesis::Membership => "membership",
+            Nemesis::Disk => "disk",
         }
     }
 
@@ -105,6 +110,22 @@ pub enum Fault {
     },
     /// The node leaves the layout; it joins again at heal.
     Leave(usize),
+    /// The node's disk fails this way; at heal it works again and the node restarts.
+    Disk {
+        node: usize,
+        fault: DiskFault,
+    },
+}
+
+/// How a disk fails (see `cart_node::faults::Fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    NoSpace,
+    WriteError,
+    FlushError,
+    SlowFlush,
+    /// Flushes "succeed" but keep nothing; the node crashes at heal and loses those writes.
+    LyingFlush,
 }
 
 impl Fault {
@@ -116,6 +137,7 @@ impl Fault {
             Fault::Skew(_) => Nemesis::Clock,
             Fault::Loss { .. } => Nemesis::Loss,
             Fault::Leave(_) => Nemesis::Membership,
+            Fault::Disk { .. } => Nemesis::Disk,
         }
     }
 
@@ -137,6 +159,7 @@ impl Fault {
                 .join(" "),
             Fault::Loss { percent } => format!("{percent}% of packets"),
             Fault::Leave(node) => format!("{} leaves, joins at heal", name(node)),
+            Fault::Disk { node, fault } => format!("{} disk: {fault:?}", name(node)),
         }
     }
 
@@ -206,6 +229,16 @@ impl Fault {
                 percent: rng.random_range(10..=40),
             },
             Nemesis::Membership => Fault::Leave(order[0]),
+            Nemesis::Disk => Fault::Disk {
+                node: order[0],
+                fault: [
+                    DiskFault::NoSpace,
+                    DiskFault::WriteError,
+                    DiskFault::FlushError,
+                    DiskFault::SlowFlush,
+                    DiskFault::LyingFlush,
+                ][rng.random_range(0..5)],
+            },
         }
     }
 }
@@ -313,7 +346,7 @@ mod tests {
 
     #[test]
     fn lists_parse() {
-        assert_eq!(Nemesis::parse_list("all").expect("all").len(), 9);
+        assert_eq!(Nemesis::parse_list("all").expect("all").len(), 10);
         assert_eq!(
             Nemesis::parse_list("kill,isolate").expect("list"),
             vec![Nemesis::Isolate, Nemesis::Kill]

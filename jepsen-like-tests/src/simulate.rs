@@ -15,11 +15,12 @@ use tokio::time::Instant;
 use crate::checker::{self, ReplicaState, Verdict};
 use crate::history::{FaultSpan, History, Recorder};
 use crate::membership;
-use crate::nemesis::{self, Fault, Nemesis, Step, Timing};
+use crate::nemesis::{self, DiskFault, Fault, Nemesis, Step, Timing};
 use crate::report::{self, RunInfo};
 use crate::sim::{sim_client, sim_client_options, SimCluster, SimOptions, SIM_SECRET};
 use crate::workload::{self, Process, Recording, RunClock, Workload};
 use cart_client::ClientOptions;
+use cart_node::faults::Fault as StorageFault;
 
 /// The faults the simulation can carry out: all but clock skew and packet loss.
 pub fn sim_nemeses() -> Vec<Nemesis> {
@@ -180,6 +181,30 @@ fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String]
                 }
                 Ok(())
             });
+        }
+        Fault::Disk { node, fault } => {
+            let host = &hosts[*node];
+            let Ok(disk) = cluster.disk(host) else { return };
+            if !heal {
+                disk.set(Some(match fault {
+                    DiskFault::NoSpace => StorageFault::NoSpace,
+                    DiskFault::WriteError => StorageFault::WriteError,
+                    DiskFault::FlushError => StorageFault::FlushError,
+                    DiskFault::SlowFlush => StorageFault::SlowFlush(Duration::from_millis(300)),
+                    DiskFault::LyingFlush => StorageFault::LyingFlush,
+                }));
+                return;
+            }
+            // The disk works again; the node restarts on it (as `cartd` does once its storage
+            // recovers): after a lying flush, as after a power loss, without what it never kept.
+            cluster.crash(host);
+            if *fault == DiskFault::LyingFlush {
+                if let Err(e) = disk.crash() {
+                    tracing::warn!(error = %e, "disk nemesis: could not undo the lost writes");
+                }
+            }
+            disk.set(None);
+            cluster.bounce(host);
         }
         // Not simulated: filtered out of sim schedules.
         Fault::Skew(_) | Fault::Loss { .. } => {}

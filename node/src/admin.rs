@@ -203,6 +203,7 @@ impl AdminService for AdminApi {
                     node_id: m.node_id.clone(),
                     addr: m.addr.clone(),
                     up: cluster.is_up(&m.node_id),
+                    degraded: cluster.degraded(&m.node_id).unwrap_or_default(),
                     ring_share: shares.get(m.node_id.as_str()).copied().unwrap_or(0.0),
                     hints_held: held.get(&m.node_id).copied().unwrap_or(0) as u64,
                     zone: m.zone.clone(),

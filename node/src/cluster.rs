@@ -87,6 +87,9 @@ pub struct Peer {
     pub synced_version: AtomicU64,
     /// The peer's read version (it has dropped every version before it).
     pub finished_version: AtomicU64,
+    /// Why the peer's storage takes no writes (empty: it does), from its heartbeats and its
+    /// refusals.
+    degraded: std::sync::Mutex<String>,
 }
 
 /// One request waiting in a peer's batcher, and where its own outcome goes.
@@ -122,6 +125,23 @@ impl Peer {
         let (done, result) = oneshot::channel();
         self.replicates.try_send(BatchItem { request, done }).ok()?;
         Some(result)
+    }
+
+    /// Why the peer's storage takes no writes, if it said so last.
+    pub fn degraded(&self) -> Option<String> {
+        let reason = self.degraded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!reason.is_empty()).then(|| reason.clone())
+    }
+
+    fn set_degraded(&self, reason: &str) {
+        let mut current = self.degraded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current != reason {
+            match reason {
+                "" => tracing::info!(peer = %self.member.node_id, "peer takes writes again"),
+                _ => tracing::warn!(peer = %self.member.node_id, reason, "peer storage degraded: no writes go to it"),
+            }
+            reason.clone_into(&mut current);
+        }
     }
 
     /// Reads one cart through this peer's read batcher (one call for what queued meanwhile).
@@ -262,6 +282,7 @@ impl Dialer {
             layout_version: AtomicU64::new(0),
             synced_version: AtomicU64::new(0),
             finished_version: AtomicU64::new(0),
+            degraded: std::sync::Mutex::new(String::new()),
         })
     }
 }
@@ -278,6 +299,8 @@ pub struct Cluster {
     /// Woken when a heartbeat shows a peer with a newer layout version (who: `newer_from`).
     pub newer_layout: Notify,
     pub newer_from: std::sync::Mutex<Option<String>>,
+    /// This node's own storage verdict (carried on heartbeats).
+    pub health: Arc<crate::faults::StorageHealth>,
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -297,6 +320,7 @@ impl Cluster {
         current: Layout,
         previous: Option<Layout>,
         synced_version: u64,
+        health: Arc<crate::faults::StorageHealth>,
     ) -> Result<Self, NodeError> {
         let cluster = &config.cluster;
         let secret: MetadataValue<Ascii> = cluster.secret.parse().map_err(|_| NodeError::Config {
@@ -322,6 +346,7 @@ impl Cluster {
             synced_version: AtomicU64::new(synced_version),
             newer_layout: Notify::new(),
             newer_from: std::sync::Mutex::new(None),
+            health,
         };
         me.install(current, previous)?;
         Ok(me)
@@ -395,16 +420,43 @@ impl Cluster {
     /// Owners that are up serve themselves; each down owner is replaced by the next healthy node
     /// on the ring beyond the preference list (which then holds a hint for it).
     pub fn plan(&self, id: &CartId) -> Plan {
+        self.plan_by(id, |node| self.is_up(node))
+    }
+
+    /// [`Cluster::plan`] for a write: an owner whose storage is degraded is replaced by a
+    /// fallback too (it would refuse the write).
+    pub fn write_plan(&self, id: &CartId) -> Plan {
+        self.plan_by(id, |node| self.takes_writes(node))
+    }
+
+    /// Whether a node is up and its storage takes writes (this node: its own verdict is the
+    /// coordinator's business).
+    pub fn takes_writes(&self, node_id: &str) -> bool {
+        node_id == self.self_id
+            || read_lock(&self.peers)
+                .get(node_id)
+                .is_some_and(|p| p.is_up() && p.degraded().is_none())
+    }
+
+    /// Why a node's storage takes no writes, as far as this node knows.
+    pub fn degraded(&self, node_id: &str) -> Option<String> {
+        if node_id == self.self_id {
+            return self.health.degraded();
+        }
+        self.peer(node_id).and_then(|p| p.degraded())
+    }
+
+    fn plan_by(&self, id: &CartId, usable: impl Fn(&str) -> bool) -> Plan {
         let topology = self.topology();
         let read = topology.read();
         let n = read.layout.n as usize;
         let walk: Vec<&Member> = read.ring.walk(id.as_str().as_bytes(), n).collect();
         let n = n.min(walk.len());
         let owners: Vec<String> = walk[..n].iter().map(|m| m.node_id.clone()).collect();
-        let mut fallbacks = walk[n..].iter().filter(|m| self.is_up(&m.node_id));
+        let mut fallbacks = walk[n..].iter().filter(|m| usable(&m.node_id));
         let mut targets = Vec::new();
         for owner in &owners {
-            let fallback = if self.is_up(owner) { None } else { fallbacks.next() };
+            let fallback = if usable(owner) { None } else { fallbacks.next() };
             targets.push(match fallback {
                 Some(f) => Target {
                     node_id: f.node_id.clone(),
@@ -447,7 +499,7 @@ impl Cluster {
             .collect();
         spare
             .iter()
-            .find(|m| self.is_up(&m.node_id))
+            .find(|m| self.takes_writes(&m.node_id))
             .or(spare.first())
             .map(|m| m.node_id.clone())
     }
@@ -462,6 +514,10 @@ impl Cluster {
                 if !peer.up.swap(true, Ordering::SeqCst) {
                     tracing::info!(peer = node_id, "peer is up");
                 }
+            }
+            // Its storage refused: alive, but no more writes go to it until it says otherwise.
+            Err(status) if status.message().starts_with(crate::error::DEGRADED) => {
+                peer.set_degraded(status.message());
             }
             // An answer refusing the request (overloaded, invalid) says the peer is alive.
             Err(status)
@@ -507,6 +563,7 @@ impl Cluster {
             layout_version: topology.current.layout.version,
             synced_version: self.synced_version.load(Ordering::SeqCst),
             finished_version: topology.read().layout.version,
+            degraded: self.health.degraded().unwrap_or_default(),
         }
     }
 
@@ -517,6 +574,7 @@ impl Cluster {
         peer.layout_version.store(layout_version, Ordering::SeqCst);
         peer.synced_version.store(ping.synced_version, Ordering::SeqCst);
         peer.finished_version.store(ping.finished_version, Ordering::SeqCst);
+        peer.set_degraded(&ping.degraded);
         if layout_version > self.topology().current.layout.version {
             *self
                 .newer_from
@@ -556,6 +614,7 @@ impl Cluster {
                                 layout_version: reply.layout_version,
                                 synced_version: reply.synced_version,
                                 finished_version: reply.finished_version,
+                                degraded: reply.degraded,
                             };
                             me.heard(&peer, &versions);
                             me.record(&peer.member.node_id, Ok(()))

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// HTTP/2 keepalive ping interval on every connection, served and dialled.
     pub keepalive_interval: Duration,
+    /// Below this much free space on the data directory's file system the node takes no new
+    /// writes (degraded, with the reason in `cartctl status`) until space returns.
+    pub min_free_disk_bytes: u64,
     pub cluster: ClusterConfig,
     /// `HOST:PORT` of a cluster node to learn the layout from on first start (`cartd run
     /// --join`); the node then waits as a non-member until an operator adds it.
@@ -97,6 +100,8 @@ struct RawConfig {
     shutdown_grace_ms: u64,
     #[serde(default = "defaults::keepalive_interval_ms")]
     keepalive_interval_ms: u64,
+    #[serde(default = "defaults::min_free_disk_mb")]
+    min_free_disk_mb: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +137,9 @@ struct RawCluster {
 }
 
 mod defaults {
+    pub fn min_free_disk_mb() -> u64 {
+        64
+    }
     pub fn max_inflight_writes() -> usize {
         4096
     }
@@ -192,6 +200,7 @@ impl NodeConfig {
             max_inflight_writes: raw.max_inflight_writes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             keepalive_interval: Duration::from_millis(raw.keepalive_interval_ms),
+            min_free_disk_bytes: raw.min_free_disk_mb.saturating_mul(1 << 20),
             cluster,
             join: None,
         })

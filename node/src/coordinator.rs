@@ -145,15 +145,19 @@ impl Coordinator {
         if !self.cluster.is_owner(&req.cart_id) {
             return self.forward(req).await;
         }
+        // A sick replica never fails a write the others can take: while this node's storage
+        // takes no writes, the write goes to another owner before anything is applied here.
+        if self.store.health.degraded().is_some() {
+            return self.forward(req).await;
+        }
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so
         // deltas reach every peer in the order they were applied (one batch in flight per peer).
-        let plan = self.cluster.plan(&req.cart_id);
+        let plan = self.cluster.write_plan(&req.cart_id);
         let mut queued = Vec::new();
         let id = &req.cart_id;
-        let written = match self
+        let applied = match self
             .store
-            .write_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w))
-            .await
+            .apply_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w))
         {
             // This replica may lag behind what the client saw (a quorum read elsewhere): an op
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
@@ -167,12 +171,20 @@ impl Coordinator {
                     w: None,
                 };
                 let merged = self.read(id, catch_up).await?;
-                self.store.merge(id, (*merged).clone()).await?;
-                self.store
-                    .write_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w))
-                    .await?
+                match self.store.merge(id, (*merged).clone()).await {
+                    Ok(_) => self
+                        .store
+                        .apply_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w)),
+                    Err(e) => Err(e),
+                }
             }
-            other => other?,
+            other => other,
+        };
+        let written = match applied {
+            Ok(written) => written,
+            // Refused by this node's storage before anything was applied: another owner can.
+            Err(NodeError::Degraded { .. } | NodeError::Storage(_)) => return self.forward(req).await,
+            Err(e) => return Err(e),
         };
         let outgoing = Arc::new(Outgoing {
             delta: written.delta,
@@ -180,7 +192,17 @@ impl Coordinator {
             cart: written.cart.clone(),
             whole: std::sync::OnceLock::new(),
         });
-        self.replicate(&req.cart_id, &outgoing, w - 1, plan, queued).await?;
+        // Applied here and queued for the others; if this replica cannot make it durable, W
+        // other replicas must (the write is acknowledged only once W replicas persisted it).
+        let local = match self.store.durable().await {
+            Ok(()) => 1,
+            Err(e) => {
+                tracing::warn!(cart_id = %id, error = %e, "this replica could not persist a write: the other replicas must take W");
+                0
+            }
+        };
+        self.replicate(&req.cart_id, &outgoing, w - local, local, plan, queued)
+            .await?;
         Ok(written.cart)
     }
 
@@ -211,6 +233,7 @@ impl Coordinator {
         id: &CartId,
         outgoing: &Arc<Outgoing>,
         needed: usize,
+        local: usize,
         plan: Plan,
         mut queued: Vec<(String, Queued)>,
     ) -> Result<(), NodeError> {
@@ -292,8 +315,8 @@ impl Coordinator {
             .collect();
         Err(NodeError::QuorumNotReached {
             verb: "acknowledged",
-            acked: acked + 1,
-            required: needed + 1,
+            acked: acked + local,
+            required: needed + local,
             detail: format!(
                 "owners {}; down: {}",
                 plan.owners.join(","),
@@ -419,12 +442,18 @@ impl Coordinator {
     /// Hands the operation to the first owner that answers.
     async fn forward(&self, req: &CartRequest) -> Result<Arc<Cart>, NodeError> {
         let op = codec::encode_op(&req.op)?;
-        let owners = self.cluster.owners(&req.cart_id);
+        // Other owners only (this one, when it forwards, cannot take the write), healthy first.
+        let owners: Vec<String> = self
+            .cluster
+            .owners(&req.cart_id)
+            .into_iter()
+            .filter(|o| *o != self.cluster.self_id)
+            .collect();
         let mut tried = Vec::new();
         for owner in owners
             .iter()
-            .filter(|o| self.cluster.is_up(o))
-            .chain(owners.iter().filter(|o| !self.cluster.is_up(o)))
+            .filter(|o| self.cluster.takes_writes(o))
+            .chain(owners.iter().filter(|o| !self.cluster.takes_writes(o)))
         {
             let Some(peer) = self.cluster.peer(owner) else { continue };
             let mut request = tonic::Request::new(CoordinateRequest {

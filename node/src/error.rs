@@ -6,6 +6,9 @@ use tonic::Status;
 
 use crate::storage::StorageError;
 
+/// How a node whose storage does not take writes starts its refusals (peers recognise it).
+pub const DEGRADED: &str = "node storage degraded";
+
 #[derive(Debug, Error)]
 pub enum NodeError {
     #[error(transparent)]
@@ -43,6 +46,9 @@ pub enum NodeError {
     Unauthenticated { header: &'static str },
     #[error("configuration: {reason}")]
     Config { reason: String },
+    /// This node's storage does not take writes now; nothing was applied (another owner can).
+    #[error("{DEGRADED}: {reason}")]
+    Degraded { reason: String },
     #[error("anti-entropy digests are being rebuilt; ask again later")]
     Rebuilding,
     #[error("membership change refused: {reason}")]
@@ -88,7 +94,9 @@ impl From<NodeError> for Status {
             NodeError::LayoutRefused { .. } => Status::failed_precondition(message),
             NodeError::LayoutConflict { .. } => Status::aborted(message),
             NodeError::NoMajority { .. } | NodeError::Rebuilding => Status::unavailable(message),
-            NodeError::Storage(_) | NodeError::Config { .. } => Status::internal(message),
+            // A storage fault is this node's, not the request's: another owner can take it.
+            NodeError::Degraded { .. } | NodeError::Storage(_) => Status::unavailable(message),
+            NodeError::Config { .. } => Status::internal(message),
         }
     }
 }

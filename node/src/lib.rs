@@ -25,6 +25,7 @@ pub mod config;
 pub mod coordinator;
 pub mod digests;
 pub mod error;
+pub mod faults;
 pub mod handoff;
 pub mod launcher;
 pub mod membership;

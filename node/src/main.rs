@@ -58,7 +58,15 @@ enum Cmd {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> Result<()> {
+/// Errors end the process with one line on stderr (no backtrace) and exit code 1.
+fn main() {
+    if let Err(e) = run_cli() {
+        eprintln!("cartd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -103,6 +111,7 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
         }
     }
     let node_id = config.node_id.clone();
+    let (data_dir, watermark) = (config.data_dir.clone(), config.min_free_disk_bytes);
     let node = Node::open(config, Arc::new(storage), Arc::new(SystemClock), rand::random()).await?;
     // The launcher and tests read this line to learn the bound port.
     println!("cartd {node_id} {READY_MARKER}{addr} (actor {})", node.store().actor());
@@ -111,8 +120,98 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
             let _ = stream.set_nodelay(true);
         })
     });
-    node.serve(incoming, shutdown_signal()).await?;
-    Ok(())
+    let restart = Arc::new(tokio::sync::Notify::new());
+    let watcher = tokio::spawn(watch_storage(
+        node.store().health.clone(),
+        data_dir,
+        watermark,
+        restart.clone(),
+    ));
+    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let restarting = restarting.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = restart.notified() => restarting.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+    };
+    let served = node.serve(incoming, stop).await;
+    watcher.abort();
+    if !restarting.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(served?);
+    }
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the failed storage engine could not flush on the way out (its unflushed writes are on the other replicas)");
+    }
+    restart_in_place()
+}
+
+/// Restarts after a storage failure no sooner than this after the last one (a disk that keeps
+/// failing must not make the node restart in a loop).
+const RESTART_EVERY_MIN: Duration = Duration::from_secs(30);
+/// Set on a node restarted in place: when (seconds since the epoch).
+const RESTARTED_AT_ENV: &str = "CARTD_RESTARTED_AT";
+/// Free space a restart after a storage failure needs at least (the engine writes on open).
+const RESTART_FREE_MIN: u64 = 16 << 20;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Every second: measures free space on the data directory against the low watermark (below it
+/// the node takes no writes), and once the storage engine has failed and space is back, asks for
+/// a restart in place: sled stays broken after an I/O error, and reopening it is a restart.
+async fn watch_storage(
+    health: Arc<cart_node::faults::StorageHealth>,
+    dir: PathBuf,
+    watermark: u64,
+    restart: Arc<tokio::sync::Notify>,
+) {
+    let last_restart = std::env::var(RESTARTED_AT_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let free = match nix::sys::statvfs::statvfs(&dir) {
+            Ok(s) => s.blocks_available().saturating_mul(s.fragment_size()),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot measure free disk space");
+                continue;
+            }
+        };
+        health.free_space(free, watermark);
+        if health.engine_failed()
+            && free >= watermark.max(RESTART_FREE_MIN)
+            && now_secs().saturating_sub(last_restart) >= RESTART_EVERY_MIN.as_secs()
+        {
+            tracing::warn!(
+                free_mib = free >> 20,
+                "the storage engine failed and the disk has room again: restarting in place to reopen it"
+            );
+            restart.notify_one();
+            return;
+        }
+    }
+}
+
+/// Replaces this process with a fresh `cartd` with the same arguments (same pid, so a
+/// supervisor sees no exit); every file and socket closes on exec. The new process opens the
+/// storage as a new incarnation and takes writes again once it is healthy.
+fn restart_in_place() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locate the cartd binary")?;
+    tracing::warn!("restarting in place");
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(RESTARTED_AT_ENV, now_secs().to_string())
+        .exec();
+    bail!("restart in place failed: {err}")
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

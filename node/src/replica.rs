@@ -208,6 +208,7 @@ impl ReplicaService for ReplicaApi {
             layout_version: me.layout_version,
             synced_version: me.synced_version,
             finished_version: me.finished_version,
+            degraded: me.degraded,
         }))
     }
 

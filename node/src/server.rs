@@ -130,6 +130,7 @@ impl Node {
             stored.current,
             stored.previous,
             stored.synced,
+            store.health.clone(),
         )?);
         Ok(Node {
             coordinator: Coordinator::new(Arc::new(store), cluster),

@@ -33,6 +33,7 @@ use crate::clock::Clock;
 use crate::commit::GroupCommit;
 use crate::digests::{entry_hash, leaf_index_key, leaf_prefix, RangeDigests};
 use crate::error::NodeError;
+use crate::faults::{StorageHealth, Watched};
 use crate::storage::{KeyValue, Storage, StorageError, Tree};
 
 /// Lock shards: keys hash onto these; two keys sharing a shard merely queue.
@@ -92,6 +93,8 @@ pub struct CartStore {
     cache: quick_cache::sync::Cache<CartId, Held>,
     /// Anti-entropy digests of the replicas, kept up to date by every change below.
     pub digests: RangeDigests,
+    /// Whether the storage takes writes (every engine failure is recorded here).
+    pub health: Arc<StorageHealth>,
 }
 
 impl CartStore {
@@ -104,6 +107,8 @@ impl CartStore {
         max_inflight_writes: usize,
         fresh_actor: u64,
     ) -> Result<Self, NodeError> {
+        let health = Arc::new(StorageHealth::default());
+        let storage: Arc<dyn Storage> = Arc::new(Watched::new(storage, health.clone()));
         let actor = incarnation(storage.as_ref(), fresh_actor)?;
         storage.flush().await?;
         let hints = HintCounts::load(storage.as_ref())?;
@@ -119,6 +124,7 @@ impl CartStore {
             hints,
             cache: quick_cache::sync::Cache::new(CART_CACHE_ENTRIES),
             digests: RangeDigests::default(),
+            health,
         })
     }
 
@@ -261,16 +267,24 @@ impl CartStore {
         self.write_with(id, op, |_| {}).await
     }
 
-    /// Applies `op` as this node's actor and returns the new cart and the op's delta once it is
-    /// durable (on error nothing is stored), calling `applied` with the write while the cart's
-    /// lock is still held (before the flush): what it hands on (the coordinator queues the delta
-    /// for the other replicas) is handed on in the order the writes were applied.
+    /// [`CartStore::apply_with`], then waits until the write is durable.
     pub async fn write_with(
         &self,
         id: &CartId,
         op: &CartOp,
         applied: impl FnOnce(&Written),
     ) -> Result<Written, NodeError> {
+        let written = self.apply_with(id, op, applied)?;
+        self.commit.durable().await?;
+        Ok(written)
+    }
+
+    /// Applies `op` as this node's actor and returns the new cart and the op's delta, not yet
+    /// durable (the caller awaits [`CartStore::durable`]); on error nothing is stored (and while
+    /// the storage is degraded nothing is tried). `applied` is called with the write while the
+    /// cart's lock is still held: what it hands on (the coordinator queues the delta for the
+    /// other replicas) is handed on in the order the writes were applied.
+    pub fn apply_with(&self, id: &CartId, op: &CartOp, applied: impl FnOnce(&Written)) -> Result<Written, NodeError> {
         let _permit = self.write_permit()?;
         let written = {
             let _guard = self.lock(id);
@@ -302,7 +316,6 @@ impl CartStore {
             applied(&written);
             written
         };
-        self.commit.durable().await?;
         Ok(written)
     }
 
@@ -587,7 +600,12 @@ impl CartStore {
         Ok(())
     }
 
+    /// Room for one more write, refused (before anything is applied) while the storage is
+    /// degraded or too many writes are in flight.
     fn write_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
+        if let Some(reason) = self.health.degraded() {
+            return Err(NodeError::Degraded { reason });
+        }
         self.write_permits.try_acquire().map_err(|_| NodeError::Overloaded {
             what: "writes",
             limit: self.max_inflight_writes,

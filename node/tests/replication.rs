@@ -364,6 +364,7 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
             synced_version: 0,
             finished_version: 0,
             from_node: "intruder".into(),
+            degraded: String::new(),
         })
         .await
         .unwrap_err();

@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime};
 
 use cart_client::{CartClient, ClientError, ClientOptions};
 use cart_node::config::ConfigError;
-use cart_node::storage::{MemoryStorage, StorageError};
+use cart_node::faults::FaultyStorage;
+use cart_node::storage::{MemoryStorage, Storage, StorageError};
 use cart_node::{Node, NodeConfig};
 use thiserror::Error;
 
@@ -169,6 +170,8 @@ struct SimNode {
     addr: SocketAddr,
     config: NodeConfig,
     storage: Arc<MemoryStorage>,
+    /// What the node's software opens: `storage` behind faults the disk nemesis switches.
+    faulty: Arc<FaultyStorage>,
 }
 
 /// A cartdb cluster inside a turmoil simulation. Register clients and `step()` through
@@ -215,18 +218,20 @@ impl SimCluster {
                     source,
                 }
             })?;
+            let storage = Arc::new(MemoryStorage::default());
             nodes.push(SimNode {
                 host: host.clone(),
                 addr: *addr,
                 config,
-                storage: Arc::new(MemoryStorage::default()),
+                faulty: Arc::new(FaultyStorage::new(storage.clone())),
+                storage,
             });
         }
         // One stream for every (re)start of every host: draws happen in simulation order.
         let actors = Rc::new(RefCell::new(SplitMix64(seed ^ 0x5EED_CA27_D8A7_AB1E)));
         for node in &nodes {
             let config = node.config.clone();
-            let storage = node.storage.clone();
+            let storage: Arc<dyn Storage> = node.faulty.clone();
             let actors = actors.clone();
             sim.host(node.host.as_str(), move || {
                 let fresh_actor = actors.borrow_mut().next();
@@ -317,6 +322,11 @@ impl SimCluster {
         Ok(&self.node(host)?.config)
     }
 
+    /// The fault switch in front of a node's storage (the disk nemesis).
+    pub fn disk(&self, host: &str) -> Result<Arc<FaultyStorage>, SimError> {
+        Ok(self.node(host)?.faulty.clone())
+    }
+
     /// A node's storage: it outlives crashes, and a checker reads replicas from it after a run.
     pub fn storage(&self, host: &str) -> Result<Arc<MemoryStorage>, SimError> {
         Ok(self.node(host)?.storage.clone())
@@ -398,7 +408,7 @@ impl SimCluster {
 }
 
 /// One node's software: open on the shared storage, listen on [`SIM_PORT`], serve until crashed.
-async fn run_node(config: NodeConfig, storage: Arc<MemoryStorage>, fresh_actor: u64) -> turmoil::Result {
+async fn run_node(config: NodeConfig, storage: Arc<dyn Storage>, fresh_actor: u64) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), SIM_PORT)).await?;
     let node = Node::open_with_connector(
         config,
