@@ -78,8 +78,8 @@ t1=$(cpu_ticks $PIDS)
 down_after=$(cat "$CLUSTER_DIR"/n*/cartd.log | grep -c 'peer is down' || true)
 
 echo
-printf 'idle for %s s after a preload of %s carts: the 3 nodes used %.2f%% of one core (%s ticks of 1/100 s)\n' \
-    "$IDLE_S" "$CARTS" "$(echo "($t1 - $t0) / $IDLE_S" | bc -l)" "$((t1 - t0))"
+printf 'idle for %s s with %s carts on each node: the 3 nodes used %.2f%% of one core (%s ticks of 1/100 s)\n' \
+    "$IDLE_S" "$(status_field 127.0.0.1:$PORT digest_carts)" "$(echo "($t1 - $t0) / $IDLE_S" | bc -l)" "$((t1 - t0))"
 echo "\"peer is down\" lines logged during the idle window: $((down_after - down_before))"
 ctl 127.0.0.1:$PORT status
 

@@ -98,7 +98,8 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
             .filter(|p| p.is_up())
             .map(|p| p.member.node_id.clone())
             .collect();
-        if peers.is_empty() {
+        // A node whose storage takes no writes could not merge what it finds.
+        if peers.is_empty() || coordinator.store.health.degraded().is_some() {
             continue;
         }
         peers.sort();

@@ -517,7 +517,9 @@ impl Cluster {
             }
             // Its storage refused: alive, but no more writes go to it until it says otherwise.
             Err(status) if status.message().starts_with(crate::error::DEGRADED) => {
-                peer.set_degraded(status.message());
+                // The same words as its heartbeats carry (its own verdict, without the prefix).
+                let reason = status.message()[crate::error::DEGRADED.len()..].trim_start_matches(": ");
+                peer.set_degraded(reason);
             }
             // An answer refusing the request (overloaded, invalid) says the peer is alive.
             Err(status)

@@ -60,6 +60,7 @@ impl GroupCommit {
 
 async fn flusher(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Waiter>, progress: Arc<Progress>) {
     let mut batch = Vec::new();
+    let mut failing = false;
     while rx.recv_many(&mut batch, COMMIT_QUEUE_MAX).await > 0 {
         // Every write counted by now completed its put before this flush starts.
         let covers = progress.written.load(Ordering::SeqCst);
@@ -67,9 +68,13 @@ async fn flusher(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Waiter>, prog
         if result.is_ok() {
             progress.flushed.fetch_max(covers, Ordering::SeqCst);
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, waiters = batch.len(), "group commit flush failed");
+        // Logged when flushes start failing and when they work again, not once per batch.
+        match (&result, failing) {
+            (Err(e), false) => tracing::error!(error = %e, waiters = batch.len(), "group commit flush failed"),
+            (Ok(()), true) => tracing::info!("group commit flushes work again"),
+            _ => {}
         }
+        failing = result.is_err();
         for waiter in batch.drain(..) {
             // A waiter whose request was cancelled has dropped its receiver; nothing to do.
             let _ = waiter.send(result.clone());

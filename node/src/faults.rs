@@ -130,6 +130,13 @@ impl Storage for Watched {
 
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(async move {
+            // A failed engine is not asked again (sled stays broken): the first failure stands.
+            if let Some(reason) = lock(&self.health.failed).clone() {
+                return Err(StorageError {
+                    operation: "flush",
+                    reason,
+                });
+            }
             let result = self.inner.flush().await;
             self.watch(result)
         })
@@ -306,18 +313,21 @@ mod tests {
         let reason = health.degraded().expect("degraded");
         assert!(reason.contains("put") && reason.contains("No space left"), "{reason}");
 
-        faulty.set(Some(Fault::FlushError));
-        watched.put(Tree::Meta, b"c", b"3").unwrap();
-        assert!(watched.flush().await.is_err());
-        assert!(
-            health.degraded().unwrap().contains("No space left"),
-            "the first failure is kept"
-        );
         faulty.set(None);
-        watched.flush().await.unwrap();
+        let err = watched.flush().await.unwrap_err();
+        assert!(
+            err.reason.contains("No space left"),
+            "a failed engine is not flushed again: {err}"
+        );
         assert!(health.engine_failed(), "sticky until the engine is reopened");
         health.engine_recovered();
         assert_eq!(health.degraded(), None);
+        watched.flush().await.unwrap();
+
+        faulty.set(Some(Fault::FlushError));
+        watched.put(Tree::Meta, b"c", b"3").unwrap();
+        assert!(watched.flush().await.is_err());
+        assert!(health.degraded().unwrap().contains("flush"), "{:?}", health.degraded());
         assert_eq!(faulty.injected(), 2);
     }
 

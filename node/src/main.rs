@@ -154,7 +154,7 @@ const RESTART_EVERY_MIN: Duration = Duration::from_secs(30);
 /// Set on a node restarted in place: when (seconds since the epoch).
 const RESTARTED_AT_ENV: &str = "CARTD_RESTARTED_AT";
 /// Free space a restart after a storage failure needs at least (the engine writes on open).
-const RESTART_FREE_MIN: u64 = 16 << 20;
+const RESTART_FREE_MIN: u64 = 4 << 20;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
