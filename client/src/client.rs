@@ -126,9 +126,11 @@ pub struct Membership {
     /// The cluster's default read and write quorums.
     pub r: usize,
     pub w: usize,
-    /// Changes whenever the member list changes; every cart reply carries the answering node's
-    /// version in [`MEMBERSHIP_HEADER`].
+    /// Changes whenever the member list changes, or which members are degraded; every cart
+    /// reply carries the answering node's version in [`MEMBERSHIP_HEADER`].
     pub version: u64,
+    /// Members whose storage takes no writes now (the asked node's view): tried last.
+    pub degraded: Vec<String>,
 }
 
 /// A membership with its ring. Immutable: a refresh replaces it whole.
@@ -162,13 +164,27 @@ impl Routes {
                 r: reply.r as usize,
                 w: reply.w as usize,
                 version: reply.version,
+                degraded: reply.degraded,
             },
             ring,
         })
     }
 
+    /// [`route_order`], with degraded members moved to the end (they would hand a write on).
     fn route(&self, cart_id: &str, endpoints: &[String]) -> Vec<String> {
-        route_order(&self.ring, self.membership.n, cart_id.as_bytes(), endpoints)
+        let mut order = route_order(&self.ring, self.membership.n, cart_id.as_bytes(), endpoints);
+        if !self.membership.degraded.is_empty() {
+            let sick: HashSet<String> = self
+                .membership
+                .members
+                .iter()
+                .filter(|m| self.membership.degraded.contains(&m.node_id))
+                .map(|m| uri_of(&m.addr))
+                .collect();
+            // Stable: the healthy keep their order, then the degraded keep theirs.
+            order.sort_by_key(|addr| sick.contains(&uri_of(addr)));
+        }
+        order
     }
 }
 
@@ -861,6 +877,28 @@ mod tests {
             r: 2,
             w: 2,
             version: 7,
+            degraded: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn degraded_members_are_tried_last() {
+        let members = [("a", "10.0.0.1:1"), ("b", "10.0.0.2:1"), ("c", "10.0.0.3:1")];
+        let healthy = Routes::new(wire(&members, 3)).unwrap();
+        let mut reply = wire(&members, 3);
+        reply.degraded = vec!["b".into()];
+        let sick = Routes::new(reply).unwrap();
+        for k in 0..50 {
+            let id = format!("user:{k}");
+            let before = healthy.route(&id, &[]);
+            let after = sick.route(&id, &[]);
+            assert_eq!(after.last().map(String::as_str), Some("10.0.0.2:1"), "{after:?}");
+            let others: Vec<_> = before.iter().filter(|a| *a != "10.0.0.2:1").collect();
+            assert_eq!(
+                after[..2].iter().collect::<Vec<_>>(),
+                others,
+                "the healthy keep their order"
+            );
         }
     }
 

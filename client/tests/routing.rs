@@ -183,6 +183,7 @@ impl Fakes {
             r: 1,
             w: 1,
             layout_version: 1,
+            degraded: Vec::new(),
         }));
         let mut nodes = Vec::new();
         for incoming in incomings {

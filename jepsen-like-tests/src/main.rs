@@ -26,7 +26,8 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         time_limit: u64,
         /// Faults: a comma-separated list of partition-halves, isolate, bridge, majorities-ring,
-        /// kill, pause, clock, loss; or `all`, or `none`.
+        /// kill, pause, clock, loss, membership, disk (simulation only: skipped here); or `all`,
+        /// or `none`.
         #[arg(long, default_value = "all")]
         nemesis: String,
         #[arg(long, default_value_t = 1)]
@@ -62,8 +63,8 @@ enum Cmd {
         /// Simulated seconds of workload under faults per seed.
         #[arg(long, default_value_t = 6)]
         time_limit: u64,
-        /// partition-halves, isolate, bridge, majorities-ring, kill, pause (clock and loss are
-        /// real-tier only), or all.
+        /// partition-halves, isolate, bridge, majorities-ring, kill, pause, membership, disk
+        /// (clock and loss are real-tier only), or all.
         #[arg(long, default_value = "all")]
         nemesis: String,
         #[arg(long, default_value = "all")]

@@ -166,8 +166,14 @@ impl AdminService for AdminApi {
             n: read.n,
             r: read.r,
             w: read.w,
-            version: topology.fingerprint,
+            version: cluster.version(),
             layout_version: read.version,
+            degraded: read
+                .members
+                .iter()
+                .filter(|m| cluster.degraded(&m.node_id).is_some())
+                .map(|m| m.node_id.clone())
+                .collect(),
         }))
     }
 

@@ -90,6 +90,8 @@ pub struct Peer {
     /// Why the peer's storage takes no writes (empty: it does), from its heartbeats and its
     /// refusals.
     degraded: std::sync::Mutex<String>,
+    /// Whether `degraded` is not empty (read on every reply's membership version).
+    degraded_flag: AtomicBool,
 }
 
 /// One request waiting in a peer's batcher, and where its own outcome goes.
@@ -135,6 +137,7 @@ impl Peer {
 
     fn set_degraded(&self, reason: &str) {
         let mut current = self.degraded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.degraded_flag.store(!reason.is_empty(), Ordering::Relaxed);
         if *current != reason {
             match reason {
                 "" => tracing::info!(peer = %self.member.node_id, "peer takes writes again"),
@@ -283,6 +286,7 @@ impl Dialer {
             synced_version: AtomicU64::new(0),
             finished_version: AtomicU64::new(0),
             degraded: std::sync::Mutex::new(String::new()),
+            degraded_flag: AtomicBool::new(false),
         })
     }
 }
@@ -301,6 +305,15 @@ pub struct Cluster {
     pub newer_from: std::sync::Mutex<Option<String>>,
     /// This node's own storage verdict (carried on heartbeats).
     pub health: Arc<crate::faults::StorageHealth>,
+}
+
+/// A node's contribution to the membership version while its storage is degraded.
+fn node_mix(node_id: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(b"degraded\0");
+    h.write(node_id.as_bytes());
+    h.finish()
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -383,9 +396,19 @@ impl Cluster {
         read_lock(&self.topology).clone()
     }
 
-    /// The fingerprint clients follow (`x-cartdb-membership`).
+    /// The fingerprint clients follow (`x-cartdb-membership`): of the read version's members, and
+    /// of which nodes' storage is degraded (so clients refresh and send those requests last).
     pub fn version(&self) -> u64 {
-        self.topology().fingerprint
+        let mut version = self.topology().fingerprint;
+        for peer in read_lock(&self.peers).values() {
+            if peer.degraded_flag.load(Ordering::Relaxed) {
+                version ^= node_mix(&peer.member.node_id);
+            }
+        }
+        if self.health.is_degraded() {
+            version ^= node_mix(&self.self_id);
+        }
+        version
     }
 
     /// Whether this node is a member of a live layout version (a node started with `--join`

@@ -147,7 +147,7 @@ impl Coordinator {
         }
         // A sick replica never fails a write the others can take: while this node's storage
         // takes no writes, the write goes to another owner before anything is applied here.
-        if self.store.health.degraded().is_some() {
+        if self.store.health.is_degraded() {
             return self.forward(req).await;
         }
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so

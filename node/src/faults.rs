@@ -27,6 +27,8 @@ pub struct StorageHealth {
     failed: Mutex<Option<String>>,
     /// Free space below the low watermark (cleared when space returns).
     low_space: Mutex<Option<String>>,
+    /// Whether either is set: the one check on every write's path.
+    any: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -36,7 +38,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl StorageHealth {
     /// Why the node refuses writes now, if it does.
     pub fn degraded(&self) -> Option<String> {
+        if !self.is_degraded() {
+            return None;
+        }
         lock(&self.failed).clone().or_else(|| lock(&self.low_space).clone())
+    }
+
+    /// Whether the node refuses writes now (one atomic load).
+    pub fn is_degraded(&self) -> bool {
+        self.any.load(Ordering::SeqCst)
+    }
+
+    fn refresh(&self) {
+        let any = lock(&self.failed).is_some() || lock(&self.low_space).is_some();
+        self.any.store(any, Ordering::SeqCst);
     }
 
     /// Whether the engine itself failed (only reopening it clears that).
@@ -51,6 +66,8 @@ impl StorageHealth {
             tracing::error!(error = %e, "storage failed: this node takes no writes until its storage recovers");
             *failed = Some(format!("storage {} failed: {}", e.operation, e.reason));
         }
+        drop(failed);
+        self.refresh();
     }
 
     /// The engine was reopened (or a simulated fault healed): writes may go on.
@@ -58,6 +75,7 @@ impl StorageHealth {
         if lock(&self.failed).take().is_some() {
             tracing::info!("storage recovered: this node takes writes again");
         }
+        self.refresh();
     }
 
     /// Sets or clears the low-space verdict from a measurement of free space.
@@ -79,6 +97,8 @@ impl StorageHealth {
         } else if low.take().is_some() {
             tracing::info!(free_bytes, "disk space back above the low watermark");
         }
+        drop(low);
+        self.refresh();
     }
 }
 

@@ -13,6 +13,8 @@
 //! - The cluster layout is a versioned document every node stores and spreads ([`membership`]);
 //!   versions are agreed by a majority of the current members, and carts move into a new version
 //!   without loss (writes reach both versions' owners until every node has handed over).
+//! - A replica whose storage fails (full disk, I/O errors) is degraded ([`faults`]): it applies no
+//!   write, says so on heartbeats and in status, and the write goes to the other owners.
 //!
 //! It never panics on a request and never holds a cart lock across anything but its own write.
 

@@ -115,6 +115,10 @@ async fn a_full_disk_on_one_node_fails_no_write_and_the_node_recovers_without_an
         "n3 does not say it is degraded"
     );
 
+    // Clients learn it too (the membership version changed), and try n3 last.
+    let membership = through_all.refresh_membership().await.unwrap();
+    assert_eq!(membership.degraded, vec!["n3".to_string()]);
+
     std::fs::remove_file(&filler).unwrap();
     // n3 restarts itself in place (same process id) and takes writes again.
     let back = common::eventually(Duration::from_secs(60), || async move {
