@@ -72,14 +72,17 @@ async fn local_products(addr: SocketAddr, cart: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-async fn hint_backlog(addr: SocketAddr) -> u64 {
+async fn status(addr: SocketAddr) -> cart_proto::admin_pb::ClusterStatusReply {
     common::admin(addr)
         .await
         .cluster_status(ClusterStatusRequest {})
         .await
         .unwrap()
         .into_inner()
-        .hint_backlog
+}
+
+async fn hint_backlog(addr: SocketAddr) -> u64 {
+    status(addr).await.hint_backlog
 }
 
 /// The addresses of a 3-node cluster's nodes.
@@ -620,14 +623,6 @@ async fn heartbeats_stay_green_while_a_large_store_rebuilds_its_digests() {
         .collect();
     let cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
     let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
-    let status = |addr: SocketAddr| async move {
-        common::admin(addr)
-            .await
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    };
     // Nodes start one after another: a peer not started yet may be marked down at first.
     let all_up = common::eventually(Duration::from_secs(30), || async move {
         for addr in addrs {

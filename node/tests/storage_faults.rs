@@ -1,7 +1,9 @@
 //! A node whose disk fills up, with real `cartd` processes: n3's data directory is a 48 MiB
 //! tmpfs (mounted by the test; needs root), filled to the last byte while clients write. Writes
 //! through every node keep succeeding (the others take them), `status` shows n3 degraded, and
-//! once space returns n3 restarts itself in place, takes writes again and catches up.
+//! once space returns n3 restarts itself in place, takes writes again and catches up. A second
+//! test drives n3 below its low-space watermark instead: no writes stored there, none failed,
+//! writes again once space returns (no restart), and a clean stop.
 
 mod common;
 
@@ -22,6 +24,18 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// A `size_mb` tmpfs at `dir`, unmounted when dropped.
+fn tmpfs(dir: &Path, size_mb: u32) -> Mount {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    Mount(dir.to_owned())
 }
 
 fn is_root() -> bool {
@@ -81,14 +95,7 @@ async fn a_full_disk_on_one_node_fails_no_write_and_the_node_recovers_without_an
     spec.top_toml = "min_free_disk_mb = 0\n".into();
     spec.cluster_toml = "anti_entropy_interval_ms = 1000\n".into();
     let data = spec.node_dir("n3").join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs");
-    let _mount = Mount(data.clone());
+    let _mount = tmpfs(&data, 48);
     let cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
     let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
     // Every client enters through n3, so every write n3 coordinates meets its full disk.
@@ -150,4 +157,64 @@ async fn a_full_disk_on_one_node_fails_no_write_and_the_node_recovers_without_an
     }
     let log = std::fs::read_to_string(dir.path().join("n3").join("cartd.log")).unwrap();
     assert!(log.contains("restarting in place"), "n3 did not say it restarted");
+}
+
+/// The low-space watermark: below `min_free_disk_mb` n3 takes no writes (before its disk is
+/// full; writes go on through the others), and takes them again as soon as space returns, with
+/// no restart; a stop while degraded this way is still clean (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_watermark_a_node_stops_taking_writes_and_resumes_when_space_returns() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::loopback(dir.path(), 3, 0).unwrap();
+    spec.top_toml = "min_free_disk_mb = 24\n".into();
+    let data = spec.node_dir("n3").join("data");
+    let _mount = tmpfs(&data, 48);
+    let mut cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
+    let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
+    let client = CartClient::connect(addrs.map(|a| a.to_string())).await.unwrap();
+    client.add_item("user:before", "sku-1", 1, mug()).await.unwrap();
+
+    // Leave about 16 MiB free: under the watermark, far from full.
+    let filler = data.join("filler");
+    let free = nix::sys::statvfs::statvfs(&data).unwrap();
+    let free_bytes = free.blocks_available() * free.fragment_size();
+    std::fs::write(&filler, vec![0u8; (free_bytes - (16 << 20)) as usize]).unwrap();
+    let low = common::eventually(Duration::from_secs(10), || async move {
+        degraded(addrs[0], "n3")
+            .await
+            .is_some_and(|d| d.contains("min_free_disk_mb"))
+    })
+    .await;
+    assert!(
+        low,
+        "n3 not degraded below the watermark: {:?}",
+        degraded(addrs[0], "n3").await
+    );
+    for i in 0..50 {
+        client
+            .add_item(&format!("user:low-{i}"), "sku-1", 1, mug())
+            .await
+            .unwrap_or_else(|e| panic!("write {i} failed while n3 was below its watermark: {e}"));
+    }
+    assert!(
+        !held_by(addrs[2], "user:low-0").await,
+        "n3 stored a write below its watermark"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let back = common::eventually(Duration::from_secs(10), || async move {
+        degraded(addrs[0], "n3").await.is_some_and(|d| d.is_empty())
+    })
+    .await;
+    assert!(back, "n3 still degraded after space returned");
+    let log = std::fs::read_to_string(dir.path().join("n3").join("cartd.log")).unwrap();
+    assert!(!log.contains("restarting in place"), "a low watermark needs no restart");
+
+    // A clean stop (the engine never failed): exit 0.
+    let status = cluster.terminate(2, Duration::from_secs(15)).unwrap();
+    assert!(status.success(), "n3 stopped with {status}");
 }
