@@ -140,6 +140,13 @@ impl Coordinator {
 
     /// Applies a client operation with write quorum W and returns the resulting cart.
     pub async fn write(self: &Arc<Self>, req: &CartRequest) -> Result<Arc<Cart>, NodeError> {
+        self.write_as(req, false).await
+    }
+
+    /// [`Coordinator::write`] of a write another node forwarded here (`forwarded`): if this
+    /// node's storage cannot take it, it is refused (`Degraded`, nothing applied) for the
+    /// forwarder to try the next owner, never forwarded again (no loop between sick owners).
+    pub async fn write_as(self: &Arc<Self>, req: &CartRequest, forwarded: bool) -> Result<Arc<Cart>, NodeError> {
         let w = self.quorum(req.consistency.w, self.cluster.config.w, "consistency.w")?;
         self.quorum(req.consistency.r, self.cluster.config.r, "consistency.r")?;
         if !self.cluster.is_owner(&req.cart_id) {
@@ -147,8 +154,11 @@ impl Coordinator {
         }
         // A sick replica never fails a write the others can take: while this node's storage
         // takes no writes, the write goes to another owner before anything is applied here.
-        if self.store.health.is_degraded() {
-            return self.forward(req).await;
+        if let Some(reason) = self.store.health.degraded() {
+            return match forwarded {
+                true => Err(NodeError::Degraded { reason }),
+                false => self.forward(req).await,
+            };
         }
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so
         // deltas reach every peer in the order they were applied (one batch in flight per peer).
@@ -183,7 +193,12 @@ impl Coordinator {
         let written = match applied {
             Ok(written) => written,
             // Refused by this node's storage before anything was applied: another owner can.
-            Err(NodeError::Degraded { .. } | NodeError::Storage(_)) => return self.forward(req).await,
+            Err(e @ (NodeError::Degraded { .. } | NodeError::Storage(_))) => {
+                return match forwarded {
+                    true => Err(e),
+                    false => self.forward(req).await,
+                };
+            }
             Err(e) => return Err(e),
         };
         let outgoing = Arc::new(Outgoing {

@@ -95,7 +95,8 @@ impl From<NodeError> for Status {
             NodeError::LayoutConflict { .. } => Status::aborted(message),
             NodeError::NoMajority { .. } | NodeError::Rebuilding => Status::unavailable(message),
             // A storage fault is this node's, not the request's: another owner can take it.
-            NodeError::Degraded { .. } | NodeError::Storage(_) => Status::unavailable(message),
+            NodeError::Degraded { .. } => Status::unavailable(message),
+            NodeError::Storage(_) => Status::unavailable(format!("{DEGRADED}: {message}")),
             NodeError::Config { .. } => Status::internal(message),
         }
     }

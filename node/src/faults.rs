@@ -23,12 +23,17 @@ use crate::storage::{FlushFuture, KeyValue, Storage, StorageError, Tree};
 /// Why a node does not take writes (none: healthy).
 #[derive(Default)]
 pub struct StorageHealth {
-    /// The engine's first failure since it was opened (sticky).
-    failed: Mutex<Option<String>>,
-    /// Free space below the low watermark (cleared when space returns).
-    low_space: Mutex<Option<String>>,
-    /// Whether either is set: the one check on every write's path.
+    reasons: Mutex<Reasons>,
+    /// Whether any reason is set (stored under the lock): the one check on every write's path.
     any: AtomicBool,
+}
+
+#[derive(Default)]
+struct Reasons {
+    /// The engine's first failure since it was opened (sticky).
+    failed: Option<String>,
+    /// Free space below the low watermark (cleared when space returns).
+    low_space: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -41,7 +46,8 @@ impl StorageHealth {
         if !self.is_degraded() {
             return None;
         }
-        lock(&self.failed).clone().or_else(|| lock(&self.low_space).clone())
+        let reasons = lock(&self.reasons);
+        reasons.failed.clone().or_else(|| reasons.low_space.clone())
     }
 
     /// Whether the node refuses writes now (one atomic load).
@@ -49,56 +55,59 @@ impl StorageHealth {
         self.any.load(Ordering::SeqCst)
     }
 
-    fn refresh(&self) {
-        let any = lock(&self.failed).is_some() || lock(&self.low_space).is_some();
-        self.any.store(any, Ordering::SeqCst);
-    }
-
     /// Whether the engine itself failed (only reopening it clears that).
     pub fn engine_failed(&self) -> bool {
-        lock(&self.failed).is_some()
+        lock(&self.reasons).failed.is_some()
+    }
+
+    /// Changes the reasons under the lock and stores the flag before releasing it.
+    fn update<T>(&self, change: impl FnOnce(&mut Reasons) -> T) -> T {
+        let mut reasons = lock(&self.reasons);
+        let out = change(&mut reasons);
+        self.any.store(
+            reasons.failed.is_some() || reasons.low_space.is_some(),
+            Ordering::SeqCst,
+        );
+        out
     }
 
     /// Records an engine failure (the first one is kept).
     pub fn fail(&self, e: &StorageError) {
-        let mut failed = lock(&self.failed);
-        if failed.is_none() {
-            tracing::error!(error = %e, "storage failed: this node takes no writes until its storage recovers");
-            *failed = Some(format!("storage {} failed: {}", e.operation, e.reason));
-        }
-        drop(failed);
-        self.refresh();
+        self.update(|r| {
+            if r.failed.is_none() {
+                tracing::error!(error = %e, "storage failed: this node takes no writes until its storage recovers");
+                r.failed = Some(format!("storage {} failed: {}", e.operation, e.reason));
+            }
+        });
     }
 
     /// The engine was reopened (or a simulated fault healed): writes may go on.
     pub fn engine_recovered(&self) {
-        if lock(&self.failed).take().is_some() {
+        if self.update(|r| r.failed.take()).is_some() {
             tracing::info!("storage recovered: this node takes writes again");
         }
-        self.refresh();
     }
 
     /// Sets or clears the low-space verdict from a measurement of free space.
     pub fn free_space(&self, free_bytes: u64, watermark_bytes: u64) {
-        let mut low = lock(&self.low_space);
-        if free_bytes < watermark_bytes {
-            if low.is_none() {
-                tracing::warn!(
-                    free_bytes,
-                    watermark_bytes,
-                    "disk space below the low watermark: this node takes no writes"
-                );
+        self.update(|r| {
+            if free_bytes < watermark_bytes {
+                if r.low_space.is_none() {
+                    tracing::warn!(
+                        free_bytes,
+                        watermark_bytes,
+                        "disk space below the low watermark: this node takes no writes"
+                    );
+                }
+                r.low_space = Some(format!(
+                    "disk space low: {} MiB free, below the low watermark of {} MiB (min_free_disk_mb)",
+                    free_bytes >> 20,
+                    watermark_bytes >> 20
+                ));
+            } else if r.low_space.take().is_some() {
+                tracing::info!(free_bytes, "disk space back above the low watermark");
             }
-            *low = Some(format!(
-                "disk space low: {} MiB free, below the low watermark of {} MiB (min_free_disk_mb)",
-                free_bytes >> 20,
-                watermark_bytes >> 20
-            ));
-        } else if low.take().is_some() {
-            tracing::info!(free_bytes, "disk space back above the low watermark");
-        }
-        drop(low);
-        self.refresh();
+        });
     }
 }
 
@@ -151,7 +160,7 @@ impl Storage for Watched {
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(async move {
             // A failed engine is not asked again (sled stays broken): the first failure stands.
-            if let Some(reason) = lock(&self.health.failed).clone() {
+            if let Some(reason) = lock(&self.health.reasons).failed.clone() {
                 return Err(StorageError {
                     operation: "flush",
                     reason,

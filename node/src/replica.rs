@@ -184,14 +184,12 @@ impl ReplicaService for ReplicaApi {
             w: (req.w > 0).then_some(req.w),
         };
         tracing::debug!(cart_id = %cart_id, from = %req.from_node, op = op.name(), "coordinating a forwarded write");
-        let cart = self
-            .coordinator
-            .write(&CartRequest {
-                cart_id,
-                op,
-                consistency,
-            })
-            .await?;
+        let request = CartRequest {
+            cart_id,
+            op,
+            consistency,
+        };
+        let cart = self.coordinator.write_as(&request, true).await?;
         let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
         Ok(Response::new(CoordinateReply { state }))
     }

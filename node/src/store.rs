@@ -390,6 +390,9 @@ impl CartStore {
         incoming: Cart,
         hints_max: usize,
     ) -> Result<bool, NodeError> {
+        if let Some(reason) = self.health.degraded() {
+            return Err(NodeError::Degraded { reason });
+        }
         let key = hint_key(owner, id);
         let _guard = self.lock(id);
         let existed = self.storage.get(Tree::Hints, &key)?.is_some();
@@ -528,9 +531,17 @@ impl CartStore {
                         Ok(cart) => {
                             // The index is checked here, never trusted: one written by an older
                             // version, or lost in a crash, is completed by the rebuild.
-                            let indexed = leaf_index_key(&key);
-                            if self.storage.get(Tree::Leaves, &indexed)?.is_none() {
-                                self.put(Tree::Leaves, &indexed, b"")?;
+                            // A degraded store leaves that to the next rebuild (after its restart).
+                            if !self.health.is_degraded() {
+                                let indexed = leaf_index_key(&key);
+                                let completed = match self.storage.get(Tree::Leaves, &indexed) {
+                                    Ok(Some(_)) => Ok(()),
+                                    Ok(None) => self.put(Tree::Leaves, &indexed, b""),
+                                    Err(e) => Err(e.into()),
+                                };
+                                if let Err(e) = completed {
+                                    tracing::warn!(cart_id = %id, error = %e, "digest rebuild cannot complete the leaf index");
+                                }
                             }
                             entry_hash(&key, cart.context())?
                         }
@@ -582,6 +593,12 @@ impl CartStore {
             tracing::warn!("writes still running at shutdown: the next start takes a new incarnation");
             return self.commit.durable().await;
         };
+        if self.health.engine_failed() {
+            // Writes applied since the failure may never reach the disk: the next start must
+            // take a new incarnation, so no clean-shutdown marker (even if the engine took it).
+            tracing::warn!("the storage engine failed: the next start takes a new incarnation");
+            return self.commit.durable().await;
+        }
         self.storage.put(Tree::Meta, CLEAN_SHUTDOWN_KEY, b"1")?;
         self.commit.note_write();
         self.commit.durable().await
