@@ -26,8 +26,8 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         time_limit: u64,
         /// Faults: a comma-separated list of partition-halves, isolate, bridge, majorities-ring,
-        /// kill, pause, clock, loss, membership, disk (simulation only: skipped here); or `all`,
-        /// or `none`.
+        /// kill, pause, clock, loss, membership, disk (a full tmpfs; namespaces only); or `all`, or
+        /// `none`.
         #[arg(long, default_value = "all")]
         nemesis: String,
         #[arg(long, default_value_t = 1)]

@@ -160,10 +160,10 @@ impl Storage for Watched {
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(async move {
             // A failed engine is not asked again (sled stays broken): the first failure stands.
-            if let Some(reason) = lock(&self.health.reasons).failed.clone() {
+            if let Some(earlier) = lock(&self.health.reasons).failed.clone() {
                 return Err(StorageError {
                     operation: "flush",
-                    reason,
+                    reason: format!("not tried, the engine failed earlier ({earlier})"),
                 });
             }
             let result = self.inner.flush().await;

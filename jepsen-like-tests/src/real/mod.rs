@@ -232,7 +232,14 @@ struct Nodes {
     paused: BTreeSet<usize>,
     /// Nodes the membership nemesis took out of the layout (they join again at heal).
     left: BTreeSet<usize>,
+    /// Nodes whose data directory is a tmpfs of their own (namespaces tier: the disk nemesis
+    /// fills it), and those it filled (a filler file, deleted at heal).
+    disks: BTreeSet<usize>,
+    full: BTreeSet<usize>,
 }
+
+/// Size of each node's data tmpfs in the namespaces tier.
+const DISK_MB: u32 = 256;
 
 impl Nodes {
     fn name(i: usize) -> String {
@@ -252,8 +259,45 @@ impl Nodes {
         std::fs::write(&path, format!("{offset_s:+}\n")).with_context(|| format!("writing {}", path.display()))
     }
 
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("data")
+    }
+
+    fn filler(&self, i: usize) -> PathBuf {
+        self.data_dir(i).join("cart-jepsen-filler")
+    }
+
+    /// Fills node `i`'s tmpfs to the last byte (its storage then fails with ENOSPC).
+    fn fill(&mut self, i: usize) -> Result<()> {
+        use std::io::Write;
+        if !self.disks.contains(&i) {
+            eprintln!("disk nemesis skipped: it needs a tmpfs per node (network namespaces, root)");
+            return Ok(());
+        }
+        let path = self.filler(i);
+        let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let block = vec![0u8; 1 << 20];
+        while file.write_all(&block).is_ok() {}
+        self.full.insert(i);
+        Ok(())
+    }
+
     fn start(&mut self, i: usize) -> Result<()> {
         std::fs::create_dir_all(self.node_dir(i))?;
+        if matches!(self.net, Net::Namespaces(_)) && !self.disks.contains(&i) {
+            let data = self.data_dir(i);
+            std::fs::create_dir_all(&data)?;
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+                .arg(&data)
+                .status()
+                .with_context(|| format!("mounting a tmpfs on {}", data.display()))?;
+            if mounted.success() {
+                self.disks.insert(i);
+            } else {
+                eprintln!("no tmpfs for {}: the disk nemesis skips it", Self::name(i));
+            }
+        }
         if !self.clock_file(i).exists() {
             self.set_clock(i, 0)?;
         }
@@ -304,10 +348,9 @@ impl Nodes {
                 Ok(())
             }
             Fault::Skew(skews) => skews.iter().try_for_each(|&(i, s)| self.set_clock(i, s)),
-            Fault::Disk { .. } => {
-                eprintln!("disk nemesis skipped: it runs in the simulation (`cart-jepsen simulate`); a full disk under real processes is bench/run-disk-full.sh");
-                Ok(())
-            }
+            // Real disks cannot be made to fail on demand: here every disk fault is a full disk
+            // (the other kinds run in the simulation).
+            Fault::Disk { node, .. } => self.fill(*node),
             Fault::Leave(i) => {
                 let change = membership::Change::Leave {
                     node_id: Self::name(*i),
@@ -359,6 +402,10 @@ impl Nodes {
         for i in std::mem::take(&mut self.paused) {
             self.signal(i, Signal::SIGCONT)?;
         }
+        for i in std::mem::take(&mut self.full) {
+            let path = self.filler(i);
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
         for i in 0..self.procs.len() {
             self.set_clock(i, 0)?;
             if self.procs[i].is_none() {
@@ -379,6 +426,9 @@ impl Nodes {
 impl Drop for Nodes {
     fn drop(&mut self) {
         self.stop_all();
+        for i in std::mem::take(&mut self.disks) {
+            let _ = Command::new("umount").arg("-l").arg(self.data_dir(i)).status();
+        }
     }
 }
 
@@ -541,6 +591,8 @@ pub fn run(opts: &Options) -> Result<RunResult> {
         procs: (0..opts.nodes).map(|_| None).collect(),
         paused: BTreeSet::new(),
         left: BTreeSet::new(),
+        disks: BTreeSet::new(),
+        full: BTreeSet::new(),
     };
     for i in 0..opts.nodes {
         if interrupted() {
