@@ -99,7 +99,7 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
             .map(|p| p.member.node_id.clone())
             .collect();
         // A node whose storage takes no writes could not merge what it finds.
-        if peers.is_empty() || coordinator.store.health.degraded().is_some() {
+        if peers.is_empty() || coordinator.store.health.is_degraded() {
             continue;
         }
         peers.sort();

@@ -129,6 +129,11 @@ impl Peer {
         Some(result)
     }
 
+    /// Whether the peer's storage takes no writes, as it said last (one atomic load).
+    pub fn is_degraded(&self) -> bool {
+        self.degraded_flag.load(Ordering::Relaxed)
+    }
+
     /// Why the peer's storage takes no writes, if it said so last.
     pub fn degraded(&self) -> Option<String> {
         let reason = self.degraded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -401,7 +406,7 @@ impl Cluster {
     pub fn version(&self) -> u64 {
         let mut version = self.topology().fingerprint;
         for peer in read_lock(&self.peers).values() {
-            if peer.degraded_flag.load(Ordering::Relaxed) {
+            if peer.is_degraded() {
                 version ^= node_mix(&peer.member.node_id);
             }
         }
@@ -458,7 +463,7 @@ impl Cluster {
         node_id == self.self_id
             || read_lock(&self.peers)
                 .get(node_id)
-                .is_some_and(|p| p.is_up() && p.degraded().is_none())
+                .is_some_and(|p| p.is_up() && !p.is_degraded())
     }
 
     /// Why a node's storage takes no writes, as far as this node knows.

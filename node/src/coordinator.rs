@@ -152,14 +152,6 @@ impl Coordinator {
         if !self.cluster.is_owner(&req.cart_id) {
             return self.forward(req).await;
         }
-        // A sick replica never fails a write the others can take: while this node's storage
-        // takes no writes, the write goes to another owner before anything is applied here.
-        if let Some(reason) = self.store.health.degraded() {
-            return match forwarded {
-                true => Err(NodeError::Degraded { reason }),
-                false => self.forward(req).await,
-            };
-        }
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so
         // deltas reach every peer in the order they were applied (one batch in flight per peer).
         let plan = self.cluster.write_plan(&req.cart_id);
@@ -192,7 +184,8 @@ impl Coordinator {
         };
         let written = match applied {
             Ok(written) => written,
-            // Refused by this node's storage before anything was applied: another owner can.
+            // Refused by this node's storage before anything was applied (it is degraded, or the
+            // write failed): a sick replica never fails a write another owner can take.
             Err(e @ (NodeError::Degraded { .. } | NodeError::Storage(_))) => {
                 return match forwarded {
                     true => Err(e),

@@ -210,10 +210,11 @@ impl RangeDigests {
     }
 }
 
-/// Rebuilds the digests for `layout` by one scan of the store, a page at a time, throttled: at most
-/// `carts_per_sec`, and after each page it sleeps at least as long as the page took, so a rebuild
-/// uses at most half of one core and requests and heartbeats keep being served. A newer rebuild (a newer layout) makes this one
-/// stop. Progress (carts counted so far) shows in `cartctl status`.
+/// Rebuilds the digests for `layout` by one scan of the store, a page at a time, throttled: at
+/// most `carts_per_sec`, and after each page it sleeps at least as long as the page took, so a
+/// rebuild uses at most half of one core and requests and heartbeats keep being served. A newer
+/// rebuild (a newer layout) makes this one stop. Progress (carts counted so far) shows in
+/// `cartctl status`.
 pub async fn rebuild(
     store: &crate::store::CartStore,
     layout: &Layout,

@@ -198,7 +198,6 @@ pub struct FaultyStorage {
     /// Writes made while the flush lied: (tree, key, value before) to undo on a crash.
     unflushed: Mutex<Vec<Undo>>,
     injected: AtomicU64,
-    lying: AtomicBool,
 }
 
 impl FaultyStorage {
@@ -208,13 +207,11 @@ impl FaultyStorage {
             fault: Mutex::new(None),
             unflushed: Mutex::new(Vec::new()),
             injected: AtomicU64::new(0),
-            lying: AtomicBool::new(false),
         }
     }
 
     /// Switches a fault on (`Some`) or every fault off (`None`).
     pub fn set(&self, fault: Option<Fault>) {
-        self.lying.store(fault == Some(Fault::LyingFlush), Ordering::SeqCst);
         if fault != Some(Fault::LyingFlush) {
             lock(&self.unflushed).clear(); // what the liar kept is flushed for real from now on
         }
@@ -238,10 +235,17 @@ impl FaultyStorage {
         Ok(())
     }
 
-    fn write_fault(&self, operation: &'static str) -> Result<(), StorageError> {
+    /// Before a put or delete of `key`: fails it under a write fault; while the flush lies,
+    /// remembers the value it replaces (undone by a crash).
+    fn before_write(&self, operation: &'static str, tree: Tree, key: &[u8]) -> Result<(), StorageError> {
         let reason = match *lock(&self.fault) {
             Some(Fault::NoSpace) => "No space left on device (os error 28)",
             Some(Fault::WriteError) => "Input/output error (os error 5)",
+            Some(Fault::LyingFlush) => {
+                let before = self.inner.get(tree, key)?;
+                lock(&self.unflushed).push((tree, key.to_vec(), before));
+                return Ok(());
+            }
             _ => return Ok(()),
         };
         self.injected.fetch_add(1, Ordering::SeqCst);
@@ -249,14 +253,6 @@ impl FaultyStorage {
             operation,
             reason: format!("injected: {reason}"),
         })
-    }
-
-    fn remember(&self, tree: Tree, key: &[u8]) -> Result<(), StorageError> {
-        if self.lying.load(Ordering::SeqCst) {
-            let before = self.inner.get(tree, key)?;
-            lock(&self.unflushed).push((tree, key.to_vec(), before));
-        }
-        Ok(())
     }
 }
 
@@ -266,20 +262,17 @@ impl Storage for FaultyStorage {
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.write_fault("put")?;
-        self.remember(tree, key)?;
+        self.before_write("put", tree, key)?;
         self.inner.put(tree, key, value)
     }
 
     fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), StorageError> {
-        self.write_fault("delete")?;
-        self.remember(tree, key)?;
+        self.before_write("delete", tree, key)?;
         self.inner.delete(tree, key)
     }
 
     fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError> {
-        self.write_fault("delete")?;
-        self.remember(tree, key)?;
+        self.before_write("delete", tree, key)?;
         self.inner.delete_if(tree, key, expected)
     }
 

@@ -390,9 +390,7 @@ impl CartStore {
         incoming: Cart,
         hints_max: usize,
     ) -> Result<bool, NodeError> {
-        if let Some(reason) = self.health.degraded() {
-            return Err(NodeError::Degraded { reason });
-        }
+        self.writable()?;
         let key = hint_key(owner, id);
         let _guard = self.lock(id);
         let existed = self.storage.get(Tree::Hints, &key)?.is_some();
@@ -529,20 +527,7 @@ impl CartStore {
                     };
                     let hash = match cart {
                         Ok(cart) => {
-                            // The index is checked here, never trusted: one written by an older
-                            // version, or lost in a crash, is completed by the rebuild.
-                            // A degraded store leaves that to the next rebuild (after its restart).
-                            if !self.health.is_degraded() {
-                                let indexed = leaf_index_key(&key);
-                                let completed = match self.storage.get(Tree::Leaves, &indexed) {
-                                    Ok(Some(_)) => Ok(()),
-                                    Ok(None) => self.put(Tree::Leaves, &indexed, b""),
-                                    Err(e) => Err(e.into()),
-                                };
-                                if let Err(e) = completed {
-                                    tracing::warn!(cart_id = %id, error = %e, "digest rebuild cannot complete the leaf index");
-                                }
-                            }
+                            self.complete_leaf_index(&key);
                             entry_hash(&key, cart.context())?
                         }
                         Err(e) => {
@@ -562,6 +547,25 @@ impl CartStore {
             }
         }
         Ok(Some(last))
+    }
+
+    /// Adds a held cart's `leaves` entry if it is missing: the index is checked by every
+    /// rebuild, never trusted (one written by an older version, or lost in a crash, is completed
+    /// here). A degraded store leaves that to the rebuild after its restart; a failure is logged.
+    fn complete_leaf_index(&self, key: &[u8]) {
+        if self.health.is_degraded() {
+            return;
+        }
+        let indexed = leaf_index_key(key);
+        let completed = match self.storage.get(Tree::Leaves, &indexed) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => self.put(Tree::Leaves, &indexed, b""),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = completed {
+            let cart_id = String::from_utf8_lossy(key);
+            tracing::warn!(%cart_id, error = %e, "digest rebuild cannot complete the leaf index");
+        }
     }
 
     /// Up to `limit` cart ids of digest leaf `leaf` after `after` (an id of that leaf), in key
@@ -617,12 +621,18 @@ impl CartStore {
         Ok(())
     }
 
+    /// `Degraded` while the storage takes no writes.
+    fn writable(&self) -> Result<(), NodeError> {
+        match self.health.degraded() {
+            Some(reason) => Err(NodeError::Degraded { reason }),
+            None => Ok(()),
+        }
+    }
+
     /// Room for one more write, refused (before anything is applied) while the storage is
     /// degraded or too many writes are in flight.
     fn write_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
-        if let Some(reason) = self.health.degraded() {
-            return Err(NodeError::Degraded { reason });
-        }
+        self.writable()?;
         self.write_permits.try_acquire().map_err(|_| NodeError::Overloaded {
             what: "writes",
             limit: self.max_inflight_writes,

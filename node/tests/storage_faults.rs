@@ -77,32 +77,57 @@ async fn held_by(addr: SocketAddr, cart: &str) -> bool {
         .is_ok_and(|r| r.into_inner().present)
 }
 
+/// Three nodes, n3's data on a 48 MiB tmpfs; `top_toml` and `cluster_toml` tune the nodes.
+/// `None` when not root (the tmpfs needs root; CI runs as root, the namespace harness needs it
+/// too).
+struct Setup {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    cluster: LocalCluster,
+    addrs: [SocketAddr; 3],
+    // Last: unmounted after the cluster stopped.
+    _mount: Mount,
+}
+
+fn setup(top_toml: &str, cluster_toml: &str) -> Option<Setup> {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::loopback(dir.path(), 3, 0).unwrap();
+    spec.top_toml = top_toml.into();
+    spec.cluster_toml = cluster_toml.into();
+    let data = spec.node_dir("n3").join("data");
+    let mount = tmpfs(&data, 48);
+    let cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
+    let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
+    Some(Setup {
+        dir,
+        data,
+        cluster,
+        addrs,
+        _mount: mount,
+    })
+}
+
 fn mug() -> ItemSnapshot {
     ItemSnapshot::new("Mug", 1299, "EUR")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_one_node_fails_no_write_and_the_node_recovers_without_an_operator() {
-    if !is_root() {
-        // The tmpfs needs root (CI runs as root; the namespace harness needs it too).
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = ClusterSpec::loopback(dir.path(), 3, 0).unwrap();
     // Watermark off: the engine itself meets ENOSPC (the harder path: sled stays broken until
     // reopened). Anti-entropy every second, so n3 catches up quickly afterwards.
-    spec.top_toml = "min_free_disk_mb = 0\n".into();
-    spec.cluster_toml = "anti_entropy_interval_ms = 1000\n".into();
-    let data = spec.node_dir("n3").join("data");
-    let _mount = tmpfs(&data, 48);
-    let cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
-    let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
+    let Some(setup) = setup("min_free_disk_mb = 0\n", "anti_entropy_interval_ms = 1000\n") else {
+        return;
+    };
+    let (dir, data, addrs) = (setup.dir.path(), &setup.data, setup.addrs);
     // Every client enters through n3, so every write n3 coordinates meets its full disk.
     let through_n3: CartClient = common::client(addrs[2]).await;
     let through_all = CartClient::connect(addrs.map(|a| a.to_string())).await.unwrap();
 
-    let filler = fill(&data);
+    let filler = fill(data);
     let mut acked = Vec::new();
     for i in 0..300 {
         let cart = format!("user:full-{i}");
@@ -155,7 +180,7 @@ async fn a_full_disk_on_one_node_fails_no_write_and_the_node_recovers_without_an
     for cart in &acked {
         assert!(held_by(addrs[0], cart).await || held_by(addrs[1], cart).await);
     }
-    let log = std::fs::read_to_string(dir.path().join("n3").join("cartd.log")).unwrap();
+    let log = std::fs::read_to_string(dir.join("n3").join("cartd.log")).unwrap();
     assert!(log.contains("restarting in place"), "n3 did not say it restarted");
 }
 
@@ -164,17 +189,10 @@ async fn a_full_disk_on_one_node_fails_no_write_and_the_node_recovers_without_an
 /// no restart; a stop while degraded this way is still clean (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_watermark_a_node_stops_taking_writes_and_resumes_when_space_returns() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mut setup) = setup("min_free_disk_mb = 24\n", "") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = ClusterSpec::loopback(dir.path(), 3, 0).unwrap();
-    spec.top_toml = "min_free_disk_mb = 24\n".into();
-    let data = spec.node_dir("n3").join("data");
-    let _mount = tmpfs(&data, 48);
-    let mut cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
-    let addrs = [0, 1, 2].map(|i| common::addr(&cluster, i));
+    };
+    let (data, addrs) = (setup.data.clone(), setup.addrs);
     let client = CartClient::connect(addrs.map(|a| a.to_string())).await.unwrap();
     client.add_item("user:before", "sku-1", 1, mug()).await.unwrap();
 
@@ -211,10 +229,10 @@ async fn below_the_watermark_a_node_stops_taking_writes_and_resumes_when_space_r
     })
     .await;
     assert!(back, "n3 still degraded after space returned");
-    let log = std::fs::read_to_string(dir.path().join("n3").join("cartd.log")).unwrap();
+    let log = std::fs::read_to_string(setup.dir.path().join("n3").join("cartd.log")).unwrap();
     assert!(!log.contains("restarting in place"), "a low watermark needs no restart");
 
     // A clean stop (the engine never failed): exit 0.
-    let status = cluster.terminate(2, Duration::from_secs(15)).unwrap();
+    let status = setup.cluster.terminate(2, Duration::from_secs(15)).unwrap();
     assert!(status.success(), "n3 stopped with {status}");
 }
