@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 # A test run is a one-shot build: incremental caches would only take disk (several GB).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
+# libfaketime: the expiry tests run nodes 100 days in the future (node/tests/lifecycle.rs).
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get install -y -qq faketime >/dev/null || {
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq faketime >/dev/null
+    }
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

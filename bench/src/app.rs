@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::cli::Args;
 use crate::error::BenchError;
 use crate::profile::Profile;
-use crate::report::{BenchReport, TargetReport};
+use crate::report::{BenchReport, HedgeReport, TargetReport};
 use crate::runner::{self, Progress, RunPlan};
 use crate::target::{AnyTarget, ConnectOptions, Outcome, Target, TargetSpec};
 use crate::workload::{cart_id, prefill_ops, size_cart_id, Op};
@@ -86,17 +86,19 @@ async fn run_target(
     }
     let progress = Arc::new(Progress::default());
     let bar = show_progress.then(|| progress_bar(plan.duration, &label, Arc::clone(&progress)));
-    let result = runner::run(target, plan.clone(), progress).await;
+    let result = runner::run(target.clone(), plan.clone(), progress).await;
     if let Some((bar, ticker)) = bar {
         ticker.abort();
         bar.finish_and_clear();
     }
-    Ok(TargetReport::new(
+    let mut report = TargetReport::new(
         label,
         &plan.workload.profile.kinds(),
         &result,
         plan.rate_per_s.is_some(),
-    ))
+    );
+    report.hedges = target.hedge_stats().map(HedgeReport::of);
+    Ok(report)
 }
 
 /// One GetCart before the load starts, so an unreachable target fails fast with a clear message.
@@ -193,6 +195,28 @@ fn print_target(report: &TargetReport) {
             crate::report::fmt_us(lag.p99_us),
             crate::report::fmt_us(lag.p999_us),
             crate::report::fmt_us(lag.max_us)
+        );
+    }
+    if let Some(w) = &report.window {
+        for (name, s) in [("inside", &w.inside), ("outside", &w.outside)] {
+            println!(
+                "{name} the window [{} s, {} s): {} completed, {} errors, {} dropped; p50 {} p99 {} p99.9 {} max {}",
+                w.start_s,
+                w.end_s,
+                s.count,
+                s.errors,
+                s.dropped,
+                crate::report::fmt_us(s.p50_us),
+                crate::report::fmt_us(s.p99_us),
+                crate::report::fmt_us(s.p999_us),
+                crate::report::fmt_us(s.max_us)
+            );
+        }
+    }
+    if let Some(h) = &report.hedges {
+        println!(
+            "hedged requests: {} of {} calls ({:.2}% extra requests)",
+            h.hedges, h.calls, h.extra_percent
         );
     }
     for (code, count) in &report.error_codes {

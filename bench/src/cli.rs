@@ -3,7 +3,7 @@
 //! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
 //!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT --json FILE [--carts N]
 //!  [--distribution zipf|uniform|sequential] [--seed N] [--no-progress] [--redis-connections N]
-//!  [--cart-lines N (with --profile add-to-size)]`
+//!  [--cart-lines N (with --profile add-to-size)] [--window START,END]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use crate::error::BenchError;
 use crate::profile::Profile;
 use crate::redis_target::DEFAULT_REDIS_CONNECTIONS;
 use crate::runner::{RunPlan, DEFAULT_DRAIN_TIMEOUT};
+use crate::stats::Window;
 use crate::target::{ConnectOptions, TargetSpec};
 use crate::workload::{CartPicker, KeyDistribution, WorkloadSpec};
 
@@ -64,10 +65,38 @@ pub struct Args {
     /// `max_lines_per_cart` (200 by default, at most 2000).
     #[arg(long, value_name = "N")]
     pub cart_lines: Option<u32>,
+    /// `START,END` in seconds from the start: requests due in that stretch (e.g. while a node
+    /// is paused) are also reported apart from the rest (`window` in the JSON).
+    #[arg(long, value_name = "START,END")]
+    pub window: Option<String>,
+    /// cartdb: turn the client's hedging off (it is on by default, as in `cart-client`).
+    #[arg(long)]
+    pub no_hedge: bool,
 }
 
 fn parse_target(raw: &str) -> Result<TargetSpec, String> {
     TargetSpec::parse(raw).map_err(|e| e.to_string())
+}
+
+/// `START,END` seconds, START < END.
+fn parse_window(raw: &str) -> Result<Window, BenchError> {
+    let invalid = |reason: &str| BenchError::InvalidOption {
+        option: "--window",
+        reason: format!("{reason} (got {raw:?}; expected START,END in seconds)"),
+    };
+    let (start, end) = raw.split_once(',').ok_or_else(|| invalid("needs two numbers"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| invalid("each bound must be a non-negative number of seconds"))
+    };
+    let (start, end) = (parse(start)?, parse(end)?);
+    if start >= end {
+        return Err(invalid("START must be less than END"));
+    }
+    Ok(Window { start, end })
 }
 
 fn seconds(option: &'static str, value: f64) -> Result<Duration, BenchError> {
@@ -136,6 +165,7 @@ impl Args {
             rate_per_s: self.rate,
             seed,
             drain_timeout: seconds("--drain-timeout", self.drain_timeout)?,
+            window: self.window.as_deref().map(parse_window).transpose()?,
         })
     }
 
@@ -143,6 +173,7 @@ impl Args {
     pub fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             redis_connections: self.redis_connections,
+            hedge: !self.no_hedge,
         }
     }
 }

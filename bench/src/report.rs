@@ -4,7 +4,9 @@
 //! `{"profile", "duration_s", "concurrency", "rate", "carts", "distribution", "seed",
 //!   "targets": [{"target", "ops_per_s", "errors", "not_found", "dropped", "elapsed_s",
 //!                "overall": Summary, "ops": {"add_item": Summary, …}, "error_codes": {…},
-//!                "schedule_lag": {…} (open loop only)}]}`
+//!                "schedule_lag": {…} (open loop only),
+//!                "window": {"start_s", "end_s", "inside": Summary, "outside": Summary} (--window),
+//!                "hedges": {"calls", "hedges", "extra_percent"} (cartdb)}]}`
 //! where `Summary` has `count, not_found, errors, dropped, ops_per_s, mean_us, p50_us, p95_us,
 //! p99_us, p999_us, max_us`. `rate` is `null` for a closed loop. `--profile add-to-size` adds a
 //! top-level `cart_lines` (the size of the measured cart).
@@ -49,9 +51,45 @@ pub struct TargetReport {
     pub error_codes: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_lag: Option<LatencySummary>,
+    /// `--window`: the requests due inside it and those outside, each summarised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowReport>,
+    /// What the client's hedging added (cartdb).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedges: Option<HedgeReport>,
     /// One message per error code, printed to stderr, not part of the JSON.
     #[serde(skip)]
     pub error_examples: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowReport {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub inside: Summary,
+    pub outside: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HedgeReport {
+    pub calls: u64,
+    pub hedges: u64,
+    /// hedges ÷ calls, in percent.
+    pub extra_percent: f64,
+}
+
+impl HedgeReport {
+    pub fn of(stats: cart_client::HedgeStats) -> Self {
+        HedgeReport {
+            calls: stats.calls,
+            hedges: stats.hedges,
+            extra_percent: if stats.calls == 0 {
+                0.0
+            } else {
+                (stats.hedges as f64 * 10_000.0 / stats.calls as f64).round() / 100.0
+            },
+        }
+    }
 }
 
 impl TargetReport {
@@ -76,6 +114,16 @@ impl TargetReport {
             error_codes: all.error_codes,
             schedule_lag: open_loop.then(|| LatencySummary::of(result.recorder.schedule_lag())),
             error_examples: result.recorder.error_examples().clone(),
+            window: result.recorder.phases().map(|(w, inside, outside)| {
+                let length = w.end.saturating_sub(w.start).min(elapsed);
+                WindowReport {
+                    start_s: round3(w.start),
+                    end_s: round3(w.end),
+                    inside: Summary::of(inside, length),
+                    outside: Summary::of(outside, elapsed.saturating_sub(length)),
+                }
+            }),
+            hedges: None,
         }
     }
 

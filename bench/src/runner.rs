@@ -18,7 +18,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::profile::OpKind;
 use crate::schedule::OpenLoopSchedule;
-use crate::stats::Recorder;
+use crate::stats::{Recorder, Window};
 use crate::target::{Outcome, Target};
 use crate::workload::{Workload, WorkloadSpec};
 
@@ -36,6 +36,8 @@ pub struct RunPlan {
     pub rate_per_s: Option<f64>,
     pub seed: u64,
     pub drain_timeout: Duration,
+    /// A stretch of the run whose requests are also reported apart (`--window`).
+    pub window: Option<Window>,
 }
 
 /// What a run produced: merged tallies and the wall time from start to the last answer.
@@ -98,8 +100,9 @@ async fn closed_loop<T: Target>(
         let progress = Arc::clone(&progress);
         let mut rng = worker_rng(plan.seed, index as u64);
         let mut workload = Workload::new(plan.workload.clone());
+        let (window, start) = (plan.window, deadline - plan.duration);
         workers.spawn(async move {
-            let mut recorder = Recorder::new();
+            let mut recorder = Recorder::with_window(window);
             while Instant::now() < deadline {
                 let op = workload.next_op(&mut rng);
                 let kind = op.kind();
@@ -108,7 +111,7 @@ async fn closed_loop<T: Target>(
                     .await
                     .unwrap_or_else(|_| Outcome::abandoned());
                 progress.note(&outcome);
-                recorder.record(kind, outcome, sent.elapsed());
+                recorder.record_at(kind, outcome, sent.elapsed(), sent - start);
             }
             recorder
         });
@@ -124,6 +127,8 @@ struct Answered {
     lag: Duration,
     /// Answer time minus intended time: the latency that counts.
     latency: Duration,
+    /// Intended time since the run started.
+    at: Duration,
 }
 
 async fn open_loop<T: Target>(
@@ -169,7 +174,8 @@ fn dispatch<T: Target>(
 ) -> Recorder {
     let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
     let mut in_flight: JoinSet<Answered> = JoinSet::new();
-    let mut recorder = Recorder::new();
+    let mut recorder = Recorder::with_window(plan.window);
+    let start = schedule.intended(0);
     let mut rng = worker_rng(plan.seed, 0);
     let mut workload = Workload::new(plan.workload);
     let mut next: u64 = 0;
@@ -190,7 +196,7 @@ fn dispatch<T: Target>(
         let kind = op.kind();
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             // The in-flight bound is full: the send is late beyond what we allow. Count it.
-            recorder.record_dropped(kind);
+            recorder.record_dropped(kind, intended - start);
             continue;
         };
         let target = Arc::clone(&target);
@@ -209,6 +215,7 @@ fn dispatch<T: Target>(
                     outcome,
                     lag: sent.saturating_duration_since(intended),
                     latency: answered.saturating_duration_since(intended),
+                    at: intended - start,
                 }
             },
             &handle,
@@ -238,7 +245,7 @@ fn record_answer(recorder: &mut Recorder, done: Result<Answered, tokio::task::Jo
     match done {
         Ok(a) => {
             recorder.record_schedule_lag(a.lag);
-            recorder.record(a.kind, a.outcome, a.latency);
+            recorder.record_at(a.kind, a.outcome, a.latency, a.at);
         }
         // A request task panicked; its kind is lost, so it is counted against the first kind.
         Err(e) => recorder.record(
@@ -322,6 +329,7 @@ mod tests {
             rate_per_s: rate,
             seed: 1,
             drain_timeout: Duration::from_millis(200),
+            window: None,
         }
     }
 

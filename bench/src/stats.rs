@@ -56,6 +56,23 @@ impl OpStats {
         }
     }
 
+    /// Counts one answer; an error's code and message are handed back.
+    fn record(&mut self, outcome: Outcome, latency: Duration) -> Option<(String, String)> {
+        match outcome {
+            Outcome::Ok => record_latency(&mut self.latency_us, latency),
+            Outcome::NotFound => {
+                self.not_found += 1;
+                record_latency(&mut self.latency_us, latency);
+            }
+            Outcome::Error { code, message } => {
+                self.errors += 1;
+                *self.error_codes.entry(code.clone()).or_default() += 1;
+                return Some((code, message));
+            }
+        }
+        None
+    }
+
     fn merge(&mut self, other: &OpStats) {
         merge_histogram(&mut self.latency_us, &other.latency_us);
         self.not_found += other.not_found;
@@ -71,6 +88,10 @@ impl OpStats {
 #[derive(Debug, Clone)]
 pub struct Recorder {
     ops: Vec<OpStats>,
+    /// A stretch of the run reported apart (e.g. while a node was paused), and the tallies
+    /// inside it and outside it (all kinds folded).
+    window: Option<Window>,
+    phases: [OpStats; 2],
     /// Open loop only: how late each send left compared with its intended time.
     schedule_lag_us: Histogram<u64>,
     /// The first message seen per error code, to explain the counts.
@@ -83,34 +104,60 @@ impl Default for Recorder {
     }
 }
 
+/// `[start, end)` of a run, from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Window {
+    pub start: Duration,
+    pub end: Duration,
+}
+
+impl Window {
+    pub fn contains(&self, at: Duration) -> bool {
+        self.start <= at && at < self.end
+    }
+}
+
 impl Recorder {
     pub fn new() -> Self {
+        Self::with_window(None)
+    }
+
+    pub fn with_window(window: Option<Window>) -> Self {
         Recorder {
             ops: (0..OpKind::COUNT).map(|_| OpStats::new()).collect(),
+            window,
+            phases: [OpStats::new(), OpStats::new()],
             schedule_lag_us: new_histogram(),
             error_examples: BTreeMap::new(),
         }
     }
 
     pub fn record(&mut self, kind: OpKind, outcome: Outcome, latency: Duration) {
-        let stats = &mut self.ops[kind.index()];
-        match outcome {
-            Outcome::Ok => record_latency(&mut stats.latency_us, latency),
-            Outcome::NotFound => {
-                stats.not_found += 1;
-                record_latency(&mut stats.latency_us, latency);
-            }
-            Outcome::Error { code, message } => {
-                stats.errors += 1;
-                *stats.error_codes.entry(code.clone()).or_default() += 1;
-                self.error_examples.entry(code).or_insert(message);
-            }
+        if let Some((code, message)) = self.ops[kind.index()].record(outcome, latency) {
+            self.error_examples.entry(code).or_insert(message);
         }
     }
 
-    /// An open-loop send skipped because the in-flight bound was full.
-    pub fn record_dropped(&mut self, kind: OpKind) {
+    /// [`Recorder::record`] of a request sent (or due) `at` after the run started: it also
+    /// counts inside or outside the window, when there is one.
+    pub fn record_at(&mut self, kind: OpKind, outcome: Outcome, latency: Duration, at: Duration) {
+        if let Some(w) = self.window {
+            self.phases[usize::from(!w.contains(at))].record(outcome.clone(), latency);
+        }
+        self.record(kind, outcome, latency);
+    }
+
+    /// An open-loop send due `at` after the start, skipped because the in-flight bound was full.
+    pub fn record_dropped(&mut self, kind: OpKind, at: Duration) {
         self.ops[kind.index()].dropped += 1;
+        if let Some(w) = self.window {
+            self.phases[usize::from(!w.contains(at))].dropped += 1;
+        }
+    }
+
+    /// The window's tallies: (inside, outside), when the run has a window.
+    pub fn phases(&self) -> Option<(Window, &OpStats, &OpStats)> {
+        self.window.map(|w| (w, &self.phases[0], &self.phases[1]))
     }
 
     pub fn record_schedule_lag(&mut self, lag: Duration) {
@@ -119,6 +166,10 @@ impl Recorder {
 
     pub fn merge(&mut self, other: &Recorder) {
         for (mine, theirs) in self.ops.iter_mut().zip(&other.ops) {
+            mine.merge(theirs);
+        }
+        self.window = self.window.or(other.window);
+        for (mine, theirs) in self.phases.iter_mut().zip(&other.phases) {
             mine.merge(theirs);
         }
         merge_histogram(&mut self.schedule_lag_us, &other.schedule_lag_us);
@@ -235,12 +286,46 @@ mod tests {
     }
 
     #[test]
+    fn a_window_splits_the_requests_by_when_they_were_due() {
+        let window = Window {
+            start: Duration::from_secs(10),
+            end: Duration::from_secs(20),
+        };
+        let mut r = Recorder::with_window(Some(window));
+        let at = Duration::from_secs;
+        r.record_at(OpKind::GetCart, Outcome::Ok, Duration::from_micros(100), at(5));
+        r.record_at(OpKind::GetCart, Outcome::Ok, Duration::from_millis(900), at(10));
+        r.record_at(
+            OpKind::AddItem,
+            err("DEADLINE_EXCEEDED"),
+            Duration::from_secs(2),
+            at(19),
+        );
+        r.record_at(OpKind::AddItem, Outcome::Ok, Duration::from_micros(200), at(20));
+        r.record_dropped(OpKind::AddItem, at(15));
+        let mut other = Recorder::with_window(Some(window));
+        other.record_at(OpKind::GetCart, Outcome::Ok, Duration::from_millis(800), at(12));
+        r.merge(&other);
+        let (w, inside, outside) = r.phases().expect("a window");
+        assert_eq!(w, window);
+        let inside = Summary::of(inside, Duration::from_secs(10));
+        let outside = Summary::of(outside, Duration::from_secs(20));
+        assert_eq!((inside.count, inside.errors, inside.dropped), (2, 1, 1));
+        assert!(inside.p50_us >= 800_000, "{inside:?}");
+        assert_eq!((outside.count, outside.errors, outside.dropped), (2, 0, 0));
+        assert!(outside.max_us < 1_000, "{outside:?}");
+        // The per-kind tallies hold everything.
+        assert_eq!(Summary::of(&r.overall(), Duration::from_secs(30)).count, 4);
+        assert!(Recorder::new().phases().is_none());
+    }
+
+    #[test]
     fn counts_outcomes_apart() {
         let mut r = Recorder::new();
         r.record(OpKind::AddItem, Outcome::Ok, Duration::from_micros(100));
         r.record(OpKind::RemoveItem, Outcome::NotFound, Duration::from_micros(200));
         r.record(OpKind::AddItem, err("UNAVAILABLE"), Duration::from_micros(300));
-        r.record_dropped(OpKind::AddItem);
+        r.record_dropped(OpKind::AddItem, Duration::ZERO);
         let add = Summary::of(r.op(OpKind::AddItem), Duration::from_secs(1));
         assert_eq!((add.count, add.not_found, add.errors, add.dropped), (1, 0, 1, 1));
         let remove = Summary::of(r.op(OpKind::RemoveItem), Duration::from_secs(1));

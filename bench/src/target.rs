@@ -45,6 +45,11 @@ impl Outcome {
 pub trait Target: Send + Sync + 'static {
     /// Issues one operation and waits for its answer.
     fn execute(&self, op: Op) -> impl Future<Output = Outcome> + Send;
+
+    /// Calls made and hedges sent, for targets whose client hedges (cartdb).
+    fn hedge_stats(&self) -> Option<cart_client::HedgeStats> {
+        None
+    }
 }
 
 /// Kinds of system under test the `--target` flag accepts.
@@ -147,6 +152,10 @@ impl CartDbTarget {
 }
 
 impl Target for CartDbTarget {
+    fn hedge_stats(&self) -> Option<cart_client::HedgeStats> {
+        Some(self.client.hedge_stats())
+    }
+
     async fn execute(&self, op: Op) -> Outcome {
         let c = &self.client;
         let result = match &op {
@@ -189,12 +198,15 @@ fn code_name(code: Code) -> String {
 pub struct ConnectOptions {
     /// Multiplexed connections a Redis target opens and uses round robin.
     pub redis_connections: usize,
+    /// cartdb: the client hedges slow calls (its default).
+    pub hedge: bool,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             redis_connections: redis_target::DEFAULT_REDIS_CONNECTIONS,
+            hedge: true,
         }
     }
 }
@@ -213,7 +225,14 @@ impl AnyTarget {
     pub async fn connect_with(spec: &TargetSpec, options: ConnectOptions) -> Result<Self, BenchError> {
         match spec.kind {
             TargetKind::CartDb => Ok(AnyTarget::CartDb(
-                CartDbTarget::connect(&spec.endpoints, ClientOptions::default()).await?,
+                CartDbTarget::connect(
+                    &spec.endpoints,
+                    ClientOptions {
+                        hedge: options.hedge,
+                        ..ClientOptions::default()
+                    },
+                )
+                .await?,
             )),
             TargetKind::Redis => {
                 let url = spec.endpoints.first().ok_or_else(|| BenchError::InvalidTarget {
@@ -233,6 +252,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::CartDb(t) => t.execute(op).await,
             AnyTarget::Redis(t) => t.execute(op).await,
+        }
+    }
+
+    fn hedge_stats(&self) -> Option<cart_client::HedgeStats> {
+        match self {
+            AnyTarget::CartDb(t) => t.hedge_stats(),
+            AnyTarget::Redis(_) => None,
         }
     }
 }

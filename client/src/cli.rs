@@ -24,7 +24,7 @@ use tonic::{Code, Request};
 
 use crate::client::lazy_channel;
 use crate::cluster_cli::{ClusterCmd, TransferRow};
-use crate::{CartClient, ClientError, ClientOptions, Consistency};
+use crate::{CartClient, ClientError, ClientOptions, Consistency, OrderView};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +111,32 @@ pub enum CartCmd {
     /// Apply or remove a coupon.
     #[command(subcommand)]
     Coupon(CouponCmd),
+    /// Merge a guest cart into a user cart (at login). Safe to repeat.
+    Merge {
+        guest: String,
+        user: String,
+        /// merge: guest lines join the user's (a product in both takes the larger quantity);
+        /// replace: the guest cart's lines and coupons replace the user's.
+        #[arg(long, value_enum, default_value_t = MergeModeArg::Merge)]
+        mode: MergeModeArg,
+    },
+    /// Check out the lines a version of the cart showed (default: the cart as read now).
+    Checkout {
+        id: String,
+        /// A version token from `cartctl cart get` (or any reply); without it, the current cart.
+        #[arg(long)]
+        version: Option<String>,
+        /// Makes the checkout once-only: repeat with the same id to get the same order back
+        /// (default: a fresh id).
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MergeModeArg {
+    Merge,
+    Replace,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +192,35 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
                 (false, None) => Ok(format!("{endpoint} holds no replica of {id}\n")),
             }
         }
+        Command::Cart(CartCmd::Merge { guest, user, mode }) => {
+            let client = CartClient::connect_with(&cli.endpoints, options).await?;
+            let mode = match mode {
+                MergeModeArg::Merge => crate::MergeMode::Merge,
+                MergeModeArg::Replace => crate::MergeMode::Replace,
+            };
+            let (user_cart, guest_cart) = client.merge_carts(&guest, &user, mode).await?;
+            if cli.json {
+                return to_json(&serde_json::json!({ "cart": user_cart, "guest": guest_cart }));
+            }
+            Ok(format!("{}\n{}", render(&user_cart), render(&guest_cart)))
+        }
+        Command::Cart(CartCmd::Checkout {
+            id,
+            version,
+            request_id,
+        }) => {
+            let client = CartClient::connect_with(&cli.endpoints, options).await?;
+            let version = match version {
+                Some(v) => v,
+                None => client.get_cart(&id).await?.version,
+            };
+            let request_id = request_id.unwrap_or_else(crate::new_request_id);
+            let (order, cart) = client.checkout(&id, &version, &request_id).await?;
+            if cli.json {
+                return to_json(&serde_json::json!({ "request_id": request_id, "order": order, "cart": cart }));
+            }
+            Ok(format!("{}\n{}", render_order(&order, &request_id), render(&cart)))
+        }
         Command::Cart(cmd) => {
             let client = CartClient::connect_with(&cli.endpoints, options).await?;
             let cart = run_cart(&client, cmd).await?;
@@ -215,7 +270,35 @@ async fn run_cart(client: &CartClient, cmd: CartCmd) -> Result<CartView, ClientE
         CartCmd::Move { id, product } => client.move_to_cart(&id, &product).await,
         CartCmd::Coupon(CouponCmd::Add { id, code }) => client.apply_coupon(&id, &code).await,
         CartCmd::Coupon(CouponCmd::Remove { id, code }) => client.remove_coupon(&id, &code).await,
+        CartCmd::Merge { user, .. } | CartCmd::Checkout { id: user, .. } => Err(ClientError::Usage {
+            reason: format!("{user}: merge and checkout are run by `run`"),
+        }),
     }
+}
+
+/// The human-readable form of an order.
+pub fn render_order(order: &OrderView, request_id: &str) -> String {
+    let mut out = format!("order (request id {request_id})\n");
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_BORDERS_ONLY);
+    table.set_header(["product", "name", "qty", "unit price"]);
+    for line in &order.lines {
+        let s = &line.snapshot;
+        table.add_row([
+            line.product_id.clone(),
+            s.name.clone(),
+            line.quantity.to_string(),
+            format_money(i64::try_from(s.unit_price_minor).unwrap_or(i64::MAX), &s.currency),
+        ]);
+    }
+    out.push_str(&format!("{table}\n"));
+    for money in &order.totals {
+        out.push_str(&format!("total: {}\n", money.display()));
+    }
+    if !order.coupons.is_empty() {
+        out.push_str(&format!("coupons: {}\n", order.coupons.join(", ")));
+    }
+    out
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, ClientError> {
@@ -496,6 +579,15 @@ pub fn render(cart: &CartView) -> String {
         )
     };
     let mut out = format!("cart {} ({owner}, {touched})\n", cart.cart_id);
+    if cart.expires_at_ms > 0 {
+        out.push_str(&format!(
+            "expires {} unless changed\n",
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(cart.expires_at_ms))
+        ));
+    }
+    if let Some(user) = &cart.merged_into {
+        out.push_str(&format!("merged into {user}\n"));
+    }
     if cart.lines.is_empty() {
         out.push_str("(no items)\n");
     } else {
@@ -526,6 +618,9 @@ pub fn render(cart: &CartView) -> String {
             "saved for later: {} × {} ({})\n",
             saved.quantity, saved.snapshot.name, saved.product_id
         ));
+    }
+    if !cart.version.is_empty() && !cart.lines.is_empty() {
+        out.push_str(&format!("version: {}\n", cart.version));
     }
     out
 }

@@ -10,10 +10,12 @@ use std::time::Duration;
 use cart_crdt::{CartView, ItemSnapshot};
 use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
 use cart_proto::admin_pb::{self, GetMembershipRequest};
+use cart_proto::hedge::{HedgeBudget, HedgeDelay, Outliers};
 use cart_proto::pb::cart_service_client::CartServiceClient;
 use cart_proto::pb::{self, CartReply};
-use cart_proto::{Consistency, MEMBERSHIP_HEADER};
+use cart_proto::{Consistency, OrderView, MEMBERSHIP_HEADER};
 use cart_ring::{Member, Ring};
+use futures::stream::{FuturesUnordered, StreamExt};
 use thiserror::Error;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -28,6 +30,16 @@ pub const AUTO_ATTEMPTS_MAX: usize = 5;
 /// Membership refreshes that calls trigger are at least this far apart, so replies from nodes
 /// that disagree (during a rolling membership change) cannot make every call refresh.
 pub const MEMBERSHIP_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default [`ClientOptions::hedge_budget`]: at most 4% more requests (plus a burst of
+/// [`HEDGE_BURST`]).
+pub const HEDGE_BUDGET: f64 = 0.04;
+/// Hedges that may be sent at once beyond the budget's rate (when a node stops answering, the
+/// calls already waiting on it each need one).
+pub const HEDGE_BURST: f64 = 50.0;
+/// A call out of hedge budget asks again after 2, 4 … up to this many hedge delays.
+const HEDGE_WAIT_MAX: u32 = 64;
+/// The hedge delay until the client has seen enough answers to know their p95.
+const HEDGE_DELAY_INITIAL: Duration = Duration::from_millis(20);
 /// HTTP/2 keepalive of every channel: without it a channel can stay stuck after a partition heals.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
@@ -49,6 +61,24 @@ pub struct ClientOptions {
     /// hop a non-owner needs to forward a write). When false, or until a membership is known,
     /// calls go to the configured endpoints, the same cart to the same endpoint.
     pub ring_aware: bool,
+    /// Retry a write whose outcome is unknown (timeout, lost connection, a quorum missed after
+    /// the write was applied) on the next node, with the same request id: the cluster applies a
+    /// request id at most once, so the retry cannot count twice. When false, only writes that
+    /// certainly did not happen are retried.
+    pub retry_writes: bool,
+    /// Request ids of this client's writes: `PREFIX-1`, `PREFIX-2`… instead of random ones
+    /// (deterministic simulations; the prefix must be unique per client).
+    pub request_id_prefix: Option<String>,
+    /// Hedge calls that may be repeated (reads, and writes when `retry_writes`): when a node has
+    /// not answered within the p99 of recent answer times (within `hedge_delay_min` and
+    /// `hedge_delay_max`), the call is also sent to the next node of its route; the first
+    /// answer wins and the others are cancelled. Nodes that keep losing hedges or failing are
+    /// tried last for a while (outlier ejection).
+    pub hedge: bool,
+    /// Extra requests hedging may add, as a fraction of calls (a token bucket).
+    pub hedge_budget: f64,
+    pub hedge_delay_min: Duration,
+    pub hedge_delay_max: Duration,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +91,12 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(1),
             consistency: Consistency::default(),
             ring_aware: true,
+            retry_writes: true,
+            request_id_prefix: None,
+            hedge: true,
+            hedge_budget: HEDGE_BUDGET,
+            hedge_delay_min: Duration::from_millis(1),
+            hedge_delay_max: Duration::from_millis(500),
         }
     }
 }
@@ -108,8 +144,14 @@ impl ClientError {
     }
 
     pub(crate) fn status(status: &Status, endpoint: &str) -> Self {
+        // A connection closed under the call is no verdict on the request: not the
+        // RESOURCE_EXHAUSTED a node gives for what a cart holds.
+        let code = match status.code() {
+            Code::ResourceExhausted if no_answer(status) => Code::Unavailable,
+            code => code,
+        };
         ClientError::Status {
-            code: status.code(),
+            code,
             message: status.message().to_owned(),
             endpoint: endpoint.to_owned(),
         }
@@ -296,6 +338,14 @@ struct Inner {
     failed: AtomicBool,
     /// Held while refreshing (one refresh at a time); when the last call-triggered one started.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Writes sent so far (numbers the request ids when they have a prefix).
+    requests: std::sync::atomic::AtomicU64,
+    hedge_delay: HedgeDelay,
+    hedge_budget: HedgeBudget,
+    /// Addresses set aside for being slow (keyed by URI).
+    outliers: Outliers,
+    calls: std::sync::atomic::AtomicU64,
+    hedges: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -318,8 +368,15 @@ impl Inner {
         self.routes().map(|r| r.membership.version)
     }
 
-    /// The addresses to try for a cart, in order.
+    /// The addresses to try for a cart, in order; addresses set aside for being slow go last.
     fn route(&self, cart_id: &str) -> Vec<String> {
+        let mut order = self.route_by_membership(cart_id);
+        // Stable: the others keep their order, then the slow keep theirs.
+        order.sort_by_cached_key(|addr| self.outliers.ejected(&uri_of(addr)));
+        order
+    }
+
+    fn route_by_membership(&self, cart_id: &str) -> Vec<String> {
         match self.routes().filter(|_| self.options.ring_aware) {
             Some(routes) => routes.route(cart_id, &self.endpoints),
             None => {
@@ -456,6 +513,7 @@ impl Inner {
         );
         *self.routes.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(routes));
         lock(&self.channels).retain(|uri, _| keep.contains(uri));
+        self.outliers.retain(|uri| keep.contains(uri));
     }
 }
 
@@ -501,6 +559,7 @@ impl CartClient {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let (delay_min, delay_max, budget) = (options.hedge_delay_min, options.hedge_delay_max, options.hedge_budget);
         let inner = Inner {
             endpoints,
             options,
@@ -510,6 +569,12 @@ impl CartClient {
             seen: Mutex::default(),
             failed: AtomicBool::new(false),
             refresh: tokio::sync::Mutex::new(None),
+            requests: std::sync::atomic::AtomicU64::new(0),
+            hedge_delay: HedgeDelay::new(HEDGE_DELAY_INITIAL, delay_min, delay_max),
+            hedge_budget: HedgeBudget::new(budget, HEDGE_BURST),
+            outliers: Outliers::default(),
+            calls: std::sync::atomic::AtomicU64::new(0),
+            hedges: std::sync::atomic::AtomicU64::new(0),
         };
         for endpoint in &inner.endpoints {
             inner.channel(endpoint)?;
@@ -565,14 +630,29 @@ impl CartClient {
         quantity: u32,
         snapshot: ItemSnapshot,
     ) -> Result<CartView, ClientError> {
+        self.add_item_with_id(&self.next_request_id(), cart_id, product_id, quantity, snapshot)
+            .await
+    }
+
+    /// [`CartClient::add_item`] under a request id the caller chose: calling again with the same
+    /// id (within the window the cluster remembers ids, 1 hour) adds nothing more.
+    pub async fn add_item_with_id(
+        &self,
+        request_id: &str,
+        cart_id: &str,
+        product_id: &str,
+        quantity: u32,
+        snapshot: ItemSnapshot,
+    ) -> Result<CartView, ClientError> {
         let req = pb::AddItemRequest {
             cart_id: cart_id.into(),
             product_id: product_id.into(),
             quantity: i64::from(quantity),
             snapshot: Some(snapshot.into()),
             consistency: self.consistency(),
+            request_id: request_id.into(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.add_item(r).await
         })
         .await
@@ -585,8 +665,9 @@ impl CartClient {
             product_id: product_id.into(),
             quantity: i64::from(quantity),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.set_quantity(r).await
         })
         .await
@@ -595,13 +676,26 @@ impl CartClient {
     /// Adds a signed `delta` to a line's quantity. Concurrent adjustments all count (a counter),
     /// unlike [`CartClient::set_quantity`], which a concurrent set may overrule.
     pub async fn adjust_quantity(&self, cart_id: &str, product_id: &str, delta: i64) -> Result<CartView, ClientError> {
+        self.adjust_quantity_with_id(&self.next_request_id(), cart_id, product_id, delta)
+            .await
+    }
+
+    /// [`CartClient::adjust_quantity`] under a request id the caller chose (applied once per id).
+    pub async fn adjust_quantity_with_id(
+        &self,
+        request_id: &str,
+        cart_id: &str,
+        product_id: &str,
+        delta: i64,
+    ) -> Result<CartView, ClientError> {
         let req = pb::AdjustQuantityRequest {
             cart_id: cart_id.into(),
             product_id: product_id.into(),
             delta,
             consistency: self.consistency(),
+            request_id: request_id.into(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.adjust_quantity(r).await
         })
         .await
@@ -612,8 +706,9 @@ impl CartClient {
             cart_id: cart_id.into(),
             product_id: product_id.into(),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.remove_item(r).await
         })
         .await
@@ -624,8 +719,9 @@ impl CartClient {
         let req = pb::ClearCartRequest {
             cart_id: cart_id.into(),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.clear_cart(r).await
         })
         .await
@@ -636,8 +732,9 @@ impl CartClient {
             cart_id: cart_id.into(),
             product_id: product_id.into(),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.save_for_later(r).await
         })
         .await
@@ -648,8 +745,9 @@ impl CartClient {
             cart_id: cart_id.into(),
             product_id: product_id.into(),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.move_to_cart(r).await
         })
         .await
@@ -660,8 +758,9 @@ impl CartClient {
             cart_id: cart_id.into(),
             code: code.into(),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.apply_coupon(r).await
         })
         .await
@@ -672,11 +771,81 @@ impl CartClient {
             cart_id: cart_id.into(),
             code: code.into(),
             consistency: self.consistency(),
+            request_id: self.next_request_id(),
         };
-        self.call(cart_id, Retry::OnlyUnreached, req, |mut c, r| async move {
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.remove_coupon(r).await
         })
         .await
+    }
+
+    /// Merges a guest cart into a user cart at login (commercetools' `merge` or `replace`
+    /// mode); returns (user cart, guest cart). Safe to retry and to run from two tabs at once.
+    pub async fn merge_carts(
+        &self,
+        guest_cart_id: &str,
+        user_cart_id: &str,
+        mode: pb::MergeMode,
+    ) -> Result<(CartView, CartView), ClientError> {
+        let req = pb::MergeCartsRequest {
+            guest_cart_id: guest_cart_id.into(),
+            user_cart_id: user_cart_id.into(),
+            mode: mode as i32,
+            consistency: self.consistency(),
+        };
+        // Every step is idempotent: retried like a read.
+        let reply = self
+            .call_raw(user_cart_id, Retry::Idempotent, req, |mut c, r| async move {
+                c.merge_carts(r).await
+            })
+            .await?;
+        match (reply.cart, reply.guest) {
+            (Some(user), Some(guest)) => Ok((CartView::from(user), CartView::from(guest))),
+            _ => Err(ClientError::EmptyReply),
+        }
+    }
+
+    /// Checks out the lines `version` (a reply's `CartView::version`) showed; returns the order
+    /// and the cart after it. `request_id` makes it once-only: a retry returns the same order.
+    pub async fn checkout(
+        &self,
+        cart_id: &str,
+        version: &str,
+        request_id: &str,
+    ) -> Result<(OrderView, CartView), ClientError> {
+        let req = pb::CheckoutRequest {
+            cart_id: cart_id.into(),
+            version: version.into(),
+            request_id: request_id.into(),
+            consistency: self.consistency(),
+        };
+        let reply = self
+            .call_raw(cart_id, self.write_retry(), req, |mut c, r| async move {
+                c.checkout(r).await
+            })
+            .await?;
+        match (reply.order, reply.cart) {
+            (Some(order), Some(cart)) => Ok((OrderView::from(order), CartView::from(cart))),
+            _ => Err(ClientError::EmptyReply),
+        }
+    }
+
+    /// The id of this client's next write (see [`ClientOptions::request_id_prefix`]).
+    pub fn next_request_id(&self) -> String {
+        let n = self.inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        match &self.inner.options.request_id_prefix {
+            Some(prefix) => format!("{prefix}-{n}"),
+            None => new_request_id(),
+        }
+    }
+
+    /// How a write is retried: with the same request id wherever its outcome is unknown, unless
+    /// the options turned that off.
+    fn write_retry(&self) -> Retry {
+        match self.inner.options.retry_writes {
+            true => Retry::SameRequestId,
+            false => Retry::OnlyUnreached,
+        }
     }
 
     fn consistency(&self) -> Option<pb::Consistency> {
@@ -684,12 +853,29 @@ impl CartClient {
         (c != Consistency::default()).then(|| c.into())
     }
 
-    /// Runs one call with deadline, failover along the cart's route, and backoff.
+    /// Runs one call that answers with a cart.
     async fn call<Req, F, Fut>(&self, cart_id: &str, retry: Retry, req: Req, rpc: F) -> Result<CartView, ClientError>
     where
         Req: Clone,
         F: Fn(CartServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<CartReply>, Status>>,
+    {
+        let reply = self.call_raw(cart_id, retry, req, rpc).await?;
+        reply.cart.map(CartView::from).ok_or(ClientError::EmptyReply)
+    }
+
+    /// Runs one call with deadline, failover along the cart's route, backoff, and hedging.
+    async fn call_raw<Req, Resp, F, Fut>(
+        &self,
+        cart_id: &str,
+        retry: Retry,
+        req: Req,
+        rpc: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(CartServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let inner = &*self.inner;
         inner.maybe_refresh().await;
@@ -697,41 +883,159 @@ impl CartClient {
         if route.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        inner.calls.fetch_add(1, Ordering::Relaxed);
+        let call_began = Instant::now();
+        let mut hedging = inner.options.hedge && !matches!(retry, Retry::OnlyUnreached);
+        if hedging {
+            inner.hedge_budget.earn();
+        }
         let attempts = inner.options.attempts(route.len()).max(1);
         let mut backoff = inner.options.backoff_initial;
-        let mut attempt = 0;
-        loop {
-            let address = &route[attempt % route.len()];
+        // Attempts started so far, and those still running: (address, when it started, reply).
+        let mut started = 0;
+        let mut running = FuturesUnordered::new();
+        let mut inflight: Vec<(String, Instant)> = Vec::new();
+        let launch = |i: usize| -> Result<_, ClientError> {
+            let address = route[i % route.len()].clone();
             let mut request = Request::new(req.clone());
             request.set_timeout(inner.options.request_timeout);
-            let status = match rpc(CartServiceClient::new(inner.channel(address)?), request).await {
+            let call = rpc(CartServiceClient::new(inner.channel(&address)?), request);
+            let began = Instant::now();
+            Ok((uri_of(&address), began, async move { (address, began, call.await) }))
+        };
+        let start = |i: usize, running: &mut FuturesUnordered<_>, inflight: &mut Vec<(String, Instant)>| {
+            let (uri, began, attempt) = launch(i)?;
+            inflight.push((uri, began));
+            running.push(attempt);
+            Ok::<(), ClientError>(())
+        };
+        start(started, &mut running, &mut inflight)?;
+        started += 1;
+        // The first attempt whose outcome is unknown: a later refusal elsewhere does not make
+        // the call's outcome known (that attempt may still have been applied).
+        let mut unknown: Option<ClientError> = None;
+        // The first refusal a node gave (it ran the call and said no): the answer, once every
+        // attempt still running has ended.
+        let mut refused: Option<(Status, String)> = None;
+        // Hedges wait this many hedge delays; doubled while the budget says no.
+        let mut hedge_wait = 1u32;
+        loop {
+            let hedge_at = hedging.then(|| Instant::now() + inner.hedge_delay.delay() * hedge_wait);
+            let (address, began, result) = tokio::select! {
+                biased; // fixed branch order: deterministic under simulation
+                done = running.next() => match done {
+                    Some(done) => done,
+                    None => return Err(ClientError::NoEndpoints), // unreachable: one always runs here
+                },
+                () = sleep_until_opt(hedge_at), if hedging && started < attempts => {
+                    if inner.hedge_budget.spend() {
+                        inner.hedges.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(endpoint = %route[started % route.len()], "hedging on the next node");
+                        start(started, &mut running, &mut inflight)?;
+                        started += 1;
+                        hedge_wait = 1;
+                    } else if hedge_wait < HEDGE_WAIT_MAX {
+                        tracing::debug!(hedge_wait, "no hedge budget");
+                        hedge_wait *= 2; // out of budget: ask again later
+                    } else {
+                        hedging = false;
+                    }
+                    continue;
+                }
+            };
+            let uri = uri_of(&address);
+            inflight.retain(|(u, b)| !(u == &uri && *b == began));
+            let status = match result {
                 Ok(reply) => {
-                    inner.observe(reply.metadata(), address);
-                    return reply
-                        .into_inner()
-                        .cart
-                        .map(CartView::from)
-                        .ok_or(ClientError::EmptyReply);
+                    inner.observe(reply.metadata(), &address);
+                    inner.hedge_delay.record(began.elapsed());
+                    inner.outliers.good(&uri);
+                    // Attempts still running that started before this one lost to it (they
+                    // are cancelled when `running` drops).
+                    for (loser, _) in inflight.iter().filter(|(_, b)| *b < began) {
+                        inner.outliers.slow(loser, route.len());
+                    }
+                    return Ok(reply.into_inner());
                 }
                 Err(status) => {
-                    inner.observe(status.metadata(), address);
+                    inner.observe(status.metadata(), &address);
                     status
                 }
             };
-            attempt += 1;
-            let retryable = retry.allows(status.code()) && !cart_proto::outcome_unknown(&status);
-            if attempt >= attempts || !retryable {
+            if no_answer(&status) {
+                inner.outliers.slow(&uri, route.len());
+            }
+            let retryable = retry.allows(&status);
+            if unknown.is_none() && outcome_unknown(&status) {
+                unknown = Some(ClientError::status(&status, &address));
+            }
+            if !retryable && !no_answer(&status) && refused.is_none() {
+                refused = Some((status.clone(), address.clone()));
+            }
+            // A hedge of this call is still running: its answer may do. A write's refusal by
+            // one node does not end the call while another attempt runs: that attempt may be
+            // applied (its cancellation would not undo it), so its answer decides.
+            let writes = matches!(retry, Retry::SameRequestId);
+            if !running.is_empty() && (retryable || no_answer(&status) || writes) {
+                continue;
+            }
+            // Once a node refused, a later attempt's "not reached" does not hide the refusal.
+            let (status, address) = match (&refused, retryable) {
+                (Some((refusal, at)), true) => (refusal.clone(), at.clone()),
+                _ => (status, address),
+            };
+            let retryable = retryable && refused.is_none();
+            if started >= attempts || !retryable {
                 if retryable || status.code() == Code::Unavailable {
                     // No node gave an answer: the membership may have moved on.
                     inner.failed.store(true, Ordering::Release);
                 }
-                return Err(ClientError::status(&status, address));
+                return Err(match (unknown, matches!(retry, Retry::SameRequestId)) {
+                    (
+                        Some(ClientError::Status {
+                            code,
+                            message,
+                            endpoint,
+                        }),
+                        true,
+                    ) => ClientError::Status {
+                        code,
+                        message: format!("{message}; then {address}: {:?}: {}", status.code(), status.message()),
+                        endpoint,
+                    },
+                    _ => ClientError::status(&status, &address),
+                });
             }
-            tracing::debug!(endpoint = %address, code = ?status.code(), attempt, "retrying on the next node");
+            tracing::debug!(endpoint = %address, code = ?status.code(), attempt = started, elapsed_ms = call_began.elapsed().as_millis() as u64, "retrying on the next node");
             let jitter: f64 = rand::random_range(0.5..1.0);
             tokio::time::sleep(backoff.mul_f64(jitter)).await;
             backoff = (backoff * 2).min(inner.options.backoff_max);
+            start(started, &mut running, &mut inflight)?;
+            started += 1;
         }
+    }
+
+    /// Calls made and hedges sent by this client so far.
+    pub fn hedge_stats(&self) -> HedgeStats {
+        HedgeStats {
+            calls: self.inner.calls.load(Ordering::Relaxed),
+            hedges: self.inner.hedges.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What hedging cost: extra requests = `hedges` ÷ `calls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HedgeStats {
+    pub calls: u64,
+    pub hedges: u64,
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -741,15 +1045,41 @@ enum Retry {
     Idempotent,
     /// Repeat only when the node was not reached (or refused before acting).
     OnlyUnreached,
+    /// A write carrying a request id: repeated wherever its outcome is unknown too (the cluster
+    /// applies an id once).
+    SameRequestId,
 }
 
 impl Retry {
-    fn allows(self, code: Code) -> bool {
+    fn allows(self, status: &Status) -> bool {
         match self {
-            Retry::Idempotent => matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown),
-            Retry::OnlyUnreached => code == Code::Unavailable,
+            Retry::Idempotent | Retry::SameRequestId => no_answer(status),
+            Retry::OnlyUnreached => status.code() == Code::Unavailable && !cart_proto::outcome_unknown(status),
         }
     }
+}
+
+/// Whether an attempt ended without the node's answer: not reached, refused before acting,
+/// timed out (tonic reports its own deadline as `CANCELLED`), or the connection broke.
+/// A connection the node closed with an HTTP/2 GOAWAY (e.g. `ENHANCE_YOUR_CALM`) surfaces as
+/// `RESOURCE_EXHAUSTED` with an "h2 protocol error" message: no answer either.
+fn no_answer(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    ) || (status.code() == Code::ResourceExhausted && status.message().starts_with("h2 protocol error"))
+}
+
+/// Whether a failed attempt may nevertheless have been applied.
+fn outcome_unknown(status: &Status) -> bool {
+    matches!(status.code(), Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+        || (status.code() == Code::ResourceExhausted && no_answer(status))
+        || cart_proto::outcome_unknown(status)
+}
+
+/// A fresh request id: 128 random bits in hex.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn sticky_index(cart_id: &str, n: usize) -> usize {

@@ -52,9 +52,10 @@ mod client;
 pub mod cluster_cli;
 
 pub use cart_crdt::{CartView, ItemSnapshot, LineView, Money, SavedView};
-pub use cart_proto::Consistency;
+pub use cart_proto::pb::MergeMode;
+pub use cart_proto::{Consistency, OrderView};
 pub use cart_ring::Member;
 pub use client::{
-    tcp_connect, CartClient, ClientError, ClientOptions, Connect, Membership, AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN,
-    MEMBERSHIP_REFRESH_MIN_INTERVAL,
+    new_request_id, tcp_connect, CartClient, ClientError, ClientOptions, Connect, HedgeStats, Membership,
+    AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN, MEMBERSHIP_REFRESH_MIN_INTERVAL,
 };

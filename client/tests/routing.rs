@@ -69,6 +69,17 @@ macro_rules! cart_service {
             $(async fn $name(&self, request: Request<$req>) -> Result<Response<CartReply>, Status> {
                 self.0.serve(request.into_inner().cart_id)
             })*
+
+            async fn merge_carts(
+                &self,
+                _: Request<pb::MergeCartsRequest>,
+            ) -> Result<Response<pb::MergeCartsReply>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+
+            async fn checkout(&self, _: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
         }
     };
 }

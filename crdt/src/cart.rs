@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use crate::context::{Context, Dot};
 use crate::error::CartError;
 use crate::ids::{Actor, CartId, CouponCode, ProductId};
+use crate::lifecycle::{
+    Effect, MergeMode, MergedInto, Order, RequestEntry, RequestId, Version, ORDERS_KEPT, REQUESTS_PER_CART_MAX,
+    REQUEST_WINDOW_MS,
+};
 use crate::limits::Limits;
 use crate::snapshot::ItemSnapshot;
 use crate::view::{self, CartView};
@@ -36,6 +40,9 @@ pub enum LineKind {
         value: u64,
         base: BTreeMap<Actor, i64>,
         at_ms: u64,
+        /// The counter of each writer's `Total` entry observed (what `base` holds): a request
+        /// applied twice is counted against the resets that observed each application.
+        seen: BTreeMap<Actor, u64>,
     },
 }
 
@@ -67,6 +74,12 @@ pub struct CouponEntry {
 /// An entry of one of the cart's add-wins sets: write-once, identified by its own dot.
 pub(crate) trait Dotted {
     fn dot(&self) -> Dot;
+    /// The order entries are kept in: by dot, unless a set needs another (request records are
+    /// kept by request id, so the applications of one id sit together). Equal dots give equal
+    /// keys (entries are write-once).
+    fn key(&self) -> (u128, Dot) {
+        (0, self.dot())
+    }
 }
 
 impl Dotted for LineEntry {
@@ -87,8 +100,10 @@ impl Dotted for CouponEntry {
     }
 }
 
-/// The cart CRDT: three add-wins sets of write-once dotted entries (each sorted by dot) sharing
-/// one causal [`Context`], plus a max-register `touched_at_ms`. An entry is present until an
+/// The cart CRDT: four add-wins sets of write-once dotted entries (sorted by dot; requests by id
+/// then dot) sharing
+/// one causal [`Context`] (lines, saved, coupons, and the requests applied, see
+/// [`crate::lifecycle`]), plus max-registers `touched_at_ms` and `merged_into`. An entry is present until an
 /// operation that observed it removes it; a merge keeps an entry unless the other side has seen
 /// its dot without keeping it (then it was removed there). Every container is sorted, so equal
 /// states are equal values with equal encodings. Field order is part of the storage format
@@ -100,6 +115,8 @@ pub struct Cart {
     pub(crate) saved: Vec<SavedEntry>,
     pub(crate) coupons: Vec<CouponEntry>,
     pub(crate) touched_at_ms: u64,
+    pub(crate) requests: Vec<RequestEntry>,
+    pub(crate) merged_into: Option<MergedInto>,
 }
 
 /// A user-level cart operation, already validated (see [`crate::validate`]).
@@ -137,6 +154,22 @@ pub enum CartOp {
         code: CouponCode,
     },
     Touch,
+    /// Takes out the lines and coupons the version saw (see [`crate::lifecycle`]) and records
+    /// the order; refused if a checkout the version did not see happened since (stale).
+    Checkout {
+        version: Box<Version>,
+    },
+    /// The user side of a merge at login: the guest cart's version joins this cart.
+    Absorb {
+        mode: MergeMode,
+        from: Box<Version>,
+    },
+    /// The guest side of a merge at login: releases what the version saw (like a checkout) and
+    /// marks the cart merged into `into`.
+    Release {
+        into: CartId,
+        from: Box<Version>,
+    },
 }
 
 impl CartOp {
@@ -152,6 +185,9 @@ impl CartOp {
             CartOp::ApplyCoupon { .. } => "apply_coupon",
             CartOp::RemoveCoupon { .. } => "remove_coupon",
             CartOp::Touch => "touch",
+            CartOp::Checkout { .. } => "checkout",
+            CartOp::Absorb { .. } => "merge_absorb",
+            CartOp::Release { .. } => "merge_release",
         }
     }
 }
@@ -162,6 +198,8 @@ pub struct WriteCtx<'a> {
     pub actor: Actor,
     pub now_ms: u64,
     pub limits: &'a Limits,
+    /// The client's request id: recorded in the cart (see [`crate::lifecycle`]).
+    pub request: Option<RequestId>,
 }
 
 /// What one [`Cart::apply`] changed, as a small cart state (a δ-state): the entries it added,
@@ -214,6 +252,25 @@ impl LineState {
 }
 
 impl Cart {
+    /// A cart read in storage format 2 (see [`crate::codec`]).
+    pub(crate) fn from_v2(
+        context: Context,
+        lines: Vec<LineEntry>,
+        saved: Vec<SavedEntry>,
+        coupons: Vec<CouponEntry>,
+        touched_at_ms: u64,
+    ) -> Cart {
+        Cart {
+            context,
+            lines,
+            saved,
+            coupons,
+            touched_at_ms,
+            requests: Vec::new(),
+            merged_into: None,
+        }
+    }
+
     pub fn touched_at_ms(&self) -> u64 {
         self.touched_at_ms
     }
@@ -232,7 +289,7 @@ impl Cart {
     /// Whether every container is strictly sorted (what [`crate::codec::decode`] checks).
     pub(crate) fn is_well_formed(&self) -> bool {
         fn sorted<E: Dotted>(entries: &[E]) -> bool {
-            entries.windows(2).all(|w| w[0].dot() < w[1].dot())
+            entries.windows(2).all(|w| w[0].key() < w[1].key())
         }
         // Every entry's dot is in the context: a receiver must never hold an entry whose dot it
         // could issue again.
@@ -244,6 +301,8 @@ impl Cart {
             && self.lines.iter().all(|e| seen(e.dot))
             && self.saved.iter().all(|e| seen(e.dot))
             && self.coupons.iter().all(|e| seen(e.dot))
+            && sorted(&self.requests)
+            && self.requests.iter().all(|e| seen(e.dot))
     }
 
     /// Whether merging `other` into this state would change nothing.
@@ -260,24 +319,40 @@ impl Cart {
             cart: self,
             actor: ctx.actor,
             now_ms: ctx.now_ms,
+            limits: ctx.limits,
             delta: Cart::default(),
         };
         // The op's own dot: even an op that adds no entry (a coupon removal) changes the context,
         // so equal contexts always mean equal states.
         w.mint();
+        let mut effect = Effect::None;
         match op {
             CartOp::AddItem {
                 product_id,
                 quantity,
                 snapshot,
-            } => w.add_to_line(product_id, *quantity as i64, snapshot.clone()),
+            } => {
+                w.add_to_line(product_id, *quantity as i64, snapshot.clone());
+                effect = Effect::Added {
+                    product_id: product_id.clone(),
+                    n: *quantity as i64,
+                    total: w.own_total(product_id),
+                };
+            }
             CartOp::SetQuantity {
                 product_id,
                 quantity: 0,
             }
             | CartOp::RemoveItem { product_id } => w.remove_line(product_id),
             CartOp::SetQuantity { product_id, quantity } => w.reset(product_id, *quantity),
-            CartOp::AdjustQuantity { product_id, delta } => w.add_delta(product_id, *delta),
+            CartOp::AdjustQuantity { product_id, delta } => {
+                w.add_delta(product_id, *delta);
+                effect = Effect::Added {
+                    product_id: product_id.clone(),
+                    n: *delta,
+                    total: w.own_total(product_id),
+                };
+            }
             CartOp::Clear => {
                 let present: Vec<ProductId> = w.cart.products_with_snapshot();
                 for product_id in &present {
@@ -296,12 +371,41 @@ impl Cart {
                 if let Some(saved) = w.cart.saved_winner(product_id) {
                     w.remove_saved(|e| &e.product_id == product_id);
                     w.add_to_line(product_id, saved.quantity as i64, saved.snapshot);
+                    effect = Effect::Added {
+                        product_id: product_id.clone(),
+                        n: saved.quantity as i64,
+                        total: w.own_total(product_id),
+                    };
                 }
             }
             CartOp::ApplyCoupon { code } => w.add_coupon(code),
             CartOp::RemoveCoupon { code } => w.remove_coupons(|c| c == code),
             CartOp::Touch => {}
+            CartOp::Checkout { version } => {
+                w.release(version);
+                effect = Effect::Order(version.order());
+            }
+            CartOp::Absorb { mode, from } => w.absorb(*mode, from),
+            CartOp::Release { into, from } => {
+                w.release(from);
+                w.release_saved(from);
+                w.mark_merged(into.clone());
+            }
         }
+        if let Some(id) = ctx.request {
+            // The record has a dot of its own, never the op's: a later op may remove the record,
+            // and the op's dot must stay a pure marker of the op (a delta whose op dot is seen
+            // is merged already, see `merge`'s fast path).
+            let dot = w.mint();
+            w.record(RequestEntry {
+                id,
+                dot,
+                at_ms: ctx.now_ms,
+                effect,
+            });
+        }
+        w.settle_duplicates();
+        w.prune_requests();
         // Residue ages in hours: looking for it once per hour of a cart's life is enough.
         if ctx.now_ms / RESIDUE_SCAN_MS != self_touched / RESIDUE_SCAN_MS {
             w.drop_residue();
@@ -377,7 +481,63 @@ impl Cart {
                 Err(CartError::not_found("code", format!("coupon {code} is not applied")))
             }
             CartOp::RemoveCoupon { .. } | CartOp::Clear | CartOp::Touch => Ok(()),
+            CartOp::Checkout { version } => {
+                self.check_seen(version)?;
+                if version.lines.is_empty() {
+                    return Err(CartError::Stale {
+                        field: "version",
+                        reason: "the cart had no lines at that version: nothing to check out".into(),
+                    });
+                }
+                let unseen = self
+                    .requests
+                    .iter()
+                    .find(|r| matches!(r.effect, Effect::Order(_)) && !version.context.contains(r.dot));
+                if let Some(checkout) = unseen {
+                    return Err(CartError::Stale {
+                        field: "version",
+                        reason: format!(
+                            "the cart was checked out (at {} ms) after this version was read; read the cart again",
+                            checkout.at_ms
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            CartOp::Release { from, .. } => self.check_seen(from),
+            CartOp::Absorb { mode, from } => {
+                let mut lines = match mode {
+                    MergeMode::Merge => self.visible_line_count(),
+                    MergeMode::Replace => 0,
+                };
+                for line in &from.lines {
+                    let present = matches!(mode, MergeMode::Merge) && self.line_state(&line.product_id).visible();
+                    lines += usize::from(!present);
+                }
+                if lines > limits.max_lines_per_cart {
+                    return Err(CartError::limit(
+                        "lines",
+                        format!(
+                            "the merged cart would have {lines} lines; the limit is {}",
+                            limits.max_lines_per_cart
+                        ),
+                    ));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// A version this replica has not seen all of yet (it lags the reader): refused as
+    /// `NotFound`, which makes the coordinator catch up from a read quorum and try again.
+    fn check_seen(&self, version: &Version) -> Result<(), CartError> {
+        if !self.context.covers(&version.context) {
+            return Err(CartError::not_found(
+                "version",
+                "this replica has not yet seen everything that version saw",
+            ));
+        }
+        Ok(())
     }
 
     fn check_line_room(&self, limits: &Limits, product_id: &ProductId, add: i64) -> Result<(), CartError> {
@@ -415,13 +575,184 @@ impl Cart {
         join(&mut self.lines, &self.context, other.lines, &other.context);
         join(&mut self.saved, &self.context, other.saved, &other.context);
         join(&mut self.coupons, &self.context, other.coupons, &other.context);
+        join(&mut self.requests, &self.context, other.requests, &other.context);
         self.context.merge(&other.context);
         self.touched_at_ms = self.touched_at_ms.max(other.touched_at_ms);
+        self.merged_into = self.merged_into.take().max(other.merged_into);
     }
 
     /// Merges a delta produced by [`Cart::apply`] on another replica (in any order).
     pub fn apply_delta(&mut self, delta: &CartDelta) {
         self.merge(delta.state.clone());
+    }
+
+    /// Whether a request with this id was applied to this state (a retry is answered with the
+    /// cart, not applied again).
+    pub fn seen_request(&self, id: RequestId) -> bool {
+        self.requests_of(id).next().is_some()
+    }
+
+    /// The records of one request id (kept together: the set is ordered by id).
+    fn requests_of(&self, id: RequestId) -> impl Iterator<Item = &RequestEntry> {
+        let from = self.requests.partition_point(|r| r.id < id);
+        self.requests[from..].iter().take_while(move |r| r.id == id)
+    }
+
+    /// The order a checkout with this request id returned, while its record is kept.
+    pub fn order_of(&self, id: RequestId) -> Option<&Order> {
+        self.requests_of(id).find_map(|r| match &r.effect {
+            Effect::Order(order) => Some(order),
+            _ => None,
+        })
+    }
+
+    /// The requests remembered (sorted by request id, then dot).
+    pub fn requests(&self) -> &[RequestEntry] {
+        &self.requests
+    }
+
+    /// The cart this guest cart was last merged into.
+    pub fn merged_into(&self) -> Option<&MergedInto> {
+        self.merged_into.as_ref()
+    }
+
+    /// What a reader sees now, as a [`Version`] (for checkout and merge). A function of the
+    /// state alone: equal states give equal versions.
+    pub fn version(&self, id: &CartId) -> Version {
+        let mut lines = Vec::new();
+        view::for_each_line(self, |product_id, acc| {
+            if let (true, Some(snapshot)) = (acc.visible(), acc.snapshot()) {
+                lines.push(crate::lifecycle::VersionLine {
+                    product_id: product_id.clone(),
+                    quantity: acc.quantity() as u64,
+                    snapshot: snapshot.clone(),
+                    totals: acc.totals(),
+                    seen: acc.seen(),
+                });
+            }
+        });
+        let saved = self
+            .saved_products()
+            .into_iter()
+            .map(|(product_id, e)| crate::lifecycle::VersionSaved {
+                product_id: product_id.clone(),
+                quantity: e.quantity,
+                snapshot: e.snapshot.clone(),
+            })
+            .collect();
+        Version {
+            cart: Version::cart_hash(id),
+            at_ms: self.touched_at_ms,
+            context: self.context.clone(),
+            lines,
+            saved,
+            coupons: self.coupon_codes().into_iter().cloned().collect(),
+        }
+    }
+
+    /// An expired cart about to be written again: every entry goes, the context stays (so no
+    /// dot is issued twice, and a stale copy merged in later adds nothing: its entries are all
+    /// seen). Only ever followed by a write, which mints a dot: the stored state differs from
+    /// the old one in context, as every two distinct states must.
+    pub fn forget_expired(&mut self) {
+        let context = std::mem::take(&mut self.context);
+        *self = Cart {
+            context,
+            ..Cart::default()
+        };
+    }
+
+    /// Replaces an expired state with `incoming` (a newer life of the cart), keeping this
+    /// state's context: its dots stay seen, so they are never issued again from here.
+    pub fn replace_expired(&mut self, incoming: Cart) {
+        let seen = std::mem::take(&mut self.context);
+        *self = incoming;
+        self.context.merge(&seen);
+    }
+
+    /// Takes back, as `actor`, the effect of each of its requests that another replica had
+    /// applied first (see [`crate::lifecycle`]); `None` when there is none. For a replica that
+    /// learns of the duplicate by a merge rather than by its own next write.
+    pub fn settle(&mut self, actor: Actor, now_ms: u64, limits: &Limits) -> Option<CartDelta> {
+        if !self.duplicates().iter().any(|e| e.dot.actor == actor) {
+            return None;
+        }
+        let mut w = Writer {
+            cart: self,
+            actor,
+            now_ms,
+            limits,
+            delta: Cart::default(),
+        };
+        w.mint();
+        w.settle_duplicates();
+        // Not a change by a customer: the cart's age (its expiry) stays.
+        w.delta.touched_at_ms = w.cart.touched_at_ms;
+        Some(CartDelta { state: w.delta })
+    }
+
+    /// Every application of a request applied more than once except the one that stays: the
+    /// first (by dot) that a reset of its line observed, else the first. The others' writers
+    /// take theirs back ([`Writer::settle_duplicates`]).
+    pub(crate) fn duplicates(&self) -> Vec<&RequestEntry> {
+        if self.requests.len() < 2 {
+            return Vec::new();
+        }
+        // Kept in (id, dot) order: one id's records are one run, by dot.
+        let mut out = Vec::new();
+        for group in self.requests.chunk_by(|a, b| a.id == b.id).filter(|g| g.len() > 1) {
+            let kept = group.iter().position(|e| self.observed(e)).unwrap_or(0);
+            out.extend(group.iter().enumerate().filter(|(i, _)| *i != kept).map(|(_, e)| e));
+        }
+        out
+    }
+
+    /// Whether a reset of the line observed this application (its value counts it).
+    fn observed(&self, e: &RequestEntry) -> bool {
+        match &e.effect {
+            Effect::Added { product_id, total, .. } => self.observed_by_a_reset(product_id, e.dot.actor, *total),
+            _ => false,
+        }
+    }
+
+    /// Per line, the applications of every request applied more than once (see
+    /// [`view::Dup`]).
+    pub(crate) fn duplicate_applications(&self) -> BTreeMap<&ProductId, Vec<view::Dup>> {
+        let mut out: BTreeMap<&ProductId, Vec<view::Dup>> = BTreeMap::new();
+        if self.requests.len() < 2 {
+            return out;
+        }
+        let twice: std::collections::BTreeSet<RequestId> = self.duplicates().iter().map(|r| r.id).collect();
+        for e in self.requests.iter().filter(|r| twice.contains(&r.id)) {
+            if let Effect::Added { product_id, n, total } = &e.effect {
+                out.entry(product_id).or_default().push(view::Dup {
+                    id: e.id,
+                    actor: e.dot.actor,
+                    total: *total,
+                    n: *n,
+                });
+            }
+        }
+        // `view::excess` takes one request's applications as one run.
+        for dups in out.values_mut() {
+            dups.sort_by_key(|d| (d.id, d.actor, d.total));
+        }
+        out
+    }
+
+    /// Whether a reset of the line observed the `Total` entry (counter `total`) of `actor`.
+    fn observed_by_a_reset(&self, product_id: &ProductId, actor: Actor, total: u64) -> bool {
+        self.lines.iter().any(|l| {
+            &l.product_id == product_id
+                && matches!(&l.kind, LineKind::Reset { seen, .. } if seen.get(&actor).is_some_and(|c| *c >= total))
+        })
+    }
+
+    /// One line's entries folded, duplicates taken back.
+    pub(crate) fn line_acc(&self, product_id: &ProductId) -> view::LineAcc<'_> {
+        let mut acc = view::LineAcc::from_entries(self.line_entries().filter(|e| &e.product_id == product_id));
+        acc.dups = self.duplicate_applications().remove(product_id).unwrap_or_default();
+        acc
     }
 
     /// The read model: visible lines sorted by product id, saved items, coupons, subtotals.
@@ -434,7 +765,7 @@ impl Cart {
     }
 
     fn line_state(&self, product_id: &ProductId) -> LineState {
-        let acc = view::LineAcc::from_entries(self.line_entries().filter(|e| &e.product_id == product_id));
+        let acc = self.line_acc(product_id);
         LineState {
             quantity: acc.quantity(),
             snapshot: acc.snapshot().cloned(),
@@ -532,6 +863,7 @@ struct Writer<'c> {
     cart: &'c mut Cart,
     actor: Actor,
     now_ms: u64,
+    limits: &'c Limits,
     /// The δ-state: entries added, and every dot minted or removed.
     delta: Cart,
 }
@@ -549,7 +881,7 @@ impl Writer<'_> {
     /// cannot leave the new quantity without a snapshot. A line that is not visible (removed, or
     /// driven to 0 or below) starts again from 0.
     fn add_to_line(&mut self, product_id: &ProductId, quantity: i64, snapshot: ItemSnapshot) {
-        let acc = view::LineAcc::from_entries(self.cart.line_entries().filter(|e| &e.product_id == product_id));
+        let acc = self.cart.line_acc(product_id);
         if !acc.visible() && acc.quantity() != 0 {
             self.reset(product_id, 0);
             self.add_delta(product_id, quantity);
@@ -587,8 +919,8 @@ impl Writer<'_> {
 
     /// Sets the line's quantity to `value` as of the totals observed now; supersedes observed resets.
     fn reset(&mut self, product_id: &ProductId, value: u64) {
-        let base =
-            view::LineAcc::from_entries(self.cart.line_entries().filter(|e| &e.product_id == product_id)).totals();
+        let acc = view::LineAcc::from_entries(self.cart.line_entries().filter(|e| &e.product_id == product_id));
+        let (base, seen) = (acc.totals(), acc.seen());
         self.remove_lines(|e| &e.product_id == product_id && matches!(e.kind, LineKind::Reset { .. }));
         self.add_line(
             product_id,
@@ -596,8 +928,22 @@ impl Writer<'_> {
                 value,
                 base,
                 at_ms: self.now_ms,
+                seen,
             },
         );
+    }
+
+    /// The counter of this writer's `Total` entry of the line (after the op wrote it).
+    fn own_total(&self, product_id: &ProductId) -> u64 {
+        self.cart
+            .lines
+            .iter()
+            .filter(|e| {
+                &e.product_id == product_id && e.dot.actor == self.actor && matches!(e.kind, LineKind::Total(_))
+            })
+            .map(|e| e.dot.counter)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Removes the snapshot (the line disappears) and resets the counter to 0.
@@ -684,6 +1030,166 @@ impl Writer<'_> {
         );
     }
 
+    fn record(&mut self, entry: RequestEntry) {
+        insert_sorted(&mut self.delta.requests, entry.clone());
+        insert_sorted(&mut self.cart.requests, entry);
+    }
+
+    fn remove_requests(&mut self, pred: impl Fn(&RequestEntry) -> bool) {
+        remove_entries(
+            &mut self.cart.requests,
+            &mut self.delta.requests,
+            &mut self.delta.context,
+            pred,
+        );
+    }
+
+    /// Takes back the effect of this writer's requests that were applied first elsewhere
+    /// (subtracted from its running total, unless a later reset of the line overruled it) and
+    /// drops their entries: one delta, so every replica sees both or neither.
+    fn settle_duplicates(&mut self) {
+        let own: Vec<RequestEntry> = self
+            .cart
+            .duplicates()
+            .into_iter()
+            .filter(|e| e.dot.actor == self.actor)
+            .cloned()
+            .collect();
+        for entry in own {
+            if let Effect::Added { product_id, n, .. } = &entry.effect {
+                // A reset that observed this application has counted it in its value already.
+                if !self.cart.observed(&entry) {
+                    self.add_delta(product_id, n.saturating_neg());
+                }
+            }
+            self.remove_requests(|r| r.dot == entry.dot);
+        }
+    }
+
+    /// Forgets requests older than the window, then the oldest beyond the per-cart bound; an id
+    /// applied twice is kept until its writer settled it (its effect would count again).
+    fn prune_requests(&mut self) {
+        let now = self.now_ms;
+        let old = |r: &RequestEntry| r.at_ms.saturating_add(REQUEST_WINDOW_MS) < now;
+        if self.cart.requests.len() <= REQUESTS_PER_CART_MAX && !self.cart.requests.iter().any(old) {
+            return;
+        }
+        let twice: std::collections::BTreeSet<RequestId> = self.cart.duplicates().iter().map(|r| r.id).collect();
+        // Orders stay beyond the window (the newest ORDERS_KEPT): a checkout of a version older
+        // than one of them is refused as stale, however late it comes.
+        let mut orders: Vec<(u64, Dot)> = self
+            .cart
+            .requests
+            .iter()
+            .filter(|r| matches!(r.effect, Effect::Order(_)))
+            .map(|r| (r.at_ms, r.dot))
+            .collect();
+        orders.sort_unstable();
+        let kept_orders: std::collections::BTreeSet<Dot> =
+            orders.iter().rev().take(ORDERS_KEPT).map(|(_, dot)| *dot).collect();
+        let mut prunable: Vec<(u64, Dot)> = self
+            .cart
+            .requests
+            .iter()
+            .filter(|r| !twice.contains(&r.id) && !kept_orders.contains(&r.dot))
+            .map(|r| (r.at_ms, r.dot))
+            .collect();
+        prunable.sort_unstable();
+        let excess = self.cart.requests.len().saturating_sub(REQUESTS_PER_CART_MAX);
+        let cut: std::collections::BTreeSet<Dot> = prunable
+            .iter()
+            .enumerate()
+            .take_while(|(i, (at_ms, _))| *i < excess || at_ms.saturating_add(REQUEST_WINDOW_MS) < now)
+            .map(|(_, (_, dot))| *dot)
+            .collect();
+        self.remove_requests(|r| cut.contains(&r.dot));
+    }
+
+    /// Takes out what `version` saw of each of its lines and coupons: the line entries it saw
+    /// go and the line restarts from "added since" (a reset to 0 against the totals it saw). A
+    /// line raised since keeps what was added, and its snapshot.
+    fn release(&mut self, version: &Version) {
+        let seen = &version.context;
+        for line in &version.lines {
+            let p = &line.product_id;
+            self.remove_lines(|e| &e.product_id == p && !matches!(e.kind, LineKind::Total(_)) && seen.contains(e.dot));
+            self.add_line(
+                p,
+                LineKind::Reset {
+                    value: 0,
+                    base: line.totals.clone(),
+                    at_ms: self.now_ms,
+                    seen: line.seen.clone(),
+                },
+            );
+            let acc = self.cart.line_acc(p);
+            let (quantity, has_snapshot) = (acc.quantity(), acc.snapshot().is_some());
+            if quantity >= 1 && !has_snapshot {
+                self.add_line(p, LineKind::Snapshot(line.snapshot.clone()));
+            } else if quantity < 1 && has_snapshot {
+                self.remove_lines(|e| &e.product_id == p && matches!(e.kind, LineKind::Snapshot(_)));
+            }
+        }
+        remove_entries(
+            &mut self.cart.coupons,
+            &mut self.delta.coupons,
+            &mut self.delta.context,
+            |e| seen.contains(e.dot),
+        );
+    }
+
+    /// Takes out the saved-for-later items `version` saw (the guest side of a merge).
+    fn release_saved(&mut self, version: &Version) {
+        let seen = &version.context;
+        self.remove_saved(|e| seen.contains(e.dot));
+    }
+
+    fn mark_merged(&mut self, into: CartId) {
+        let mark = Some(MergedInto {
+            at_ms: self.now_ms,
+            into,
+        });
+        self.cart.merged_into = self.cart.merged_into.take().max(mark);
+        self.delta.merged_into = self.cart.merged_into.clone();
+    }
+
+    /// The user side of a merge. Lines are set, not added (a line takes the larger of its
+    /// quantity and the guest's): applying the same guest version twice, or concurrently on two
+    /// owners, gives the same cart (concurrent resets keep the larger).
+    fn absorb(&mut self, mode: MergeMode, from: &Version) {
+        if mode == MergeMode::Replace {
+            for product_id in self.cart.products_with_snapshot() {
+                self.remove_line(&product_id);
+            }
+            self.remove_coupons(|_| true);
+        }
+        for line in &from.lines {
+            let p = &line.product_id;
+            let acc = self.cart.line_acc(p);
+            let (visible, quantity) = (acc.visible(), acc.quantity());
+            if visible && quantity >= line.quantity as i64 {
+                continue;
+            }
+            self.reset(p, line.quantity);
+            if !visible {
+                self.remove_lines(|e| &e.product_id == p && matches!(e.kind, LineKind::Snapshot(_)));
+                self.add_line(p, LineKind::Snapshot(line.snapshot.clone()));
+            }
+        }
+        for saved in &from.saved {
+            let products = self.cart.saved_products();
+            if products.contains_key(&saved.product_id) || products.len() >= self.limits.max_saved_per_cart {
+                continue;
+            }
+            self.add_saved(&saved.product_id, saved.snapshot.clone(), saved.quantity);
+        }
+        for code in &from.coupons {
+            if !self.cart.has_coupon(code) && self.cart.coupon_codes().len() < self.limits.max_coupons_per_cart {
+                self.add_coupon(code);
+            }
+        }
+    }
+
     fn touch(&mut self, now_ms: u64) {
         self.cart.touched_at_ms = self.cart.touched_at_ms.max(now_ms);
         self.delta.touched_at_ms = self.cart.touched_at_ms;
@@ -691,7 +1197,7 @@ impl Writer<'_> {
 }
 
 fn insert_sorted<E: Dotted>(entries: &mut Vec<E>, entry: E) {
-    let at = entries.partition_point(|e| e.dot() < entry.dot());
+    let at = entries.partition_point(|e| e.key() < entry.key());
     entries.insert(at, entry);
 }
 
@@ -724,7 +1230,7 @@ fn join<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, thei
     let mut b = theirs.into_iter().peekable();
     loop {
         let order = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => x.dot().cmp(&y.dot()),
+            (Some(x), Some(y)) => x.key().cmp(&y.key()),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => break,
@@ -753,13 +1259,13 @@ fn join<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, thei
 /// then insert each of theirs I have not seen at its place by dot. The binary searches need
 /// both sides strictly sorted by dot, which every cart is (`codec::decode` refuses others).
 fn join_few<E: Dotted>(mine: &mut Vec<E>, my_context: &Context, theirs: Vec<E>, their_context: &Context) {
-    mine.retain(|e| !their_context.contains(e.dot()) || theirs.binary_search_by(|t| t.dot().cmp(&e.dot())).is_ok());
+    mine.retain(|e| !their_context.contains(e.dot()) || theirs.binary_search_by(|t| t.key().cmp(&e.key())).is_ok());
     for entry in theirs {
         // Seen here: held already (same dot, same write-once entry) or removed here.
         if my_context.contains(entry.dot()) {
             continue;
         }
-        if let Err(at) = mine.binary_search_by(|m| m.dot().cmp(&entry.dot())) {
+        if let Err(at) = mine.binary_search_by(|m| m.key().cmp(&entry.key())) {
             mine.insert(at, entry);
         }
     }

@@ -1,10 +1,12 @@
-//! The storage and wire encoding: `[FORMAT_V2] ++ bincode2(cart)`.
+//! The storage and wire encoding: `[FORMAT_V3] ++ bincode2(cart)`.
 //!
 //! A [`Cart`] keeps every set and its context sorted, so its encoding is canonical: equal states
 //! encode to equal bytes, which anti-entropy digests and the golden test rely on.
 //!
-//! Format 1 (carts kept as `crdts::Orswot`s, before this format shipped) is refused with
-//! [`CartError::UnsupportedFormat`]: no released build ever wrote it.
+//! Format 2 (before request records and the merge mark) is read and migrated: the same fields
+//! without the two that format 3 appends. Format 1 (carts kept as `crdts::Orswot`s, before
+//! format 2 shipped) is refused with [`CartError::UnsupportedFormat`]: no released build ever
+//! wrote it.
 
 use bincode::config::{self, Config};
 use serde::de::DeserializeOwned;
@@ -12,8 +14,61 @@ use serde::de::DeserializeOwned;
 use crate::cart::Cart;
 use crate::error::CartError;
 
-/// The first byte of every stored cart.
+/// The first byte of a cart stored before request records (still read).
 pub const FORMAT_V2: u8 = 2;
+/// The first byte of every cart written now.
+pub const FORMAT_V3: u8 = 3;
+/// The first byte of a version token's bytes ([`encode_version`]).
+pub const VERSION_TOKEN_V1: u8 = 1;
+
+/// A format-2 cart: format 3 without its last two fields, and resets without `seen`.
+#[derive(serde::Deserialize)]
+struct CartV2 {
+    context: crate::Context,
+    lines: Vec<LineEntryV2>,
+    saved: Vec<crate::SavedEntry>,
+    coupons: Vec<crate::CouponEntry>,
+    touched_at_ms: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct LineEntryV2 {
+    product_id: crate::ProductId,
+    dot: crate::Dot,
+    kind: LineKindV2,
+}
+
+#[derive(serde::Deserialize)]
+enum LineKindV2 {
+    Snapshot(crate::ItemSnapshot),
+    Total(i64),
+    Reset {
+        value: u64,
+        base: std::collections::BTreeMap<crate::Actor, i64>,
+        at_ms: u64,
+    },
+}
+
+impl From<LineEntryV2> for crate::LineEntry {
+    fn from(e: LineEntryV2) -> Self {
+        let kind = match e.kind {
+            LineKindV2::Snapshot(s) => crate::LineKind::Snapshot(s),
+            LineKindV2::Total(t) => crate::LineKind::Total(t),
+            // Format 2 had no request ids, so no request applied twice for `seen` to sort out.
+            LineKindV2::Reset { value, base, at_ms } => crate::LineKind::Reset {
+                value,
+                base,
+                at_ms,
+                seen: Default::default(),
+            },
+        };
+        crate::LineEntry {
+            product_id: e.product_id,
+            dot: e.dot,
+            kind,
+        }
+    }
+}
 
 /// The first byte of a forwarded operation ([`encode_op`]).
 pub const OP_FORMAT_V1: u8 = 1;
@@ -28,7 +83,7 @@ fn bincode_config() -> impl Config {
 /// Encodes a cart to its canonical stored bytes, version byte first.
 pub fn encode(cart: &Cart) -> Result<Vec<u8>, CartError> {
     let mut out = Vec::with_capacity(256);
-    out.push(FORMAT_V2);
+    out.push(FORMAT_V3);
     bincode::serde::encode_into_std_write(cart, &mut out, bincode_config()).map_err(encode_error)?;
     Ok(out)
 }
@@ -36,8 +91,14 @@ pub fn encode(cart: &Cart) -> Result<Vec<u8>, CartError> {
 /// Decodes bytes written by [`encode`]; refuses unknown versions and trailing bytes.
 pub fn decode(bytes: &[u8]) -> Result<Cart, CartError> {
     match bytes.split_first() {
-        Some((&FORMAT_V2, body)) => {
-            let cart: Cart = decode_exact(body)?;
+        Some((&version @ (FORMAT_V2 | FORMAT_V3), body)) => {
+            let cart: Cart = if version == FORMAT_V2 {
+                let old: CartV2 = decode_exact(body)?;
+                let lines = old.lines.into_iter().map(crate::LineEntry::from).collect();
+                Cart::from_v2(old.context, lines, old.saved, old.coupons, old.touched_at_ms)
+            } else {
+                decode_exact(body)?
+            };
             // Merge relies on sorted containers; bytes that decode but are not sorted are corrupt.
             if !cart.is_well_formed() {
                 return Err(CartError::Decode {
@@ -100,4 +161,37 @@ pub fn decode_op(bytes: &[u8]) -> Result<crate::CartOp, CartError> {
             reason: "empty op".into(),
         }),
     }
+}
+
+/// Encodes a [`crate::Version`] as the opaque token `GetCart` returns: URL-safe base64 of
+/// `[VERSION_TOKEN_V1] ++ bincode2(version)`.
+pub fn encode_version(version: &crate::Version) -> Result<String, CartError> {
+    use base64::Engine;
+    let mut out = vec![VERSION_TOKEN_V1];
+    bincode::serde::encode_into_std_write(version, &mut out, bincode_config()).map_err(encode_error)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+}
+
+/// Decodes a version token of cart `id`; a malformed token, or one of another cart, is an
+/// `INVALID_ARGUMENT` naming `field`.
+pub fn decode_version(token: &str, id: &crate::CartId, field: &'static str) -> Result<crate::Version, CartError> {
+    use base64::Engine;
+    let bad = |reason: String| CartError::InvalidArgument { field, reason };
+    if token.is_empty() {
+        return Err(bad("must not be empty (take it from GetCart's cart.version)".into()));
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|e| bad(format!("not a version token: {e}")))?;
+    let version: crate::Version = match bytes.split_first() {
+        Some((&VERSION_TOKEN_V1, body)) => decode_exact(body).map_err(|e| bad(format!("not a version token: {e}")))?,
+        _ => return Err(bad("not a version token".into())),
+    };
+    if !version.context.is_well_formed() {
+        return Err(bad("not a version token: context not in canonical order".into()));
+    }
+    if version.cart != crate::Version::cart_hash(id) {
+        return Err(bad(format!("is a version of another cart, not of {id}")));
+    }
+    Ok(version)
 }

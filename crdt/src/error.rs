@@ -13,6 +13,10 @@ pub enum CartError {
     /// The operation names something the cart does not hold.
     #[error("{field}: {reason}")]
     NotFound { field: &'static str, reason: String },
+    /// The request was built on a state that has moved on in a way it cannot follow (a
+    /// checkout of a version older than another checkout).
+    #[error("{field}: {reason}")]
+    Stale { field: &'static str, reason: String },
     /// Stored bytes that cannot be decoded.
     #[error("cannot decode stored cart: {reason}")]
     Decode { reason: String },

@@ -26,6 +26,7 @@ pub mod codec;
 mod context;
 mod error;
 mod ids;
+mod lifecycle;
 mod limits;
 #[cfg(feature = "test-broken-merge")]
 pub mod sabotage;
@@ -37,6 +38,10 @@ pub use cart::{Cart, CartDelta, CartOp, CouponEntry, LineEntry, LineKind, SavedE
 pub use context::{Context, Dot};
 pub use error::CartError;
 pub use ids::{Actor, CartId, CouponCode, OwnerKind, ProductId};
+pub use lifecycle::{
+    Effect, Expiry, MergeMode, MergedInto, Order, OrderLine, RequestEntry, RequestId, Version, VersionLine,
+    VersionSaved, ORDERS_KEPT, REQUESTS_PER_CART_MAX, REQUEST_ID_MAX_BYTES, REQUEST_WINDOW_MS,
+};
 pub use limits::Limits;
 pub use snapshot::{format_money, ItemSnapshot, Money};
 pub use view::{CartView, LineView, SavedView};

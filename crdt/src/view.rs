@@ -21,6 +21,12 @@ pub struct CartView {
     /// Σ quantity × unit price per currency, sorted by currency code.
     pub subtotals: Vec<Money>,
     pub touched_at_ms: u64,
+    /// A guest cart merged into a user cart at login: that cart's id.
+    pub merged_into: Option<String>,
+    /// The opaque version token (filled in by the node; empty from [`Cart::view`]).
+    pub version: String,
+    /// When the cart expires if unchanged, ms since the epoch (filled in by the node; 0: never).
+    pub expires_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +43,9 @@ pub struct SavedView {
     pub snapshot: ItemSnapshot,
 }
 
+/// A reset as folded: value, base totals, when, and the counters of the totals it observed.
+type ResetRef<'a> = (u64, &'a BTreeMap<Actor, i64>, u64, &'a BTreeMap<Actor, u64>);
+
 /// The entries of one line folded into quantity and winning snapshot.
 #[derive(Default)]
 pub(crate) struct LineAcc<'a> {
@@ -44,8 +53,42 @@ pub(crate) struct LineAcc<'a> {
     /// write a line, so a vector searched linearly beats a map (this runs for every line of
     /// every reply).
     totals: Vec<(Actor, &'a Dot, i64)>,
-    resets: Vec<(u64, &'a BTreeMap<Actor, i64>, u64)>,
+    resets: Vec<ResetRef<'a>>,
     snapshot: Option<(&'a Dot, &'a ItemSnapshot)>,
+    /// Applications of requests applied more than once (see `lifecycle`): counted once.
+    pub(crate) dups: Vec<Dup>,
+}
+
+/// One application of a request applied more than once to a line: who applied it, the counter
+/// of the `Total` entry it wrote, and what it added.
+#[derive(Debug, Clone)]
+pub(crate) struct Dup {
+    pub id: crate::lifecycle::RequestId,
+    pub actor: Actor,
+    pub total: u64,
+    pub n: i64,
+}
+
+/// What applications of one request beyond the first add to a line after a reset that saw
+/// `seen` (`None`: no reset, everything counts): those it did not observe count once in all,
+/// or not at all if it observed one.
+fn excess(dups: &[Dup], seen: Option<&BTreeMap<Actor, u64>>) -> i64 {
+    let mut out = 0i64;
+    for group in dups.chunk_by(|a, b| a.id == b.id) {
+        let observed = |d: &Dup| seen.is_some_and(|s| s.get(&d.actor).is_some_and(|c| *c >= d.total));
+        let unobserved: i64 = group
+            .iter()
+            .filter(|d| !observed(d))
+            .map(|d| d.n)
+            .fold(0, i64::saturating_add);
+        let any_observed = group.iter().any(observed);
+        out = out.saturating_add(if any_observed {
+            unobserved
+        } else {
+            unobserved.saturating_sub(group[0].n)
+        });
+    }
+    out
 }
 
 impl<'a> LineAcc<'a> {
@@ -61,6 +104,7 @@ impl<'a> LineAcc<'a> {
         self.totals.clear();
         self.resets.clear();
         self.snapshot = None;
+        self.dups.clear();
     }
 
     fn push(&mut self, e: &'a LineEntry) {
@@ -70,7 +114,12 @@ impl<'a> LineAcc<'a> {
                 Some(_) => {}
                 None => self.totals.push((e.dot.actor, &e.dot, *t)),
             },
-            LineKind::Reset { value, base, at_ms } => self.resets.push((*value, base, *at_ms)),
+            LineKind::Reset {
+                value,
+                base,
+                at_ms,
+                seen,
+            } => self.resets.push((*value, base, *at_ms, seen)),
             LineKind::Snapshot(s) => {
                 if self.snapshot.is_none_or(|(dot, _)| newer(&e.dot, dot)) {
                     self.snapshot = Some((&e.dot, s));
@@ -84,6 +133,11 @@ impl<'a> LineAcc<'a> {
         self.totals.iter().map(|(a, _, t)| (*a, *t)).collect()
     }
 
+    /// The counter of each node's running-total entry.
+    pub(crate) fn seen(&self) -> BTreeMap<Actor, u64> {
+        self.totals.iter().map(|(a, dot, _)| (*a, dot.counter)).collect()
+    }
+
     /// `max over resets of (value + growth of totals since its base)`, or the sum of totals when
     /// nothing was ever reset. May be ≤ 0 after decrements.
     pub(crate) fn quantity(&self) -> i64 {
@@ -95,17 +149,18 @@ impl<'a> LineAcc<'a> {
         };
         self.resets
             .iter()
-            .map(|(value, base, _)| {
+            .map(|(value, base, _, seen)| {
                 i64::try_from(*value)
                     .unwrap_or(i64::MAX)
                     .saturating_add(since(Some(base)))
+                    .saturating_sub(excess(&self.dups, Some(seen)))
             })
             .max()
-            .unwrap_or_else(|| since(None))
+            .unwrap_or_else(|| since(None).saturating_sub(excess(&self.dups, None)))
     }
 
     pub(crate) fn last_reset_ms(&self) -> Option<u64> {
-        self.resets.iter().map(|(_, _, at)| *at).max()
+        self.resets.iter().map(|(_, _, at, _)| *at).max()
     }
 
     pub(crate) fn snapshot(&self) -> Option<&'a ItemSnapshot> {
@@ -125,12 +180,14 @@ pub(crate) fn for_each_line<'a>(cart: &'a Cart, mut f: impl FnMut(&'a ProductId,
     // Within a product, dot order, as the entries are stored: the fold's saturating sums then
     // add up in the same order as the fold of a single line (`Cart::line_state`).
     entries.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id).then_with(|| a.dot.cmp(&b.dot)));
+    let mut dups = cart.duplicate_applications();
     let mut acc = LineAcc::default();
     for group in entries.chunk_by(|a, b| a.product_id == b.product_id) {
         acc.clear();
         for e in group {
             acc.push(e);
         }
+        acc.dups = dups.remove(&group[0].product_id).unwrap_or_default();
         f(&group[0].product_id, &acc);
     }
 }
@@ -176,6 +233,9 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
         coupons: cart.coupon_codes().into_iter().map(|c| c.to_string()).collect(),
         subtotals,
         touched_at_ms: cart.touched_at_ms,
+        merged_into: cart.merged_into.as_ref().map(|m| m.into.to_string()),
+        version: String::new(),
+        expires_at_ms: 0,
     }
 }
 

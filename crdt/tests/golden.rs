@@ -1,7 +1,8 @@
-//! Golden bytes of the storage format (`codec`, format version 2). If this test fails, the
-//! stored encoding changed: existing carts on disk and replicas running the previous version
-//! would no longer agree. Bump `codec::FORMAT_V2` to a new version (with a migration) instead of
-//! re-pinning the bytes, unless the format has never shipped.
+//! Golden bytes of the storage format (`codec`, format version 3, and version 2 which is still
+//! read). If this test fails, the stored encoding changed: existing carts on disk and replicas
+//! running the previous version would no longer agree. Bump `codec::FORMAT_V3` to a new version
+//! (with a migration, as format 2 has) instead of re-pinning the bytes, unless the format has
+//! never shipped.
 
 mod common;
 
@@ -9,8 +10,19 @@ use cart_crdt::validate::{self, SnapshotInput};
 use cart_crdt::{codec, Cart, CartError, CartOp, ItemSnapshot, Money, OwnerKind};
 use common::*;
 
-/// `codec::encode(&golden_cart())`, pinned.
+/// `codec::encode(&golden_cart())`, pinned: format 2's fields (resets with the counters of the
+/// totals they observed), then no request records (`00`) and no merge mark (`00`).
 const GOLDEN_HEX: &str = concat!(
+    "030201130204000904626f6f6b0102010404626f6f6b0103000d546865205275737420426f6f6bfb1305034555520120",
+    "68747470733a2f2f63646e2e6578616d706c652e636f6d2f626f6f6b2e6a70670106666f726d61740970617065726261",
+    "636b037465610105010603746561010600064d6174636861fbf401034a505900000370656e010801020370656e010d02",
+    "00010102fd0568e5cf8b010000010108036d756701100102036d756701130200010102fd0768e5cf8b01000001011004",
+    "626f6f6b02020102010370656e010e0350656e9603455552000001020757454c434f4d45010b08465245455348495002",
+    "04fd0768e5cf8b0100000000",
+);
+
+/// The same cart as written by format 2 (before request records): still read.
+const GOLDEN_V2_HEX: &str = concat!(
     "020201130204000904626f6f6b0102010404626f6f6b0103000d546865205275737420426f6f6bfb1305034555520120",
     "68747470733a2f2f63646e2e6578616d706c652e636f6d2f626f6f6b2e6a70670106666f726d61740970617065726261",
     "636b037465610105010603746561010600064d6174636861fbf401034a505900000370656e010801020370656e010d02",
@@ -18,6 +30,17 @@ const GOLDEN_HEX: &str = concat!(
     "0102010370656e010e0350656e9603455552000001020757454c434f4d45010b0846524545534849500204fd0768e5cf",
     "8b010000",
 );
+
+/// A format-2 cart decodes to the same cart as its format-3 bytes, but for what format 2 did not
+/// record (the totals its resets observed): the same view, context and counters.
+#[test]
+fn format_2_bytes_decode_to_the_same_cart() {
+    let old = codec::decode(&from_hex(GOLDEN_V2_HEX)).expect("format 2 decodes");
+    let now = golden_cart();
+    assert_eq!(old.view(&cart_id()), now.view(&cart_id()));
+    assert_eq!(old.context(), now.context());
+    assert_eq!(old.raw_quantities(), now.raw_quantities());
+}
 
 fn book() -> ItemSnapshot {
     validate::snapshot(
@@ -81,7 +104,7 @@ fn encoding_matches_golden_bytes() {
         GOLDEN_HEX,
         "the stored format changed; see the module docs"
     );
-    assert_eq!(bytes[0], codec::FORMAT_V2);
+    assert_eq!(bytes[0], codec::FORMAT_V3);
 }
 
 /// Decoding the golden bytes gives the expected cart, and re-encodes to the same bytes.
@@ -150,14 +173,14 @@ fn truncated_or_extended_bytes_are_decode_errors() {
 /// huge collections (refused by the decode limit, not allocated).
 #[test]
 fn garbage_bytes_are_decode_errors() {
-    let mut huge_u64_len = vec![codec::FORMAT_V2, 253];
+    let mut huge_u64_len = vec![codec::FORMAT_V3, 253];
     huge_u64_len.extend_from_slice(&[0xff; 8]);
-    let mut huge_u32_len = vec![codec::FORMAT_V2, 0, 252];
+    let mut huge_u32_len = vec![codec::FORMAT_V3, 0, 252];
     huge_u32_len.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("0xff run", [vec![codec::FORMAT_V2], vec![0xff; 32]].concat()),
-        ("version byte only", vec![codec::FORMAT_V2]),
-        ("text", [&[codec::FORMAT_V2][..], b"hello, cart"].concat()),
+        ("0xff run", [vec![codec::FORMAT_V3], vec![0xff; 32]].concat()),
+        ("version byte only", vec![codec::FORMAT_V3]),
+        ("text", [&[codec::FORMAT_V3][..], b"hello, cart"].concat()),
         ("huge u64 length", huge_u64_len),
         ("huge u32 length", huge_u32_len),
     ];
@@ -185,7 +208,7 @@ fn corrupt_bytes_never_panic() {
         let len = rng.below(200) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if let Some(first) = bytes.first_mut() {
-            *first = codec::FORMAT_V2;
+            *first = codec::FORMAT_V3;
         }
         inputs.push(bytes);
     }
@@ -196,7 +219,9 @@ fn corrupt_bytes_never_panic() {
                 let _ = codec::encode(&cart);
             }
             Err(CartError::Decode { .. }) => {}
-            Err(CartError::UnsupportedFormat { version }) => assert_ne!(version, codec::FORMAT_V2),
+            Err(CartError::UnsupportedFormat { version }) => {
+                assert!(![codec::FORMAT_V2, codec::FORMAT_V3].contains(&version))
+            }
             Err(other) => panic!("unexpected error {other:?} for {}", to_hex(&bytes)),
         }
     }

@@ -20,8 +20,17 @@ const COUPONS: [&str; 2] = ["WELCOME", "FREESHIP"];
 
 #[derive(Debug, Clone)]
 enum Step {
-    Apply { replica: usize, op: CartOp },
-    Merge { into: usize, from: usize },
+    /// `request`: a request id from a small space, so that one id is applied on two replicas
+    /// (a retry that reached another owner) and their records meet in merges.
+    Apply {
+        replica: usize,
+        op: CartOp,
+        request: Option<u8>,
+    },
+    Merge {
+        into: usize,
+        from: usize,
+    },
 }
 
 /// The outcome of a schedule: the replicas' states and every successful op's delta, in the
@@ -39,8 +48,14 @@ fn run(steps: &[Step]) -> Run {
     let mut history = Vec::new();
     for step in steps {
         match step {
-            Step::Apply { replica, op } => {
-                if let Ok(delta) = replicas[*replica].apply(op) {
+            Step::Apply { replica, op, request } => {
+                let request = request.map(|k| cart_crdt::RequestId(u128::from(k)));
+                let r = &mut replicas[*replica];
+                // As a node does: a request this replica has seen is not applied again.
+                if request.is_some_and(|id| r.cart.seen_request(id)) {
+                    continue;
+                }
+                if let Ok(delta) = r.apply_request(&cart_crdt::Limits::DEFAULT, op, request) {
                     deltas.push((*replica, delta));
                 }
             }
@@ -169,7 +184,11 @@ fn cart_op() -> impl Strategy<Value = CartOp> {
 
 fn step(op: impl Strategy<Value = CartOp>) -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..REPLICAS, op).prop_map(|(replica, op)| Step::Apply { replica, op }),
+        4 => (0..REPLICAS, op, prop::option::of(0..8u8)).prop_map(|(replica, op, request)| Step::Apply {
+            replica,
+            op,
+            request
+        }),
         1 => (0..REPLICAS, 0..REPLICAS).prop_map(|(into, from)| Step::Merge { into, from }),
     ]
 }
@@ -365,9 +384,11 @@ fn counter_schedule() -> impl Strategy<Value = Vec<Step>> {
                     quantity: 1,
                     snapshot: snap("Item v0", 100, "EUR"),
                 };
-                std::iter::once(first)
-                    .chain(ops)
-                    .map(move |op| Step::Apply { replica, op })
+                std::iter::once(first).chain(ops).map(move |op| Step::Apply {
+                    replica,
+                    op,
+                    request: None,
+                })
             })
             .collect::<Vec<_>>()
     });
@@ -417,7 +438,7 @@ proptest! {
         let mut replacing_actors = [false; REPLICAS];
         for step in &steps {
             match step {
-                Step::Apply { replica, op } => {
+                Step::Apply { replica, op, .. } => {
                     let before = total_dots(&replicas[*replica].cart);
                     if let Ok(delta) = replicas[*replica].apply(op) {
                         expected += increment_of(op);
@@ -463,7 +484,7 @@ fn generated_schedules_exercise_every_op() {
         let mut replicas: Vec<Replica> = (0..REPLICAS).map(|i| Replica::new(i as u64 + 1)).collect();
         for step in &steps {
             match step {
-                Step::Apply { replica, op } => {
+                Step::Apply { replica, op, .. } => {
                     if replicas[*replica].apply(op).is_ok() {
                         *successes.entry(op.name()).or_default() += 1;
                     }

@@ -59,6 +59,10 @@ pub enum OpKind {
     Adjust { item: String, delta: i64 },
     /// Read the cart; `seen` holds the products present (when ok).
     Read { seen: Vec<String> },
+    /// Merge a guest cart into this (user) cart at login.
+    Merge { guest: String },
+    /// Check out the version a read showed: `seen` its products, `ordered` the order's (when ok).
+    Checkout { seen: Vec<String>, ordered: Vec<String> },
 }
 
 /// One client operation.
@@ -71,6 +75,13 @@ pub struct Op {
     pub cart: String,
     #[serde(flatten)]
     pub kind: OpKind,
+    /// The write's request id: attempts with one id are one request (applied at most once).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub request_id: Option<String>,
+    /// Sent by a client that fails over to other nodes (as `cart-client` does by default),
+    /// rather than one attached to `node`.
+    #[serde(default)]
+    pub failover: bool,
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -82,6 +93,14 @@ pub struct Op {
 impl Op {
     pub fn is_write(&self) -> bool {
         !matches!(self.kind, OpKind::Read { .. })
+    }
+
+    /// The guest cart a merge wrote besides its user cart.
+    pub fn merged_guest(&self) -> Option<&str> {
+        match &self.kind {
+            OpKind::Merge { guest } => Some(guest),
+            _ => None,
+        }
     }
 }
 
@@ -185,6 +204,8 @@ mod tests {
                 kind: OpKind::Read {
                     seen: vec!["p1-0".into()],
                 },
+                request_id: Some("r-1".into()),
+                failover: true,
                 outcome: Outcome::Ok,
                 error: None,
                 start_us: 10,

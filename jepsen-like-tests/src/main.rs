@@ -32,7 +32,7 @@ enum Cmd {
         nemesis: String,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// cart-set, quantity or all.
+        /// cart-set, quantity, merge, checkout (comma-separated), or all.
         #[arg(long, default_value = "all")]
         workload: String,
         /// Where the history, summary and HTML report go (default: a new folder under
@@ -50,6 +50,11 @@ enum Cmd {
         /// Use loopback with a fault-injecting proxy per link even where namespaces work.
         #[arg(long)]
         loopback: bool,
+        /// Size of each node's data tmpfs in the namespaces tier, in MiB (the `disk` nemesis
+        /// fills it). sled's log grows about 0.2 MiB/s per node under this workload without
+        /// faults and faster with them: a 10-minute run needs 1024.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=8192))]
+        disk_mb: u32,
     },
     /// Run seeds of the deterministic simulation (a whole cluster in this process under
     /// turmoil); `--seed N` alone replays one seed.
@@ -110,6 +115,7 @@ fn run(cli: Cli) -> Result<bool> {
             nodes,
             clients_per_node,
             loopback,
+            disk_mb,
         } => {
             let nemeses = Nemesis::parse_list(&nemesis).map_err(anyhow::Error::msg)?;
             let workloads = Workload::parse_list(&workload).map_err(anyhow::Error::msg)?;
@@ -145,6 +151,7 @@ fn run(cli: Cli) -> Result<bool> {
                 cartd,
                 dir: dir.clone(),
                 namespaces: !loopback,
+                disk_mb,
             };
             let result = real::run(&opts)?;
             println!("{}", result.summary);
@@ -171,6 +178,11 @@ fn run(cli: Cli) -> Result<bool> {
                     report: report.as_deref(),
                 };
                 return sim_many(seed, seeds, jobs, &args);
+            }
+            // In the simulation guest carts live seconds: `all` includes the expiry workload.
+            let mut workloads = workloads;
+            if workload.split(',').any(|w| w.trim() == "all") && !workloads.contains(&Workload::Expiry) {
+                workloads.push(Workload::Expiry);
             }
             let opts = SimRun {
                 active: Duration::from_secs(time_limit),

@@ -103,21 +103,67 @@ pub fn summary(info: &RunInfo, v: &Verdict) -> String {
     }
     let _ = writeln!(
         out,
+        "quantity requests: {} unknown at first and settled by a retry with their id ({} of them only after \
+         more than {} later requests to their cart: past the exactly-once window, checked as once or twice), \
+         {} still unknown ({})",
+        v.quantity_resolved,
+        v.quantity_late,
+        cart_crdt::REQUESTS_PER_CART_MAX,
+        v.quantity_unresolved,
+        if v.quantity_unresolved == 0 && v.quantity_late == 0 {
+            "every counter checked exactly"
+        } else {
+            "those counters checked as a range, every other exactly"
+        }
+    );
+    for (line, items) in [
+        ("merge: acknowledged guest adds lost", &v.merge_lost),
+        ("merge: merged lines counted twice", &v.merge_doubled),
+        ("checkout: items in two orders", &v.checkout_twice),
+        (
+            "checkout: ordered items the version did not show",
+            &v.checkout_not_in_version,
+        ),
+        (
+            "checkout: acknowledged adds neither in the cart nor in an order",
+            &v.checkout_lost,
+        ),
+        ("checkout: ordered items back in the cart", &v.checkout_back),
+        ("expired carts back", &v.expired_back),
+    ] {
+        let _ = writeln!(out, "{line}: {}{}", items.len(), examples(items));
+    }
+    let _ = writeln!(
+        out,
         "replicas not byte-identical: {}{}",
         v.divergent_carts.len(),
         examples(&v.divergent_carts)
     );
-    let (attempted, acked) = v.writes_during_faults;
-    match v.availability() {
-        Some(a) => {
+    let (refused_attached, refused_failover, refused_checkouts) = v.refused_during_faults;
+    for (who, (attempted, acked), refused) in [
+        ("clients attached to one node", v.writes_during_faults, refused_attached),
+        (
+            "clients that fail over (cart-client default)",
+            v.failover_writes_during_faults,
+            refused_failover,
+        ),
+        (
+            "checkouts (strict: a majority read, W owners)",
+            v.checkouts_during_faults,
+            refused_checkouts,
+        ),
+    ] {
+        if attempted > 0 {
+            let percent = |n: usize| n as f64 * 100.0 / attempted as f64;
             let _ = writeln!(
                 out,
-                "availability during faults: {:.1}% ({acked} of {attempted} writes acknowledged)",
-                a * 100.0
+                "availability during faults, {who}: {:.2}% acknowledged ({acked} of {attempted}); \
+                 {:.2}% answered (with {refused} refused for what the cart holds, e.g. NotFound)",
+                percent(acked),
+                percent(acked + refused)
             );
-        }
-        None => {
-            let _ = writeln!(out, "availability during faults: no writes during faults");
+        } else {
+            let _ = writeln!(out, "availability during faults, {who}: none during faults");
         }
     }
     let _ = writeln!(out, "valid: {}", v.valid);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::checker::{self, ReplicaState, Verdict};
+use crate::checker::{self, ExpiryRule, ReplicaState, Verdict};
 use crate::history::{FaultSpan, History, Recorder};
 use crate::membership;
 use crate::nemesis::{self, DiskFault, Fault, Nemesis, Step, Timing};
@@ -38,13 +38,26 @@ pub const SIM_TIMING: Timing = Timing {
 
 /// A client attached to one node: every call goes there, and that node coordinates (or forwards
 /// to an owner), so each owner node coordinates writes of its own clients concurrently.
-fn attached() -> ClientOptions {
+fn attached(name: &str) -> ClientOptions {
     ClientOptions {
         ring_aware: false,
         max_attempts: 2,
+        request_id_prefix: Some(name.to_owned()),
         ..sim_client_options()
     }
 }
+
+/// A client as `cart-client` is by default: every node, the cart's owners first, writes retried
+/// on the next node with their request id.
+fn failing_over(name: &str) -> ClientOptions {
+    ClientOptions {
+        request_id_prefix: Some(name.to_owned()),
+        ..sim_client_options()
+    }
+}
+
+/// Processes per workload that fail over (besides `clients_per_node` attached to each node).
+pub const FAILOVER_CLIENTS: usize = 1;
 
 /// One simulated run.
 #[derive(Debug, Clone)]
@@ -69,7 +82,13 @@ impl SimRun {
             nodes: 5,
             active: Duration::from_secs(6),
             nemeses: sim_nemeses(),
-            workloads: vec![Workload::CartSet, Workload::Quantity],
+            workloads: vec![
+                Workload::CartSet,
+                Workload::Quantity,
+                Workload::Merge,
+                Workload::Checkout,
+                Workload::Expiry,
+            ],
             clients_per_node: 1,
             think: Duration::from_millis(50),
             convergence_limit: Duration::from_secs(20),
@@ -92,6 +111,16 @@ impl SimResult {
         let mut out = report::summary(&self.info, &self.verdict);
         out.push_str(&format!("layout changes committed: {}\n", self.layout_changes));
         out
+    }
+}
+
+/// How guest carts expire in the simulation, seen at `now`.
+fn expiry_rule(options: &SimOptions, now: Duration) -> ExpiryRule {
+    ExpiryRule {
+        guest_ttl_us: options.guest_ttl.as_micros() as u64,
+        skew_us: options.clock_skew.as_micros() as u64,
+        sweep_us: options.sweep_interval.as_micros() as u64,
+        end_us: now.as_micros() as u64,
     }
 }
 
@@ -219,7 +248,7 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
         simulation_duration: opts.active + opts.convergence_limit + Duration::from_secs(30),
         ..SimOptions::default()
     };
-    let mut cluster = SimCluster::new(opts.seed, opts.nodes, sim_options).map_err(|e| e.to_string())?;
+    let mut cluster = SimCluster::new(opts.seed, opts.nodes, sim_options.clone()).map_err(|e| e.to_string())?;
     let endpoints = cluster.endpoints();
     let recorder = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -238,6 +267,7 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
                 process: 0,
                 node: "setup".into(),
                 workload: Workload::Quantity,
+                failover: true,
             };
             // A setup that cannot finish leaves the quantity processes idle (checked: 0 lines).
             if workload::setup_quantity(&client, &rec, &AtomicBool::new(false))
@@ -249,43 +279,76 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
             Ok(())
         });
     }
-    let mut id = 1;
-    for (i, endpoint) in endpoints.iter().enumerate() {
-        for &kind in &opts.workloads {
-            for _ in 0..opts.clients_per_node {
-                let name = format!("c{id}");
-                clients.push(name.clone());
-                let (recorder, endpoint, stop, setup_done) =
-                    (recorder.clone(), endpoint.clone(), stop.clone(), setup_done.clone());
-                let (node, active, think) = (cluster.hosts()[i].clone(), opts.active, opts.think);
-                let seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(id as u64);
-                cluster.sim.client(name.as_str(), async move {
-                    let clock = RunClock::now();
-                    let until = Instant::now() + active.saturating_sub(clock.elapsed());
-                    while kind == Workload::Quantity && !setup_done.load(Ordering::SeqCst) && Instant::now() < until {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    let client = sim_client(std::slice::from_ref(&endpoint), attached()).await?;
-                    let process = Process {
-                        recording: Recording {
-                            recorder,
-                            clock,
-                            process: id,
-                            node,
-                            workload: kind,
-                        },
-                        client,
-                        seed,
-                        until,
-                        think,
-                        stop,
-                    };
-                    process.run().await;
-                    Ok(())
-                });
-                id += 1;
+    let nodes: Vec<(String, String)> = cluster.hosts().iter().cloned().zip(endpoints.iter().cloned()).collect();
+    let plan = workload::plan(&nodes, &opts.workloads, opts.clients_per_node, FAILOVER_CLIENTS);
+    for p in plan {
+        let (id, targets, node, failover, kind) = (p.id, p.targets, p.node, p.failover, p.workload);
+        let name = format!("c{id}");
+        clients.push(name.clone());
+        let prefix = name.clone();
+        let (recorder, stop, setup_done) = (recorder.clone(), stop.clone(), setup_done.clone());
+        let (active, think) = (opts.active, opts.think);
+        let seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(id as u64);
+        let (checkout_carts, index) = (p.checkout_carts, p.checkout_index);
+        cluster.sim.client(name.as_str(), async move {
+            let clock = RunClock::now();
+            let until = Instant::now() + active.saturating_sub(clock.elapsed());
+            while kind == Workload::Quantity && !setup_done.load(Ordering::SeqCst) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }
+            let options = if failover {
+                failing_over(&prefix)
+            } else {
+                attached(&prefix)
+            };
+            let client = sim_client(&targets, options).await?;
+            let process = Process {
+                recording: Recording {
+                    recorder,
+                    clock,
+                    process: id,
+                    node,
+                    workload: kind,
+                    failover,
+                },
+                client,
+                seed,
+                until,
+                think,
+                stop,
+                checkout_carts,
+                checkout_index: index,
+            };
+            process.run().await;
+            Ok(())
+        });
+    }
+    // After the faults: writes whose outcome stayed unknown are sent again with their ids.
+    let healed = Arc::new(AtomicBool::new(false));
+    let resolved = Arc::new(AtomicBool::new(false));
+    {
+        let (recorder, endpoints, healed, resolved) =
+            (recorder.clone(), endpoints.clone(), healed.clone(), resolved.clone());
+        clients.push("resolver".into());
+        let limit = opts.active + opts.convergence_limit;
+        cluster.sim.client("resolver", async move {
+            let clock = RunClock::now();
+            while !healed.load(Ordering::SeqCst) && clock.elapsed() < limit {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let client = sim_client(&endpoints, failing_over("resolver")).await?;
+            let rec = Recording {
+                recorder: recorder.clone(),
+                clock,
+                process: 0,
+                node: "resolve".into(),
+                workload: Workload::Quantity,
+                failover: true,
+            };
+            workload::resolve_unknown(&client, &rec, &recorder.history()).await;
+            resolved.store(true, Ordering::SeqCst);
+            Ok(())
+        });
     }
     {
         let flag = converged_flag.clone();
@@ -333,11 +396,25 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
             }
             next_event += 1;
         }
-        let settled = now >= opts.active + Duration::from_secs(2) && next_event == events.len();
+        if now >= opts.active + Duration::from_secs(1) && next_event == events.len() {
+            healed.store(true, Ordering::SeqCst);
+        }
+        let settled = now >= opts.active + Duration::from_secs(2)
+            && next_event == events.len()
+            && (resolved.load(Ordering::SeqCst) || now >= opts.active + opts.convergence_limit);
         if settled && !converged_flag.load(Ordering::SeqCst) && now >= last_check + Duration::from_millis(200) {
             last_check = now;
-            let carts = carts.get_or_insert_with(|| recorder.history().ops.iter().map(|o| o.cart.clone()).collect());
-            let states = replicas(&cluster, carts)?;
+            let history = recorder.history();
+            let carts = carts.get_or_insert_with(|| history.ops.iter().map(|o| o.cart.clone()).collect());
+            // Carts that may have expired are deleted by each sweeper in its time, not converged:
+            // they are checked on their own.
+            let rule = expiry_rule(&sim_options, now);
+            let live: BTreeSet<String> = carts
+                .iter()
+                .filter(|c| !checker::possibly_expired_cart(&history, rule, c))
+                .cloned()
+                .collect();
+            let states = replicas(&cluster, &live)?;
             converged = checker::converged(&states);
             if converged || now >= opts.active + opts.convergence_limit {
                 converged_flag.store(true, Ordering::SeqCst);
@@ -350,7 +427,8 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
     let history = recorder.history();
     let carts: BTreeSet<String> = history.ops.iter().map(|o| o.cart.clone()).collect();
     let finals = replicas(&cluster, &carts)?;
-    let verdict = checker::check(&history, &finals);
+    let expiry = expiry_rule(&sim_options, cluster.sim.elapsed());
+    let verdict = checker::check_with(&history, &finals, Some(expiry));
     let info = RunInfo {
         mode: "simulation".into(),
         seed: opts.seed,

@@ -75,7 +75,12 @@ fn run(seed: u64) -> Run {
     {
         let (outcomes, read) = (outcomes.clone(), read.clone());
         cluster.sim.client("client", async move {
-            let client = sim_client(&endpoints, sim_client_options()).await?;
+            // Request ids numbered, not random: the replicas hold them, and a replay must match.
+            let options = cart_client::ClientOptions {
+                request_id_prefix: Some("smoke".into()),
+                ..sim_client_options()
+            };
+            let client = sim_client(&endpoints, options).await?;
             for i in 0..ADDS {
                 let snapshot = ItemSnapshot::new(format!("item {i}"), 100 + i as u64, "EUR");
                 let outcome = match client.add_item(CART, &format!("sku-{i:02}"), 1, snapshot).await {

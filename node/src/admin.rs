@@ -328,7 +328,12 @@ impl AdminService for AdminApi {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
-            cart: state.map(|cart| pb::Cart::from(cart.view(&id))),
+            cart: state.map(|cart| {
+                let mut view = cart.view(&id);
+                // The replica as stored, with the expiry its own state gives it.
+                view.expires_at_ms = store.expiry().expires_at_ms(&id, cart.touched_at_ms()).unwrap_or(0);
+                pb::Cart::from(view)
+            }),
             canonical,
         }))
     }

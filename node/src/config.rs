@@ -80,6 +80,11 @@ pub struct ClusterConfig {
     /// Carts the digest rebuild (at start, after a layout change) counts per second at most; it
     /// also never takes more than half of one core.
     pub digest_rebuild_carts_per_sec: usize,
+    /// How long carts live after their last change (`guest_ttl`, `user_ttl`; 0 = forever) and
+    /// the clock skew tolerated between nodes (`clock_skew`).
+    pub expiry: cart_crdt::Expiry,
+    /// How often each node sweeps its expired carts.
+    pub sweep_interval: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +139,11 @@ struct RawCluster {
     anti_entropy_keys_per_round: Option<usize>,
     transfer_carts_per_sec: Option<usize>,
     digest_rebuild_carts_per_sec: Option<usize>,
+    /// Durations as text: "7d", "90d", "5m", "1h"; "0" for a ttl means carts never expire.
+    guest_ttl: Option<String>,
+    user_ttl: Option<String>,
+    clock_skew: Option<String>,
+    sweep_interval: Option<String>,
 }
 
 mod defaults {
@@ -356,7 +366,39 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
             200_000,
             "digest_rebuild_carts_per_sec",
         )?,
+        expiry: cart_crdt::Expiry {
+            guest_ttl_ms: text_ms(
+                raw.guest_ttl.as_deref(),
+                cart_crdt::Expiry::DEFAULT.guest_ttl_ms,
+                "guest_ttl",
+            )?,
+            user_ttl_ms: text_ms(
+                raw.user_ttl.as_deref(),
+                cart_crdt::Expiry::DEFAULT.user_ttl_ms,
+                "user_ttl",
+            )?,
+            skew_ms: text_ms(
+                raw.clock_skew.as_deref(),
+                cart_crdt::Expiry::DEFAULT.skew_ms,
+                "clock_skew",
+            )?,
+        },
+        sweep_interval: match text_ms(raw.sweep_interval.as_deref(), 60 * 60 * 1000, "sweep_interval")? {
+            0 => return Err("[cluster] sweep_interval must be more than 0".into()),
+            ms => Duration::from_millis(ms),
+        },
     })
+}
+
+/// A duration written as text (`"7d"`, `"90 days"`, `"500ms"`, or `"0"`), in milliseconds.
+fn text_ms(v: Option<&str>, default: u64, name: &str) -> Result<u64, String> {
+    match v.map(str::trim) {
+        None => Ok(default),
+        Some("0") => Ok(0),
+        Some(text) => humantime::parse_duration(text)
+            .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+            .map_err(|e| format!("[cluster] {name} = {text:?} is not a duration like \"7d\" or \"90m\": {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +476,36 @@ mod tests {
                 err.contains(needle),
                 "error for {text:?} should mention {needle}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn lifecycle_settings_parse_as_durations_and_are_checked() {
+        let config = parse(&three(), Some("n1")).unwrap();
+        assert_eq!(config.cluster.expiry, cart_crdt::Expiry::DEFAULT);
+        assert_eq!(config.cluster.sweep_interval, Duration::from_secs(3600));
+        let text = three().replace(
+            "[cluster]\n",
+            "[cluster]\nguest_ttl = \"2d\"\nuser_ttl = \"0\"\nclock_skew = \"30s\"\nsweep_interval = \"10m\"\n",
+        );
+        let config = parse(&text, Some("n1")).unwrap();
+        let day = 24 * 60 * 60 * 1000;
+        assert_eq!(
+            config.cluster.expiry,
+            cart_crdt::Expiry {
+                guest_ttl_ms: 2 * day,
+                user_ttl_ms: 0,
+                skew_ms: 30_000,
+            }
+        );
+        assert_eq!(config.cluster.sweep_interval, Duration::from_secs(600));
+        for (setting, needle) in [
+            ("guest_ttl = \"soon\"", "guest_ttl"),
+            ("sweep_interval = \"0\"", "sweep_interval"),
+        ] {
+            let text = three().replace("[cluster]\n", &format!("[cluster]\n{setting}\n"));
+            let err = parse(&text, Some("n1")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
         }
     }
 

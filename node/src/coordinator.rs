@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use cart_crdt::{codec, Cart, CartError, CartId};
+use cart_crdt::{codec, Cart, CartError, CartId, CartOp};
+use cart_proto::hedge::{HedgeBudget, HedgeDelay, Outliers};
 use cart_proto::replica_pb::{CoordinateRequest, ReadRequest, ReplicateRequest};
 use cart_proto::{CartRequest, Consistency};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -38,6 +39,37 @@ pub struct Coordinator {
     /// The last anti-entropy exchange with each peer.
     pub anti_entropy: crate::anti_entropy::Stats,
     background: Arc<Semaphore>,
+    /// Peer reads: how long they take (the hedge delay), what hedging may add, and the peers
+    /// set aside for being slow (read from last).
+    pub read_tail: ReadTail,
+}
+
+/// Hedged peer reads (see [`cart_proto::hedge`]): a read that has fewer than R replies after
+/// the p99 of recent peer reads asks one more replica.
+pub struct ReadTail {
+    pub delay: HedgeDelay,
+    pub budget: HedgeBudget,
+    pub outliers: Outliers,
+    /// Reads coordinated, and hedges sent.
+    pub reads: std::sync::atomic::AtomicU64,
+    pub hedges: std::sync::atomic::AtomicU64,
+}
+
+/// Extra peer reads hedging may add (fraction of reads), and its burst.
+const READ_HEDGE_BUDGET: f64 = 0.05;
+const READ_HEDGE_BURST: f64 = 50.0;
+
+impl ReadTail {
+    fn new(peer_timeout: std::time::Duration) -> Self {
+        use std::time::Duration;
+        ReadTail {
+            delay: HedgeDelay::new(Duration::from_millis(10), Duration::from_millis(1), peer_timeout / 2),
+            budget: HedgeBudget::new(READ_HEDGE_BUDGET, READ_HEDGE_BURST),
+            outliers: Outliers::default(),
+            reads: Default::default(),
+            hedges: Default::default(),
+        }
+    }
 }
 
 /// Whether a failed call says the node could not be reached or did not answer (as opposed to an
@@ -88,11 +120,15 @@ struct Reads {
     tx: mpsc::Sender<ReadReply>,
     rx: mpsc::Receiver<ReadReply>,
     owners: Vec<String>,
+    /// Peers asked that have not replied yet.
+    pending: Vec<String>,
 }
 
 /// A write on its way to the other replicas: its delta, the context the delta was built on,
 /// and the whole cart (encoded only if some target needs it).
 struct Outgoing {
+    /// Only owners count toward W (a checkout: a later checkout's read must see it).
+    strict: bool,
     delta: Arc<Vec<u8>>,
     deps: Arc<Vec<u8>>,
     cart: Arc<Cart>,
@@ -123,6 +159,7 @@ impl Coordinator {
         Arc::new(Coordinator {
             membership: Arc::new(Membership::new(store.clone(), cluster.clone())),
             anti_entropy: crate::anti_entropy::Stats::default(),
+            read_tail: ReadTail::new(cluster.config.peer_timeout),
             store,
             cluster,
             background: Arc::new(Semaphore::new(BACKGROUND_CALLS_MAX)),
@@ -152,6 +189,20 @@ impl Coordinator {
         if !self.cluster.is_owner(&req.cart_id) {
             return self.forward(req).await;
         }
+        // A checkout is strict: it first catches up from a majority of the cart's replicas, and
+        // it is acknowledged by W owners (stand-ins holding hints do not count), so the read of
+        // any later checkout sees it and refuses a version that predates it.
+        let strict = matches!(req.op, CartOp::Checkout { .. });
+        if strict {
+            let majority = Consistency {
+                r: Some((self.cluster.config.n / 2 + 1) as u32),
+                w: None,
+            };
+            let merged = self.read(&req.cart_id, majority).await?;
+            if let Err(e) = self.store.merge(&req.cart_id, (*merged).clone()).await {
+                tracing::warn!(cart_id = %req.cart_id, error = %e, "checkout catch-up not stored");
+            }
+        }
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so
         // deltas reach every peer in the order they were applied (one batch in flight per peer).
         let plan = self.cluster.write_plan(&req.cart_id);
@@ -159,7 +210,7 @@ impl Coordinator {
         let id = &req.cart_id;
         let applied = match self
             .store
-            .apply_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w))
+            .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w))
         {
             // This replica may lag behind what the client saw (a quorum read elsewhere): an op
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
@@ -176,7 +227,7 @@ impl Coordinator {
                 match self.store.merge(id, (*merged).clone()).await {
                     Ok(_) => self
                         .store
-                        .apply_with(id, &req.op, |w| queued = self.queue_delta(&plan, id, w)),
+                        .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w)),
                     Err(e) => Err(e),
                 }
             }
@@ -195,6 +246,7 @@ impl Coordinator {
             Err(e) => return Err(e),
         };
         let outgoing = Arc::new(Outgoing {
+            strict,
             delta: written.delta,
             deps: written.deps,
             cart: written.cart.clone(),
@@ -381,7 +433,8 @@ impl Coordinator {
             },
         };
         let Err(status) = sent else {
-            return true;
+            // A stand-in's hint keeps the write, but does not count for a strict one.
+            return target.hint_for.is_none() || !outgoing.strict;
         };
         tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed");
         if target.hint_for.is_none() && unreachable(&status) {
@@ -392,7 +445,7 @@ impl Coordinator {
                         .await
                         .is_ok()
                     {
-                        return true;
+                        return !outgoing.strict;
                     }
                 }
             }
@@ -470,6 +523,7 @@ impl Coordinator {
                 r: req.consistency.r.unwrap_or(0),
                 w: req.consistency.w.unwrap_or(0),
                 from_node: self.cluster.self_id.clone(),
+                request_id: req.request.map(|r| r.0.to_be_bytes().to_vec()).unwrap_or_default(),
             });
             // The owner needs its own quorum deadline plus the hop.
             request.set_timeout(self.cluster.config.request_timeout + self.cluster.config.peer_timeout);
@@ -508,10 +562,19 @@ impl Coordinator {
         let plan = self.cluster.plan(id);
         let taken = Taken::new(&plan.targets);
         let mut targets = plan.targets;
-        targets.sort_by_key(|t| t.node_id != self.cluster.self_id);
+        // This node first, peers set aside for being slow last (they become spares).
+        let tail = &self.read_tail;
+        targets.sort_by_cached_key(|t| (t.node_id != self.cluster.self_id, tail.outliers.ejected(&t.node_id)));
+        tail.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tail.budget.earn();
         let spare = targets.split_off(r.min(targets.len()));
         let (tx, rx) = mpsc::channel(self.cluster.topology().members().len().max(1));
         let asked = targets.len();
+        let pending: Vec<String> = targets
+            .iter()
+            .filter(|t| t.node_id != self.cluster.self_id)
+            .map(|t| t.node_id.clone())
+            .collect();
         let mut known = None;
         for target in targets {
             if target.node_id != self.cluster.self_id {
@@ -541,6 +604,7 @@ impl Coordinator {
             tx,
             rx,
             owners: plan.owners,
+            pending,
         };
         tokio::spawn(async move { me.gather(reads, answer_tx).await });
         match tokio::time::timeout(self.cluster.config.request_timeout, answer_rx).await {
@@ -575,8 +639,17 @@ impl Coordinator {
             cart_id: id.to_string(),
             known_context: known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default(),
         });
+        let began = tokio::time::Instant::now();
         let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
+        match &result {
+            Ok(_) => self.read_tail.delay.record(began.elapsed()),
+            Err(_) => {
+                self.read_tail
+                    .outliers
+                    .slow(node, self.cluster.topology().members().len());
+            }
+        }
         let reply = result.map_err(NodeError::Remote)?;
         match known {
             Some(known) if reply.unchanged => return Ok(Some(known.cart)),
@@ -598,16 +671,37 @@ impl Coordinator {
         let mut outstanding = reads.asked;
         let deadline = tokio::time::sleep(self.cluster.config.request_timeout);
         tokio::pin!(deadline);
+        let tail = &self.read_tail;
+        let (mut hedged, mut budget_left) = (false, true);
         while outstanding > 0 {
+            // Fewer than R replies after the usual time: one more replica is asked.
+            let may_hedge = budget_left && answer.is_some() && !reads.spare.is_empty();
+            let hedge = tokio::time::sleep(tail.delay.delay());
             let reply = tokio::select! {
                 biased; // fixed branch order: deterministic under simulation
                 reply = reads.rx.recv() => reply,
                 () = &mut deadline => None,
+                () = hedge, if may_hedge => {
+                    if tail.budget.spend() {
+                        tail.hedges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let target = reads.spare.remove(0);
+                        reads.pending.push(target.node_id.clone());
+                        self.ask(target, &reads.id, &reads.tx, reads.known.as_ref());
+                        outstanding += 1;
+                        hedged = true;
+                    } else {
+                        budget_left = false; // spares now only stand in for failures
+                    }
+                    continue;
+                }
             };
             let Some(reply) = reply else { break };
             outstanding -= 1;
+            reads.pending.retain(|n| *n != reply.target.node_id);
             match reply.state {
                 Ok(state) => {
+                    // An expired copy is no copy: it is not merged, and its owner gets repaired.
+                    let state = state.filter(|cart| !self.store.expired(&reads.id, cart));
                     if let Some(cart) = &state {
                         merged = Some(match merged.take() {
                             // Replicas usually agree: merge only when this one has news.
@@ -646,6 +740,16 @@ impl Coordinator {
             if replies.len() >= reads.r {
                 if let Some(tx) = answer.take() {
                     let _ = tx.send(Ok(merged.clone().unwrap_or_default()));
+                    // Peers a hedge overtook were slower than a replica asked after them.
+                    if hedged {
+                        for node in &reads.pending {
+                            tail.outliers.slow(node, self.cluster.topology().members().len());
+                        }
+                    } else {
+                        for (target, _) in &replies {
+                            tail.outliers.good(&target.node_id);
+                        }
+                    }
                 }
             }
         }

@@ -70,6 +70,7 @@ impl From<NodeError> for Status {
                 Status::resource_exhausted(message)
             }
             NodeError::Cart(CartError::NotFound { .. }) => Status::not_found(message),
+            NodeError::Cart(CartError::Stale { .. }) => Status::failed_precondition(message),
             NodeError::Cart(
                 CartError::Decode { .. } | CartError::Encode { .. } | CartError::UnsupportedFormat { .. },
             ) => Status::data_loss(message),

@@ -268,8 +268,9 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Starts node `i` (again).
-    pub fn restart(&mut self, i: usize) -> Result<&NodeProcess, LaunchError> {
+    /// Starts node `i` (again) with extra environment variables (`LD_PRELOAD` and `FAKETIME`
+    /// for libfaketime: the node then lives at another time).
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> Result<&NodeProcess, LaunchError> {
         let (id, _) = self
             .spec
             .nodes
@@ -278,17 +279,22 @@ impl LocalCluster {
                 node_id: format!("#{i}"),
             })?
             .clone();
-        let dir = self.spec.node_dir(&id);
-        let node = match self.joined.iter().find(|(j, _, _)| *j == id) {
-            Some((_, file, seed)) => {
-                let mut command = Command::new(&self.bin);
-                command.arg("run").arg("--config").arg(file).arg("--join").arg(seed);
-                NodeProcess::start_command(command, &id, &dir)?
-            }
-            None => NodeProcess::start(&self.bin, &self.spec.config_path(), &id, &dir)?,
+        let mut command = Command::new(&self.bin);
+        match self.joined.iter().find(|(j, _, _)| *j == id) {
+            Some((_, file, seed)) => command.arg("run").arg("--config").arg(file).arg("--join").arg(seed),
+            None => command
+                .args(["run", "--node", &id, "--config"])
+                .arg(self.spec.config_path()),
         };
+        command.envs(env.iter().copied());
+        let node = NodeProcess::start_command(command, &id, &self.spec.node_dir(&id))?;
         self.nodes[i] = Some(node);
         Ok(self.nodes[i].as_ref().expect("just set"))
+    }
+
+    /// Starts node `i` (again).
+    pub fn restart(&mut self, i: usize) -> Result<&NodeProcess, LaunchError> {
+        self.restart_with_env(i, &[])
     }
 
     /// Starts a new node `node_id` on `port` (0: a free one) from a node file of its own

@@ -30,6 +30,7 @@ pub mod error;
 pub mod faults;
 pub mod handoff;
 pub mod launcher;
+pub mod lifecycle;
 pub mod membership;
 pub mod replica;
 pub mod server;

@@ -99,7 +99,7 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
     config.join = join;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
-    let storage = SledStorage::open(&config.data_dir)?;
+    let storage = open_storage(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("bind {}", config.listen_addr))?;
@@ -112,7 +112,7 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
     }
     let node_id = config.node_id.clone();
     let (data_dir, watermark) = (config.data_dir.clone(), config.min_free_disk_bytes);
-    let node = Node::open(config, Arc::new(storage), Arc::new(SystemClock), rand::random()).await?;
+    let node = Node::open(config, storage, Arc::new(SystemClock), rand::random()).await?;
     // The launcher and tests read this line to learn the bound port.
     println!("cartd {node_id} {READY_MARKER}{addr} (actor {})", node.store().actor());
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -146,6 +146,24 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
         tracing::warn!(error = %e, "the failed storage engine could not flush on the way out (its unflushed writes are on the other replicas)");
     }
     restart_in_place()
+}
+
+/// Fault drill (benchmarks of a slow disk): every flush of the storage engine first waits this
+/// many milliseconds. Never set in production; the node logs a warning when it is.
+const SLOW_FLUSH_ENV: &str = "CARTD_FAULT_SLOW_FLUSH_MS";
+
+fn open_storage(dir: &Path) -> Result<Arc<dyn cart_node::storage::Storage>> {
+    let sled: Arc<dyn cart_node::storage::Storage> = Arc::new(SledStorage::open(dir)?);
+    let Ok(raw) = std::env::var(SLOW_FLUSH_ENV) else {
+        return Ok(sled);
+    };
+    let ms: u64 = raw
+        .parse()
+        .with_context(|| format!("{SLOW_FLUSH_ENV} must be a number of milliseconds, got {raw:?}"))?;
+    tracing::warn!(ms, "fault drill: every storage flush is delayed ({SLOW_FLUSH_ENV})");
+    let faulty = cart_node::faults::FaultyStorage::new(sled);
+    faulty.set(Some(cart_node::faults::Fault::SlowFlush(Duration::from_millis(ms))));
+    Ok(Arc::new(faulty))
 }
 
 /// Restarts after a storage failure no sooner than this after the last one (a disk that keeps

@@ -184,10 +184,16 @@ impl ReplicaService for ReplicaApi {
             w: (req.w > 0).then_some(req.w),
         };
         tracing::debug!(cart_id = %cart_id, from = %req.from_node, op = op.name(), "coordinating a forwarded write");
+        let request_id = match <[u8; 16]>::try_from(req.request_id.as_slice()) {
+            Ok(bytes) => Some(cart_crdt::RequestId(u128::from_be_bytes(bytes))),
+            Err(_) if req.request_id.is_empty() => None,
+            Err(_) => return Err(Status::invalid_argument("request_id: must be 16 bytes")),
+        };
         let request = CartRequest {
             cart_id,
             op,
             consistency,
+            request: request_id,
         };
         let cart = self.coordinator.write_as(&request, true).await?;
         let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;

@@ -25,11 +25,13 @@ use crate::replica::{check_secret, ReplicaApi};
 use crate::service::{CartApi, InFlight};
 use crate::storage::{Storage, StorageError};
 use crate::store::CartStore;
-use crate::{anti_entropy, handoff, membership};
+use crate::{anti_entropy, handoff, lifecycle, membership};
 use cart_ring::layout::Layout;
 
 /// Attempts (500 ms apart) to learn the layout from the `--join` seed on first start.
 const JOIN_ATTEMPTS: u32 = 60;
+/// Streams a client may open and reset before the node accepts them (h2's limit per connection).
+const PENDING_RESETS_MAX: usize = 4096;
 
 pub struct Node {
     config: NodeConfig,
@@ -72,7 +74,8 @@ impl Node {
             config.max_inflight_writes,
             fresh_actor,
         )
-        .await?;
+        .await?
+        .with_expiry(config.cluster.expiry);
         let mut config = config;
         let stored = match membership::load(&store)? {
             Some(stored) => {
@@ -177,6 +180,7 @@ impl Node {
             tokio::spawn(self.coordinator.cluster.clone().run_failure_detector(stop_rx.clone())),
             tokio::spawn(handoff::run(self.coordinator.clone(), stop_rx.clone())),
             tokio::spawn(anti_entropy::run(self.coordinator.clone(), stop_rx.clone())),
+            tokio::spawn(lifecycle::sweeper::run(self.coordinator.clone(), stop_rx.clone())),
             tokio::spawn(membership::run(self.coordinator.membership.clone(), stop_rx)),
         ];
 
@@ -187,6 +191,10 @@ impl Node {
             let _ = stopping_tx.send(());
         };
         let server = Server::builder()
+            // Clients hedge and cancel: a node resuming from a pause finds hundreds of streams
+            // opened and reset while it slept. h2's default (20) would answer that with a
+            // GOAWAY that fails every call on the connection; still bounded (rapid-reset floods).
+            .http2_max_pending_accept_reset_streams(Some(PENDING_RESETS_MAX))
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_interval))
             .add_service(api)

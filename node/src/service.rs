@@ -6,13 +6,14 @@ use std::sync::Arc;
 use cart_crdt::{Cart, CartId, Limits};
 use cart_proto::pb::cart_service_server::CartService;
 use cart_proto::pb::{self, CartReply};
-use cart_proto::{GetRequest, IntoDomain, MEMBERSHIP_HEADER};
+use cart_proto::{CheckoutRequest, GetRequest, IntoDomain, MergeRequest, MEMBERSHIP_HEADER};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
 use crate::error::NodeError;
+use crate::lifecycle;
 
 pub struct CartApi {
     coordinator: Arc<Coordinator>,
@@ -64,11 +65,38 @@ impl CartApi {
         self.coordinator.store.limits()
     }
 
+    /// The read model of a cart as replies show it: an expired cart is empty; with its expiry
+    /// time, and its version token when `with_version` (GetCart, merge, checkout: the token
+    /// grows with the lines, so writes do not pay for it).
+    fn view(&self, cart: &Cart, id: &CartId, with_version: bool) -> Result<pb::Cart, NodeError> {
+        let store = &self.coordinator.store;
+        let empty;
+        let cart = if store.expired(id, cart) {
+            empty = Cart::default();
+            &empty
+        } else {
+            cart
+        };
+        let mut view = cart.view(id);
+        view.expires_at_ms = store.expiry().expires_at_ms(id, cart.touched_at_ms()).unwrap_or(0);
+        if with_version {
+            view.version = cart_crdt::codec::encode_version(&cart.version(id))?;
+        }
+        Ok(pb::Cart::from(view))
+    }
+
     /// The reply, tagged with this node's membership version so clients notice changes.
-    fn reply(&self, cart: &Cart, id: &CartId) -> Response<CartReply> {
-        let mut response = Response::new(CartReply {
-            cart: Some(pb::Cart::from(cart.view(id))),
-        });
+    fn reply(&self, cart: &Cart, id: &CartId) -> Result<Response<CartReply>, NodeError> {
+        self.reply_with(cart, id, false)
+    }
+
+    fn reply_with(&self, cart: &Cart, id: &CartId, with_version: bool) -> Result<Response<CartReply>, NodeError> {
+        let cart = self.view(cart, id, with_version)?;
+        Ok(self.tagged(Response::new(CartReply { cart: Some(cart) })))
+    }
+
+    /// Adds this node's membership version to a reply, so clients notice changes.
+    fn tagged<T>(&self, mut response: Response<T>) -> Response<T> {
         let version = self.coordinator.cluster.version();
         let value = {
             let mut cached = self
@@ -103,7 +131,7 @@ impl CartApi {
                 .write(&req)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
-            Ok(self.reply(&cart, &req.cart_id))
+            Ok(self.reply(&cart, &req.cart_id)?)
         }
         .instrument(self.span(&req.cart_id, req.op.name()))
         .await
@@ -117,7 +145,7 @@ impl CartService for CartApi {
         let req = GetRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
         async {
             let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
-            Ok(self.reply(&cart, &req.cart_id))
+            Ok(self.reply_with(&cart, &req.cart_id, true)?)
         }
         .instrument(self.span(&req.cart_id, "get_cart"))
         .await
@@ -160,5 +188,39 @@ impl CartService for CartApi {
 
     async fn remove_coupon(&self, request: Request<pb::RemoveCouponRequest>) -> Result<Response<CartReply>, Status> {
         self.mutate(request).await
+    }
+
+    async fn merge_carts(
+        &self,
+        request: Request<pb::MergeCartsRequest>,
+    ) -> Result<Response<pb::MergeCartsReply>, Status> {
+        let _in_flight = self.in_flight.enter();
+        let req = MergeRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
+        async {
+            let (user, guest) = lifecycle::merge_carts(&self.coordinator, &req).await?;
+            let reply = pb::MergeCartsReply {
+                cart: Some(self.view(&user, &req.user, true)?),
+                guest: Some(self.view(&guest, &req.guest, false)?),
+            };
+            Ok(self.tagged(Response::new(reply)))
+        }
+        .instrument(self.span(&req.user, "merge_carts"))
+        .await
+    }
+
+    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
+        let _in_flight = self.in_flight.enter();
+        let req = CheckoutRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
+        let id = req.request.cart_id.clone();
+        async {
+            let (order, cart) = lifecycle::checkout(&self.coordinator, &req).await?;
+            let reply = pb::CheckoutReply {
+                order: Some(pb::Order::from(&order)),
+                cart: Some(self.view(&cart, &id, true)?),
+            };
+            Ok(self.tagged(Response::new(reply)))
+        }
+        .instrument(self.span(&id, "checkout"))
+        .await
     }
 }

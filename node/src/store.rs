@@ -24,7 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use cart_crdt::{codec, Actor, Cart, CartId, CartOp, Context, Limits, WriteCtx};
+use cart_crdt::{codec, Actor, Cart, CartId, CartOp, Context, Expiry, Limits, RequestId, WriteCtx};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Semaphore;
@@ -78,6 +78,9 @@ pub struct Written {
     pub cart: Arc<Cart>,
     pub delta: Arc<Vec<u8>>,
     pub deps: Arc<Vec<u8>>,
+    /// The request id was applied here before: nothing was applied now, and `delta` is the
+    /// whole cart (deps empty), for the other replicas to catch up with.
+    pub repeated: bool,
 }
 
 pub struct CartStore {
@@ -87,6 +90,7 @@ pub struct CartStore {
     actor: Actor,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    expiry: Expiry,
     write_permits: Semaphore,
     max_inflight_writes: usize,
     hints: HintCounts,
@@ -119,6 +123,7 @@ impl CartStore {
             actor,
             clock,
             limits,
+            expiry: Expiry::DEFAULT,
             write_permits: Semaphore::new(max_inflight_writes),
             max_inflight_writes,
             hints,
@@ -134,6 +139,26 @@ impl CartStore {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Sets how long carts live (the default is [`Expiry::DEFAULT`]).
+    pub fn with_expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    pub fn expiry(&self) -> &Expiry {
+        &self.expiry
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether this state of the cart has expired now (a pure function of the state and the
+    /// clock: every replica decides alike, see `cart_crdt::Expiry`).
+    pub fn expired(&self, id: &CartId, cart: &Cart) -> bool {
+        self.expiry.expired(id, cart.touched_at_ms(), self.clock.now_ms())
     }
 
     /// This node's replica (an absent cart is empty).
@@ -264,7 +289,7 @@ impl CartStore {
     /// durable. On error nothing is stored. (The coordinator uses [`CartStore::write_with`].)
     #[cfg(test)]
     pub async fn write(&self, id: &CartId, op: &CartOp) -> Result<Written, NodeError> {
-        self.write_with(id, op, |_| {}).await
+        self.write_with(id, op, None, |_| {}).await
     }
 
     /// [`CartStore::apply_with`], then waits until the write is durable.
@@ -272,9 +297,10 @@ impl CartStore {
         &self,
         id: &CartId,
         op: &CartOp,
+        request: Option<RequestId>,
         applied: impl FnOnce(&Written),
     ) -> Result<Written, NodeError> {
-        let written = self.apply_with(id, op, applied)?;
+        let written = self.apply_with(id, op, request, applied)?;
         self.commit.durable().await?;
         Ok(written)
     }
@@ -284,15 +310,63 @@ impl CartStore {
     /// the storage is degraded nothing is tried). `applied` is called with the write while the
     /// cart's lock is still held: what it hands on (the coordinator queues the delta for the
     /// other replicas) is handed on in the order the writes were applied.
-    pub fn apply_with(&self, id: &CartId, op: &CartOp, applied: impl FnOnce(&Written)) -> Result<Written, NodeError> {
+    ///
+    /// A `request` id this replica has applied before applies nothing: the write is the whole
+    /// cart, `repeated`, for the coordinator to bring W replicas up to it. An expired cart is
+    /// written as a new one (its entries forgotten, stored as a new base: an old base with the
+    /// new write's delta would bring them back on load).
+    pub fn apply_with(
+        &self,
+        id: &CartId,
+        op: &CartOp,
+        request: Option<RequestId>,
+        applied: impl FnOnce(&Written),
+    ) -> Result<Written, NodeError> {
         let _permit = self.write_permit()?;
         let written = {
             let _guard = self.lock(id);
             let (mut cart, stored) = self.take_locked(id)?;
+            if request.is_some_and(|r| cart.seen_request(r)) {
+                let cart = Arc::new(cart);
+                self.cache.insert(
+                    id.clone(),
+                    Held {
+                        cart: cart.clone(),
+                        stored,
+                    },
+                );
+                let written = Written {
+                    delta: Arc::new(codec::encode(&cart)?),
+                    deps: Arc::new(Vec::new()),
+                    cart,
+                    repeated: true,
+                };
+                applied(&written);
+                return Ok(written);
+            }
+            let now_ms = self.clock.now_ms();
+            let expired = self.expiry.expired(id, cart.touched_at_ms(), now_ms);
+            if expired {
+                if let CartOp::Checkout { .. } = op {
+                    self.cache.insert(
+                        id.clone(),
+                        Held {
+                            cart: Arc::new(cart),
+                            stored,
+                        },
+                    );
+                    return Err(NodeError::Cart(cart_crdt::CartError::Stale {
+                        field: "version",
+                        reason: "the cart expired since that version was read".into(),
+                    }));
+                }
+                cart.forget_expired();
+            }
             let ctx = WriteCtx {
                 actor: self.actor,
-                now_ms: self.clock.now_ms(),
+                now_ms,
                 limits: &self.limits,
+                request,
             };
             let deps = Arc::new(codec::encode_context(cart.context())?);
             let old_hash = entry_hash(id.as_str().as_bytes(), cart.context())?;
@@ -306,10 +380,12 @@ impl CartStore {
                 }
             };
             let delta = Arc::new(codec::encode(delta.as_cart())?);
+            let as_delta = (!expired).then_some(&delta[..]);
             let written = Written {
-                cart: self.store_locked(id, cart, stored, Some(&delta))?,
+                cart: self.store_locked(id, cart, stored, as_delta)?,
                 delta,
                 deps,
+                repeated: false,
             };
             let new_hash = entry_hash(id.as_str().as_bytes(), written.cart.context())?;
             self.digests.changed(id.as_str().as_bytes(), old_hash, new_hash);
@@ -353,11 +429,31 @@ impl CartStore {
         if current.cart.covers(&incoming) {
             return Ok((current.cart, false)); // seen it all already (a repeat, or an older state)
         }
+        // An expired state is dropped on arrival, and one held here is replaced, never merged:
+        // no hint, repair or returning replica can revive an expired cart.
+        let now_ms = self.clock.now_ms();
+        if self.expiry.expired(id, incoming.touched_at_ms(), now_ms) {
+            return Ok((current.cart, false));
+        }
+        let replace = self.expiry.expired(id, current.cart.touched_at_ms(), now_ms);
         let key = id.as_str().as_bytes();
         let old_hash = entry_hash(key, current.cart.context())?;
         drop(current);
         let (mut cart, stored) = self.take_locked(id)?;
-        cart.merge(incoming);
+        let mut encoded = encoded;
+        if replace {
+            // The expired entries go; the dots they used stay seen, so this node never issues
+            // them again (a replica whose clock is behind may still hold them).
+            cart.replace_expired(incoming);
+            encoded = None;
+        } else {
+            cart.merge(incoming);
+        }
+        // A request this replica applied that another applied first: taken back now (stored as
+        // a new base; the other replicas get it by anti-entropy or their next read).
+        if cart.settle(self.actor, now_ms, &self.limits).is_some() {
+            encoded = None;
+        }
         let merged = self.store_locked(id, cart, stored, encoded)?;
         self.digests.changed(key, old_hash, entry_hash(key, merged.context())?);
         Ok((merged, true))
@@ -482,27 +578,62 @@ impl CartStore {
             if current.cart.context() != handed_over {
                 return Ok(false);
             }
-            let key = id.as_str().as_bytes();
-            self.digests
-                .changed(key, entry_hash(key, current.cart.context())?, None);
-            drop(current);
-            self.cache.remove(id);
-            self.storage.delete(Tree::Carts, id.as_str().as_bytes())?;
-            let prefix = delta_prefix(id.as_str());
-            loop {
-                let page = self.storage.scan(Tree::Deltas, &prefix, None, 64)?;
-                if page.is_empty() {
-                    break;
-                }
-                for (key, _) in page {
-                    self.storage.delete(Tree::Deltas, &key)?;
-                }
-            }
-            self.storage.delete(Tree::Leaves, &leaf_index_key(key))?;
-            self.commit.note_write();
+            self.delete_locked(id, current.cart.context())?;
         }
         self.durable().await?;
         Ok(true)
+    }
+
+    /// Deletes this node's replica of a cart whose context is `context` (caller holds the
+    /// cart's lock): digests, cache, base, deltas, leaf index.
+    fn delete_locked(&self, id: &CartId, context: &Context) -> Result<(), NodeError> {
+        let key = id.as_str().as_bytes();
+        self.digests.changed(key, entry_hash(key, context)?, None);
+        self.cache.remove(id);
+        self.storage.delete(Tree::Carts, key)?;
+        let prefix = delta_prefix(id.as_str());
+        loop {
+            let page = self.storage.scan(Tree::Deltas, &prefix, None, 64)?;
+            if page.is_empty() {
+                break;
+            }
+            for (key, _) in page {
+                self.storage.delete(Tree::Deltas, &key)?;
+            }
+        }
+        self.storage.delete(Tree::Leaves, &leaf_index_key(key))?;
+        self.commit.note_write();
+        Ok(())
+    }
+
+    /// The expiry sweeper's step: deletes the expired carts among one page of this node's
+    /// replicas (after `after`). Returns the page's last key (`None` at
+    /// the end) and how many carts it deleted; durable on return.
+    pub async fn sweep_page(&self, after: Option<&[u8]>, limit: usize) -> Result<(Option<Vec<u8>>, usize), NodeError> {
+        self.writable()?;
+        let page = self.storage.scan(Tree::Carts, b"", after, limit)?;
+        let last = page.last().map(|(key, _)| key.clone());
+        let mut swept = 0;
+        for (key, _) in page {
+            let Ok(id) = CartId::parse(&String::from_utf8_lossy(&key), &self.limits) else {
+                continue;
+            };
+            let _guard = self.lock(&id);
+            let cart = match self.cache.get(&id) {
+                Some(held) => held.cart,
+                None => self.load(&id)?.cart,
+            };
+            // Deleted (its dots forgotten) only once every node within the skew bound reads it
+            // as expired too, and so replaces rather than merges what this node writes next.
+            if self.expiry.forgettable(&id, cart.touched_at_ms(), self.clock.now_ms()) {
+                self.delete_locked(&id, cart.context())?;
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            self.durable().await?;
+        }
+        Ok((last, swept))
     }
 
     /// Counts one page of carts (after `after`) into the digests being rebuilt as `generation`,
@@ -610,6 +741,10 @@ impl CartStore {
 
     /// Merges `incoming` into the hint stored at `key` (caller holds the cart's lock).
     fn merge_hint(&self, key: &[u8], incoming: Cart) -> Result<(), NodeError> {
+        let id = hint_cart_id(key).and_then(|id| CartId::parse(id, &self.limits).ok());
+        if id.is_some_and(|id| self.expired(&id, &incoming)) {
+            return Ok(()); // an expired state is never kept, not even as a hint
+        }
         let mut cart = self.load_hint(Tree::Hints, key)?;
         cart.merge(incoming);
         self.put(Tree::Hints, key, &codec::encode(&cart)?)

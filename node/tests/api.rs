@@ -92,6 +92,7 @@ fn snapshot(name: &str, price: i64, currency: &str) -> pb::ItemSnapshot {
 
 fn add(cart_id: &str, product_id: &str, quantity: i64, snapshot: pb::ItemSnapshot) -> pb::AddItemRequest {
     pb::AddItemRequest {
+        request_id: String::new(),
         cart_id: cart_id.into(),
         product_id: product_id.into(),
         quantity,
@@ -110,6 +111,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         .await
         .unwrap();
     raw.apply_coupon(pb::ApplyCouponRequest {
+        request_id: String::new(),
         cart_id: id.into(),
         code: "SPRING".into(),
         consistency: None,
@@ -193,6 +195,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "unknown product on remove",
             raw.remove_item(pb::RemoveItemRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "nope".into(),
                 consistency: None,
@@ -204,6 +207,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "negative set quantity",
             raw.set_quantity(pb::SetQuantityRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "sku-1".into(),
                 quantity: -1,
@@ -216,6 +220,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "zero delta",
             raw.adjust_quantity(pb::AdjustQuantityRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "sku-1".into(),
                 delta: 0,
@@ -228,6 +233,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "adjust below zero",
             raw.adjust_quantity(pb::AdjustQuantityRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "sku-1".into(),
                 delta: -9_999,
@@ -240,6 +246,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "adjust an unknown product",
             raw.adjust_quantity(pb::AdjustQuantityRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "nope".into(),
                 delta: 1,
@@ -252,6 +259,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "save an unknown product",
             raw.save_for_later(pb::SaveForLaterRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "nope".into(),
                 consistency: None,
@@ -263,6 +271,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "move a product not saved",
             raw.move_to_cart(pb::MoveToCartRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 product_id: "sku-1".into(),
                 consistency: None,
@@ -274,6 +283,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "remove a coupon not applied",
             raw.remove_coupon(pb::RemoveCouponRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 code: "NOPE".into(),
                 consistency: None,
@@ -285,6 +295,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "coupon with a space",
             raw.apply_coupon(pb::ApplyCouponRequest {
+                request_id: String::new(),
                 cart_id: id.into(),
                 code: "TEN OFF".into(),
                 consistency: None,

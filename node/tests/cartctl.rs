@@ -154,3 +154,76 @@ async fn cartctl_cluster_stages_plans_and_discards() {
     let status = cartctl(n1, &["status"]).await.unwrap();
     assert!(status.contains("layout version 1"), "{status}");
 }
+
+/// The README's lifecycle walk-through: a guest cart, login (merge), checkout; expiry shown.
+#[tokio::test]
+async fn the_lifecycle_walk_through_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start_node(dir.path());
+    let addr = common::addr(&node, 0);
+    let add = |cart: &'static str, sku: &'static str, qty: &'static str| {
+        let args = [
+            "cart",
+            "add",
+            cart,
+            sku,
+            "--qty",
+            qty,
+            "--name",
+            "Mug",
+            "--price",
+            "1299",
+            "--currency",
+            "EUR",
+        ];
+        async move { cartctl(addr, &args).await }
+    };
+    let guest = add("guest:sess-42", "sku-1", "2").await.unwrap();
+    assert!(guest.contains("expires "), "{guest}");
+    add("user:alice", "sku-2", "1").await.unwrap();
+    let merged = cartctl(addr, &["cart", "merge", "guest:sess-42", "user:alice"])
+        .await
+        .unwrap();
+    assert!(merged.contains("sku-1") && merged.contains("sku-2"), "{merged}");
+    assert!(merged.contains("merged into user:alice"), "{merged}");
+    let shown = cartctl(addr, &["--json", "cart", "get", "user:alice"]).await.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let version = value["version"].as_str().unwrap().to_owned();
+    assert!(value["expires_at_ms"].as_u64().unwrap() > value["touched_at_ms"].as_u64().unwrap());
+    add("user:alice", "sku-3", "1").await.unwrap();
+    let out = cartctl(
+        addr,
+        &[
+            "cart",
+            "checkout",
+            "user:alice",
+            "--version",
+            &version,
+            "--request-id",
+            "order-1",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("order (request id order-1)"), "{out}");
+    assert!(out.contains("total: 38.97 EUR"), "{out}");
+    let left = cartctl(addr, &["--json", "cart", "get", "user:alice"]).await.unwrap();
+    let left: serde_json::Value = serde_json::from_str(&left).unwrap();
+    assert_eq!(left["lines"].as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left["lines"][0]["product_id"], "sku-3");
+    let stale = cartctl(
+        addr,
+        &[
+            "cart",
+            "checkout",
+            "user:alice",
+            "--version",
+            &version,
+            "--request-id",
+            "order-2",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(stale.to_string().contains("checked out"), "{stale}");
+}

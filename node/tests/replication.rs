@@ -40,6 +40,7 @@ fn snapshot() -> pb::ItemSnapshot {
 async fn add_via(addr: SocketAddr, cart: &str, product: &str, w: u32) -> Result<pb::Cart, tonic::Status> {
     let mut c = common::raw_client(addr).await;
     let req = pb::AddItemRequest {
+        request_id: String::new(),
         cart_id: cart.into(),
         product_id: product.into(),
         quantity: 1,
@@ -247,6 +248,7 @@ async fn concurrent_adds_through_different_coordinators_all_survive_and_sum() {
             for k in 0..15 {
                 for product in [format!("n{i}-item-{k}"), "hot".to_string()] {
                     let req = pb::AddItemRequest {
+                        request_id: String::new(),
                         cart_id: cart.into(),
                         product_id: product,
                         quantity: 1,
@@ -511,6 +513,7 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
     let mut c = common::raw_client(n3).await;
     let removed = c
         .remove_item(pb::RemoveItemRequest {
+            request_id: String::new(),
             cart_id: "user:lag".into(),
             product_id: "sku-1".into(),
             consistency: None,
@@ -524,6 +527,7 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
     // Something that exists nowhere is still NOT_FOUND.
     let missing = c
         .remove_item(pb::RemoveItemRequest {
+            request_id: String::new(),
             cart_id: "user:lag".into(),
             product_id: "nope".into(),
             consistency: None,
@@ -577,7 +581,7 @@ async fn preload(data: &std::path::Path, carts: usize) {
         tasks.spawn(async move {
             for i in (worker..carts).step_by(64) {
                 let id = CartId::parse(&format!("user:preload-{i}"), &Limits::DEFAULT).unwrap();
-                store.write_with(&id, &op, |_| {}).await.unwrap();
+                store.write_with(&id, &op, None, |_| {}).await.unwrap();
             }
         });
     }

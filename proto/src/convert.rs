@@ -2,8 +2,8 @@
 
 use cart_crdt::validate::{self, SnapshotInput};
 use cart_crdt::{
-    CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, LineView, Money, OwnerKind, ProductId,
-    SavedView,
+    CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, LineView, MergeMode, Money, Order,
+    OwnerKind, ProductId, RequestId, SavedView,
 };
 
 use crate::pb;
@@ -40,6 +40,147 @@ pub struct CartRequest {
     pub cart_id: CartId,
     pub op: CartOp,
     pub consistency: Consistency,
+    /// The client's request id: applied at most once per id.
+    pub request: Option<RequestId>,
+}
+
+/// An optional `request_id` field: empty means none.
+pub fn request_id(raw: &str) -> Result<Option<RequestId>, CartError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    RequestId::parse(raw, "request_id").map(Some)
+}
+
+/// A validated `MergeCarts` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRequest {
+    pub guest: CartId,
+    pub user: CartId,
+    pub mode: MergeMode,
+    pub consistency: Consistency,
+}
+
+impl MergeRequest {
+    pub fn from_wire(req: pb::MergeCartsRequest, limits: &Limits) -> Result<Self, CartError> {
+        let guest = CartId::parse(&req.guest_cart_id, limits).map_err(|e| rename(e, "guest_cart_id"))?;
+        if guest.owner() != OwnerKind::Guest {
+            return Err(CartError::InvalidArgument {
+                field: "guest_cart_id",
+                reason: format!("{guest} must start with \"guest:\""),
+            });
+        }
+        let user = CartId::parse(&req.user_cart_id, limits).map_err(|e| rename(e, "user_cart_id"))?;
+        if user.owner() != OwnerKind::User {
+            return Err(CartError::InvalidArgument {
+                field: "user_cart_id",
+                reason: format!("{user} must start with \"user:\""),
+            });
+        }
+        let mode = match pb::MergeMode::try_from(req.mode) {
+            Ok(pb::MergeMode::Unspecified | pb::MergeMode::Merge) => MergeMode::Merge,
+            Ok(pb::MergeMode::Replace) => MergeMode::Replace,
+            Err(_) => {
+                return Err(CartError::InvalidArgument {
+                    field: "mode",
+                    reason: format!("unknown merge mode {}", req.mode),
+                })
+            }
+        };
+        Ok(MergeRequest {
+            guest,
+            user,
+            mode,
+            consistency: req.consistency.into(),
+        })
+    }
+}
+
+/// A cart id error reported under another field name.
+fn rename(e: CartError, field: &'static str) -> CartError {
+    match e {
+        CartError::InvalidArgument { reason, .. } => CartError::InvalidArgument { field, reason },
+        other => other,
+    }
+}
+
+/// A validated `Checkout` request (the version decoded and checked against the cart id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutRequest {
+    pub request: CartRequest,
+    pub request_id: RequestId,
+}
+
+impl CheckoutRequest {
+    pub fn from_wire(req: pb::CheckoutRequest, limits: &Limits) -> Result<Self, CartError> {
+        let cart_id = CartId::parse(&req.cart_id, limits)?;
+        let version = cart_crdt::codec::decode_version(&req.version, &cart_id, "version")?;
+        let request_id = request_id(&req.request_id)?.ok_or_else(|| CartError::InvalidArgument {
+            field: "request_id",
+            reason: "is required for a checkout (a retry with the same id returns the same order)".into(),
+        })?;
+        Ok(CheckoutRequest {
+            request: CartRequest {
+                cart_id,
+                op: CartOp::Checkout {
+                    version: Box::new(version),
+                },
+                consistency: req.consistency.into(),
+                request: Some(request_id),
+            },
+            request_id,
+        })
+    }
+}
+
+impl From<&Order> for pb::Order {
+    fn from(o: &Order) -> Self {
+        pb::Order {
+            lines: o
+                .lines
+                .iter()
+                .map(|l| pb::OrderLine {
+                    product_id: l.product_id.to_string(),
+                    quantity: to_wire_quantity(l.quantity),
+                    snapshot: Some(l.snapshot.clone().into()),
+                })
+                .collect(),
+            coupons: o.coupons.iter().map(|c| c.to_string()).collect(),
+            totals: o
+                .totals()
+                .into_iter()
+                .map(|m| pb::Money {
+                    currency: m.currency,
+                    amount_minor: m.amount_minor,
+                })
+                .collect(),
+            version_at_ms: o.version_at_ms,
+        }
+    }
+}
+
+/// An order as a client reads it back (product ids and snapshots trusted as stored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderView {
+    pub lines: Vec<LineView>,
+    pub coupons: Vec<String>,
+    pub totals: Vec<Money>,
+    pub version_at_ms: u64,
+}
+
+impl From<pb::Order> for OrderView {
+    fn from(o: pb::Order) -> Self {
+        OrderView {
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| line_view(l.product_id, l.quantity, l.snapshot))
+                .collect(),
+            coupons: o.coupons,
+            totals: o.totals.into_iter().map(money_view).collect(),
+            version_at_ms: o.version_at_ms,
+        }
+    }
 }
 
 /// A validated read request.
@@ -67,12 +208,14 @@ fn request(
     cart_id: &str,
     op: CartOp,
     consistency: Option<pb::Consistency>,
+    request: &str,
     limits: &Limits,
 ) -> Result<CartRequest, CartError> {
     Ok(CartRequest {
         cart_id: CartId::parse(cart_id, limits)?,
         op,
         consistency: consistency.into(),
+        request: request_id(request)?,
     })
 }
 
@@ -91,6 +234,7 @@ impl IntoDomain for pb::AddItemRequest {
                 snapshot,
             },
             consistency: self.consistency.into(),
+            request: request_id(&self.request_id)?,
         })
     }
 }
@@ -104,6 +248,7 @@ impl IntoDomain for pb::SetQuantityRequest {
             cart_id,
             op: CartOp::SetQuantity { product_id, quantity },
             consistency: self.consistency.into(),
+            request: request_id(&self.request_id)?,
         })
     }
 }
@@ -117,6 +262,7 @@ impl IntoDomain for pb::AdjustQuantityRequest {
             cart_id,
             op: CartOp::AdjustQuantity { product_id, delta },
             consistency: self.consistency.into(),
+            request: request_id(&self.request_id)?,
         })
     }
 }
@@ -132,6 +278,7 @@ macro_rules! product_request {
                     cart_id,
                     op: CartOp::$variant { product_id },
                     consistency: self.consistency.into(),
+                    request: request_id(&self.request_id)?,
                 })
             }
         }
@@ -153,6 +300,7 @@ macro_rules! coupon_request {
                     cart_id,
                     op: CartOp::$variant { code },
                     consistency: self.consistency.into(),
+                    request: request_id(&self.request_id)?,
                 })
             }
         }
@@ -164,7 +312,7 @@ coupon_request!(pb::RemoveCouponRequest, RemoveCoupon);
 
 impl IntoDomain for pb::ClearCartRequest {
     fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
-        request(&self.cart_id, CartOp::Clear, self.consistency, limits)
+        request(&self.cart_id, CartOp::Clear, self.consistency, &self.request_id, limits)
     }
 }
 
@@ -210,6 +358,22 @@ fn snapshot_to_domain(s: Option<pb::ItemSnapshot>) -> ItemSnapshot {
     }
 }
 
+/// A line as a client reads it back (quantities below 0 read as 0).
+fn line_view(product_id: String, quantity: i64, snapshot: Option<pb::ItemSnapshot>) -> LineView {
+    LineView {
+        product_id,
+        quantity: quantity.max(0) as u64,
+        snapshot: snapshot_to_domain(snapshot),
+    }
+}
+
+fn money_view(m: pb::Money) -> Money {
+    Money {
+        currency: m.currency,
+        amount_minor: m.amount_minor,
+    }
+}
+
 fn to_wire_quantity(q: u64) -> i64 {
     i64::try_from(q).unwrap_or(i64::MAX)
 }
@@ -250,6 +414,9 @@ impl From<CartView> for pb::Cart {
                 })
                 .collect(),
             touched_at_ms: v.touched_at_ms,
+            version: v.version,
+            expires_at_ms: v.expires_at_ms,
+            merged_into: v.merged_into.unwrap_or_default(),
         }
     }
 }
@@ -266,11 +433,7 @@ impl From<pb::Cart> for CartView {
             lines: c
                 .lines
                 .into_iter()
-                .map(|l| LineView {
-                    product_id: l.product_id,
-                    quantity: l.quantity.max(0) as u64,
-                    snapshot: snapshot_to_domain(l.snapshot),
-                })
+                .map(|l| line_view(l.product_id, l.quantity, l.snapshot))
                 .collect(),
             saved: c
                 .saved
@@ -282,15 +445,11 @@ impl From<pb::Cart> for CartView {
                 })
                 .collect(),
             coupons: c.coupons,
-            subtotals: c
-                .subtotals
-                .into_iter()
-                .map(|m| Money {
-                    currency: m.currency,
-                    amount_minor: m.amount_minor,
-                })
-                .collect(),
+            subtotals: c.subtotals.into_iter().map(money_view).collect(),
             touched_at_ms: c.touched_at_ms,
+            merged_into: (!c.merged_into.is_empty()).then_some(c.merged_into),
+            version: c.version,
+            expires_at_ms: c.expires_at_ms,
         }
     }
 }

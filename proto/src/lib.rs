@@ -5,10 +5,14 @@
 //!   [`cart_crdt::CartError`] naming the bad field, and turns the domain read model back into
 //!   wire messages.
 //!
+//! - [`hedge`] holds the tail-latency tools (hedge delay, hedge budget, outlier ejection) that
+//!   `cart-client` and the node's coordinator share.
+//!
 //! This crate holds no business logic: what an operation *does* lives in `cart-crdt` and
 //! `cart-node`.
 
 pub mod convert;
+pub mod hedge;
 
 /// Generated protobuf messages and tonic services of the public API (`cartdb.v1`).
 pub mod pb {
@@ -47,4 +51,6 @@ pub fn outcome_unknown(status: &tonic::Status) -> bool {
 /// membership changes.
 pub const MEMBERSHIP_HEADER: &str = "x-cartdb-membership";
 
-pub use convert::{CartRequest, Consistency, GetRequest, IntoDomain};
+pub use convert::{
+    request_id, CartRequest, CheckoutRequest, Consistency, GetRequest, IntoDomain, MergeRequest, OrderView,
+};

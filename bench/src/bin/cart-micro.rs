@@ -81,6 +81,7 @@ fn build_cart(lines: u32, limits: &Limits) -> Result<Cart> {
             actor: Actor(ACTORS[at]),
             now_ms: u64::from(i),
             limits,
+            request: Some(cart_crdt::RequestId(u128::from(i))),
         };
         replicas[at].apply(&ctx, &add_op(i, limits)?)?;
     }
@@ -91,6 +92,7 @@ fn build_cart(lines: u32, limits: &Limits) -> Result<Cart> {
             actor: Actor(ACTORS[at]),
             now_ms: u64::from(lines),
             limits,
+            request: None,
         };
         for i in (0..lines).filter(|i| (i + at as u32).is_multiple_of(2)) {
             replica.apply(&ctx, &adjust_op(i, limits)?)?;
@@ -137,6 +139,7 @@ fn main() -> Result<()> {
         actor: Actor(ACTORS[0]),
         now_ms: u64::from(args.lines) + 1,
         limits: &limits,
+        request: Some(cart_crdt::RequestId(u128::MAX)),
     };
     let adjust = adjust_op(0, &limits)?;
     let delta = cart.clone().apply(&writer, &adjust)?;

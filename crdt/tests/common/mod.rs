@@ -103,11 +103,23 @@ impl Replica {
     }
 
     pub fn apply_with(&mut self, limits: &Limits, op: &CartOp) -> Result<CartDelta, CartError> {
+        self.apply_request(limits, op, None)
+    }
+
+    /// Applies `op` carrying a request id, as a node does: a request this replica has seen is
+    /// not applied again (`Ok(None)`).
+    pub fn apply_request(
+        &mut self,
+        limits: &Limits,
+        op: &CartOp,
+        request: Option<cart_crdt::RequestId>,
+    ) -> Result<CartDelta, CartError> {
         self.now_ms += 1;
         let ctx = WriteCtx {
             actor: self.actor,
             now_ms: self.now_ms,
             limits,
+            request,
         };
         self.cart.apply(&ctx, op)
     }

@@ -77,6 +77,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Use network namespaces when possible (false: always the loopback proxies).
     pub namespaces: bool,
+    /// Size of each node's data tmpfs (namespaces tier), MiB.
+    pub disk_mb: u32,
 }
 
 /// Installs nftables and libfaketime with apt-get when they are missing.
@@ -236,10 +238,11 @@ struct Nodes {
     /// fills it), and those it filled (a filler file, deleted at heal).
     disks: BTreeSet<usize>,
     full: BTreeSet<usize>,
+    disk_mb: u32,
 }
 
-/// Size of each node's data tmpfs in the namespaces tier.
-const DISK_MB: u32 = 256;
+/// Lines of a dead node's log the harness prints.
+const LOG_TAIL_LINES: usize = 30;
 
 impl Nodes {
     fn name(i: usize) -> String {
@@ -288,7 +291,7 @@ impl Nodes {
             let data = self.data_dir(i);
             std::fs::create_dir_all(&data)?;
             let mounted = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+                .args(["-t", "tmpfs", "-o", &format!("size={}m", self.disk_mb), "tmpfs"])
                 .arg(&data)
                 .status()
                 .with_context(|| format!("mounting a tmpfs on {}", data.display()))?;
@@ -415,6 +418,25 @@ impl Nodes {
         Ok(())
     }
 
+    /// Nodes whose process has exited on its own (none should: a full disk is met by a restart
+    /// in place), each with its exit status and the end of its log.
+    fn exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else { continue };
+            if let Ok(Some(status)) = p.try_wait() {
+                let log = std::fs::read_to_string(p.log_path()).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n    ");
+                out.push(format!(
+                    "{} exited ({status}); its log ends:\n    {tail}",
+                    Self::name(i)
+                ));
+            }
+        }
+        out
+    }
+
     fn stop_all(&mut self) {
         for p in self.procs.iter_mut().filter_map(Option::as_mut) {
             let _ = p.signal(Signal::SIGCONT);
@@ -493,6 +515,19 @@ fn client_options() -> ClientOptions {
     }
 }
 
+/// Processes per workload whose client fails over (besides those attached to each node).
+pub const FAILOVER_CLIENTS: usize = 2;
+
+/// A client as `cart-client` is by default: every node, owners first, writes retried on the
+/// next node with their request id.
+fn failover_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(1500),
+        connect_timeout: Duration::from_millis(500),
+        ..ClientOptions::default()
+    }
+}
+
 /// Every owner's stored state of every cart, through the admin API's LocalRead.
 async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>, deadline: Instant) -> Result<Vec<ReplicaState>> {
     let mut admins = std::collections::BTreeMap::new();
@@ -565,6 +600,9 @@ pub struct RunResult {
 pub fn run(opts: &Options) -> Result<RunResult> {
     // Set on SIGINT/SIGTERM (copied from the signal flag) or when a phase fails: everything stops.
     let stop = Arc::new(AtomicBool::new(false));
+    if opts.workloads.contains(&Workload::Expiry) {
+        bail!("the expiry workload runs in the simulation (`cart-jepsen simulate`), where guest carts live seconds");
+    }
     catch_signals()?;
     // Node data from an earlier run would show up as phantom items and counters out of range.
     if std::fs::read_dir(&opts.dir).is_ok_and(|mut entries| entries.next().is_some()) {
@@ -593,6 +631,7 @@ pub fn run(opts: &Options) -> Result<RunResult> {
         left: BTreeSet::new(),
         disks: BTreeSet::new(),
         full: BTreeSet::new(),
+        disk_mb: opts.disk_mb,
     };
     for i in 0..opts.nodes {
         if interrupted() {
@@ -650,6 +689,7 @@ async fn drive(
             process: 0,
             node: "setup".into(),
             workload: Workload::Quantity,
+            failover: true,
         };
         workload::setup_quantity(&client, &rec, stop)
             .await
@@ -660,29 +700,36 @@ async fn drive(
     let held = nodes.take().context("nodes already taken")?;
     *nemesis = Some(nemesis_thread(held, steps, clock, recorder.clone(), stop.clone()));
     let mut tasks = Vec::new();
-    let mut id = 1;
-    for (i, addr) in addrs.iter().enumerate() {
-        for &kind in &opts.workloads {
-            for _ in 0..opts.clients_per_node {
-                let client = CartClient::connect_with([addr], client_options()).await?;
-                let process = Process {
-                    recording: Recording {
-                        recorder: recorder.clone(),
-                        clock,
-                        process: id,
-                        node: Nodes::name(i),
-                        workload: kind,
-                    },
-                    client,
-                    seed: opts.seed.wrapping_mul(1_000_003).wrapping_add(id as u64),
-                    until,
-                    think: Duration::from_millis(10),
-                    stop: stop.clone(),
-                };
-                tasks.push(tokio::spawn(process.run()));
-                id += 1;
-            }
-        }
+    let named: Vec<(String, String)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (Nodes::name(i), a.clone()))
+        .collect();
+    for p in workload::plan(&named, &opts.workloads, opts.clients_per_node, FAILOVER_CLIENTS) {
+        let options = if p.failover {
+            failover_options()
+        } else {
+            client_options()
+        };
+        let client = CartClient::connect_with(&p.targets, options).await?;
+        let process = Process {
+            recording: Recording {
+                recorder: recorder.clone(),
+                clock,
+                process: p.id,
+                node: p.node,
+                workload: p.workload,
+                failover: p.failover,
+            },
+            client,
+            seed: opts.seed.wrapping_mul(1_000_003).wrapping_add(p.id as u64),
+            until,
+            think: Duration::from_millis(10),
+            stop: stop.clone(),
+            checkout_carts: p.checkout_carts,
+            checkout_index: p.checkout_index,
+        };
+        tasks.push(tokio::spawn(process.run()));
     }
     for task in tasks {
         task.await?;
@@ -691,15 +738,38 @@ async fn drive(
     let (held, healed) = tokio::task::spawn_blocking(move || handle.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the nemesis thread panicked"))?;
-    *nodes = Some(held);
+    let held = nodes.insert(held);
     healed.context("healing the cluster")?;
+    let dead = held.exited();
+    if !dead.is_empty() {
+        bail!("a node died during the run:\n{}", dead.join("\n"));
+    }
     if stop.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
-    eprintln!("cart-jepsen: all faults healed; waiting for replicas to converge");
+    eprintln!("cart-jepsen: all faults healed; sending writes whose outcome stayed unknown again");
+    {
+        let client = CartClient::connect_with(&addrs, failover_options()).await?;
+        let rec = Recording {
+            recorder: recorder.clone(),
+            clock,
+            process: 0,
+            node: "resolve".into(),
+            workload: Workload::Quantity,
+            failover: true,
+        };
+        workload::resolve_unknown(&client, &rec, &recorder.history()).await;
+    }
+    eprintln!("cart-jepsen: waiting for replicas to converge");
     let history = recorder.history();
     let carts: BTreeSet<String> = history.ops.iter().map(|o| o.cart.clone()).collect();
-    let (finals, waited) = await_convergence(ring, &carts).await?;
+    let waited = await_convergence(ring, &carts).await;
+    if !matches!(&waited, Ok((finals, _)) if converged(finals)) {
+        for line in nodes.as_mut().map(Nodes::exited).unwrap_or_default() {
+            eprintln!("cart-jepsen: {line}");
+        }
+    }
+    let (finals, waited) = waited?;
     eprintln!(
         "cart-jepsen: {} after {:.1} s",
         if converged(&finals) {

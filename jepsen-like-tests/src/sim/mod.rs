@@ -93,6 +93,11 @@ pub struct SimOptions {
     pub anti_entropy_interval: Duration,
     /// HTTP/2 keepalive on every node connection, served and dialled (at least 100 ms).
     pub keepalive_interval: Duration,
+    /// Guest carts expire this long after their last change (user carts never do here), with
+    /// this clock-skew bound; each node sweeps every `sweep_interval`.
+    pub guest_ttl: Duration,
+    pub clock_skew: Duration,
+    pub sweep_interval: Duration,
 }
 
 impl Default for SimOptions {
@@ -113,6 +118,9 @@ impl Default for SimOptions {
             hint_interval: Duration::from_millis(200),
             anti_entropy_interval: Duration::from_millis(500),
             keepalive_interval: Duration::from_millis(1_000),
+            guest_ttl: Duration::from_secs(3),
+            clock_skew: Duration::from_millis(200),
+            sweep_interval: Duration::from_millis(500),
         }
     }
 }
@@ -139,6 +147,12 @@ impl SimOptions {
             self.down_after_failures,
             ms(self.hint_interval),
             ms(self.anti_entropy_interval),
+        );
+        toml += &format!(
+            "guest_ttl = \"{}ms\"\nuser_ttl = \"0\"\nclock_skew = \"{}ms\"\nsweep_interval = \"{}ms\"\n",
+            ms(self.guest_ttl),
+            ms(self.clock_skew),
+            ms(self.sweep_interval),
         );
         for (host, addr) in hosts.iter().zip(addrs) {
             toml +=

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A paused node under storefront load (issue 16's run), in one cluster:
+#
+#   RATE=1000 DURATION_S=30 PAUSE_AT_S=10 PAUSE_S=10 bench/run-pause.sh
+#
+# 1. Builds release; starts a 3-node `cartd dev` cluster on 127.0.0.1:17901-17903 (N = 3,
+#    R = W = 2) and warms it (5 s of storefront load, not reported).
+# 2. quiet: `cart-bench --profile storefront --rate RATE --concurrency 512` for DURATION_S
+#    seconds, reported with --window PAUSE_AT_S,PAUSE_AT_S+PAUSE_S (nothing happens in it: the
+#    baseline of the window's figures).
+# 3. paused: the same run while n2 is stopped (SIGSTOP) from PAUSE_AT_S to PAUSE_AT_S + PAUSE_S
+#    (then SIGCONT): the window's percentiles are those of the pause, and the run's overall
+#    figures include it. cart-bench also prints how many extra requests its client's hedging
+#    sent.
+#
+# Set HEDGE=0 to run the client without hedging (cart-bench --no-hedge) for a comparison.
+# JSON reports and logs: bench/results/pause/ (ignored by git). Every process started here is
+# stopped on every exit path (a paused node is continued first); the data dir is removed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+source bench/cluster.sh
+PAUSED=""
+cleanup() {
+    if [[ -n "$PAUSED" ]]; then kill -CONT "$PAUSED" 2>/dev/null || true; fi
+    stop_child
+    stop_cluster
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+RATE=${RATE:-1000}
+DURATION_S=${DURATION_S:-30}
+PAUSE_AT_S=${PAUSE_AT_S:-10}
+PAUSE_S=${PAUSE_S:-10}
+HEDGE=${HEDGE:-1}
+PORT=17901
+OUT=bench/results/pause
+mkdir -p "$OUT"
+rm -f "$OUT"/*
+
+run_child cargo build --release -p cart-node -p cart-client -p cart-bench
+start_cluster 3 $PORT
+N2=$(pgrep -P "$CLUSTER_PID" -f -- "--node n2" | head -1)
+if [[ -z "$N2" ]]; then
+    echo "cannot find n2's process" >&2
+    exit 1
+fi
+WINDOW="$PAUSE_AT_S,$((PAUSE_AT_S + PAUSE_S))"
+HEDGE_ARGS=()
+if [[ "$HEDGE" == 0 ]]; then HEDGE_ARGS=(--no-hedge); fi
+
+bench() {
+    local name=$1
+    shift
+    echo "cart-bench $name (output: $OUT/$name.log, client diagnostics: $OUT/$name.err)"
+    if ! target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/$name.json" \
+        --no-progress --seed 7 --profile storefront --concurrency 512 "${HEDGE_ARGS[@]}" "$@" \
+        >"$OUT/$name.log" 2>"$OUT/$name.err"; then
+        echo "cart-bench $name failed:" >&2
+        cat "$OUT/$name.log" "$OUT/$name.err" >&2
+        exit 1
+    fi
+    grep -E '^(target|inside|outside|hedged)' "$OUT/$name.log" || true
+    grep -E '^errors' "$OUT/$name.err" || true
+}
+
+bench warmup --duration 5 --rate "$RATE"
+bench quiet --duration "$DURATION_S" --rate "$RATE" --window "$WINDOW"
+
+# The pause runs beside the bench: stop n2 at PAUSE_AT_S, continue it PAUSE_S later.
+(
+    sleep "$PAUSE_AT_S"
+    kill -STOP "$N2"
+    echo "n2 (pid $N2) stopped at ${PAUSE_AT_S} s"
+    sleep "$PAUSE_S"
+    kill -CONT "$N2"
+    echo "n2 continued at $((PAUSE_AT_S + PAUSE_S)) s"
+) &
+PAUSER=$!
+PAUSED=$N2
+bench paused --duration "$DURATION_S" --rate "$RATE" --window "$WINDOW"
+wait "$PAUSER" || true
+PAUSED=""
+
+python3 bench/summarize.py compare quiet="$OUT/quiet.json" paused="$OUT/paused.json" || true
