@@ -965,47 +965,35 @@ impl CartClient {
             if no_answer(&status) {
                 inner.outliers.slow(&uri, route.len());
             }
-            let retryable = retry.allows(&status);
             if unknown.is_none() && outcome_unknown(&status) {
                 unknown = Some(ClientError::status(&status, &address));
             }
-            if !retryable && !no_answer(&status) && refused.is_none() {
-                refused = Some((status.clone(), address.clone()));
-            }
-            // A hedge of this call is still running: its answer may do. A write's refusal by
-            // one node does not end the call while another attempt runs: that attempt may be
-            // applied (its cancellation would not undo it), so its answer decides.
-            let writes = matches!(retry, Retry::SameRequestId);
-            if !running.is_empty() && (retryable || no_answer(&status) || writes) {
-                continue;
-            }
-            // Once a node refused, a later attempt's "not reached" does not hide the refusal.
-            let (status, address) = match (&refused, retryable) {
-                (Some((refusal, at)), true) => (refusal.clone(), at.clone()),
-                _ => (status, address),
-            };
-            let retryable = retryable && refused.is_none();
-            if started >= attempts || !retryable {
-                if retryable || status.code() == Code::Unavailable {
-                    // No node gave an answer: the membership may have moved on.
-                    inner.failed.store(true, Ordering::Release);
-                }
-                return Err(match (unknown, matches!(retry, Retry::SameRequestId)) {
-                    (
-                        Some(ClientError::Status {
+            let (status, address) = match retry.after(status, !running.is_empty(), started < attempts, &mut refused, &address) {
+                Next::Wait => continue,
+                Next::Retry(status) => (status, address),
+                Next::Stop(status, refusal_at) => {
+                    let address = refusal_at.unwrap_or(address);
+                    if no_answer(&status) {
+                        // No node gave an answer: the membership may have moved on.
+                        inner.failed.store(true, Ordering::Release);
+                    }
+                    return Err(match (unknown, matches!(retry, Retry::SameRequestId)) {
+                        (
+                            Some(ClientError::Status {
+                                code,
+                                message,
+                                endpoint,
+                            }),
+                            true,
+                        ) => ClientError::Status {
                             code,
-                            message,
+                            message: format!("{message}; then {address}: {:?}: {}", status.code(), status.message()),
                             endpoint,
-                        }),
-                        true,
-                    ) => ClientError::Status {
-                        code,
-                        message: format!("{message}; then {address}: {:?}: {}", status.code(), status.message()),
-                        endpoint,
-                    },
-                    _ => ClientError::status(&status, &address),
-                });
-            }
+                        },
+                        _ => ClientError::status(&status, &address),
+                    });
+                }
+            };
             tracing::debug!(endpoint = %address, code = ?status.code(), attempt = started, elapsed_ms = call_began.elapsed().as_millis() as u64, "retrying on the next node");
             let jitter: f64 = rand::random_range(0.5..1.0);
             tokio::time::sleep(backoff.mul_f64(jitter)).await;
@@ -1050,7 +1038,45 @@ enum Retry {
     SameRequestId,
 }
 
+/// What a call does after one of its attempts failed.
+#[derive(Debug)]
+enum Next {
+    /// Another attempt is still running: its answer decides.
+    Wait,
+    /// Start another attempt.
+    Retry(Status),
+    /// Answer with this error (a refusal, from the node that gave it when known).
+    Stop(Status, Option<String>),
+}
+
 impl Retry {
+    /// The step after an attempt ended with `status`. `refused` keeps the first refusal a node
+    /// gave (it ran the call and said no): that is the answer once every attempt still
+    /// running has ended, and no later attempt's "not reached" hides it. A write's refusal by
+    /// one node does not end the call while another attempt runs: that attempt may be applied
+    /// (cancelling it would not undo it), so its answer decides.
+    fn after(
+        self,
+        status: Status,
+        running: bool,
+        may_retry: bool,
+        refused: &mut Option<(Status, String)>,
+        at: &str,
+    ) -> Next {
+        let retryable = self.allows(&status);
+        if !retryable && !no_answer(&status) && refused.is_none() {
+            *refused = Some((status.clone(), at.to_owned()));
+        }
+        if running && (retryable || no_answer(&status) || matches!(self, Retry::SameRequestId)) {
+            return Next::Wait;
+        }
+        match refused.take() {
+            Some((refusal, at)) => Next::Stop(refusal, Some(at)),
+            None if retryable && may_retry => Next::Retry(status),
+            None => Next::Stop(status, None),
+        }
+    }
+
     fn allows(self, status: &Status) -> bool {
         match self {
             Retry::Idempotent | Retry::SameRequestId => no_answer(status),
@@ -1099,6 +1125,47 @@ mod tests {
             weight: 1,
             zone: String::new(),
         }
+    }
+
+    fn step(retry: Retry, code: Code, running: bool, refused: &mut Option<(Status, String)>) -> Next {
+        retry.after(Status::new(code, "x"), running, true, refused, "n2")
+    }
+
+    #[test]
+    fn a_writes_refusal_waits_for_the_attempts_still_running() {
+        let mut refused = None;
+        // The hedge is refused while the first attempt runs: that attempt may be applied.
+        let next = step(Retry::SameRequestId, Code::NotFound, true, &mut refused);
+        assert!(matches!(next, Next::Wait), "{next:?}");
+        // The first attempt then finds no node: the refusal is the answer, not a retry.
+        let next = step(Retry::SameRequestId, Code::Unavailable, false, &mut refused);
+        match next {
+            Next::Stop(status, at) => assert_eq!((status.code(), at.as_deref()), (Code::NotFound, Some("n2"))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reads_refusal_answers_at_once_and_no_answer_retries() {
+        let mut refused = None;
+        let next = step(Retry::Idempotent, Code::NotFound, true, &mut refused);
+        assert!(matches!(next, Next::Stop(ref s, _) if s.code() == Code::NotFound), "{next:?}");
+        let mut refused = None;
+        assert!(matches!(step(Retry::Idempotent, Code::Unavailable, true, &mut refused), Next::Wait));
+        let next = step(Retry::SameRequestId, Code::DeadlineExceeded, false, &mut refused);
+        assert!(matches!(next, Next::Retry(ref s) if s.code() == Code::DeadlineExceeded), "{next:?}");
+        // Out of attempts: the last status is the answer.
+        let next = Retry::SameRequestId.after(Status::unavailable("down"), false, false, &mut refused, "n3");
+        assert!(matches!(next, Next::Stop(ref s, None) if s.code() == Code::Unavailable), "{next:?}");
+    }
+
+    #[test]
+    fn a_closed_connection_is_no_verdict() {
+        let closed = Status::resource_exhausted("h2 protocol error: ENHANCE_YOUR_CALM");
+        assert!(outcome_unknown(&closed));
+        assert_eq!(ClientError::status(&closed, "n1").code(), Some(Code::Unavailable));
+        let full = Status::resource_exhausted("lines: the cart has 200 lines");
+        assert_eq!(ClientError::status(&full, "n1").code(), Some(Code::ResourceExhausted));
     }
 
     fn five() -> Ring {
