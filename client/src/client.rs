@@ -968,32 +968,37 @@ impl CartClient {
             if unknown.is_none() && outcome_unknown(&status) {
                 unknown = Some(ClientError::status(&status, &address));
             }
-            let (status, address) = match retry.after(status, !running.is_empty(), started < attempts, &mut refused, &address) {
-                Next::Wait => continue,
-                Next::Retry(status) => (status, address),
-                Next::Stop(status, refusal_at) => {
-                    let address = refusal_at.unwrap_or(address);
-                    if no_answer(&status) {
-                        // No node gave an answer: the membership may have moved on.
-                        inner.failed.store(true, Ordering::Release);
-                    }
-                    return Err(match (unknown, matches!(retry, Retry::SameRequestId)) {
-                        (
-                            Some(ClientError::Status {
+            let (status, address) =
+                match retry.after(status, !running.is_empty(), started < attempts, &mut refused, &address) {
+                    Next::Wait => continue,
+                    Next::Retry(status) => (status, address),
+                    Next::Stop(status, refusal_at) => {
+                        let address = refusal_at.unwrap_or(address);
+                        if no_answer(&status) {
+                            // No node gave an answer: the membership may have moved on.
+                            inner.failed.store(true, Ordering::Release);
+                        }
+                        return Err(match (unknown, matches!(retry, Retry::SameRequestId)) {
+                            (
+                                Some(ClientError::Status {
+                                    code,
+                                    message,
+                                    endpoint,
+                                }),
+                                true,
+                            ) => ClientError::Status {
                                 code,
-                                message,
+                                message: format!(
+                                    "{message}; then {address}: {:?}: {}",
+                                    status.code(),
+                                    status.message()
+                                ),
                                 endpoint,
-                            }),
-                            true,
-                        ) => ClientError::Status {
-                            code,
-                            message: format!("{message}; then {address}: {:?}: {}", status.code(), status.message()),
-                            endpoint,
-                        },
-                        _ => ClientError::status(&status, &address),
-                    });
-                }
-            };
+                            },
+                            _ => ClientError::status(&status, &address),
+                        });
+                    }
+                };
             tracing::debug!(endpoint = %address, code = ?status.code(), attempt = started, elapsed_ms = call_began.elapsed().as_millis() as u64, "retrying on the next node");
             let jitter: f64 = rand::random_range(0.5..1.0);
             tokio::time::sleep(backoff.mul_f64(jitter)).await;
@@ -1149,14 +1154,26 @@ mod tests {
     fn a_reads_refusal_answers_at_once_and_no_answer_retries() {
         let mut refused = None;
         let next = step(Retry::Idempotent, Code::NotFound, true, &mut refused);
-        assert!(matches!(next, Next::Stop(ref s, _) if s.code() == Code::NotFound), "{next:?}");
+        assert!(
+            matches!(next, Next::Stop(ref s, _) if s.code() == Code::NotFound),
+            "{next:?}"
+        );
         let mut refused = None;
-        assert!(matches!(step(Retry::Idempotent, Code::Unavailable, true, &mut refused), Next::Wait));
+        assert!(matches!(
+            step(Retry::Idempotent, Code::Unavailable, true, &mut refused),
+            Next::Wait
+        ));
         let next = step(Retry::SameRequestId, Code::DeadlineExceeded, false, &mut refused);
-        assert!(matches!(next, Next::Retry(ref s) if s.code() == Code::DeadlineExceeded), "{next:?}");
+        assert!(
+            matches!(next, Next::Retry(ref s) if s.code() == Code::DeadlineExceeded),
+            "{next:?}"
+        );
         // Out of attempts: the last status is the answer.
         let next = Retry::SameRequestId.after(Status::unavailable("down"), false, false, &mut refused, "n3");
-        assert!(matches!(next, Next::Stop(ref s, None) if s.code() == Code::Unavailable), "{next:?}");
+        assert!(
+            matches!(next, Next::Stop(ref s, None) if s.code() == Code::Unavailable),
+            "{next:?}"
+        );
     }
 
     #[test]

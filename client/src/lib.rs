@@ -16,20 +16,28 @@
 //!   the new version first). One task refreshes at a time, others go on with the routes they have,
 //!   and such refreshes are at least [`MEMBERSHIP_REFRESH_MIN_INTERVAL`] apart. Channels are made
 //!   lazily, one per address, with HTTP/2 keepalive, TCP_NODELAY and the options' timeouts.
-//! - A call that gets `UNAVAILABLE` (the node could not be reached or refused before acting) is
-//!   retried on the next node of its route with exponential backoff and jitter, up to
-//!   [`ClientOptions::max_attempts`] (by default one attempt per node it may try, 3 to 5).
-//! - Every call carries a deadline ([`ClientOptions::request_timeout`]). Reads are retried after a
-//!   timeout; writes are not, since their outcome is unknown (an add may have been applied).
+//! - A call that gets no answer (`UNAVAILABLE`: not reached or refused before acting; a timeout;
+//!   a broken connection) is retried on the next node of its route with exponential backoff and
+//!   jitter, up to [`ClientOptions::max_attempts`] (by default one attempt per node, 3 to 5).
+//!   Reads are retried always. Writes carry a request id (one per call, [`new_request_id`]) and
+//!   are retried with the same id even when the outcome is unknown: the cluster applies an id
+//!   once (within the window the README states), so a retry never counts twice.
+//!   [`ClientOptions::retry_writes`] = false retries a write only when no node was reached.
+//! - **Hedging** ([`ClientOptions::hedge`], on by default): when the first node has not answered
+//!   within the p99 of recent answers (clamped to `hedge_delay_min..hedge_delay_max`), the same
+//!   call (a read, or a write with its request id) also goes to the next node; the first answer
+//!   wins. Hedges spend a token budget (`hedge_budget`, 4% of calls, burst 50), so they add at most
+//!   that much load. A node that loses 3 hedges or fails 3 calls in a row is tried last for 1 s,
+//!   doubling to 30 s while it stays slow; at most a third of the nodes are set aside at once.
+//!   A write's refusal by one node is the answer only once every attempt still running has
+//!   ended (a cancelled attempt may still be applied). [`CartClient::hedge_stats`] counts them.
+//! - Every call carries a deadline ([`ClientOptions::request_timeout`]).
 //! - Results are the domain read model ([`cart_crdt::CartView`]); errors keep the gRPC code and the
-//!   server's message, which names the offending field.
-//!
-//! A note on retries: `UNAVAILABLE` normally means the request never reached a node, but a
-//! connection that breaks after the server applied an add also surfaces as `UNAVAILABLE`, so in
-//! that rare case a retried AddItem can count twice. Conversely, a write sent on a connection
-//! whose node has just crashed fails with `UNKNOWN` ("transport error") and is not retried: the
-//! client cannot tell whether the node applied it. Reads retry it like a timeout.
-//!
+//!   server's message, which names the offending field. An error whose outcome is unknown (the
+//!   write may have been applied) is `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `CANCELLED` or `UNKNOWN`;
+//!   `INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION` and `RESOURCE_EXHAUSTED` are refusals
+//!   that changed nothing.
+
 //! [`cli`] is `cartctl`: `cart …` commands through a [`CartClient`], `status` (the cluster as one
 //! node sees it) and `hints discard` (an operator action that needs the cluster secret).
 //!

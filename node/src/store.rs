@@ -721,22 +721,43 @@ impl CartStore {
 
     /// Waits (up to `grace`) for writes still running, then flushes and records a clean shutdown,
     /// so the next start keeps this actor. If writes are still running after `grace`, no marker is
-    /// written: the next start takes a new incarnation.
+    /// written: the next start takes a new incarnation. A failed engine is not waited for at all
+    /// (a sled flush that was running when a write failed may never return), and the last flush
+    /// gets `grace` too: closing always ends.
     pub async fn close(&self, grace: std::time::Duration) -> Result<(), StorageError> {
+        // Writes applied since a failure may never reach the disk: the next start must take a
+        // new incarnation, so no clean-shutdown marker (even if the engine took it).
+        let failed = || {
+            tracing::warn!("the storage engine failed: the next start takes a new incarnation");
+            Err(StorageError {
+                operation: "flush",
+                reason: "the storage engine failed: nothing more is flushed".into(),
+            })
+        };
+        if self.health.engine_failed() {
+            return failed();
+        }
         let all = u32::try_from(self.max_inflight_writes).unwrap_or(u32::MAX);
         let Ok(Ok(_quiet)) = tokio::time::timeout(grace, self.write_permits.acquire_many(all)).await else {
             tracing::warn!("writes still running at shutdown: the next start takes a new incarnation");
-            return self.commit.durable().await;
+            return self.durable_within(grace).await;
         };
         if self.health.engine_failed() {
-            // Writes applied since the failure may never reach the disk: the next start must
-            // take a new incarnation, so no clean-shutdown marker (even if the engine took it).
-            tracing::warn!("the storage engine failed: the next start takes a new incarnation");
-            return self.commit.durable().await;
+            return failed();
         }
         self.storage.put(Tree::Meta, CLEAN_SHUTDOWN_KEY, b"1")?;
         self.commit.note_write();
-        self.commit.durable().await
+        self.durable_within(grace).await
+    }
+
+    async fn durable_within(&self, grace: std::time::Duration) -> Result<(), StorageError> {
+        match tokio::time::timeout(grace, self.commit.durable()).await {
+            Ok(done) => done,
+            Err(_) => Err(StorageError {
+                operation: "flush",
+                reason: format!("no flush finished within {} ms", grace.as_millis()),
+            }),
+        }
     }
 
     /// Merges `incoming` into the hint stored at `key` (caller holds the cart's lock).
@@ -988,6 +1009,44 @@ mod tests {
         store.close(std::time::Duration::from_secs(1)).await.unwrap();
         let reopened = open(&storage, 8).await;
         assert_eq!(*reopened.read(&id).unwrap(), *written);
+    }
+
+    /// A node whose engine failed while a flush hangs (sled after ENOSPC) still closes, at once
+    /// and without a clean-shutdown marker; a healthy one whose flush hangs closes after `grace`
+    /// with an error (its marker is then as durable as the writes before it).
+    #[tokio::test]
+    async fn closing_ends_even_when_a_flush_never_does() {
+        use crate::faults::{Fault, FaultyStorage};
+        let grace = std::time::Duration::from_millis(200);
+        let id = CartId::parse("user:stuck", &Limits::DEFAULT).unwrap();
+        for fail in [true, false] {
+            let faulty = Arc::new(FaultyStorage::new(Arc::new(MemoryStorage::default())));
+            let store = CartStore::open(faulty.clone(), Arc::new(SystemClock), Limits::DEFAULT, 64, 7)
+                .await
+                .unwrap();
+            let store = Arc::new(store);
+            faulty.set(Some(Fault::SlowFlush(std::time::Duration::from_secs(3600))));
+            // A write whose flush never ends.
+            let (writer, stuck) = (store.clone(), id.clone());
+            tokio::spawn(async move { writer.write(&stuck, &add("sku-1")).await });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if fail {
+                faulty.set(Some(Fault::NoSpace));
+                assert!(store.write(&id, &add("sku-2")).await.is_err());
+            }
+            let began = std::time::Instant::now();
+            let closed = tokio::time::timeout(std::time::Duration::from_secs(10), store.close(grace)).await;
+            let closed = closed.expect("close returned");
+            assert!(closed.is_err(), "no clean close: {closed:?}");
+            assert!(began.elapsed() < std::time::Duration::from_secs(5));
+            if fail {
+                assert_eq!(
+                    store.storage.get(Tree::Meta, CLEAN_SHUTDOWN_KEY).unwrap(),
+                    None,
+                    "no clean-shutdown marker after an engine failure"
+                );
+            }
+        }
     }
 
     /// Deltas the base already holds (a crash between storing a base and dropping its deltas)
