@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A paused node under storefront load (issue 16's run), in one cluster:
+# A paused node (or one with a slow disk) under storefront load (issue 16's runs), in one cluster:
 #
 #   RATE=1000 DURATION_S=30 PAUSE_AT_S=10 PAUSE_S=10 bench/run-pause.sh
 #
@@ -13,8 +13,11 @@
 #    figures include it. cart-bench also prints how many extra requests its client's hedging
 #    sent.
 #
+# FAULT=slow-disk slows n2's disk instead of stopping it: every flush of its storage engine
+# waits SLOW_MS (default 200) first during the window (the nodes run with the cartd drill
+# CARTD_FAULT_SLOW_FLUSH_MS armed; SIGUSR1 switches it on and off).
 # Set HEDGE=0 to run the client without hedging (cart-bench --no-hedge) for a comparison.
-# JSON reports and logs: bench/results/pause/ (ignored by git). Every process started here is
+# JSON reports and logs: bench/results/pause/ or bench/results/slow-disk/ (ignored by git). Every process started here is
 # stopped on every exit path (a paused node is continued first); the data dir is removed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,8 +38,19 @@ DURATION_S=${DURATION_S:-30}
 PAUSE_AT_S=${PAUSE_AT_S:-10}
 PAUSE_S=${PAUSE_S:-10}
 HEDGE=${HEDGE:-1}
+FAULT=${FAULT:-stop}
 PORT=17901
-OUT=bench/results/pause
+case "$FAULT" in
+stop) OUT=bench/results/pause ;;
+slow-disk)
+    OUT=bench/results/slow-disk
+    export CARTD_FAULT_SLOW_FLUSH_MS=${SLOW_MS:-200}
+    ;;
+*)
+    echo "FAULT must be stop or slow-disk, got $FAULT" >&2
+    exit 2
+    ;;
+esac
 mkdir -p "$OUT"
 rm -f "$OUT"/*
 
@@ -69,19 +83,24 @@ bench() {
 bench warmup --duration 5 --rate "$RATE"
 bench quiet --duration "$DURATION_S" --rate "$RATE" --window "$WINDOW"
 
-# The pause runs beside the bench: stop n2 at PAUSE_AT_S, continue it PAUSE_S later.
+# The fault runs beside the bench: from PAUSE_AT_S for PAUSE_S seconds.
+if [[ "$FAULT" == stop ]]; then
+    BEGIN=(kill -STOP "$N2") END=(kill -CONT "$N2") NAME=paused
+else
+    BEGIN=(kill -USR1 "$N2") END=(kill -USR1 "$N2") NAME=slowed
+fi
 (
     sleep "$PAUSE_AT_S"
-    kill -STOP "$N2"
-    echo "n2 (pid $N2) stopped at ${PAUSE_AT_S} s"
+    "${BEGIN[@]}"
+    echo "n2 (pid $N2): $FAULT from ${PAUSE_AT_S} s"
     sleep "$PAUSE_S"
-    kill -CONT "$N2"
-    echo "n2 continued at $((PAUSE_AT_S + PAUSE_S)) s"
+    "${END[@]}"
+    echo "n2: $FAULT ended at $((PAUSE_AT_S + PAUSE_S)) s"
 ) &
 PAUSER=$!
-PAUSED=$N2
-bench paused --duration "$DURATION_S" --rate "$RATE" --window "$WINDOW"
+if [[ "$FAULT" == stop ]]; then PAUSED=$N2; fi
+bench "$NAME" --duration "$DURATION_S" --rate "$RATE" --window "$WINDOW"
 wait "$PAUSER" || true
 PAUSED=""
 
-python3 bench/summarize.py compare quiet="$OUT/quiet.json" paused="$OUT/paused.json" || true
+python3 bench/summarize.py compare quiet="$OUT/quiet.json" "$NAME=$OUT/$NAME.json" || true

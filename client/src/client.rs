@@ -75,6 +75,12 @@ pub struct ClientOptions {
     /// answer wins and the others are cancelled. Nodes that keep losing hedges or failing are
     /// tried last for a while (outlier ejection).
     pub hedge: bool,
+    /// Hedge writes too (with their request id), not only reads. Off by default: a hedged
+    /// write's first attempt may still be applied long after the hedge answered (a paused
+    /// node resumes), and such a late duplicate of an add can bring back an item removed
+    /// meanwhile (found by the harness's pause nemesis); writes are then only retried after
+    /// their attempt failed.
+    pub hedge_writes: bool,
     /// Extra requests hedging may add, as a fraction of calls (a token bucket).
     pub hedge_budget: f64,
     pub hedge_delay_min: Duration,
@@ -94,6 +100,7 @@ impl Default for ClientOptions {
             retry_writes: true,
             request_id_prefix: None,
             hedge: true,
+            hedge_writes: false,
             hedge_budget: HEDGE_BUDGET,
             hedge_delay_min: Duration::from_millis(1),
             hedge_delay_max: Duration::from_millis(500),
@@ -885,7 +892,12 @@ impl CartClient {
         }
         inner.calls.fetch_add(1, Ordering::Relaxed);
         let call_began = Instant::now();
-        let mut hedging = inner.options.hedge && !matches!(retry, Retry::OnlyUnreached);
+        let mut hedging = inner.options.hedge
+            && match retry {
+                Retry::Idempotent => true,
+                Retry::SameRequestId => inner.options.hedge_writes,
+                Retry::OnlyUnreached => false,
+            };
         if hedging {
             inner.hedge_budget.earn();
         }

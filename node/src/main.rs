@@ -148,11 +148,13 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
     restart_in_place()
 }
 
-/// Fault drill (benchmarks of a slow disk): every flush of the storage engine first waits this
-/// many milliseconds. Never set in production; the node logs a warning when it is.
+/// Fault drill (benchmarks of a slow disk): with this set, SIGUSR1 switches a delay of this many
+/// milliseconds before every flush of the storage engine on and off (off at start), so a script
+/// can slow one node's disk for a window. Never set in production; the node logs a warning.
 const SLOW_FLUSH_ENV: &str = "CARTD_FAULT_SLOW_FLUSH_MS";
 
 fn open_storage(dir: &Path) -> Result<Arc<dyn cart_node::storage::Storage>> {
+    use cart_node::faults::{Fault, FaultyStorage};
     let sled: Arc<dyn cart_node::storage::Storage> = Arc::new(SledStorage::open(dir)?);
     let Ok(raw) = std::env::var(SLOW_FLUSH_ENV) else {
         return Ok(sled);
@@ -160,10 +162,22 @@ fn open_storage(dir: &Path) -> Result<Arc<dyn cart_node::storage::Storage>> {
     let ms: u64 = raw
         .parse()
         .with_context(|| format!("{SLOW_FLUSH_ENV} must be a number of milliseconds, got {raw:?}"))?;
-    tracing::warn!(ms, "fault drill: every storage flush is delayed ({SLOW_FLUSH_ENV})");
-    let faulty = cart_node::faults::FaultyStorage::new(sled);
-    faulty.set(Some(cart_node::faults::Fault::SlowFlush(Duration::from_millis(ms))));
-    Ok(Arc::new(faulty))
+    let mut toggles = signal(SignalKind::user_defined1()).context("listen for SIGUSR1 (the slow-disk drill)")?;
+    tracing::warn!(
+        ms,
+        "fault drill armed: SIGUSR1 switches a delay before every storage flush on and off ({SLOW_FLUSH_ENV})"
+    );
+    let faulty = Arc::new(FaultyStorage::new(sled));
+    let switch = faulty.clone();
+    tokio::spawn(async move {
+        let mut on = false;
+        while toggles.recv().await.is_some() {
+            on = !on;
+            tracing::warn!(on, ms, "fault drill: slow flushes switched");
+            switch.set(on.then_some(Fault::SlowFlush(Duration::from_millis(ms))));
+        }
+    });
+    Ok(faulty)
 }
 
 /// Restarts after a storage failure no sooner than this after the last one (a disk that keeps
