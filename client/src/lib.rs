@@ -38,7 +38,7 @@
 //!   write may have been applied) is `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `CANCELLED` or `UNKNOWN`;
 //!   `INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION` and `RESOURCE_EXHAUSTED` are refusals
 //!   that changed nothing.
-
+//!
 //! [`cli`] is `cartctl`: `cart …` commands through a [`CartClient`], `status` (the cluster as one
 //! node sees it) and `hints discard` (an operator action that needs the cluster secret).
 //!

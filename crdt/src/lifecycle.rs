@@ -33,8 +33,13 @@ use crate::snapshot::{ItemSnapshot, Money};
 
 /// How long a request id is remembered: a retry within this window is answered, not applied.
 pub const REQUEST_WINDOW_MS: u64 = 60 * 60 * 1000;
-/// Request ids remembered per cart at most (the oldest go first).
-pub const REQUESTS_PER_CART_MAX: usize = 256;
+/// Request ids remembered per cart at most (the oldest go first). A first attempt can be applied
+/// late (a node resuming from a pause, a partition's buffered connection), after its retry was
+/// answered elsewhere: it must still find its record. The harness's hot carts take ~80 writes/s
+/// and its faults last up to ~12 s, which 256 did not cover (an add applied 361 requests later
+/// brought back an item removed meanwhile). A record is ~70 bytes: 1,024 are ~70 KiB, and only
+/// a cart that takes that many requests within the hour holds them.
+pub const REQUESTS_PER_CART_MAX: usize = 1024;
 /// Checkouts remembered per cart beyond the request window (for refusing stale versions).
 pub const ORDERS_KEPT: usize = 16;
 /// Bytes of a request id's text.

@@ -350,3 +350,28 @@ fn a_late_first_attempt_after_a_checkout_does_not_bring_the_line_back() {
     a.merge_from(&b);
     assert_eq!(qty(&a, "tea"), 2);
 }
+
+/// A first attempt applied late (its node was paused while the retry was answered elsewhere and
+/// the item then removed) must not bring the item back.
+#[test]
+fn a_late_duplicate_add_does_not_undo_a_later_remove() {
+    let mut b = Replica::new(2);
+    let mut c = Replica::new(3);
+    let mut a = Replica::new(1);
+    let id = rid("add-1");
+    b.apply_request(&LIMITS, &add("tea", 1), Some(id)).expect("retry applies on b");
+    c.merge_from(&b);
+    b.apply_request(&LIMITS, &remove("tea"), Some(rid("rm-1"))).expect("remove on b");
+    c.merge_from(&b);
+    assert_eq!(qty(&b, "tea"), 0);
+    // The first attempt reaches a, which has seen neither.
+    a.apply_request(&LIMITS, &add("tea", 1), Some(id)).expect("late attempt applies on a");
+    for _ in 0..2 {
+        a.merge_from(&b);
+        b.merge_from(&a);
+        c.merge_from(&a);
+    }
+    assert_eq!(qty(&a, "tea"), 0, "a: {:?}", a.view());
+    assert_eq!(qty(&b, "tea"), 0, "b: {:?}", b.view());
+    assert_eq!(qty(&c, "tea"), 0, "c: {:?}", c.view());
+}
