@@ -16,7 +16,8 @@
 # FAULT=slow-disk slows n2's disk instead of stopping it: every flush of its storage engine
 # waits SLOW_MS (default 200) first during the window (the nodes run with the cartd drill
 # CARTD_FAULT_SLOW_FLUSH_MS armed; SIGUSR1 switches it on and off).
-# Set HEDGE=0 to run the client without hedging (cart-bench --no-hedge) for a comparison.
+# Set HEDGE=0 to run the client without hedging (cart-bench --no-hedge) for a comparison, or
+# HEDGE=writes to hedge writes too (cart-bench --hedge-writes).
 # JSON reports and logs: bench/results/pause/ or bench/results/slow-disk/ (ignored by git). Every process started here is
 # stopped on every exit path (a paused node is continued first); the data dir is removed.
 set -euo pipefail
@@ -64,6 +65,7 @@ fi
 WINDOW="$PAUSE_AT_S,$((PAUSE_AT_S + PAUSE_S))"
 HEDGE_ARGS=()
 if [[ "$HEDGE" == 0 ]]; then HEDGE_ARGS=(--no-hedge); fi
+if [[ "$HEDGE" == writes ]]; then HEDGE_ARGS=(--hedge-writes); fi
 
 bench() {
     local name=$1

@@ -72,6 +72,9 @@ pub struct Args {
     /// cartdb: turn the client's hedging off (it is on by default, as in `cart-client`).
     #[arg(long)]
     pub no_hedge: bool,
+    /// cartdb: hedge writes too (`ClientOptions::hedge_writes`, off by default).
+    #[arg(long, conflicts_with = "no_hedge")]
+    pub hedge_writes: bool,
 }
 
 fn parse_target(raw: &str) -> Result<TargetSpec, String> {
@@ -174,6 +177,7 @@ impl Args {
         ConnectOptions {
             redis_connections: self.redis_connections,
             hedge: !self.no_hedge,
+            hedge_writes: self.hedge_writes,
         }
     }
 }

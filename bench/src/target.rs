@@ -200,6 +200,8 @@ pub struct ConnectOptions {
     pub redis_connections: usize,
     /// cartdb: the client hedges slow calls (its default).
     pub hedge: bool,
+    /// cartdb: and writes too (not its default).
+    pub hedge_writes: bool,
 }
 
 impl Default for ConnectOptions {
@@ -207,6 +209,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             redis_connections: redis_target::DEFAULT_REDIS_CONNECTIONS,
             hedge: true,
+            hedge_writes: false,
         }
     }
 }
@@ -229,6 +232,7 @@ impl AnyTarget {
                     &spec.endpoints,
                     ClientOptions {
                         hedge: options.hedge,
+                        hedge_writes: options.hedge_writes,
                         ..ClientOptions::default()
                     },
                 )

@@ -76,10 +76,10 @@ pub struct ClientOptions {
     /// tried last for a while (outlier ejection).
     pub hedge: bool,
     /// Hedge writes too (with their request id), not only reads. Off by default: a hedged
-    /// write's first attempt may still be applied long after the hedge answered (a paused
-    /// node resumes), and such a late duplicate of an add can bring back an item removed
-    /// meanwhile (found by the harness's pause nemesis); writes are then only retried after
-    /// their attempt failed.
+    /// write's first attempt may still be applied long after the hedge answered (a paused node
+    /// resumes); it is a no-op only while its cart still remembers the request id (the README's
+    /// exactly-once window), and hedging writes sends many more such late attempts. When off,
+    /// a write goes to the next node only after its attempt failed.
     pub hedge_writes: bool,
     /// Extra requests hedging may add, as a fraction of calls (a token bucket).
     pub hedge_budget: f64,

@@ -26,9 +26,10 @@
 //! - **Hedging** ([`ClientOptions::hedge`], on by default): when the first node has not answered
 //!   a read within the p99 of recent answers (clamped to `hedge_delay_min..hedge_delay_max`),
 //!   the read also goes to the next node; the first answer wins. Writes are hedged (with their
-//!   request id) only with [`ClientOptions::hedge_writes`]: a late first attempt can bring back
-//!   an item removed meanwhile (README, "Known limits" of exactly-once writes). Hedges spend a token budget (`hedge_budget`, 4% of calls, burst 50), so they add at most
-//!   that much load. A node that loses 3 hedges or fails 3 calls in a row is tried last for 1 s,
+//!   request id) only with [`ClientOptions::hedge_writes`]: each hedge leaves a first attempt
+//!   that may be applied late, safe only within the exactly-once window (README). Hedges spend
+//!   a token budget (`hedge_budget`, 4% of calls, burst 50), so they add at most that much
+//!   load. A node that loses 3 hedges or fails 3 calls in a row is tried last for 1 s,
 //!   doubling to 30 s while it stays slow; at most a third of the nodes are set aside at once.
 //!   A write's refusal by one node is the answer only once every attempt still running has
 //!   ended (a cancelled attempt may still be applied). [`CartClient::hedge_stats`] counts them.

@@ -359,13 +359,16 @@ fn a_late_duplicate_add_does_not_undo_a_later_remove() {
     let mut c = Replica::new(3);
     let mut a = Replica::new(1);
     let id = rid("add-1");
-    b.apply_request(&LIMITS, &add("tea", 1), Some(id)).expect("retry applies on b");
+    b.apply_request(&LIMITS, &add("tea", 1), Some(id))
+        .expect("retry applies on b");
     c.merge_from(&b);
-    b.apply_request(&LIMITS, &remove("tea"), Some(rid("rm-1"))).expect("remove on b");
+    b.apply_request(&LIMITS, &remove("tea"), Some(rid("rm-1")))
+        .expect("remove on b");
     c.merge_from(&b);
     assert_eq!(qty(&b, "tea"), 0);
     // The first attempt reaches a, which has seen neither.
-    a.apply_request(&LIMITS, &add("tea", 1), Some(id)).expect("late attempt applies on a");
+    a.apply_request(&LIMITS, &add("tea", 1), Some(id))
+        .expect("late attempt applies on a");
     for _ in 0..2 {
         a.merge_from(&b);
         b.merge_from(&a);
