@@ -18,8 +18,9 @@
 # CARTD_FAULT_SLOW_FLUSH_MS armed; SIGUSR1 switches it on and off).
 # Set HEDGE=0 to run the client without hedging (cart-bench --no-hedge) for a comparison, or
 # HEDGE=writes to hedge writes too (cart-bench --hedge-writes).
-# JSON reports and logs: bench/results/pause/ or bench/results/slow-disk/ (ignored by git). Every process started here is
-# stopped on every exit path (a paused node is continued first); the data dir is removed.
+# JSON reports and logs: bench/results/pause/ or bench/results/slow-disk/ (ignored by git).
+# Every process started here is stopped on every exit path (a paused node is continued first);
+# the data dir is removed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
