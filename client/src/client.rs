@@ -69,11 +69,11 @@ pub struct ClientOptions {
     /// Request ids of this client's writes: `PREFIX-1`, `PREFIX-2`… instead of random ones
     /// (deterministic simulations; the prefix must be unique per client).
     pub request_id_prefix: Option<String>,
-    /// Hedge calls that may be repeated (reads, and writes when `retry_writes`): when a node has
-    /// not answered within the p99 of recent answer times (within `hedge_delay_min` and
-    /// `hedge_delay_max`), the call is also sent to the next node of its route; the first
-    /// answer wins and the others are cancelled. Nodes that keep losing hedges or failing are
-    /// tried last for a while (outlier ejection).
+    /// Hedge reads (and writes with `hedge_writes`): when a node has not answered within the
+    /// p99 of recent answer times (within `hedge_delay_min` and `hedge_delay_max`), the call is
+    /// also sent to the next node of its route; the first answer wins and the others are
+    /// cancelled. Nodes that keep losing hedges or failing are tried last for a while (outlier
+    /// ejection, also off when this is off).
     pub hedge: bool,
     /// Hedge writes too (with their request id), not only reads. Off by default: a hedged
     /// write's first attempt may still be applied long after the hedge answered (a paused node
@@ -375,11 +375,14 @@ impl Inner {
         self.routes().map(|r| r.membership.version)
     }
 
-    /// The addresses to try for a cart, in order; addresses set aside for being slow go last.
+    /// The addresses to try for a cart, in order; with hedging on, addresses set aside for
+    /// being slow go last (outlier ejection is part of it).
     fn route(&self, cart_id: &str) -> Vec<String> {
         let mut order = self.route_by_membership(cart_id);
-        // Stable: the others keep their order, then the slow keep theirs.
-        order.sort_by_cached_key(|addr| self.outliers.ejected(&uri_of(addr)));
+        if self.options.hedge {
+            // Stable: the others keep their order, then the slow keep theirs.
+            order.sort_by_cached_key(|addr| self.outliers.ejected(&uri_of(addr)));
+        }
         order
     }
 
