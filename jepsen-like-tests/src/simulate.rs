@@ -337,15 +337,7 @@ pub fn run(opts: &SimRun) -> Result<SimResult, String> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let client = sim_client(&endpoints, failing_over("resolver")).await?;
-            let rec = Recording {
-                recorder: recorder.clone(),
-                clock,
-                process: 0,
-                node: "resolve".into(),
-                workload: Workload::Quantity,
-                failover: true,
-            };
-            workload::resolve_unknown(&client, &rec, &recorder.history()).await;
+            workload::resolve_unknown(&client, &recorder, clock).await;
             resolved.store(true, Ordering::SeqCst);
             Ok(())
         });

@@ -438,8 +438,10 @@ impl Process {
 /// Sends every quantity write of `history` whose outcome stayed unknown (no attempt with its
 /// request id answered) again with the same request id (for at most [`RESOLVE_TIME_MAX`]), until it is answered or [`RESOLVE_ATTEMPTS`]
 /// tries: the cluster applies an id once, so the answer settles what happened. Recorded as
-/// further attempts of the same request. Run after the faults healed.
-pub async fn resolve_unknown(client: &CartClient, rec: &Recording, history: &crate::history::History) {
+/// further attempts of the same request (as a failing-over client, node `resolve`). Run after
+/// the faults healed.
+pub async fn resolve_unknown(client: &CartClient, recorder: &Recorder, clock: RunClock) {
+    let history = recorder.history();
     let mut settled: BTreeSet<&str> = BTreeSet::new();
     for op in &history.ops {
         if let (Some(id), true) = (&op.request_id, op.outcome != Outcome::Unknown) {
@@ -459,13 +461,14 @@ pub async fn resolve_unknown(client: &CartClient, rec: &Recording, history: &cra
         if Instant::now() >= deadline {
             break;
         }
+        let Ok(workload) = op.workload.parse() else { continue };
         let rec = Recording {
+            recorder: recorder.clone(),
+            clock,
             process: op.process,
-            workload: match op.workload.parse() {
-                Ok(w) => w,
-                Err(_) => continue,
-            },
-            ..rec.clone()
+            node: "resolve".into(),
+            workload,
+            failover: true,
         };
         for _ in 0..RESOLVE_ATTEMPTS {
             let outcome = match &op.kind {

@@ -197,6 +197,11 @@ impl CartStore {
     /// The replica to modify, owned: taken out of the cache (no copy unless a reader still holds
     /// it) or loaded. The caller holds the cart's lock and stores the result with
     /// [`CartStore::store_locked`], or the cache simply misses next time.
+    /// Puts back a cart taken with [`CartStore::take_locked`] that this write left unchanged.
+    fn put_back(&self, id: &CartId, cart: Arc<Cart>, stored: Stored) {
+        self.cache.insert(id.clone(), Held { cart, stored });
+    }
+
     fn take_locked(&self, id: &CartId) -> Result<(Cart, Stored), NodeError> {
         let Held { cart, stored } = match self.cache.remove(id) {
             Some((_, held)) => held,
@@ -328,13 +333,7 @@ impl CartStore {
             let (mut cart, stored) = self.take_locked(id)?;
             if request.is_some_and(|r| cart.seen_request(r)) {
                 let cart = Arc::new(cart);
-                self.cache.insert(
-                    id.clone(),
-                    Held {
-                        cart: cart.clone(),
-                        stored,
-                    },
-                );
+                self.put_back(id, cart.clone(), stored);
                 let written = Written {
                     delta: Arc::new(codec::encode(&cart)?),
                     deps: Arc::new(Vec::new()),
@@ -348,13 +347,7 @@ impl CartStore {
             let expired = self.expiry.expired(id, cart.touched_at_ms(), now_ms);
             if expired {
                 if let CartOp::Checkout { .. } = op {
-                    self.cache.insert(
-                        id.clone(),
-                        Held {
-                            cart: Arc::new(cart),
-                            stored,
-                        },
-                    );
+                    self.put_back(id, Arc::new(cart), stored);
                     return Err(NodeError::Cart(cart_crdt::CartError::Stale {
                         field: "version",
                         reason: "the cart expired since that version was read".into(),
@@ -374,8 +367,7 @@ impl CartStore {
                 Ok(delta) => delta,
                 Err(refused) => {
                     // A refused op changed nothing: the cart goes back to the cache as it was.
-                    let cart = Arc::new(cart);
-                    self.cache.insert(id.clone(), Held { cart, stored });
+                    self.put_back(id, Arc::new(cart), stored);
                     return Err(refused.into());
                 }
             };

@@ -750,15 +750,7 @@ async fn drive(
     eprintln!("cart-jepsen: all faults healed; sending writes whose outcome stayed unknown again");
     {
         let client = CartClient::connect_with(&addrs, failover_options()).await?;
-        let rec = Recording {
-            recorder: recorder.clone(),
-            clock,
-            process: 0,
-            node: "resolve".into(),
-            workload: Workload::Quantity,
-            failover: true,
-        };
-        workload::resolve_unknown(&client, &rec, &recorder.history()).await;
+        workload::resolve_unknown(&client, &recorder, clock).await;
     }
     eprintln!("cart-jepsen: waiting for replicas to converge");
     let history = recorder.history();
