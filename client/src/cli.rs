@@ -328,6 +328,9 @@ pub struct ClusterStatus {
     pub digests_ready: bool,
     #[serde(default)]
     pub digest_carts: u64,
+    /// Not ready because they move to a new layout (rather than rebuild at start).
+    #[serde(default)]
+    pub digests_moving: bool,
 }
 
 fn yes() -> bool {
@@ -400,6 +403,7 @@ impl ClusterStatus {
             asked_is_member: reply.asked_is_member,
             digests_ready: reply.digests_ready,
             digest_carts: reply.digest_carts,
+            digests_moving: reply.digests_moving,
         }
     }
 }
@@ -537,7 +541,11 @@ pub fn render_status(status: &ClusterStatus) -> String {
     out.push_str(&format!("hint backlog: {}\n", status.hint_backlog));
     out.push_str(&format!(
         "anti-entropy digests: {} ({} carts)\n",
-        if status.digests_ready { "built" } else { "rebuilding" },
+        match (status.digests_ready, status.digests_moving) {
+            (true, _) => "built",
+            (false, true) => "moving to the new layout",
+            (false, false) => "rebuilding",
+        },
         status.digest_carts
     ));
     for node in status.nodes.iter().filter(|n| !n.degraded.is_empty()) {

@@ -226,6 +226,7 @@ impl AdminService for AdminApi {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .to_proto();
+        let digests = self.coordinator.store.digests.state();
         Ok(Response::new(ClusterStatusReply {
             asked_node: cluster.self_id.clone(),
             nodes,
@@ -233,8 +234,9 @@ impl AdminService for AdminApi {
             layout_version: topology.current.layout.version,
             transfer,
             asked_is_member: cluster.is_member(),
-            digests_ready: self.coordinator.store.digests.state().ready,
-            digest_carts: self.coordinator.store.digests.state().carts,
+            digests_ready: digests.ready,
+            digest_carts: digests.carts,
+            digests_moving: digests.moving,
         }))
     }
 

@@ -170,7 +170,7 @@ impl Node {
         let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
 
         let current = self.coordinator.cluster.topology().current.layout.clone();
-        membership::rebuild_digests(
+        membership::follow_layout(
             self.coordinator.store.clone(),
             current,
             self.coordinator.cluster.config.digest_rebuild_carts_per_sec,

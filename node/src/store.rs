@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::commit::GroupCommit;
-use crate::digests::{entry_hash, leaf_index_key, leaf_prefix, RangeDigests};
+use crate::digests::{entry_hash, leaf_index_key, leaf_prefix, RangeDigests, ScanPage};
 use crate::error::NodeError;
 use crate::faults::{StorageHealth, Watched};
 use crate::storage::{KeyValue, Storage, StorageError, Tree};
@@ -629,35 +629,30 @@ impl CartStore {
     }
 
     /// Counts one page of carts (after `after`) into the digests being rebuilt as `generation`,
-    /// each under its lock (see `digests`); the last key, or `None` at the end (or when a newer
-    /// rebuild took over).
+    /// each under its lock (see `digests`); `None` at the end (or when a newer rebuild or move
+    /// took over).
     pub fn digest_page(
         &self,
         generation: u64,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Option<Vec<u8>>, NodeError> {
+    ) -> Result<Option<ScanPage>, NodeError> {
+        if !self.digests.reading(generation) {
+            return Ok(None);
+        }
         let page = self.storage.scan(Tree::Carts, b"", after, limit)?;
         let Some((last, _)) = page.last() else { return Ok(None) };
         let last = last.clone();
+        if !self.digests.page_read(generation, &last) {
+            return Ok(None);
+        }
+        let visited = page.len();
         for (key, _) in page {
             let hash = match CartId::parse(&String::from_utf8_lossy(&key), &self.limits) {
                 Ok(id) => {
                     let _guard = self.lock(&id);
-                    let cart = match self.cache.get(&id) {
-                        Some(held) => Ok(held.cart),
-                        None => self.load(&id).map(|h| h.cart),
-                    };
-                    let hash = match cart {
-                        Ok(cart) => {
-                            self.complete_leaf_index(&key);
-                            entry_hash(&key, cart.context())?
-                        }
-                        Err(e) => {
-                            tracing::warn!(cart_id = %id, error = %e, "digest rebuild skips an unreadable cart");
-                            None
-                        }
-                    };
+                    let hash = self.current_hash(&id)?;
+                    self.complete_leaf_index(&key);
                     if !self.digests.scanned(generation, &key, hash) {
                         return Ok(None);
                     }
@@ -669,7 +664,71 @@ impl CartStore {
                 return Ok(None);
             }
         }
-        Ok(Some(last))
+        Ok(Some(ScanPage {
+            last,
+            visited,
+            moved: 0,
+        }))
+    }
+
+    /// One page of the `leaves` index (after the index key `after`) for the move of the digests
+    /// to a new layout as `generation`: only the carts whose replica set changed are read (under
+    /// their lock) and their hash moved; the others cost a lookup of their owners. `None` at the
+    /// end (or when a newer rebuild or move took over).
+    pub fn move_page(
+        &self,
+        generation: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Option<ScanPage>, NodeError> {
+        if !self.digests.reading(generation) {
+            return Ok(None);
+        }
+        let page = self.storage.scan(Tree::Leaves, b"", after, limit)?;
+        let Some((last, _)) = page.last() else { return Ok(None) };
+        let last = last.clone();
+        if !self.digests.page_read(generation, &last) {
+            return Ok(None);
+        }
+        let visited = page.len();
+        let mut moved = 0;
+        for (position, _) in page {
+            let Some(key) = position.get(2..) else { continue };
+            match self.digests.must_move(generation, key) {
+                None => return Ok(None),
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            let Ok(id) = CartId::parse(&String::from_utf8_lossy(key), &self.limits) else {
+                continue;
+            };
+            let _guard = self.lock(&id);
+            let hash = self.current_hash(&id)?;
+            if !self.digests.moved(generation, key, hash) {
+                return Ok(None);
+            }
+            moved += 1;
+        }
+        if !self.digests.passed(generation, &last) {
+            return Ok(None);
+        }
+        Ok(Some(ScanPage { last, visited, moved }))
+    }
+
+    /// A cart's digest hash as this replica holds it now (caller holds its lock); `None` for a
+    /// cart not held, or one that cannot be read (logged: one bad cart must not stop a scan).
+    fn current_hash(&self, id: &CartId) -> Result<Option<u64>, NodeError> {
+        let cart = match self.cache.get(id) {
+            Some(held) => Ok(held.cart),
+            None => self.load(id).map(|h| h.cart),
+        };
+        match cart {
+            Ok(cart) => Ok(entry_hash(id.as_str().as_bytes(), cart.context())?),
+            Err(e) => {
+                tracing::warn!(cart_id = %id, error = %e, "a digest scan skips an unreadable cart");
+                Ok(None)
+            }
+        }
     }
 
     /// Adds a held cart's `leaves` entry if it is missing: the index is checked by every
@@ -702,6 +761,17 @@ impl CartStore {
             .scan(Tree::Leaves, &prefix, after.as_deref(), limit)?
             .into_iter()
             .map(|(k, _)| k[prefix.len()..].to_vec())
+            .collect())
+    }
+
+    /// Up to `limit` positions of the `leaves` index (`leaf u16 ++ cart id`) after `after`: every
+    /// cart this node holds, keys only (no cart is read). May list a cart since dropped.
+    pub fn indexed_carts(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, NodeError> {
+        Ok(self
+            .storage
+            .scan(Tree::Leaves, b"", after, limit)?
+            .into_iter()
+            .map(|(k, _)| k)
             .collect())
     }
 
@@ -1112,8 +1182,9 @@ mod tests {
         assert_eq!(*replica.read(&id).unwrap(), *writer.read(&id).unwrap());
     }
 
-    fn five() -> cart_ring::layout::Layout {
-        let members = (1..=5)
+    /// Version `nodes - 4` of a cluster of `nodes` members.
+    fn members(nodes: usize) -> cart_ring::layout::Layout {
+        let members = (1..=nodes)
             .map(|i| cart_ring::Member {
                 node_id: format!("n{i}"),
                 addr: format!("127.0.0.1:{}", 7000 + i),
@@ -1121,14 +1192,20 @@ mod tests {
                 zone: String::new(),
             })
             .collect();
-        cart_ring::layout::Layout::initial(members, 3, 2, 2)
+        let mut layout = cart_ring::layout::Layout::initial(members, 3, 2, 2);
+        layout.version = nodes as u64 - 4;
+        layout
     }
 
-    /// Every pair's digest, as the exchange sees it.
+    fn five() -> cart_ring::layout::Layout {
+        members(5)
+    }
+
+    /// Every pair's digest, as the exchange sees it (pairs among n1..n6).
     fn pairs(store: &CartStore) -> Vec<Vec<u64>> {
         let mut out = Vec::new();
-        for a in 1..=5 {
-            for b in 1..=5 {
+        for a in 1..=6 {
+            for b in 1..=6 {
                 if a != b {
                     out.push(store.digests.shared(&format!("n{a}"), &format!("n{b}")).expect("ready"));
                 }
@@ -1177,11 +1254,11 @@ mod tests {
         // A rebuild interrupted by writes on both sides of its cursor.
         let generation = store.digests.reset(&layout);
         assert!(store.digests.shared("n1", "n2").is_none(), "not ready while rebuilding");
-        let cursor = store.digest_page(generation, None, 20).unwrap().expect("a first page");
+        let first = store.digest_page(generation, None, 20).unwrap().expect("a first page");
         some_writes(&store, 2).await;
-        let mut after = Some(cursor);
-        while let Some(last) = store.digest_page(generation, after.as_deref(), 20).unwrap() {
-            after = Some(last);
+        let mut after = Some(first.last);
+        while let Some(page) = store.digest_page(generation, after.as_deref(), 20).unwrap() {
+            after = Some(page.last);
         }
         store.digests.built(generation);
         let interleaved = pairs(&store);
@@ -1191,6 +1268,60 @@ mod tests {
             interleaved,
             "writes during a rebuild were counted wrongly"
         );
+    }
+
+    /// A layout change moves the digests of the carts whose replica set changed, and only those:
+    /// the result equals a rebuild for the new layout, also with writes, new carts and a drop
+    /// landing half way through the move (before and after its cursor), and with a move back.
+    #[tokio::test]
+    async fn digests_moved_to_a_new_layout_equal_a_rebuild() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 1).await;
+        crate::digests::rebuild(&store, &five(), usize::MAX).await.unwrap();
+        for round in 0..4 {
+            some_writes(&store, round).await;
+        }
+        let six = members(6);
+        let generation = store.digests.relayout(&six).expect("ready digests move");
+        assert!(store.digests.shared("n1", "n2").is_none(), "not ready while moving");
+        assert!(store.digests.state().moving);
+        let first = store.move_page(generation, None, 10).unwrap().expect("a first page");
+        assert_eq!(first.visited, 10);
+        some_writes(&store, 4).await;
+        for i in 0..30 {
+            let id = CartId::parse(&format!("guest:new-{i}"), &Limits::DEFAULT).unwrap();
+            store.write(&id, &add("x")).await.unwrap();
+        }
+        let gone = CartId::parse("user:4", &Limits::DEFAULT).unwrap();
+        let ctx = store.read(&gone).unwrap().context().clone();
+        assert!(store.drop_replica(&gone, &ctx).await.unwrap());
+        let (mut visited, mut moved) = (first.visited, first.moved);
+        let mut after = Some(first.last);
+        while let Some(page) = store.move_page(generation, after.as_deref(), 10).unwrap() {
+            visited += page.visited;
+            moved += page.moved;
+            after = Some(page.last);
+        }
+        store.digests.built(generation);
+        assert!(store.digests.state().ready);
+        // The 49 carts held before the move, and the new ones indexed after the first page.
+        assert!((49..=79).contains(&visited), "visited {visited}");
+        assert!(
+            moved > 0 && moved < visited,
+            "only the carts whose set changed move: {moved} of {visited}"
+        );
+        let kept = pairs(&store);
+        assert!(kept.iter().any(|d| d.iter().any(|l| *l != 0)));
+        let carts = store.digests.state().carts;
+        crate::digests::rebuild(&store, &six, usize::MAX).await.unwrap();
+        assert_eq!(pairs(&store), kept, "moved digests differ from a rebuild");
+        assert_eq!(store.digests.state().carts, carts);
+
+        // And back, through the function a layout change calls.
+        crate::digests::follow(&store, &five(), usize::MAX).await.unwrap();
+        let back = pairs(&store);
+        crate::digests::rebuild(&store, &five(), usize::MAX).await.unwrap();
+        assert_eq!(pairs(&store), back, "moving back differs from a rebuild");
     }
 
     /// Every cart of a leaf, from the `leaves` index (what a repair lists).

@@ -210,6 +210,22 @@ async fn a_cluster_grows_to_five_and_shrinks_to_three_under_writes_without_losin
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+    // Every node's anti-entropy digests follow version 2 (the three first nodes moved theirs:
+    // they were built for version 1) and cover the carts it holds.
+    for addr in &all {
+        let ready = || async {
+            let status = common::admin(*addr)
+                .await
+                .cluster_status(ClusterStatusRequest {})
+                .await
+                .map(|r| r.into_inner());
+            status.is_ok_and(|s| s.digests_ready && s.digest_carts > 0)
+        };
+        assert!(
+            common::eventually(Duration::from_secs(30), ready).await,
+            "{addr}: digests not ready for version 2"
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Shrink back: both leave, one commit.

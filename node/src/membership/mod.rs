@@ -201,8 +201,9 @@ impl Membership {
         // Dial first, store second: a layout this node cannot install is never stored.
         self.cluster.install(current.clone(), previous.clone())?;
         save(&self.store, &current, previous.as_ref()).await?;
-        // Replica sets follow the new version: its digests are rebuilt (in the background).
-        rebuild_digests(
+        // Replica sets follow the new version: the digests of the carts whose set changed move
+        // (in the background).
+        follow_layout(
             self.store.clone(),
             current,
             self.cluster.config.digest_rebuild_carts_per_sec,
@@ -471,10 +472,10 @@ impl Membership {
     }
 }
 
-/// Rebuilds the anti-entropy digests for `layout` in a task of its own.
-pub fn rebuild_digests(store: Arc<CartStore>, layout: Layout, carts_per_sec: usize) {
+/// Moves (or, at start, builds) the anti-entropy digests for `layout` in a task of its own.
+pub fn follow_layout(store: Arc<CartStore>, layout: Layout, carts_per_sec: usize) {
     tokio::spawn(async move {
-        if let Err(e) = crate::digests::rebuild(&store, &layout, carts_per_sec).await {
+        if let Err(e) = crate::digests::follow(&store, &layout, carts_per_sec).await {
             tracing::warn!(error = %e, "anti-entropy digests could not be rebuilt");
         }
     });

@@ -3,8 +3,9 @@
 //! While two versions are live, writes reach the owners of both (`Plan::extras`) and reads follow
 //! the previous one. Each node, once every involved node reports the new version (so every write
 //! coordinated from then on reaches the new owners) and one request timeout has passed (writes
-//! routed by the old version have finished), scans the carts it holds and sends each whole cart
-//! to the owners the new version adds for it. The scan's position is stored after every page, so
+//! routed by the old version have finished), walks the `leaves` index of the carts it holds (keys
+//! only: a cart is read only if the new version adds an owner for it) and sends each such whole
+//! cart to the owners the new version adds for it. The scan's position is stored after every page, so
 //! a node killed mid-transfer resumes where it was. Done, the node reports the version as synced
 //! in its heartbeats. When every involved node is synced, the previous version is dropped, and
 //! each node hands over once more, then deletes, the carts it no longer owns (only if unchanged
@@ -70,6 +71,10 @@ struct Cursor {
     version: u64,
     /// `true` for the delete pass after the previous version was dropped.
     cleanup: bool,
+    /// A position in the `leaves` index (a cursor of an older version, a cart id, is not:
+    /// that scan starts over, sending again is harmless).
+    #[serde(default)]
+    by_index: bool,
     after: Option<Vec<u8>>,
     sent: u64,
     bytes: u64,
@@ -125,7 +130,9 @@ pub async fn step(m: &Membership, stop: &tokio::sync::watch::Receiver<bool>) -> 
                 p.waiting_for = behind;
                 return Ok(());
             }
-            hand_over(m, &topology, version, true, stop).await?;
+            if !hand_over(m, &topology, version, true, stop).await? {
+                return Ok(());
+            }
             m.store.meta_delete(CLEANUP_KEY).await?;
             let mut p = progress(m);
             p.phase = "done".into();
@@ -197,7 +204,7 @@ pub async fn step(m: &Membership, stop: &tokio::sync::watch::Receiver<bool>) -> 
 
 /// Sends every cart this node holds to the owners `topology` adds for it (`cleanup`: to every
 /// owner, then deletes it here, for the carts this node no longer owns). Resumes from the stored
-/// cursor; returns `false` if `stop` fired first.
+/// cursor; returns `false` if `stop` fired first or the leaf index is still being checked.
 async fn hand_over(
     m: &Membership,
     topology: &Topology,
@@ -205,14 +212,24 @@ async fn hand_over(
     cleanup: bool,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, NodeError> {
+    // The walk lists carts from the `leaves` index, which the start-up rebuild checks and
+    // completes (a data folder of an older version may lack entries): wait for it.
+    let digests = m.store.digests.state();
+    if !digests.ready && !digests.moving {
+        let mut p = progress(m);
+        p.waiting_reason = "waiting for the start-up digest rebuild to check the leaf index".into();
+        p.waiting_for.clear();
+        return Ok(false);
+    }
     let mut cursor: Cursor = match m.store.meta_get(CURSOR_KEY)? {
         Some(bytes) => from_json(&bytes, "transfer cursor")?,
         None => Cursor::default(),
     };
-    if cursor.version != version || cursor.cleanup != cleanup {
+    if cursor.version != version || cursor.cleanup != cleanup || !cursor.by_index {
         cursor = Cursor {
             version,
             cleanup,
+            by_index: true,
             ..Cursor::default()
         };
     }
@@ -223,11 +240,12 @@ async fn hand_over(
             return Ok(false);
         }
         let started = tokio::time::Instant::now();
-        let page = m.store.scan_carts(cursor.after.as_deref(), PAGE)?;
-        let Some((last, _)) = page.last() else { break };
-        let last = last.clone();
+        // Keys only: the carts that stay where they are are never read.
+        let page = m.store.indexed_carts(cursor.after.as_deref(), PAGE)?;
+        let Some(last) = page.last().cloned() else { break };
         let mut sends = Vec::new();
-        for (key, _) in &page {
+        for position in &page {
+            let Some(key) = position.get(2..) else { continue };
             let Ok(id) = CartId::parse(&String::from_utf8_lossy(key), m.store.limits()) else {
                 continue;
             };
@@ -254,6 +272,9 @@ async fn hand_over(
                     continue;
                 }
             };
+            if *cart.context() == cart_crdt::Context::default() {
+                continue; // listed by the index, since dropped
+            }
             let state = codec::encode(&cart)?;
             sends.push(send_to_all(m, id, cart, state, targets, cleanup));
         }
