@@ -12,7 +12,8 @@
 #    commit`, and polls `cartctl cluster show` until every node has handed over (the previous
 #    layout version is gone). Prints how long that took, what each node sent (carts, bytes), the
 #    cluster's carts per node afterwards, and the two runs' percentiles side by side
-#    (bench/summarize.py compare: steady is the baseline of the ratios).
+#    (bench/summarize.py compare: steady is the baseline of the ratios), and the nodes' log lines
+#    on the anti-entropy digests (built at start, moved to the new layout) and the hand-over.
 #
 # JSON reports and logs: bench/results/membership/ (ignored by git). Every process started here is
 # stopped on every exit path; the data dir is removed.
@@ -112,6 +113,14 @@ t = v["transfer"] or {}
 print(f"  {v['asked_node']}: handed over {t.get('carts_sent', 0)} carts, {t.get('bytes_sent', 0)} bytes "
       f"(scanned {t.get('carts_scanned', 0)}); deleted after: {t.get('carts_dropped', 0)}; phase {t.get('phase', '-')}")
 PY
+done
+echo
+echo "anti-entropy digests and the hand-over, from the nodes' logs:"
+for log in "$CLUSTER_DIR"/n*/cartd.log "$OUT/n4.log"; do
+    node=$(basename "$(dirname "$log")")
+    [[ "$log" == "$OUT/n4.log" ]] && node=n4
+    grep -h -E 'anti-entropy digests (built|moved)|hand-over walked' "$log" \
+        | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^[^ ]* *INFO [^ ]* /  '"$node"': /' || true
 done
 echo
 python3 bench/summarize.py compare steady="$OUT/steady.json" join="$OUT/join.json"

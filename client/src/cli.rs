@@ -669,6 +669,7 @@ mod tests {
             asked_is_member: true,
             digests_ready: true,
             digest_carts: 42,
+            digests_moving: false,
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use cart_crdt::{codec, CartId};
 use cart_proto::admin_pb::TransferProgress;
-use cart_proto::replica_pb::{ReadRequest, ReplicateRequest};
+use cart_proto::replica_pb::{DigestRequest, ReadRequest, ReplicateRequest};
 use serde::{Deserialize, Serialize};
 
 use super::{from_json, json, Membership};
@@ -79,6 +79,50 @@ struct Cursor {
     sent: u64,
     bytes: u64,
     scanned: u64,
+    /// Sends spared because the new owner's leaf digest equals this node's.
+    #[serde(default)]
+    skipped: u64,
+}
+
+fn owns(owners: &[String], me: &str) -> bool {
+    owners.iter().any(|o| o == me)
+}
+
+/// Per new owner, which leaves of the digests of the carts it and this node both replicate are
+/// equal on both sides (the anti-entropy exchange's first step), fetched once per page. `None`
+/// (compare nothing) while either side's digests are being built or moved, or the owner does
+/// not answer in time.
+#[derive(Default)]
+struct LeafViews(std::collections::HashMap<String, Option<Vec<bool>>>);
+
+impl LeafViews {
+    async fn same(&mut self, m: &Membership, target: &str, leaf: usize) -> bool {
+        if !self.0.contains_key(target) {
+            let view = equal_leaves(m, target).await;
+            self.0.insert(target.to_owned(), view);
+        }
+        self.0
+            .get(target)
+            .and_then(|v| v.as_ref())
+            .is_some_and(|v| v.get(leaf).copied().unwrap_or(false))
+    }
+}
+
+async fn equal_leaves(m: &Membership, target: &str) -> Option<Vec<bool>> {
+    let mine = m.store.digests.shared(&m.cluster.self_id, target)?;
+    let peer = m.cluster.peer(target)?;
+    let mut client = peer.client();
+    let call = client.digest(m.cluster.request(DigestRequest {
+        from_node: m.cluster.self_id.clone(),
+    }));
+    let theirs = m
+        .cluster
+        .within(m.cluster.config.peer_timeout, call)
+        .await
+        .ok()?
+        .into_inner()
+        .buckets;
+    (theirs.len() == mine.len()).then(|| mine.iter().zip(&theirs).map(|(a, b)| a == b).collect())
 }
 
 fn progress(m: &Membership) -> std::sync::MutexGuard<'_, Progress> {
@@ -243,6 +287,7 @@ async fn hand_over(
         // Keys only: the carts that stay where they are are never read.
         let page = m.store.indexed_carts(cursor.after.as_deref(), PAGE)?;
         let Some(last) = page.last().cloned() else { break };
+        let mut leaves = LeafViews::default();
         let mut sends = Vec::new();
         for position in &page {
             let Some(key) = position.get(2..) else { continue };
@@ -261,6 +306,21 @@ async fn hand_over(
                         .collect()
                 }
                 (false, None) => continue,
+            };
+            // The anti-entropy exchange first: a new owner that replicates the cart with this
+            // node and shows the same leaf already holds it (as it is here now).
+            let targets: Vec<String> = match cleanup || !owns(&topology.current.owners(key), me) {
+                true => targets,
+                false => {
+                    let mut kept = Vec::with_capacity(targets.len());
+                    for target in targets {
+                        match leaves.same(m, &target, crate::digests::leaf_of(key)).await {
+                            true => cursor.skipped += 1,
+                            false => kept.push(target),
+                        }
+                    }
+                    kept
+                }
             };
             if targets.is_empty() {
                 continue;
@@ -319,6 +379,15 @@ async fn hand_over(
         // Throttle: at most `rate` carts per second, and always yield between pages.
         let budget = Duration::from_secs_f64(page.len() as f64 / rate);
         tokio::time::sleep(budget.saturating_sub(started.elapsed()).max(Duration::from_millis(1))).await;
+    }
+    if !cleanup {
+        tracing::info!(
+            version,
+            scanned = cursor.scanned,
+            sent = cursor.sent,
+            skipped_by_digest = cursor.skipped,
+            "hand-over walked every cart held"
+        );
     }
     m.store.meta_delete(CURSOR_KEY).await?;
     Ok(true)
