@@ -20,7 +20,14 @@
 //! has not reached is left to the scan (a rebuild reads the cart as it is then) or applied by the
 //! old layout (a move then moves the cart's current hash). A cart created while a page of the
 //! scan is being read or walked may or may not be in that page: it is counted at once and the
-//! scan skips it (the `early` set, at most the carts created during one page).
+//! scan skips it (the `early` set: the carts created ahead of the cursor while a page was read,
+//! or inside the page being walked; each leaves it when the cursor passes it).
+//!
+//! A move trusts the `leaves` index to list every cart held. The start-up rebuild checks and
+//! completes it; if it could not (a degraded store, a storage error), the index is marked
+//! incomplete, a layout change rebuilds instead of moving, and the hand-over waits
+//! ([`DigestState::index_complete`]). Digests only ever follow a newer layout: a rebuild or move
+//! for an older version than the one they follow is not started.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;
@@ -103,6 +110,8 @@ struct Inner {
     /// `None`: ready.
     scan: Option<Scan>,
     carts: u64,
+    /// No rebuild since start found a held cart missing from the `leaves` index and failed to add it.
+    index_complete: bool,
 }
 
 /// The digests of this node's replicas (see the module doc).
@@ -125,6 +134,7 @@ impl Default for RangeDigests {
                     early: BTreeSet::new(),
                 }),
                 carts: 0,
+                index_complete: false,
             }),
         }
     }
@@ -138,6 +148,13 @@ pub struct DigestState {
     pub moving: bool,
     pub layout_version: u64,
     pub carts: u64,
+    /// Ready or moving, and the last rebuild found the `leaves` index complete (or completed it).
+    pub index_complete: bool,
+}
+
+/// Whether `key` has the same replica set by both placements.
+pub fn same_set(from: &Placement, to: &Placement, key: &[u8]) -> bool {
+    set_in(from, key) == set_in(to, key)
 }
 
 fn set_in(placement: &Placement, key: &[u8]) -> Vec<String> {
@@ -184,10 +201,14 @@ fn placement_of(layout: &Layout) -> Option<Placement> {
 
 impl RangeDigests {
     /// Starts over for `layout` (at start, and on a layout change that cannot move): empty
-    /// trees, a rebuild pending. Returns the generation the rebuild must carry.
-    pub fn reset(&self, layout: &Layout) -> u64 {
+    /// trees, a rebuild pending. Returns the generation the rebuild must carry; `None` if the
+    /// digests already follow a newer layout.
+    pub fn reset(&self, layout: &Layout) -> Option<u64> {
         let ring = placement_of(layout);
         let mut inner = lock(&self.inner);
+        if layout.version < inner.layout_version {
+            return None;
+        }
         inner.generation += 1;
         inner.layout_version = layout.version;
         inner.ring = ring;
@@ -199,16 +220,18 @@ impl RangeDigests {
             early: BTreeSet::new(),
         });
         inner.carts = 0;
-        inner.generation
+        inner.index_complete = true; // until the rebuild finds a gap it cannot fill
+        Some(inner.generation)
     }
 
     /// Starts moving the ready digests to `layout`: returns the generation the move must carry,
-    /// or `None` when they cannot move (a scan is running, or a layout has no placement) and a
-    /// [`RangeDigests::reset`] and rebuild must follow.
+    /// or `None` when they cannot move (a scan is running, the leaf index may be incomplete, a
+    /// layout has no placement, or `layout` is not newer) and a [`RangeDigests::reset`] and
+    /// rebuild must follow.
     pub fn relayout(&self, layout: &Layout) -> Option<u64> {
         let ring = placement_of(layout)?;
         let mut inner = lock(&self.inner);
-        if inner.scan.is_some() {
+        if inner.scan.is_some() || !inner.index_complete || layout.version <= inner.layout_version {
             return None;
         }
         let from = inner.ring.replace(ring)?;
@@ -296,17 +319,22 @@ impl RangeDigests {
         true
     }
 
-    /// Whether the move of `generation` must move `key`'s hash (its replica set changed); `None`
-    /// when a newer reset or move made the move obsolete.
-    pub fn must_move(&self, generation: u64, key: &[u8]) -> Option<bool> {
+    /// The old and new placements of the move of `generation` (to decide, outside the lock,
+    /// which carts must move); `None` when a newer reset or move made the move obsolete.
+    pub fn move_placements(&self, generation: u64) -> Option<(Placement, Placement)> {
         let inner = lock(&self.inner);
         if inner.generation != generation {
             return None;
         }
-        let (Some(Scan { from: Some(from), .. }), Some(to)) = (&inner.scan, &inner.ring) else {
-            return None;
-        };
-        Some(set_in(from, key) != set_in(to, key))
+        match (&inner.scan, &inner.ring) {
+            (Some(Scan { from: Some(from), .. }), Some(to)) => Some((from.clone(), to.clone())),
+            _ => None,
+        }
+    }
+
+    /// A rebuild found a held cart missing from the `leaves` index and could not add it.
+    pub fn index_gap(&self) {
+        lock(&self.inner).index_complete = false;
     }
 
     /// Moves one cart's current `hash` from its old set's tree to its new one (the move of
@@ -355,14 +383,21 @@ impl RangeDigests {
             moving: inner.scan.as_ref().is_some_and(|s| s.from.is_some()),
             layout_version: inner.layout_version,
             carts: inner.carts,
+            index_complete: inner.index_complete && inner.scan.as_ref().is_none_or(|s| s.from.is_some()),
         }
     }
 
     /// The leaf-wise XOR of every replica set holding both `me` and `peer`; `None` while a scan
     /// runs.
     pub fn shared(&self, me: &str, peer: &str) -> Option<Vec<u64>> {
+        self.shared_at(me, peer, None)
+    }
+
+    /// [`RangeDigests::shared`], and `None` unless the digests follow layout `version` (when
+    /// given): a leaf compares carts only by the placement it was built for.
+    pub fn shared_at(&self, me: &str, peer: &str, version: Option<u64>) -> Option<Vec<u64>> {
         let inner = lock(&self.inner);
-        if inner.scan.is_some() {
+        if inner.scan.is_some() || version.is_some_and(|v| v != inner.layout_version) {
             return None;
         }
         let mut out = vec![0u64; LEAVES];
@@ -393,14 +428,51 @@ pub async fn follow(
     }
 }
 
+/// [`follow`] until it succeeds with a complete leaf index, or a newer layout takes over: a failed
+/// scan (a storage error) or one that left the index incomplete (a degraded store) is tried
+/// again, one second later and doubling to a minute, at most `FOLLOW_ATTEMPTS` times (a node
+/// whose storage stays broken restarts, and rebuilds then).
+pub async fn follow_until_ready(store: &crate::store::CartStore, layout: &Layout, carts_per_sec: usize) {
+    let mut backoff = std::time::Duration::from_secs(1);
+    for attempt in 1..=FOLLOW_ATTEMPTS {
+        let outcome = follow(store, layout, carts_per_sec).await;
+        let state = store.digests.state();
+        if state.layout_version > layout.version {
+            return; // a newer layout's scan took over
+        }
+        match outcome {
+            Ok(()) if state.ready && state.index_complete => return,
+            Ok(()) if !state.ready => return, // a newer scan of this layout took over
+            Ok(()) => tracing::warn!(
+                attempt,
+                "anti-entropy digests built, but the leaf index is incomplete; rebuilding later"
+            ),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "anti-entropy digests could not be built; trying again later")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+    }
+    tracing::error!(
+        layout = layout.version,
+        "anti-entropy digests still not built; anti-entropy and hand-over wait for a restart"
+    );
+}
+
+/// How many times [`follow_until_ready`] tries.
+pub const FOLLOW_ATTEMPTS: u32 = 10;
+
 /// Rebuilds the digests for `layout` from empty trees by one scan of the store (see [`follow`]).
 pub async fn rebuild(
     store: &crate::store::CartStore,
     layout: &Layout,
     carts_per_sec: usize,
 ) -> Result<(), crate::error::NodeError> {
-    let generation = store.digests.reset(layout);
-    scan(store, layout, generation, false, carts_per_sec).await
+    match store.digests.reset(layout) {
+        Some(generation) => scan(store, layout, generation, false, carts_per_sec).await,
+        None => Ok(()), // the digests follow a newer layout already
+    }
 }
 
 async fn scan(
@@ -512,11 +584,11 @@ mod tests {
         for moving in [false, true] {
             for in_page in [false, true] {
                 let d = RangeDigests::default();
-                let ready = d.reset(&five);
+                let ready = d.reset(&five).expect("first layout");
                 d.built(ready);
                 let g = match moving {
                     true => d.relayout(&six).expect("ready digests move"),
-                    false => d.reset(&six),
+                    false => d.reset(&six).expect("newer layout"),
                 };
                 let position = match moving {
                     true => leaf_index_key(key),
@@ -539,7 +611,7 @@ mod tests {
                 d.built(g);
 
                 let want = RangeDigests::default();
-                let w = want.reset(&six);
+                let w = want.reset(&six).expect("first layout");
                 assert!(want.scanned(w, key, Some(7)));
                 want.built(w);
                 assert_eq!(

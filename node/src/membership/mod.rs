@@ -475,9 +475,7 @@ impl Membership {
 /// Moves (or, at start, builds) the anti-entropy digests for `layout` in a task of its own.
 pub fn follow_layout(store: Arc<CartStore>, layout: Layout, carts_per_sec: usize) {
     tokio::spawn(async move {
-        if let Err(e) = crate::digests::follow(&store, &layout, carts_per_sec).await {
-            tracing::warn!(error = %e, "anti-entropy digests could not be rebuilt");
-        }
+        crate::digests::follow_until_ready(&store, &layout, carts_per_sec).await;
     });
 }
 

@@ -90,15 +90,15 @@ fn owns(owners: &[String], me: &str) -> bool {
 
 /// Per new owner, which leaves of the digests of the carts it and this node both replicate are
 /// equal on both sides (the anti-entropy exchange's first step), fetched once per page. `None`
-/// (compare nothing) while either side's digests are being built or moved, or the owner does
-/// not answer in time.
+/// (compare nothing) while either side's digests are being built or moved, while this node's
+/// follow another layout than the walk's, or when the owner does not answer in time.
 #[derive(Default)]
 struct LeafViews(std::collections::HashMap<String, Option<Vec<bool>>>);
 
 impl LeafViews {
-    async fn same(&mut self, m: &Membership, target: &str, leaf: usize) -> bool {
+    async fn same(&mut self, m: &Membership, target: &str, version: u64, leaf: usize) -> bool {
         if !self.0.contains_key(target) {
-            let view = equal_leaves(m, target).await;
+            let view = equal_leaves(m, target, version).await;
             self.0.insert(target.to_owned(), view);
         }
         self.0
@@ -108,8 +108,10 @@ impl LeafViews {
     }
 }
 
-async fn equal_leaves(m: &Membership, target: &str) -> Option<Vec<bool>> {
-    let mine = m.store.digests.shared(&m.cluster.self_id, target)?;
+/// `None` also when this node's digests do not follow `version`, the layout the walk plans by:
+/// a leaf holds a cart's hash only where its placement puts this node and `target` together.
+async fn equal_leaves(m: &Membership, target: &str, version: u64) -> Option<Vec<bool>> {
+    let mine = m.store.digests.shared_at(&m.cluster.self_id, target, Some(version))?;
     let peer = m.cluster.peer(target)?;
     let mut client = peer.client();
     let call = client.digest(m.cluster.request(DigestRequest {
@@ -259,9 +261,9 @@ async fn hand_over(
     // The walk lists carts from the `leaves` index, which the start-up rebuild checks and
     // completes (a data folder of an older version may lack entries): wait for it.
     let digests = m.store.digests.state();
-    if !digests.ready && !digests.moving {
+    if !(digests.ready || digests.moving) || !digests.index_complete {
         let mut p = progress(m);
-        p.waiting_reason = "waiting for the start-up digest rebuild to check the leaf index".into();
+        p.waiting_reason = "waiting for the digest rebuild to check and complete the leaf index".into();
         p.waiting_for.clear();
         return Ok(false);
     }
@@ -314,7 +316,8 @@ async fn hand_over(
                 false => {
                     let mut kept = Vec::with_capacity(targets.len());
                     for target in targets {
-                        match leaves.same(m, &target, crate::digests::leaf_of(key)).await {
+                        let leaf = crate::digests::leaf_of(key);
+                        match leaves.same(m, &target, topology.current.layout.version, leaf).await {
                             true => cursor.skipped += 1,
                             false => kept.push(target),
                         }
