@@ -13,7 +13,9 @@
 # 3. Measures, with no client load at all, the CPU the three nodes use over IDLE_S seconds (user +
 #    system from /proc) and prints it as a share of one core, with the last anti-entropy exchange
 #    each node had, and how many "peer is down" lines the nodes logged during the window (a
-#    starved runtime misses heartbeats).
+#    starved runtime misses heartbeats). LOAD_RATE=R (default 0) runs the window under a
+#    storefront open loop at R ops/s over the CARTS carts instead (the "loaded" run of issue 15:
+#    the CPU then includes the load; the "peer is down" count is the figure).
 # 4. Repair (REPAIR_CARTS > 0): kill -9 of n3, REPAIR_CARTS carts written to n1 and n2 only, the
 #    hints for n3 discarded on both (`cartctl hints discard`), n3 restarted: only anti-entropy can
 #    bring those carts to n3. Prints the time from n3's digests being built to every one of those
@@ -36,6 +38,7 @@ CARTS=${CARTS:-100000}
 PRELOAD_S=${PRELOAD_S:-40}
 IDLE_S=${IDLE_S:-60}
 REPAIR_CARTS=${REPAIR_CARTS:-20}
+LOAD_RATE=${LOAD_RATE:-0}
 AE_INTERVAL_S=10
 PORT=17801
 OUT=bench/results/idle
@@ -73,14 +76,24 @@ sleep 2
 PIDS=$(cluster_pids)
 down_before=$(cat "$CLUSTER_DIR"/n*/cartd.log | grep -c 'peer is down' || true)
 t0=$(cpu_ticks $PIDS)
-sleep "$IDLE_S"
+if ((LOAD_RATE > 0)); then
+    target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/load.json" --no-progress --seed 9 \
+        --profile storefront --distribution uniform --carts "$CARTS" --rate "$LOAD_RATE" --concurrency 256 \
+        --duration "$IDLE_S" >"$OUT/load.log" 2>&1
+    grep '^target ' "$OUT/load.log" || true
+    python3 bench/summarize.py compare loaded="$OUT/load.json" | sed -n '1,4p' || true
+else
+    sleep "$IDLE_S"
+fi
 t1=$(cpu_ticks $PIDS)
 down_after=$(cat "$CLUSTER_DIR"/n*/cartd.log | grep -c 'peer is down' || true)
 
 echo
-printf 'idle for %s s with %s carts on each node: the 3 nodes used %.2f%% of one core (%s ticks of 1/100 s)\n' \
-    "$IDLE_S" "$(status_field 127.0.0.1:$PORT digest_carts)" "$(echo "($t1 - $t0) / $IDLE_S" | bc -l)" "$((t1 - t0))"
-echo "\"peer is down\" lines logged during the idle window: $((down_after - down_before))"
+what="idle"
+((LOAD_RATE > 0)) && what="loaded at $LOAD_RATE ops/s"
+printf '%s for %s s with %s carts on each node: the 3 nodes used %.2f%% of one core (%s ticks of 1/100 s)\n' \
+    "$what" "$IDLE_S" "$(status_field 127.0.0.1:$PORT digest_carts)" "$(echo "($t1 - $t0) / $IDLE_S" | bc -l)" "$((t1 - t0))"
+echo "\"peer is down\" lines logged during the window: $((down_after - down_before))"
 ctl 127.0.0.1:$PORT status
 
 if ((REPAIR_CARTS > 0)); then

@@ -259,9 +259,8 @@ async fn hand_over(
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, NodeError> {
     // The walk lists carts from the `leaves` index, which the start-up rebuild checks and
-    // completes (a data folder of an older version may lack entries): wait for it.
-    let digests = m.store.digests.state();
-    if !(digests.ready || digests.moving) || !digests.index_complete {
+    // completes (a data folder of an older version may lack entries): wait until it has.
+    if !m.store.digests.state().index_complete {
         let mut p = progress(m);
         p.waiting_reason = "waiting for the digest rebuild to check and complete the leaf index".into();
         p.waiting_for.clear();
