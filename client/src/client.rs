@@ -85,6 +85,23 @@ pub struct ClientOptions {
     pub hedge_budget: f64,
     pub hedge_delay_min: Duration,
     pub hedge_delay_max: Duration,
+    /// Wall clock of the write deadlines, ms since the Unix epoch (the system clock; a
+    /// simulation passes its own). Every write attempt carries its deadline (now +
+    /// `request_timeout`, [`cart_proto::DEADLINE_HEADER`]); no node begins a write after it.
+    pub clock: fn() -> u64,
+    /// How far the nodes' clocks may be behind this client's. A write attempt that never
+    /// answered is taken as not applied once its deadline plus this has passed — only when
+    /// another attempt of the same write was refused (the refusal is then the answer); the
+    /// residual case is an attempt a node began before its deadline and then stalled, which
+    /// would have seen the same acknowledged state as the refusing node's quorum read.
+    pub clock_skew: Duration,
+}
+
+/// The system's wall clock, ms since the Unix epoch (the default [`ClientOptions::clock`]).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Default for ClientOptions {
@@ -104,6 +121,8 @@ impl Default for ClientOptions {
             hedge_budget: HEDGE_BUDGET,
             hedge_delay_min: Duration::from_millis(1),
             hedge_delay_max: Duration::from_millis(500),
+            clock: system_clock_ms,
+            clock_skew: Duration::from_millis(500),
         }
     }
 }
@@ -914,9 +933,19 @@ impl CartClient {
             let address = route[i % route.len()].clone();
             let mut request = Request::new(req.clone());
             request.set_timeout(inner.options.request_timeout);
+            // Writes carry their deadline: a node does not begin one after it.
+            let deadline_ms = (!matches!(retry, Retry::Idempotent))
+                .then(|| (inner.options.clock)().saturating_add(inner.options.request_timeout.as_millis() as u64));
+            if let Some(ms) = deadline_ms {
+                request
+                    .metadata_mut()
+                    .insert(cart_proto::DEADLINE_HEADER, tonic::metadata::MetadataValue::from(ms));
+            }
             let call = rpc(CartServiceClient::new(inner.channel(&address)?), request);
             let began = Instant::now();
-            Ok((uri_of(&address), began, async move { (address, began, call.await) }))
+            Ok((uri_of(&address), began, async move {
+                (address, began, deadline_ms, call.await)
+            }))
         };
         let start = |i: usize, running: &mut FuturesUnordered<_>, inflight: &mut Vec<(String, Instant)>| {
             let (uri, began, attempt) = launch(i)?;
@@ -929,6 +958,10 @@ impl CartClient {
         // The first attempt whose outcome is unknown: a later refusal elsewhere does not make
         // the call's outcome known (that attempt may still have been applied).
         let mut unknown: Option<ClientError> = None;
+        // The latest deadline of the attempts that ended without an answer: past it (plus the
+        // clock skew) no node begins them any more.
+        let mut settled_after: Option<u64> = None;
+        let mut unanswered: Option<ClientError> = None;
         // The first refusal a node gave (it ran the call and said no): the answer, once every
         // attempt still running has ended.
         let mut refused: Option<(Status, String)> = None;
@@ -936,7 +969,7 @@ impl CartClient {
         let mut hedge_wait = 1u32;
         loop {
             let hedge_at = hedging.then(|| Instant::now() + inner.hedge_delay.delay() * hedge_wait);
-            let (address, began, result) = tokio::select! {
+            let (address, began, deadline_ms, result) = tokio::select! {
                 biased; // fixed branch order: deterministic under simulation
                 done = running.next() => match done {
                     Some(done) => done,
@@ -980,15 +1013,38 @@ impl CartClient {
             if no_answer(&status) {
                 inner.outliers.slow(&uri, route.len());
             }
-            if unknown.is_none() && outcome_unknown(&status) {
-                unknown = Some(ClientError::status(&status, &address));
+            if outcome_unknown(&status) {
+                match deadline_ms {
+                    // No answer: not applied, or applied before its deadline.
+                    Some(ms) if !cart_proto::outcome_unknown(&status) => {
+                        settled_after = settled_after.max(Some(ms));
+                        unanswered.get_or_insert_with(|| ClientError::status(&status, &address));
+                    }
+                    // The node applied it and missed its quorum, or a read: unknown for good.
+                    _ if unknown.is_none() => unknown = Some(ClientError::status(&status, &address)),
+                    _ => {}
+                }
             }
             let (status, address) =
                 match retry.after(status, !running.is_empty(), started < attempts, &mut refused, &address) {
                     Next::Wait => continue,
                     Next::Retry(status) => (status, address),
                     Next::Stop(status, refusal_at) => {
+                        let refused_here = refusal_at.is_some();
                         let address = refusal_at.unwrap_or(address);
+                        match settled_after {
+                            // A refusal while attempts that never answered may still be
+                            // begun: past their deadline and the skew, none will be, so the
+                            // refusal is the answer.
+                            Some(ms) if refused_here && unknown.is_none() => {
+                                let wait_ms = ms
+                                    .saturating_add(inner.options.clock_skew.as_millis() as u64)
+                                    .saturating_sub((inner.options.clock)());
+                                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                            }
+                            // No node answered: those attempts may have been applied.
+                            _ => unknown = unknown.or(unanswered),
+                        }
                         if no_answer(&status) {
                             // No node gave an answer: the membership may have moved on.
                             inner.failed.store(true, Ordering::Release);
@@ -1116,9 +1172,11 @@ fn no_answer(status: &Status) -> bool {
     ) || (status.code() == Code::ResourceExhausted && status.message().starts_with("h2 protocol error"))
 }
 
-/// Whether a failed attempt may nevertheless have been applied.
+/// Whether a failed attempt may nevertheless have been applied (a node's "deadline passed, not
+/// applied" is not such an attempt).
 fn outcome_unknown(status: &Status) -> bool {
-    matches!(status.code(), Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+    (matches!(status.code(), Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+        && !cart_proto::outcome_none(status))
         || (status.code() == Code::ResourceExhausted && no_answer(status))
         || cart_proto::outcome_unknown(status)
 }

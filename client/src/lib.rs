@@ -66,6 +66,6 @@ pub use cart_proto::pb::MergeMode;
 pub use cart_proto::{Consistency, OrderView};
 pub use cart_ring::Member;
 pub use client::{
-    new_request_id, tcp_connect, CartClient, ClientError, ClientOptions, Connect, HedgeStats, Membership,
-    AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN, MEMBERSHIP_REFRESH_MIN_INTERVAL,
+    new_request_id, system_clock_ms, tcp_connect, CartClient, ClientError, ClientOptions, Connect, HedgeStats,
+    Membership, AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN, MEMBERSHIP_REFRESH_MIN_INTERVAL,
 };

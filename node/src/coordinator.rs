@@ -208,10 +208,13 @@ impl Coordinator {
         let plan = self.cluster.write_plan(&req.cart_id);
         let mut queued = Vec::new();
         let id = &req.cart_id;
-        let applied = match self
-            .store
-            .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w))
-        {
+        let applied = match self.past_deadline(req).map_or_else(
+            || {
+                self.store
+                    .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w))
+            },
+            Err,
+        ) {
             // This replica may lag behind what the client saw (a quorum read elsewhere): an op
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
             // remove) first catches up from a read quorum, then runs once more.
@@ -225,9 +228,12 @@ impl Coordinator {
                 };
                 let merged = self.read(id, catch_up).await?;
                 match self.store.merge(id, (*merged).clone()).await {
-                    Ok(_) => self
-                        .store
-                        .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w)),
+                    Ok(_) => match self.past_deadline(req) {
+                        Some(late) => Err(late),
+                        None => self
+                            .store
+                            .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w)),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -236,8 +242,10 @@ impl Coordinator {
         let written = match applied {
             Ok(written) => written,
             // Refused by this node's storage before anything was applied (it is degraded, or the
-            // write failed): a sick replica never fails a write another owner can take.
-            Err(e @ (NodeError::Degraded { .. } | NodeError::Storage(_))) => {
+            // write failed): a sick replica never fails a write another owner can take. The same
+            // for a deadline this node's clock says has passed: another owner's clock decides
+            // (a node whose clock runs ahead does not refuse what the others would take).
+            Err(e @ (NodeError::Degraded { .. } | NodeError::Storage(_) | NodeError::DeadlinePassed { .. })) => {
                 return match forwarded {
                     true => Err(e),
                     false => self.forward(req).await,
@@ -264,6 +272,21 @@ impl Coordinator {
         self.replicate(&req.cart_id, &outgoing, w - local, local, plan, queued)
             .await?;
         Ok(written.cart)
+    }
+
+    /// The refusal of a write whose client deadline has passed by this node's clock. Checked
+    /// right before the write is applied (no await between the check and the apply): a node
+    /// that was paused or cut off while the request waited never applies it after the client
+    /// gave up on it.
+    fn past_deadline(&self, req: &CartRequest) -> Option<NodeError> {
+        let deadline_ms = req.deadline_ms?;
+        let now_ms = self.store.now_ms();
+        let late_ms = now_ms.checked_sub(deadline_ms).filter(|late| *late > 0)?;
+        Some(NodeError::DeadlinePassed {
+            header: cart_proto::DEADLINE_HEADER,
+            deadline_ms,
+            late_ms,
+        })
     }
 
     /// Queues the write's delta on the replicate batcher of every other owner that is up (called
@@ -511,6 +534,7 @@ impl Coordinator {
             .filter(|o| *o != self.cluster.self_id)
             .collect();
         let mut tried = Vec::new();
+        let mut late = None;
         for owner in owners
             .iter()
             .filter(|o| self.cluster.takes_writes(o))
@@ -524,6 +548,7 @@ impl Coordinator {
                 w: req.consistency.w.unwrap_or(0),
                 from_node: self.cluster.self_id.clone(),
                 request_id: req.request.map(|r| r.0.to_be_bytes().to_vec()).unwrap_or_default(),
+                deadline_ms: req.deadline_ms.unwrap_or(0),
             });
             // The owner needs its own quorum deadline plus the hop.
             request.set_timeout(self.cluster.config.request_timeout + self.cluster.config.peer_timeout);
@@ -537,6 +562,12 @@ impl Coordinator {
                     self.cluster.record(owner, Err(&status));
                     tried.push(format!("{owner}: {}", status.message()));
                 }
+                // Past the deadline by that owner's clock: not applied there; the next owner's
+                // clock decides, and if every owner says so, that is the answer.
+                Err(status) if cart_proto::outcome_none(&status) => {
+                    tried.push(format!("{owner}: {}", status.message()));
+                    late = Some(status);
+                }
                 // While a layout change spreads, the owner may route by another version and
                 // refuse before applying anything: the next owner is asked.
                 Err(status)
@@ -547,6 +578,9 @@ impl Coordinator {
                 // The owner ran the operation and refused it, or its outcome is unknown: say so.
                 Err(status) => return Err(NodeError::Remote(status)),
             }
+        }
+        if let Some(status) = late {
+            return Err(NodeError::Remote(status));
         }
         Err(NodeError::NoReplica {
             cart_id: req.cart_id.to_string(),

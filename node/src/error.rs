@@ -57,6 +57,14 @@ pub enum NodeError {
     LayoutConflict { reason: String },
     #[error("membership change not committed: {reason}")]
     NoMajority { reason: String },
+    /// The client's deadline for this write passed before any owner began it (by their clocks):
+    /// it was not applied and never will be.
+    #[error("the write's deadline ({header} {deadline_ms}) passed {late_ms} ms before this node could begin it; nothing was applied")]
+    DeadlinePassed {
+        header: &'static str,
+        deadline_ms: u64,
+        late_ms: u64,
+    },
 }
 
 impl From<NodeError> for Status {
@@ -99,6 +107,14 @@ impl From<NodeError> for Status {
             NodeError::Degraded { .. } => Status::unavailable(message),
             NodeError::Storage(_) => Status::unavailable(format!("{DEGRADED}: {message}")),
             NodeError::Config { .. } => Status::internal(message),
+            NodeError::DeadlinePassed { .. } => {
+                let mut status = Status::deadline_exceeded(message);
+                status.metadata_mut().insert(
+                    cart_proto::OUTCOME_HEADER,
+                    tonic::metadata::MetadataValue::from_static(cart_proto::OUTCOME_NONE),
+                );
+                status
+            }
         }
     }
 }
@@ -135,5 +151,18 @@ mod tests {
             detail: String::new(),
         });
         assert!(!cart_proto::outcome_unknown(&unreached));
+    }
+
+    #[test]
+    fn a_write_past_its_deadline_says_it_was_not_applied() {
+        let late = Status::from(NodeError::DeadlinePassed {
+            header: cart_proto::DEADLINE_HEADER,
+            deadline_ms: 1_000,
+            late_ms: 5,
+        });
+        assert_eq!(late.code(), tonic::Code::DeadlineExceeded);
+        assert!(cart_proto::outcome_none(&late), "{late:?}");
+        assert!(!cart_proto::outcome_unknown(&late));
+        assert!(late.message().contains("x-cartdb-deadline-ms 1000"), "{late:?}");
     }
 }

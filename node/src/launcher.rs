@@ -230,7 +230,24 @@ impl NodeProcess {
         kill(Pid::from_raw(self.child.id() as i32), signal).map_err(|source| LaunchError::Signal {
             node_id: self.node_id.clone(),
             source,
-        })
+        })?;
+        if signal == Signal::SIGSTOP {
+            // The signal is delivered asynchronously: wait (bounded) until the process shows as
+            // stopped, so what the caller does next happens while it is.
+            let stat = format!("/proc/{}/stat", self.child.id());
+            for _ in 0..200 {
+                let state = std::fs::read_to_string(&stat).ok().and_then(|s| {
+                    // `pid (comm) STATE …`: the state follows the last ')'.
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.trim_start().chars().next())
+                });
+                if matches!(state, Some('T' | 't') | None) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -194,6 +194,7 @@ impl ReplicaService for ReplicaApi {
             op,
             consistency,
             request: request_id,
+            deadline_ms: (req.deadline_ms > 0).then_some(req.deadline_ms),
         };
         let cart = self.coordinator.write_as(&request, true).await?;
         let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;

@@ -121,10 +121,12 @@ impl CartApi {
 
     async fn mutate<R: IntoDomain>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
         let _in_flight = self.in_flight.enter();
-        let req = request
+        let deadline_ms = cart_proto::deadline_ms(request.metadata()).map_err(NodeError::from)?;
+        let mut req = request
             .into_inner()
             .into_domain(self.limits())
             .map_err(NodeError::from)?;
+        req.deadline_ms = deadline_ms;
         async {
             let cart = self
                 .coordinator
@@ -210,7 +212,9 @@ impl CartService for CartApi {
 
     async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
         let _in_flight = self.in_flight.enter();
-        let req = CheckoutRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
+        let deadline_ms = cart_proto::deadline_ms(request.metadata()).map_err(NodeError::from)?;
+        let mut req = CheckoutRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
+        req.request.deadline_ms = deadline_ms;
         let id = req.request.cart_id.clone();
         async {
             let (order, cart) = lifecycle::checkout(&self.coordinator, &req).await?;

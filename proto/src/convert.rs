@@ -42,6 +42,9 @@ pub struct CartRequest {
     pub consistency: Consistency,
     /// The client's request id: applied at most once per id.
     pub request: Option<RequestId>,
+    /// The client's deadline for this attempt, wall-clock ms since the Unix epoch (from
+    /// [`crate::DEADLINE_HEADER`]): no node begins to apply the write after it.
+    pub deadline_ms: Option<u64>,
 }
 
 /// An optional `request_id` field: empty means none.
@@ -127,6 +130,7 @@ impl CheckoutRequest {
                 },
                 consistency: req.consistency.into(),
                 request: Some(request_id),
+                deadline_ms: None,
             },
             request_id,
         })
@@ -216,6 +220,7 @@ fn request(
         op,
         consistency: consistency.into(),
         request: request_id(request)?,
+        deadline_ms: None,
     })
 }
 
@@ -235,6 +240,7 @@ impl IntoDomain for pb::AddItemRequest {
             },
             consistency: self.consistency.into(),
             request: request_id(&self.request_id)?,
+            deadline_ms: None,
         })
     }
 }
@@ -249,6 +255,7 @@ impl IntoDomain for pb::SetQuantityRequest {
             op: CartOp::SetQuantity { product_id, quantity },
             consistency: self.consistency.into(),
             request: request_id(&self.request_id)?,
+            deadline_ms: None,
         })
     }
 }
@@ -263,6 +270,7 @@ impl IntoDomain for pb::AdjustQuantityRequest {
             op: CartOp::AdjustQuantity { product_id, delta },
             consistency: self.consistency.into(),
             request: request_id(&self.request_id)?,
+            deadline_ms: None,
         })
     }
 }
@@ -279,6 +287,7 @@ macro_rules! product_request {
                     op: CartOp::$variant { product_id },
                     consistency: self.consistency.into(),
                     request: request_id(&self.request_id)?,
+                    deadline_ms: None,
                 })
             }
         }
@@ -301,6 +310,7 @@ macro_rules! coupon_request {
                     op: CartOp::$variant { code },
                     consistency: self.consistency.into(),
                     request: request_id(&self.request_id)?,
+                    deadline_ms: None,
                 })
             }
         }

@@ -47,6 +47,41 @@ pub fn outcome_unknown(status: &tonic::Status) -> bool {
         .is_some_and(|v| v.as_bytes() == b"unknown")
 }
 
+/// [`OUTCOME_HEADER`] value on an error status whose operation was certainly not applied and
+/// never will be (its deadline passed before any node began it): `none`.
+pub const OUTCOME_NONE: &str = "none";
+
+/// Whether `status` carries [`OUTCOME_HEADER`] = [`OUTCOME_NONE`].
+pub fn outcome_none(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(OUTCOME_HEADER)
+        .is_some_and(|v| v.as_bytes() == OUTCOME_NONE.as_bytes())
+}
+
+/// Metadata header a client puts on a write attempt: its deadline, wall-clock milliseconds since
+/// the Unix epoch (decimal). A node does not begin to apply a write whose deadline has passed by
+/// its clock, so once the deadline (plus the clock skew between client and nodes) has passed, an
+/// attempt that never answered was either applied before it or never will be.
+pub const DEADLINE_HEADER: &str = "x-cartdb-deadline-ms";
+
+/// The [`DEADLINE_HEADER`] of a request, if any; a value that is not a decimal number of
+/// milliseconds is refused naming the header.
+pub fn deadline_ms(metadata: &tonic::metadata::MetadataMap) -> Result<Option<u64>, cart_crdt::CartError> {
+    let Some(value) = metadata.get(DEADLINE_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| cart_crdt::CartError::InvalidArgument {
+            field: DEADLINE_HEADER,
+            reason: "must be wall-clock milliseconds since the Unix epoch, in decimal".into(),
+        })
+}
+
 /// Metadata header a node adds to replies with its membership version (hex), so clients notice
 /// membership changes.
 pub const MEMBERSHIP_HEADER: &str = "x-cartdb-membership";

@@ -35,3 +35,8 @@ impl Clock for SimClock {
             .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
 }
+
+/// The wall clock of simulated clients (their write deadlines): the nodes' clock, unskewed.
+pub fn sim_now_ms() -> u64 {
+    SimClock::default().now_ms()
+}

@@ -444,6 +444,7 @@ pub fn sim_client_options() -> ClientOptions {
         connect_timeout: Duration::from_millis(500),
         backoff_initial: Duration::ZERO,
         backoff_max: Duration::ZERO,
+        clock: clock::sim_now_ms,
         ..ClientOptions::default()
     }
 }

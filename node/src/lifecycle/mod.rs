@@ -50,6 +50,8 @@ pub async fn merge_carts(
         },
         consistency: req.consistency,
         request: Some(RequestId::derived(&[b"absorb", mode, guest_id, &seen])),
+        // Derived ids and idempotent steps: a late merge step changes nothing a retry did not.
+        deadline_ms: None,
     };
     let user = coordinator.write(&absorb).await?;
     let release = CartRequest {
@@ -60,6 +62,7 @@ pub async fn merge_carts(
         },
         consistency: req.consistency,
         request: Some(RequestId::derived(&[b"release", guest_id, user_id, &seen])),
+        deadline_ms: None,
     };
     let guest = coordinator.write(&release).await?;
     Ok((user, guest))
