@@ -75,11 +75,12 @@ pub struct ClientOptions {
     /// cancelled. Nodes that keep losing hedges or failing are tried last for a while (outlier
     /// ejection, also off when this is off).
     pub hedge: bool,
-    /// Hedge writes too (with their request id), not only reads. Off by default: a hedged
-    /// write's first attempt may still be applied long after the hedge answered (a paused node
-    /// resumes); it is a no-op only while its cart still remembers the request id (the README's
-    /// exactly-once window), and hedging writes sends many more such late attempts. When off,
-    /// a write goes to the next node only after its attempt failed.
+    /// Hedge writes too (with their request id), not only reads; never checkouts. Off by
+    /// default: both attempts of a hedged write may be applied, by two owners that did not yet
+    /// have each other's record of the id; it then counts once, but a remove or checkout that
+    /// saw only one of the two leaves the other (the simulation ordered items twice that way).
+    /// When off, a write goes to the next node only after its attempt failed, and the failed
+    /// attempt's deadline keeps it from being applied after that.
     pub hedge_writes: bool,
     /// Extra requests hedging may add, as a fraction of calls (a token bucket).
     pub hedge_budget: f64,
@@ -849,7 +850,7 @@ impl CartClient {
             consistency: self.consistency(),
         };
         let reply = self
-            .call_raw(cart_id, self.write_retry(), req, |mut c, r| async move {
+            .call_raw(cart_id, self.write_retry().unhedged(), req, |mut c, r| async move {
                 c.checkout(r).await
             })
             .await?;
@@ -872,7 +873,9 @@ impl CartClient {
     /// the options turned that off.
     fn write_retry(&self) -> Retry {
         match self.inner.options.retry_writes {
-            true => Retry::SameRequestId,
+            true => Retry::SameRequestId {
+                hedge: self.inner.options.hedge_writes,
+            },
             false => Retry::OnlyUnreached,
         }
     }
@@ -917,7 +920,7 @@ impl CartClient {
         let mut hedging = inner.options.hedge
             && match retry {
                 Retry::Idempotent => true,
-                Retry::SameRequestId => inner.options.hedge_writes,
+                Retry::SameRequestId { hedge } => hedge,
                 Retry::OnlyUnreached => false,
             };
         if hedging {
@@ -1049,7 +1052,7 @@ impl CartClient {
                             // No node gave an answer: the membership may have moved on.
                             inner.failed.store(true, Ordering::Release);
                         }
-                        return Err(match (unknown, matches!(retry, Retry::SameRequestId)) {
+                        return Err(match (unknown, matches!(retry, Retry::SameRequestId { .. })) {
                             (
                                 Some(ClientError::Status {
                                     code,
@@ -1110,8 +1113,20 @@ enum Retry {
     /// Repeat only when the node was not reached (or refused before acting).
     OnlyUnreached,
     /// A write carrying a request id: repeated wherever its outcome is unknown too (the cluster
-    /// applies an id once).
-    SameRequestId,
+    /// applies an id once); hedged when `hedge` (`ClientOptions::hedge_writes`).
+    SameRequestId { hedge: bool },
+}
+
+impl Retry {
+    /// The same, never hedged: a checkout must not run on two owners at once (its stale-version
+    /// check is one coordinator's; two concurrent attempts could both order). Failing over after
+    /// a timeout is safe: the first attempt's deadline keeps it from being applied late.
+    fn unhedged(self) -> Retry {
+        match self {
+            Retry::SameRequestId { .. } => Retry::SameRequestId { hedge: false },
+            other => other,
+        }
+    }
 }
 
 /// What a call does after one of its attempts failed.
@@ -1143,7 +1158,7 @@ impl Retry {
         if !retryable && !no_answer(&status) && refused.is_none() {
             *refused = Some((status.clone(), at.to_owned()));
         }
-        if running && (retryable || no_answer(&status) || matches!(self, Retry::SameRequestId)) {
+        if running && (retryable || no_answer(&status) || matches!(self, Retry::SameRequestId { .. })) {
             return Next::Wait;
         }
         match refused.take() {
@@ -1155,7 +1170,7 @@ impl Retry {
 
     fn allows(self, status: &Status) -> bool {
         match self {
-            Retry::Idempotent | Retry::SameRequestId => no_answer(status),
+            Retry::Idempotent | Retry::SameRequestId { .. } => no_answer(status),
             Retry::OnlyUnreached => status.code() == Code::Unavailable && !cart_proto::outcome_unknown(status),
         }
     }
@@ -1196,6 +1211,9 @@ fn sticky_index(cart_id: &str, n: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// A write with a request id, not hedged.
+    const WRITE: Retry = Retry::SameRequestId { hedge: false };
+
     fn member(i: usize, addr: &str) -> Member {
         Member {
             node_id: format!("n{i}"),
@@ -1213,10 +1231,10 @@ mod tests {
     fn a_writes_refusal_waits_for_the_attempts_still_running() {
         let mut refused = None;
         // The hedge is refused while the first attempt runs: that attempt may be applied.
-        let next = step(Retry::SameRequestId, Code::NotFound, true, &mut refused);
+        let next = step(WRITE, Code::NotFound, true, &mut refused);
         assert!(matches!(next, Next::Wait), "{next:?}");
         // The first attempt then finds no node: the refusal is the answer, not a retry.
-        let next = step(Retry::SameRequestId, Code::Unavailable, false, &mut refused);
+        let next = step(WRITE, Code::Unavailable, false, &mut refused);
         match next {
             Next::Stop(status, at) => assert_eq!((status.code(), at.as_deref()), (Code::NotFound, Some("n2"))),
             other => panic!("{other:?}"),
@@ -1236,13 +1254,13 @@ mod tests {
             step(Retry::Idempotent, Code::Unavailable, true, &mut refused),
             Next::Wait
         ));
-        let next = step(Retry::SameRequestId, Code::DeadlineExceeded, false, &mut refused);
+        let next = step(WRITE, Code::DeadlineExceeded, false, &mut refused);
         assert!(
             matches!(next, Next::Retry(ref s) if s.code() == Code::DeadlineExceeded),
             "{next:?}"
         );
         // Out of attempts: the last status is the answer.
-        let next = Retry::SameRequestId.after(Status::unavailable("down"), false, false, &mut refused, "n3");
+        let next = WRITE.after(Status::unavailable("down"), false, false, &mut refused, "n3");
         assert!(
             matches!(next, Next::Stop(ref s, None) if s.code() == Code::Unavailable),
             "{next:?}"
