@@ -63,7 +63,7 @@ if [[ -z "$N2" ]]; then
     echo "cannot find n2's process" >&2
     exit 1
 fi
-WINDOW="$PAUSE_AT_S,$((PAUSE_AT_S + PAUSE_S))"
+WINDOW=${WINDOW:-"$PAUSE_AT_S,$((PAUSE_AT_S + PAUSE_S))"}
 HEDGE_ARGS=()
 if [[ "$HEDGE" == 0 ]]; then HEDGE_ARGS=(--no-hedge); fi
 if [[ "$HEDGE" == writes ]]; then HEDGE_ARGS=(--hedge-writes); fi

@@ -40,6 +40,12 @@ pub const HEDGE_BURST: f64 = 50.0;
 const HEDGE_WAIT_MAX: u32 = 64;
 /// The hedge delay until the client has seen enough answers to know their p95.
 const HEDGE_DELAY_INITIAL: Duration = Duration::from_millis(20);
+/// The median write time until the client has seen enough answers.
+const WRITE_MEDIAN_INITIAL: Duration = Duration::from_millis(2);
+/// A write unanswered after this many median write times (and [`SLOW_WRITE_MIN`]) is slow: three
+/// in a row from one node set it aside for writes (its disk is slow, or it is paused).
+const SLOW_WRITE_FACTOR: u32 = 10;
+const SLOW_WRITE_MIN: Duration = Duration::from_millis(100);
 /// HTTP/2 keepalive of every channel: without it a channel can stay stuck after a partition heals.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
@@ -371,6 +377,10 @@ struct Inner {
     hedge_budget: HedgeBudget,
     /// Addresses set aside for being slow (keyed by URI).
     outliers: Outliers,
+    /// Addresses whose writes are slow (a slow disk: reads there stay fast), set aside for
+    /// writes; and the median write answer time, what "slow" is measured against.
+    write_outliers: Outliers,
+    write_median: HedgeDelay,
     calls: std::sync::atomic::AtomicU64,
     hedges: std::sync::atomic::AtomicU64,
 }
@@ -396,14 +406,24 @@ impl Inner {
     }
 
     /// The addresses to try for a cart, in order; with hedging on, addresses set aside for
-    /// being slow go last (outlier ejection is part of it).
-    fn route(&self, cart_id: &str) -> Vec<String> {
+    /// being slow go last (outlier ejection is part of it), for a `write` also those whose
+    /// writes are slow.
+    fn route(&self, cart_id: &str, write: bool) -> Vec<String> {
         let mut order = self.route_by_membership(cart_id);
         if self.options.hedge {
             // Stable: the others keep their order, then the slow keep theirs.
-            order.sort_by_cached_key(|addr| self.outliers.ejected(&uri_of(addr)));
+            order.sort_by_cached_key(|addr| {
+                let uri = uri_of(addr);
+                self.outliers.ejected(&uri) || (write && self.write_outliers.ejected(&uri))
+            });
         }
         order
+    }
+
+    /// A write attempt still unanswered after this long counts against its node as slow: ten
+    /// times the median write, and at least [`SLOW_WRITE_MIN`].
+    fn slow_write_after(&self) -> Duration {
+        (self.write_median.delay() * SLOW_WRITE_FACTOR).max(SLOW_WRITE_MIN)
     }
 
     fn route_by_membership(&self, cart_id: &str) -> Vec<String> {
@@ -544,6 +564,7 @@ impl Inner {
         *self.routes.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(routes));
         lock(&self.channels).retain(|uri, _| keep.contains(uri));
         self.outliers.retain(|uri| keep.contains(uri));
+        self.write_outliers.retain(|uri| keep.contains(uri));
     }
 }
 
@@ -603,6 +624,8 @@ impl CartClient {
             hedge_delay: HedgeDelay::new(HEDGE_DELAY_INITIAL, delay_min, delay_max),
             hedge_budget: HedgeBudget::new(budget, HEDGE_BURST),
             outliers: Outliers::default(),
+            write_outliers: Outliers::default(),
+            write_median: HedgeDelay::at_quantile(0.5, WRITE_MEDIAN_INITIAL, delay_min, delay_max),
             calls: std::sync::atomic::AtomicU64::new(0),
             hedges: std::sync::atomic::AtomicU64::new(0),
         };
@@ -629,7 +652,7 @@ impl CartClient {
     /// The addresses a call for `cart_id` would try now, in order (owners first when the
     /// membership is known).
     pub fn route(&self, cart_id: &str) -> Vec<String> {
-        self.inner.route(cart_id)
+        self.inner.route(cart_id, false)
     }
 
     /// Asks for the membership now (waiting for a refresh under way) and, when ring-aware,
@@ -911,7 +934,8 @@ impl CartClient {
     {
         let inner = &*self.inner;
         inner.maybe_refresh().await;
-        let route = inner.route(cart_id);
+        let write = !matches!(retry, Retry::Idempotent);
+        let route = inner.route(cart_id, write);
         if route.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
@@ -970,6 +994,9 @@ impl CartClient {
         let mut refused: Option<(Status, String)> = None;
         // Hedges wait this many hedge delays; doubled while the budget says no.
         let mut hedge_wait = 1u32;
+        // A write still unanswered then counts against the nodes it waits on (once a call).
+        let slow_after = inner.slow_write_after();
+        let mut slow_at = (write && inner.options.hedge).then(|| call_began + slow_after);
         loop {
             let hedge_at = hedging.then(|| Instant::now() + inner.hedge_delay.delay() * hedge_wait);
             let (address, began, deadline_ms, result) = tokio::select! {
@@ -993,14 +1020,28 @@ impl CartClient {
                     }
                     continue;
                 }
+                () = sleep_until_opt(slow_at), if slow_at.is_some() => {
+                    for (node, _) in &inflight {
+                        inner.write_outliers.slow(node, route.len());
+                    }
+                    slow_at = None;
+                    continue;
+                }
             };
             let uri = uri_of(&address);
             inflight.retain(|(u, b)| !(u == &uri && *b == began));
             let status = match result {
                 Ok(reply) => {
                     inner.observe(reply.metadata(), &address);
-                    inner.hedge_delay.record(began.elapsed());
+                    let took = began.elapsed();
+                    inner.hedge_delay.record(took);
                     inner.outliers.good(&uri);
+                    if write {
+                        inner.write_median.record(took);
+                        if took < slow_after {
+                            inner.write_outliers.good(&uri);
+                        }
+                    }
                     // Attempts still running that started before this one lost to it (they
                     // are cancelled when `running` drops).
                     for (loser, _) in inflight.iter().filter(|(_, b)| *b < began) {
