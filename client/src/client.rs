@@ -961,8 +961,8 @@ impl CartClient {
             let mut request = Request::new(req.clone());
             request.set_timeout(inner.options.request_timeout);
             // Writes carry their deadline: a node does not begin one after it.
-            let deadline_ms = (!matches!(retry, Retry::Idempotent))
-                .then(|| (inner.options.clock)().saturating_add(inner.options.request_timeout.as_millis() as u64));
+            let deadline_ms =
+                write.then(|| (inner.options.clock)().saturating_add(inner.options.request_timeout.as_millis() as u64));
             if let Some(ms) = deadline_ms {
                 request
                     .metadata_mut()
@@ -994,9 +994,10 @@ impl CartClient {
         let mut refused: Option<(Status, String)> = None;
         // Hedges wait this many hedge delays; doubled while the budget says no.
         let mut hedge_wait = 1u32;
-        // A write still unanswered then counts against the nodes it waits on (once a call).
-        let slow_after = inner.slow_write_after();
-        let mut slow_at = (write && inner.options.hedge).then(|| call_began + slow_after);
+        // A write still unanswered after `slow_after` counts against the nodes it waits on (once
+        // a call); reads do not pay for the median's lock.
+        let slow_after = (write && inner.options.hedge).then(|| inner.slow_write_after());
+        let mut slow_at = slow_after.map(|after| call_began + after);
         loop {
             let hedge_at = hedging.then(|| Instant::now() + inner.hedge_delay.delay() * hedge_wait);
             let (address, began, deadline_ms, result) = tokio::select! {
@@ -1036,9 +1037,9 @@ impl CartClient {
                     let took = began.elapsed();
                     inner.hedge_delay.record(took);
                     inner.outliers.good(&uri);
-                    if write {
+                    if let Some(after) = slow_after {
                         inner.write_median.record(took);
-                        if took < slow_after {
+                        if took < after {
                             inner.write_outliers.good(&uri);
                         }
                     }

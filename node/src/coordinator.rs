@@ -208,13 +208,7 @@ impl Coordinator {
         let plan = self.cluster.write_plan(&req.cart_id);
         let mut queued = Vec::new();
         let id = &req.cart_id;
-        let applied = match self.past_deadline(req).map_or_else(
-            || {
-                self.store
-                    .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w))
-            },
-            Err,
-        ) {
+        let applied = match self.apply_in_time(req, &plan, &mut queued) {
             // This replica may lag behind what the client saw (a quorum read elsewhere): an op
             // on something it does not hold yet (remove, set, adjust, save, move, coupon
             // remove) first catches up from a read quorum, then runs once more.
@@ -228,12 +222,7 @@ impl Coordinator {
                 };
                 let merged = self.read(id, catch_up).await?;
                 match self.store.merge(id, (*merged).clone()).await {
-                    Ok(_) => match self.past_deadline(req) {
-                        Some(late) => Err(late),
-                        None => self
-                            .store
-                            .apply_with(id, &req.op, req.request, |w| queued = self.queue_delta(&plan, id, w)),
-                    },
+                    Ok(_) => self.apply_in_time(req, &plan, &mut queued),
                     Err(e) => Err(e),
                 }
             }
@@ -274,19 +263,29 @@ impl Coordinator {
         Ok(written.cart)
     }
 
-    /// The refusal of a write whose client deadline has passed by this node's clock. Checked
-    /// right before the write is applied (no await between the check and the apply): a node
-    /// that was paused or cut off while the request waited never applies it after the client
-    /// gave up on it.
-    fn past_deadline(&self, req: &CartRequest) -> Option<NodeError> {
-        let deadline_ms = req.deadline_ms?;
-        let now_ms = self.store.now_ms();
-        let late_ms = now_ms.checked_sub(deadline_ms).filter(|late| *late > 0)?;
-        Some(NodeError::DeadlinePassed {
-            header: cart_proto::DEADLINE_HEADER,
-            deadline_ms,
-            late_ms,
-        })
+    /// Applies the write here and queues its delta for the other owners (`queued`), unless the
+    /// client's deadline has passed by this node's clock. The check sits right before the apply
+    /// (no await between them): a node that was paused or cut off while the request waited
+    /// never applies it after the client gave up on it.
+    fn apply_in_time(
+        &self,
+        req: &CartRequest,
+        plan: &Plan,
+        queued: &mut Vec<(String, Queued)>,
+    ) -> Result<Written, NodeError> {
+        if let Some(deadline_ms) = req.deadline_ms {
+            let now_ms = self.store.now_ms();
+            if now_ms > deadline_ms {
+                return Err(NodeError::DeadlinePassed {
+                    header: cart_proto::DEADLINE_HEADER,
+                    deadline_ms,
+                    late_ms: now_ms - deadline_ms,
+                });
+            }
+        }
+        let id = &req.cart_id;
+        self.store
+            .apply_with(id, &req.op, req.request, |w| *queued = self.queue_delta(plan, id, w))
     }
 
     /// Queues the write's delta on the replicate batcher of every other owner that is up (called
