@@ -18,7 +18,7 @@
 # CARTD_FAULT_SLOW_FLUSH_MS armed; SIGUSR1 switches it on and off).
 # Set HEDGE=0 to run the client without hedging (cart-bench --no-hedge) for a comparison, or
 # HEDGE=writes to hedge writes too (cart-bench --hedge-writes).
-# JSON reports and logs: bench/results/pause/ or bench/results/slow-disk/ (ignored by git).
+# JSON reports, the client's and the nodes' logs: bench/results/pause/ or bench/results/slow-disk/ (ignored by git).
 # Every process started here is stopped on every exit path (a paused node is continued first);
 # the data dir is removed.
 set -euo pipefail
@@ -29,6 +29,11 @@ PAUSED=""
 cleanup() {
     if [[ -n "$PAUSED" ]]; then kill -CONT "$PAUSED" 2>/dev/null || true; fi
     stop_child
+    # The nodes' logs outlive the throw-away data dir.
+    local log
+    for log in "${CLUSTER_DIR:-/nonexistent}"/n*/cartd.log; do
+        if [[ -f "$log" ]]; then cp -- "$log" "$OUT/$(basename "$(dirname "$log")").log"; fi
+    done
     stop_cluster
 }
 trap cleanup EXIT

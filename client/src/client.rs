@@ -406,15 +406,16 @@ impl Inner {
     }
 
     /// The addresses to try for a cart, in order; with hedging on, addresses set aside for
-    /// being slow go last (outlier ejection is part of it), for a `write` also those whose
-    /// writes are slow.
+    /// being slow go last (outlier ejection is part of it; after the period, one call at a
+    /// time tries them first until one answers well), for a `write` also those whose writes
+    /// are slow.
     fn route(&self, cart_id: &str, write: bool) -> Vec<String> {
         let mut order = self.route_by_membership(cart_id);
         if self.options.hedge {
             // Stable: the others keep their order, then the slow keep theirs.
             order.sort_by_cached_key(|addr| {
                 let uri = uri_of(addr);
-                self.outliers.ejected(&uri) || (write && self.write_outliers.ejected(&uri))
+                self.outliers.try_later(&uri) || (write && self.write_outliers.try_later(&uri))
             });
         }
         order

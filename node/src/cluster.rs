@@ -187,6 +187,28 @@ pub struct Plan {
     /// Owners in the newest layout version that the read version does not list, while carts move
     /// into it: they get every write too, but do not count towards W.
     pub extras: Vec<String>,
+    /// Owners the detector says are down (or take no writes) that stay their own target for
+    /// want of a free fallback.
+    pub down: Vec<String>,
+    /// Down owners a write does not call ([`Plan::skip_down`]): it keeps a hint for each.
+    pub hinted: Vec<String>,
+}
+
+impl Plan {
+    /// For a write of quorum `w`: when the usable targets alone make `w`, the down owners are
+    /// not called but hinted at once. A call to a stopped or cut-off process waits out the peer
+    /// timeout, and the hints of every write of that second then land together (a burst that
+    /// stalled the healthy nodes each second of a pause). With too few usable targets they are
+    /// still called (the detector may be stale).
+    pub fn skip_down(&mut self, w: usize) {
+        if self.down.is_empty() || self.targets.len() - self.down.len() < w {
+            return;
+        }
+        let down = std::mem::take(&mut self.down);
+        self.targets
+            .retain(|t| t.hint_for.is_some() || !down.contains(&t.node_id));
+        self.hinted = down;
+    }
 }
 
 /// One live layout version and its ring.
@@ -482,7 +504,7 @@ impl Cluster {
         let n = n.min(walk.len());
         let owners: Vec<String> = walk[..n].iter().map(|m| m.node_id.clone()).collect();
         let mut fallbacks = walk[n..].iter().filter(|m| usable(&m.node_id));
-        let mut targets = Vec::new();
+        let (mut targets, mut down) = (Vec::new(), Vec::new());
         for owner in &owners {
             let fallback = if usable(owner) { None } else { fallbacks.next() };
             targets.push(match fallback {
@@ -490,10 +512,15 @@ impl Cluster {
                     node_id: f.node_id.clone(),
                     hint_for: Some(owner.clone()),
                 },
-                None => Target {
-                    node_id: owner.clone(),
-                    hint_for: None,
-                },
+                None => {
+                    if !usable(owner) {
+                        down.push(owner.clone());
+                    }
+                    Target {
+                        node_id: owner.clone(),
+                        hint_for: None,
+                    }
+                }
             });
         }
         let extras = match &topology.previous {
@@ -509,6 +536,8 @@ impl Cluster {
             owners,
             targets,
             extras,
+            down,
+            hinted: Vec::new(),
         }
     }
 

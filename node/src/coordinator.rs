@@ -205,7 +205,8 @@ impl Coordinator {
         }
         // The delta goes into each up owner's replicate queue while the cart's lock is held, so
         // deltas reach every peer in the order they were applied (one batch in flight per peer).
-        let plan = self.cluster.write_plan(&req.cart_id);
+        let mut plan = self.cluster.write_plan(&req.cart_id);
+        plan.skip_down(w);
         let mut queued = Vec::new();
         let id = &req.cart_id;
         let applied = match self.apply_in_time(req, &plan, &mut queued) {
@@ -342,11 +343,31 @@ impl Coordinator {
                 drop(permit);
             });
         }
-        let remote: Vec<Target> = plan
+        let mut remote: Vec<Target> = plan
             .targets
             .into_iter()
             .filter(|t| t.node_id != self.cluster.self_id)
             .collect();
+        // Down owners left out of the plan: called after all if this replica could not persist
+        // the write (too few usable targets then), else hinted without a call.
+        for owner in plan.hinted {
+            if remote.len() < needed {
+                remote.push(Target {
+                    node_id: owner,
+                    hint_for: None,
+                });
+            } else {
+                let Ok(permit) = self.background.clone().try_acquire_owned() else {
+                    self.hint_locally(&owner, id, &outgoing.cart).await;
+                    continue;
+                };
+                let (me, id, outgoing) = (self.clone(), id.clone(), outgoing.clone());
+                tokio::spawn(async move {
+                    me.hint_locally(&owner, &id, &outgoing.cart).await;
+                    drop(permit);
+                });
+            }
+        }
         if remote.is_empty() && needed == 0 {
             return Ok(());
         }
@@ -595,9 +616,14 @@ impl Coordinator {
         let plan = self.cluster.plan(id);
         let taken = Taken::new(&plan.targets);
         let mut targets = plan.targets;
-        // This node first, peers set aside for being slow last (they become spares).
+        // This node first, peers down or set aside for being slow last (they become spares).
         let tail = &self.read_tail;
-        targets.sort_by_cached_key(|t| (t.node_id != self.cluster.self_id, tail.outliers.ejected(&t.node_id)));
+        targets.sort_by_cached_key(|t| {
+            (
+                t.node_id != self.cluster.self_id,
+                !self.cluster.is_up(&t.node_id) || tail.outliers.try_later(&t.node_id),
+            )
+        });
         tail.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tail.budget.earn();
         let spare = targets.split_off(r.min(targets.len()));

@@ -8,7 +8,9 @@
 //!   that each request fills a little and each hedge empties by one).
 //! - [`Outliers`]: a replica that keeps losing hedges or failing (a paused process, a slow disk,
 //!   a node that answers pings but nothing else) is set aside — tried last — for a while that
-//!   doubles while it stays slow, like Envoy's outlier ejection.
+//!   doubles while it stays slow, like Envoy's outlier ejection. When the period ends it is on
+//!   probation (a circuit breaker's half-open state): one call at a time tries it first, one
+//!   good answer restores it, one slow answer sets it aside again at once.
 //!
 //! Everything here is bounded (one histogram pair, one entry per address asked) and cheap to
 //! call on every request (a mutex held for a few hundred nanoseconds).
@@ -138,6 +140,9 @@ pub const OUTLIER_STREAK: u32 = 3;
 pub const OUTLIER_EJECT_MIN: Duration = Duration::from_secs(1);
 /// …up to this long.
 pub const OUTLIER_EJECT_MAX: Duration = Duration::from_secs(30);
+/// A replica on probation gets one call first at a time: another after this long without its
+/// verdict (the call may have gone to other replicas first).
+pub const OUTLIER_PROBE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct Replica {
@@ -145,8 +150,22 @@ struct Replica {
     streak: u32,
     /// Set aside until then.
     until: Option<Instant>,
-    /// Times set aside without a good answer in between (the next period doubles).
+    /// Times set aside without a good answer in between (the next period doubles); not zero
+    /// after the period: on probation.
     ejections: u32,
+    /// On probation: when a call was last let through to it first.
+    probed: Option<Instant>,
+}
+
+impl Replica {
+    fn aside(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| t > now)
+    }
+
+    /// Set aside no more, but not yet answered well since.
+    fn on_probation(&self, now: Instant) -> bool {
+        self.ejections > 0 && !self.aside(now)
+    }
 }
 
 /// Which replicas are set aside for being slow, by address (or node id).
@@ -164,6 +183,7 @@ impl Outliers {
             if r.until.is_none_or(|t| t <= Instant::now()) {
                 r.until = None;
                 r.ejections = 0;
+                r.probed = None;
             }
         }
     }
@@ -175,10 +195,12 @@ impl Outliers {
     pub fn slow(&self, key: &str, population: usize) -> bool {
         let mut map = lock(&self.replicas);
         let now = Instant::now();
-        let aside = map.values().filter(|r| r.until.is_some_and(|t| t > now)).count();
+        let aside = map.values().filter(|r| r.aside(now)).count();
         let r = map.entry(key.to_owned()).or_default();
         r.streak += 1;
-        if r.streak < OUTLIER_STREAK || r.until.is_some_and(|t| t > now) || aside >= (population / 3).max(1) {
+        // On probation one slow answer is enough.
+        let streak = if r.on_probation(now) { 1 } else { OUTLIER_STREAK };
+        if r.streak < streak || r.aside(now) || aside >= (population / 3).max(1) {
             return false;
         }
         let period = OUTLIER_EJECT_MIN
@@ -187,15 +209,34 @@ impl Outliers {
         r.until = Some(now + period);
         r.ejections = r.ejections.saturating_add(1);
         r.streak = 0;
+        r.probed = None;
         true
     }
 
     /// Whether `key` is set aside now.
     pub fn ejected(&self, key: &str) -> bool {
         let now = Instant::now();
-        lock(&self.replicas)
-            .get(key)
-            .is_some_and(|r| r.until.is_some_and(|t| t > now))
+        lock(&self.replicas).get(key).is_some_and(|r| r.aside(now))
+    }
+
+    /// Whether a call should try `key` later than the others: it is set aside, or on probation
+    /// and another call was let through to it first less than [`OUTLIER_PROBE_EVERY`] ago (this
+    /// call is then the one let through, when it is not).
+    pub fn try_later(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut map = lock(&self.replicas);
+        let Some(r) = map.get_mut(key) else { return false };
+        if r.aside(now) {
+            return true;
+        }
+        if !r.on_probation(now) {
+            return false;
+        }
+        if r.probed.is_some_and(|t| now < t + OUTLIER_PROBE_EVERY) {
+            return true;
+        }
+        r.probed = Some(now);
+        false
     }
 
     /// Forgets replicas `keep` does not name (membership changed).
@@ -284,5 +325,28 @@ mod tests {
         assert!(!o.ejected("a"), "a good answer after the period resets the doubling");
         o.retain(|k| k != "a");
         assert!(!o.ejected("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_its_period_a_replica_gets_one_call_at_a_time_until_it_answers_well() {
+        let o = Outliers::default();
+        assert!(!o.try_later("a"), "unknown: tried in order");
+        for _ in 0..OUTLIER_STREAK {
+            o.slow("a", 3);
+        }
+        assert!(o.try_later("a"), "set aside");
+        tokio::time::advance(OUTLIER_EJECT_MIN + Duration::from_millis(1)).await;
+        assert!(!o.ejected("a"));
+        assert!(!o.try_later("a"), "on probation: the first call tries it");
+        assert!(o.try_later("a") && o.try_later("a"), "the next wait for its verdict");
+        tokio::time::advance(OUTLIER_PROBE_EVERY).await;
+        assert!(!o.try_later("a"), "no verdict for a while: another call tries it");
+        assert!(o.slow("a", 3), "one slow answer on probation sets it aside again");
+        assert!(o.ejected("a") && o.try_later("a"));
+        tokio::time::advance(2 * OUTLIER_EJECT_MIN + Duration::from_millis(1)).await;
+        assert!(!o.try_later("a"), "probation again after the doubled period");
+        o.good("a");
+        assert!(!o.try_later("a") && !o.try_later("a"), "one good answer restores it");
+        assert!(!o.slow("a", 3), "and a streak is needed again");
     }
 }
