@@ -773,3 +773,43 @@ async fn run_batcher<Req, Out, F, Fut>(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(node: &str) -> Target {
+        Target {
+            node_id: node.into(),
+            hint_for: None,
+        }
+    }
+
+    fn plan(down: &[&str]) -> Plan {
+        Plan {
+            owners: vec!["a".into(), "b".into(), "c".into()],
+            targets: vec![owner("a"), owner("b"), owner("c")],
+            extras: Vec::new(),
+            down: down.iter().map(|d| d.to_string()).collect(),
+            hinted: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_write_skips_down_owners_only_when_the_others_make_w() {
+        let mut p = plan(&["b"]);
+        p.skip_down(2);
+        assert_eq!(p.targets, vec![owner("a"), owner("c")]);
+        assert_eq!(p.hinted, vec!["b".to_string()]);
+
+        let mut p = plan(&["b", "c"]);
+        p.skip_down(2);
+        assert_eq!(p.targets.len(), 3, "one usable target cannot make W = 2: call them all");
+        assert!(p.hinted.is_empty());
+
+        let mut p = plan(&["b", "c"]);
+        p.skip_down(1);
+        assert_eq!(p.targets, vec![owner("a")]);
+        assert_eq!(p.hinted.len(), 2);
+    }
+}
