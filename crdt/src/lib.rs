@@ -19,6 +19,9 @@
 //!   per-thread switch that turns `merge` into last-writer-wins, so harness tests can show their
 //!   checker catches a broken store.
 //!
+//! - [`pricing`]: what a cart costs, a pure function of its view, the cluster's pricing rules, a
+//!   region and a time.
+//!
 //! This crate never does IO, async, networking or storage.
 
 mod cart;
@@ -28,6 +31,7 @@ mod error;
 mod ids;
 mod lifecycle;
 mod limits;
+pub mod pricing;
 #[cfg(feature = "test-broken-merge")]
 pub mod sabotage;
 mod snapshot;
