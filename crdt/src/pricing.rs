@@ -704,7 +704,9 @@ shipping = { flat = { USD = 899 }, free_above = { USD = 7500 } }
     /// (subtotal, discounts, tax, tax included, shipping, total, not applied) of one currency.
     type Row = (u64, Vec<(&'static str, u64)>, u64, u64, u64, u64, Vec<&'static str>);
 
-    fn row(c: &CurrencySummary) -> (u64, Vec<(String, u64)>, u64, u64, u64, u64, Vec<String>) {
+    type OwnedRow = (u64, Vec<(String, u64)>, u64, u64, u64, u64, Vec<String>);
+
+    fn row(c: &CurrencySummary) -> OwnedRow {
         (
             c.subtotal,
             c.discounts.iter().map(|d| (d.code.clone(), d.amount)).collect(),
