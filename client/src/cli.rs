@@ -49,6 +49,10 @@ pub struct Cli {
     /// Write quorum override (0 = cluster default).
     #[arg(long, global = true, default_value_t = 0)]
     pub w: u32,
+    /// Price the cart for this region of the cluster's pricing rules (`DE`, `US-CA`; `""`: no
+    /// tax or shipping): discounts, tax, shipping and total print under the lines.
+    #[arg(long, global = true)]
+    pub region: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +70,23 @@ pub enum Command {
     /// Membership: show the layout, stage join/leave/replace, plan, commit (operator actions).
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// The cluster's pricing rules: coupons, tax and shipping per region.
+    #[command(subcommand)]
+    Pricing(PricingCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingCmd {
+    /// Set FILE (TOML, README "Pricing") as the next version of the rules, agreed by a majority
+    /// of the members; a bad document is refused whole, naming the key.
+    Set {
+        file: std::path::PathBuf,
+        /// The cluster secret (`[cluster] secret`).
+        #[arg(long, env = "CARTDB_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// Print the current rules (TOML, with their version).
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,7 +243,10 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
             Ok(format!("{}\n{}", render_order(&order, &request_id), render(&cart)))
         }
         Command::Cart(cmd) => {
-            let client = CartClient::connect_with(&cli.endpoints, options).await?;
+            let mut client = CartClient::connect_with(&cli.endpoints, options).await?;
+            if let Some(region) = &cli.region {
+                client = client.priced(region);
+            }
             let cart = run_cart(&client, cmd).await?;
             if cli.json {
                 to_json(&cart)
@@ -239,6 +263,7 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
             }
         }
         Command::Cluster(cmd) => crate::cluster_cli::run(cmd, &cli.endpoints, &options, cli.json).await,
+        Command::Pricing(cmd) => crate::cluster_cli::pricing(cmd, &cli.endpoints, &options, cli.json).await,
         Command::Hints(HintsCmd::Discard { secret }) => {
             let discarded = discard_hints(&cli.endpoints, &options, &secret).await?;
             if cli.json {
@@ -621,6 +646,9 @@ pub fn render(cart: &CartView) -> String {
     if !cart.coupons.is_empty() {
         out.push_str(&format!("coupons: {}\n", cart.coupons.join(", ")));
     }
+    if let Some(pricing) = &cart.pricing {
+        out.push_str(&render_pricing(pricing));
+    }
     for saved in &cart.saved {
         out.push_str(&format!(
             "saved for later: {} × {} ({})\n",
@@ -629,6 +657,43 @@ pub fn render(cart: &CartView) -> String {
     }
     if !cart.version.is_empty() && !cart.lines.is_empty() {
         out.push_str(&format!("version: {}\n", cart.version));
+    }
+    out
+}
+
+/// The pricing summary under a cart's lines: per currency, each step down to the total.
+pub fn render_pricing(p: &cart_crdt::pricing::PricingSummary) -> String {
+    let region = if p.region.is_empty() {
+        "no region"
+    } else {
+        p.region.as_str()
+    };
+    let mut out = format!("priced for {region} (pricing rules version {})\n", p.rules_version);
+    for c in &p.currencies {
+        let money = |v: u64| format_money(i64::try_from(v).unwrap_or(i64::MAX), &c.currency);
+        let mut table = Table::new();
+        table.load_style(presets::NOTHING);
+        table.add_row(["subtotal".to_owned(), money(c.subtotal)]);
+        for d in &c.discounts {
+            let what = if d.free_shipping && d.amount == 0 {
+                format!("coupon {} (free shipping)", d.code)
+            } else {
+                format!("coupon {}", d.code)
+            };
+            table.add_row([what, format!("-{}", money(d.amount))]);
+        }
+        if c.tax_included > 0 || c.tax == 0 {
+            table.add_row(["tax (included)".to_owned(), money(c.tax_included)]);
+        }
+        if c.tax > 0 {
+            table.add_row(["tax".to_owned(), money(c.tax)]);
+        }
+        table.add_row(["shipping".to_owned(), money(c.shipping)]);
+        table.add_row(["total".to_owned(), money(c.total)]);
+        out.push_str(&format!("{table}\n"));
+        for n in &c.not_applied {
+            out.push_str(&format!("  coupon {} not applied: {}\n", n.code, n.reason));
+        }
     }
     out
 }

@@ -573,6 +573,8 @@ impl Inner {
 #[derive(Clone)]
 pub struct CartClient {
     inner: Arc<Inner>,
+    /// Every cart reply priced for this context ([`CartClient::priced`]).
+    pricing: Option<pb::PricingContext>,
 }
 
 impl CartClient {
@@ -638,7 +640,10 @@ impl CartClient {
                 tracing::debug!(error = %e, "no membership yet; sending calls to the configured endpoints");
             }
         }
-        Ok(CartClient { inner: Arc::new(inner) })
+        Ok(CartClient {
+            inner: Arc::new(inner),
+            pricing: None,
+        })
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -669,6 +674,7 @@ impl CartClient {
         let req = pb::GetCartRequest {
             cart_id: cart_id.into(),
             consistency: self.consistency(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, Retry::Idempotent, req, |mut c, r| async move {
             c.get_cart(r).await
@@ -705,6 +711,7 @@ impl CartClient {
             snapshot: Some(snapshot.into()),
             consistency: self.consistency(),
             request_id: request_id.into(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.add_item(r).await
@@ -720,6 +727,7 @@ impl CartClient {
             quantity: i64::from(quantity),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.set_quantity(r).await
@@ -748,6 +756,7 @@ impl CartClient {
             delta,
             consistency: self.consistency(),
             request_id: request_id.into(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.adjust_quantity(r).await
@@ -761,6 +770,7 @@ impl CartClient {
             product_id: product_id.into(),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.remove_item(r).await
@@ -774,6 +784,7 @@ impl CartClient {
             cart_id: cart_id.into(),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.clear_cart(r).await
@@ -787,6 +798,7 @@ impl CartClient {
             product_id: product_id.into(),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.save_for_later(r).await
@@ -800,6 +812,7 @@ impl CartClient {
             product_id: product_id.into(),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.move_to_cart(r).await
@@ -813,6 +826,7 @@ impl CartClient {
             code: code.into(),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.apply_coupon(r).await
@@ -826,6 +840,7 @@ impl CartClient {
             code: code.into(),
             consistency: self.consistency(),
             request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
         };
         self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
             c.remove_coupon(r).await
@@ -901,6 +916,26 @@ impl CartClient {
                 hedge: self.inner.options.hedge_writes,
             },
             false => Retry::OnlyUnreached,
+        }
+    }
+
+    /// This client with every cart reply priced for `region` (README "Pricing"): each
+    /// [`CartView::pricing`] then holds the summary — per currency the subtotal, discounts, tax,
+    /// shipping and total, and the coupons that do not apply with why. `""` prices without tax
+    /// and shipping; a region the cluster's rules do not define is refused (`INVALID_ARGUMENT`).
+    pub fn priced(&self, region: &str) -> CartClient {
+        self.priced_at(region, 0)
+    }
+
+    /// [`CartClient::priced`] with coupons checked at `now_ms` (ms since the Unix epoch; 0: the
+    /// node's clock).
+    pub fn priced_at(&self, region: &str, now_ms: u64) -> CartClient {
+        CartClient {
+            inner: self.inner.clone(),
+            pricing: Some(pb::PricingContext {
+                region: region.into(),
+                now_ms,
+            }),
         }
     }
 

@@ -361,6 +361,45 @@ fn with_secret<T>(message: T, secret: Option<&str>, options: &ClientOptions) -> 
     Ok(request)
 }
 
+/// Runs one `pricing` command against the first endpoint; the rendered output.
+pub async fn pricing(
+    cmd: crate::cli::PricingCmd,
+    endpoints: &[String],
+    options: &ClientOptions,
+    json: bool,
+) -> Result<String, ClientError> {
+    use cart_proto::admin_pb::{GetPricingRequest, SetPricingRequest};
+    let endpoint = first_endpoint(endpoints)?;
+    let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
+    let status = |s: tonic::Status| ClientError::status(&s, endpoint);
+    let reply = match cmd {
+        crate::cli::PricingCmd::Set { file, secret } => {
+            let document = std::fs::read_to_string(&file).map_err(|e| ClientError::Usage {
+                reason: format!("cannot read {}: {e}", file.display()),
+            })?;
+            let request = with_secret(SetPricingRequest { document }, Some(&secret), options)?;
+            client.set_pricing(request).await.map_err(status)?.into_inner()
+        }
+        crate::cli::PricingCmd::Show => client
+            .get_pricing(with_secret(GetPricingRequest {}, None, options)?)
+            .await
+            .map_err(status)?
+            .into_inner(),
+    };
+    if json {
+        return serde_json::to_string_pretty(&serde_json::json!({
+            "version": reply.version,
+            "document": reply.document,
+        }))
+        .map(|s| s + "\n")
+        .map_err(|e| ClientError::Usage { reason: e.to_string() });
+    }
+    Ok(match reply.version {
+        0 => "the cluster has no pricing rules yet (`cartctl pricing set FILE --secret S`)\n".to_owned(),
+        _ => format!("# pricing rules version {}\n{}", reply.version, reply.document),
+    })
+}
+
 /// Runs one `cluster` command against the first endpoint; the rendered output.
 pub async fn run(
     cmd: ClusterCmd,

@@ -153,6 +153,20 @@ impl AdminService for Svc {
     ) -> Result<Response<cart_proto::admin_pb::LayoutReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn set_pricing(
+        &self,
+        _: Request<cart_proto::admin_pb::SetPricingRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::PricingReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_pricing(
+        &self,
+        _: Request<cart_proto::admin_pb::GetPricingRequest>,
+    ) -> Result<Response<cart_proto::admin_pb::PricingReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 struct Fakes {

@@ -621,46 +621,8 @@ mod tests {
     use crate::view::LineView;
     use proptest::prelude::*;
 
-    /// The document of the worked examples (the same rules as `cluster-config/pricing.toml`).
-    pub(crate) const RULES: &str = r#"
-[[coupons]]
-code = "TENOFF"
-percent_off = 10
-
-[[coupons]]
-code = "FIVE"
-amount_off = { EUR = 500, USD = 500 }
-min_subtotal = { EUR = 2000, USD = 2000 }
-
-[[coupons]]
-code = "SUMMER"
-percent_off = 20
-valid_until = "2026-09-01T00:00:00Z"
-
-[[coupons]]
-code = "SOLO"
-percent_off = 30
-combinable = false
-
-[[coupons]]
-code = "SHIPFREE"
-free_shipping = true
-
-[[coupons]]
-code = "SHOES15"
-percent_off = 15
-categories = ["shoes"]
-
-[regions.DE]
-tax_inclusive = true
-tax_rate_bp = 2000
-category_rates_bp = { books = 700 }
-shipping = { flat = { EUR = 495 }, free_above = { EUR = 5000 } }
-
-[regions.US-CA]
-tax_rate_bp = 725
-shipping = { flat = { USD = 899 }, free_above = { USD = 7500 } }
-"#;
+    /// The document of the worked examples: the README's example, `cluster-config/pricing.toml`.
+    pub(crate) const RULES: &str = include_str!("../../cluster-config/pricing.toml");
 
     /// 2026-12-04T00:00:00Z.
     const NOW: u64 = 1_796_342_400_000;
@@ -689,6 +651,7 @@ shipping = { flat = { USD = 899 }, free_above = { USD = 7500 } }
             merged_into: None,
             version: String::new(),
             expires_at_ms: 0,
+            pricing: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct CartView {
     pub version: String,
     /// When the cart expires if unchanged, ms since the epoch (filled in by the node; 0: never).
     pub expires_at_ms: u64,
+    /// What it costs, when the request asked (filled in by the node from [`crate::pricing`]).
+    pub pricing: Option<crate::pricing::PricingSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +238,7 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
         merged_into: cart.merged_into.as_ref().map(|m| m.into.to_string()),
         version: String::new(),
         expires_at_ms: 0,
+        pricing: None,
     }
 }
 

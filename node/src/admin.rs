@@ -8,9 +8,9 @@ use cart_crdt::CartId;
 use cart_proto::admin_pb::admin_service_server::AdminService;
 use cart_proto::admin_pb::{
     ClusterStatusReply, ClusterStatusRequest, CommitLayoutRequest, DiscardHintsReply, DiscardHintsRequest,
-    DiscardStagedRequest, GetMembershipRequest, LayoutInfo, LayoutReply, LocalReadReply, LocalReadRequest, Member,
-    Membership, Move, NodeStatus, PlanLayoutReply, PlanLayoutRequest, ShowLayoutRequest, StageChangeRequest,
-    StagedChange,
+    DiscardStagedRequest, GetMembershipRequest, GetPricingRequest, LayoutInfo, LayoutReply, LocalReadReply,
+    LocalReadRequest, Member, Membership, Move, NodeStatus, PlanLayoutReply, PlanLayoutRequest, PricingReply,
+    SetPricingRequest, ShowLayoutRequest, StageChangeRequest, StagedChange,
 };
 use cart_proto::pb;
 use cart_ring::layout::{Change, Layout};
@@ -148,6 +148,17 @@ fn change_of(c: Option<StagedChange>) -> Result<Change, Status> {
         other => Err(Status::invalid_argument(format!(
             "change.kind: {other:?} is not join, leave or replace"
         ))),
+    }
+}
+
+fn pricing_reply(rules: &cart_crdt::pricing::PricingRules) -> PricingReply {
+    PricingReply {
+        version: rules.version,
+        document: if rules.version == 0 {
+            String::new()
+        } else {
+            rules.to_toml()
+        },
     }
 }
 
@@ -310,6 +321,20 @@ impl AdminService for AdminApi {
         self.authorize(&request)?;
         self.coordinator.membership.discard().await?;
         Ok(Response::new(self.layout_reply()?))
+    }
+
+    async fn set_pricing(&self, request: Request<SetPricingRequest>) -> Result<Response<PricingReply>, Status> {
+        self.authorize(&request)?;
+        let rules = self
+            .coordinator
+            .membership
+            .set_pricing(&request.into_inner().document)
+            .await?;
+        Ok(Response::new(pricing_reply(&rules)))
+    }
+
+    async fn get_pricing(&self, _request: Request<GetPricingRequest>) -> Result<Response<PricingReply>, Status> {
+        Ok(Response::new(pricing_reply(&self.coordinator.cluster.pricing())))
     }
 
     async fn local_read(&self, request: Request<LocalReadRequest>) -> Result<Response<LocalReadReply>, Status> {

@@ -327,9 +327,14 @@ pub struct Cluster {
     peers: RwLock<BTreeMap<String, Arc<Peer>>>,
     /// The version this node has handed over all its carts for (see `membership::rebalance`).
     pub synced_version: AtomicU64,
-    /// Woken when a heartbeat shows a peer with a newer layout version (who: `newer_from`).
+    /// Woken when a heartbeat shows a peer with a newer layout version (who: `newer_from`) or
+    /// newer pricing rules (who: `newer_pricing_from`).
     pub newer_layout: Notify,
     pub newer_from: std::sync::Mutex<Option<String>>,
+    pub newer_pricing_from: std::sync::Mutex<Option<String>>,
+    /// The cluster's pricing rules as this node holds them (version 0: none yet). A reply is
+    /// priced with one snapshot of it, never a mix of two versions.
+    pricing: RwLock<Arc<cart_crdt::pricing::PricingRules>>,
     /// This node's own storage verdict (carried on heartbeats).
     pub health: Arc<crate::faults::StorageHealth>,
 }
@@ -386,6 +391,8 @@ impl Cluster {
             synced_version: AtomicU64::new(synced_version),
             newer_layout: Notify::new(),
             newer_from: std::sync::Mutex::new(None),
+            newer_pricing_from: std::sync::Mutex::new(None),
+            pricing: RwLock::new(Arc::default()),
             health,
         };
         me.install(current, previous)?;
@@ -623,7 +630,23 @@ impl Cluster {
             synced_version: self.synced_version.load(Ordering::SeqCst),
             finished_version: topology.read().layout.version,
             degraded: self.health.degraded().unwrap_or_default(),
+            pricing_version: self.pricing().version,
         }
+    }
+
+    /// The pricing rules now (one snapshot: price a whole reply with it).
+    pub fn pricing(&self) -> Arc<cart_crdt::pricing::PricingRules> {
+        read_lock(&self.pricing).clone()
+    }
+
+    /// Installs pricing rules if newer than the ones held; whether it did.
+    pub fn set_pricing(&self, rules: Arc<cart_crdt::pricing::PricingRules>) -> bool {
+        let mut held = write_lock(&self.pricing);
+        if rules.version <= held.version {
+            return false;
+        }
+        *held = rules;
+        true
     }
 
     /// Notes the versions a peer reported (a ping or its answer); a newer layout than ours wakes
@@ -634,6 +657,13 @@ impl Cluster {
         peer.synced_version.store(ping.synced_version, Ordering::SeqCst);
         peer.finished_version.store(ping.finished_version, Ordering::SeqCst);
         peer.set_degraded(&ping.degraded);
+        if ping.pricing_version > self.pricing().version {
+            *self
+                .newer_pricing_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(peer.member.node_id.clone());
+            self.newer_layout.notify_one();
+        }
         if layout_version > self.topology().current.layout.version {
             *self
                 .newer_from
@@ -674,6 +704,7 @@ impl Cluster {
                                 synced_version: reply.synced_version,
                                 finished_version: reply.finished_version,
                                 degraded: reply.degraded,
+                                pricing_version: reply.pricing_version,
                             };
                             me.heard(&peer, &versions);
                             me.record(&peer.member.node_id, Ok(()))

@@ -515,12 +515,18 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let node = text.contains("[[nodes]]").then_some("n1");
-                NodeConfig::load(&path, node).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
+            let text = match path.extension().is_some_and(|e| e == "toml") {
+                true => std::fs::read_to_string(&path).unwrap(),
+                false => continue,
+            };
+            // The pricing rules are no node config: `cartctl pricing set` takes them.
+            if path.file_name().is_some_and(|n| n == "pricing.toml") {
+                cart_crdt::pricing::PricingRules::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+                continue;
             }
+            let node = text.contains("[[nodes]]").then_some("n1");
+            NodeConfig::load(&path, node).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
         }
         assert!(seen >= 4, "expected the example configs in {}", dir.display());
     }

@@ -55,8 +55,13 @@ pub enum NodeError {
     LayoutRefused { reason: String },
     #[error("membership change lost a race: {reason}")]
     LayoutConflict { reason: String },
-    #[error("membership change not committed: {reason}")]
+    #[error("change not committed: {reason}")]
     NoMajority { reason: String },
+    /// A pricing document refused whole (the key and why).
+    #[error(transparent)]
+    Pricing(#[from] cart_crdt::pricing::PricingError),
+    #[error("pricing rules not set: {reason}")]
+    PricingConflict { reason: String },
     /// The client's deadline for this write passed before any owner began it (by their clocks):
     /// it was not applied and never will be.
     #[error("the write's deadline ({header} {deadline_ms}) passed {late_ms} ms before this node could begin it; nothing was applied")]
@@ -101,7 +106,8 @@ impl From<NodeError> for Status {
             NodeError::NotOwner { .. } | NodeError::MissingHistory { .. } => Status::failed_precondition(message),
             NodeError::Unauthenticated { .. } => Status::unauthenticated(message),
             NodeError::LayoutRefused { .. } => Status::failed_precondition(message),
-            NodeError::LayoutConflict { .. } => Status::aborted(message),
+            NodeError::LayoutConflict { .. } | NodeError::PricingConflict { .. } => Status::aborted(message),
+            NodeError::Pricing(_) => Status::invalid_argument(message),
             NodeError::NoMajority { .. } | NodeError::Rebuilding => Status::unavailable(message),
             // A storage fault is this node's, not the request's: another owner can take it.
             NodeError::Degraded { .. } => Status::unavailable(message),

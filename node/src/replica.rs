@@ -7,9 +7,9 @@ use cart_crdt::{codec, CartId};
 use cart_proto::replica_pb::replica_service_server::ReplicaService;
 use cart_proto::replica_pb::{
     BucketKeysReply, BucketKeysRequest, CoordinateReply, CoordinateRequest, DigestReply, DigestRequest,
-    GetLayoutRequest, ItemResult, KeyHash, LayoutAcceptReply, LayoutAcceptRequest, LayoutDoc, LayoutPrepareReply,
-    LayoutPrepareRequest, PingReply, PingRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReadResult,
-    ReplicateBatchReply, ReplicateBatchRequest, ReplicateReply, ReplicateRequest,
+    GetLayoutRequest, GetPricingRequest, ItemResult, KeyHash, LayoutAcceptReply, LayoutAcceptRequest, LayoutDoc,
+    LayoutPrepareReply, LayoutPrepareRequest, PingReply, PingRequest, PricingDoc, ReadBatchReply, ReadBatchRequest,
+    ReadReply, ReadRequest, ReadResult, ReplicateBatchReply, ReplicateBatchRequest, ReplicateReply, ReplicateRequest,
 };
 use cart_proto::{CartRequest, Consistency, SECRET_HEADER};
 use tonic::{Request, Response, Status};
@@ -19,7 +19,7 @@ use crate::coordinator::Coordinator;
 use crate::error::NodeError;
 use crate::membership;
 use crate::membership::paxos::{Ballot, Prepared};
-use cart_ring::layout::Layout;
+use crate::membership::DocKind;
 
 pub struct ReplicaApi {
     coordinator: Arc<Coordinator>,
@@ -214,6 +214,7 @@ impl ReplicaService for ReplicaApi {
             synced_version: me.synced_version,
             finished_version: me.finished_version,
             degraded: me.degraded,
+            pricing_version: me.pricing_version,
         }))
     }
 
@@ -226,11 +227,16 @@ impl ReplicaService for ReplicaApi {
         request: Request<LayoutPrepareRequest>,
     ) -> Result<Response<LayoutPrepareReply>, Status> {
         let req = request.into_inner();
+        let kind = DocKind::from_wire(&req.kind)?;
         let ballot = Ballot {
             round: req.round,
             proposer: req.proposer,
         };
-        let (answer, installed) = self.coordinator.membership.on_prepare(req.version, &ballot).await?;
+        let (answer, installed) = self
+            .coordinator
+            .membership
+            .on_prepare(kind, req.version, &ballot)
+            .await?;
         let mut reply = LayoutPrepareReply {
             current_version: installed,
             ..LayoutPrepareReply::default()
@@ -238,11 +244,10 @@ impl ReplicaService for ReplicaApi {
         match answer {
             Prepared::Promise(prior) => {
                 reply.promised = true;
-                if let Some((ballot, layout)) = prior {
+                if let Some((ballot, doc)) = prior {
                     reply.accepted_round = ballot.round;
                     reply.accepted_proposer = ballot.proposer;
-                    reply.accepted_layout = serde_json::to_vec(&layout)
-                        .map_err(|e| Status::internal(format!("encode accepted layout: {e}")))?;
+                    reply.accepted_layout = doc;
                 }
             }
             Prepared::Refused { promised } => reply.promised_round = promised.round,
@@ -256,11 +261,7 @@ impl ReplicaService for ReplicaApi {
         request: Request<LayoutAcceptRequest>,
     ) -> Result<Response<LayoutAcceptReply>, Status> {
         let req = request.into_inner();
-        let layout: Layout = serde_json::from_slice(&req.layout).map_err(|e| {
-            Status::from(NodeError::BadPeerMessage {
-                reason: format!("layout: {e}"),
-            })
-        })?;
+        let kind = DocKind::from_wire(&req.kind)?;
         let ballot = Ballot {
             round: req.round,
             proposer: req.proposer,
@@ -268,12 +269,18 @@ impl ReplicaService for ReplicaApi {
         let (accepted, installed) = self
             .coordinator
             .membership
-            .on_accept(req.version, &ballot, &layout)
+            .on_accept(kind, req.version, &ballot, &req.layout)
             .await?;
         Ok(Response::new(LayoutAcceptReply {
             accepted,
             current_version: installed,
         }))
+    }
+
+    async fn get_pricing(&self, _request: Request<GetPricingRequest>) -> Result<Response<PricingDoc>, Status> {
+        Ok(Response::new(membership::pricing::doc(
+            &self.coordinator.cluster.pricing(),
+        )?))
     }
 
     async fn digest(&self, request: Request<DigestRequest>) -> Result<Response<DigestReply>, Status> {

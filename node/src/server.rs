@@ -135,6 +135,9 @@ impl Node {
             stored.synced,
             store.health.clone(),
         )?);
+        if let Some(rules) = crate::membership::pricing::load(&store)? {
+            cluster.set_pricing(Arc::new(rules));
+        }
         Ok(Node {
             coordinator: Coordinator::new(Arc::new(store), cluster),
             config,

@@ -3,10 +3,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cart_crdt::{Cart, CartId, Limits};
+use cart_crdt::pricing::{PricingContext, PricingRules};
+use cart_crdt::{Cart, CartError, CartId, CartOp, CouponCode, Limits};
 use cart_proto::pb::cart_service_server::CartService;
 use cart_proto::pb::{self, CartReply};
-use cart_proto::{CheckoutRequest, GetRequest, IntoDomain, MergeRequest, MEMBERSHIP_HEADER};
+use cart_proto::{CheckoutRequest, GetRequest, IntoDomain, MergeRequest, Priced, MEMBERSHIP_HEADER};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -46,6 +47,12 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// What a reply is priced with.
+struct PricedWith {
+    rules: Arc<PricingRules>,
+    context: PricingContext,
+}
+
 /// The membership header's value for a layout fingerprint.
 fn header(version: u64) -> MetadataValue<Ascii> {
     MetadataValue::try_from(format!("{version:016x}")).unwrap_or_else(|_| MetadataValue::from_static("0"))
@@ -65,10 +72,74 @@ impl CartApi {
         self.coordinator.store.limits()
     }
 
+    /// The request's pricing context, checked, with the rules it is priced by (one snapshot:
+    /// a reply never mixes two versions). An unknown region is `INVALID_ARGUMENT`.
+    fn pricing(&self, wire: Option<&pb::PricingContext>) -> Result<Option<PricedWith>, NodeError> {
+        let Some(wire) = wire else { return Ok(None) };
+        let rules = self.coordinator.cluster.pricing();
+        if !wire.region.is_empty() && !rules.regions.contains_key(&wire.region) {
+            let known: Vec<&str> = rules.regions.keys().map(String::as_str).collect();
+            return Err(CartError::InvalidArgument {
+                field: "pricing.region",
+                reason: format!(
+                    "unknown region {:?}; the pricing rules (version {}) define: {}",
+                    wire.region,
+                    rules.version,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            }
+            .into());
+        }
+        let now_ms = if wire.now_ms == 0 {
+            self.coordinator.store.now_ms()
+        } else {
+            wire.now_ms
+        };
+        Ok(Some(PricedWith {
+            rules,
+            context: PricingContext {
+                region: wire.region.clone(),
+                now_ms,
+            },
+        }))
+    }
+
+    /// `ApplyCoupon` of a code the pricing rules do not define is refused (`NOT_FOUND`), unless
+    /// the rules accept unknown codes or the cluster has none yet.
+    fn check_coupon(&self, code: &CouponCode) -> Result<(), NodeError> {
+        let rules = self.coordinator.cluster.pricing();
+        if rules.version == 0 || rules.accept_unknown_coupons || rules.coupon(code.as_str()).is_some() {
+            return Ok(());
+        }
+        Err(CartError::NotFound {
+            field: "code",
+            reason: format!(
+                "no coupon {:?} in the pricing rules (version {}); nothing was applied",
+                code.as_str(),
+                rules.version
+            ),
+        }
+        .into())
+    }
+
     /// The read model of a cart as replies show it: an expired cart is empty; with its expiry
-    /// time, and its version token when `with_version` (GetCart, merge, checkout: the token
-    /// grows with the lines, so writes do not pay for it).
+    /// time, its version token when `with_version` (GetCart, merge, checkout: the token grows
+    /// with the lines, so writes do not pay for it), and what it costs when `priced`.
     fn view(&self, cart: &Cart, id: &CartId, with_version: bool) -> Result<pb::Cart, NodeError> {
+        self.priced_view(cart, id, with_version, None)
+    }
+
+    fn priced_view(
+        &self,
+        cart: &Cart,
+        id: &CartId,
+        with_version: bool,
+        priced: Option<&PricedWith>,
+    ) -> Result<pb::Cart, NodeError> {
         let store = &self.coordinator.store;
         let empty;
         let cart = if store.expired(id, cart) {
@@ -82,16 +153,21 @@ impl CartApi {
         if with_version {
             view.version = cart_crdt::codec::encode_version(&cart.version(id))?;
         }
+        if let Some(p) = priced {
+            view.pricing = Some(cart_crdt::pricing::price(&view, &p.rules, &p.context, &|_| false));
+        }
         Ok(pb::Cart::from(view))
     }
 
     /// The reply, tagged with this node's membership version so clients notice changes.
-    fn reply(&self, cart: &Cart, id: &CartId) -> Result<Response<CartReply>, NodeError> {
-        self.reply_with(cart, id, false)
-    }
-
-    fn reply_with(&self, cart: &Cart, id: &CartId, with_version: bool) -> Result<Response<CartReply>, NodeError> {
-        let cart = self.view(cart, id, with_version)?;
+    fn reply(
+        &self,
+        cart: &Cart,
+        id: &CartId,
+        with_version: bool,
+        priced: Option<&PricedWith>,
+    ) -> Result<Response<CartReply>, NodeError> {
+        let cart = self.priced_view(cart, id, with_version, priced)?;
         Ok(self.tagged(Response::new(CartReply { cart: Some(cart) })))
     }
 
@@ -119,21 +195,25 @@ impl CartApi {
         tracing::debug_span!("cart_request", cart_id = %id, op, coordinator = %self.coordinator.cluster.self_id)
     }
 
-    async fn mutate<R: IntoDomain>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
+    async fn mutate<R: IntoDomain + Priced>(&self, request: Request<R>) -> Result<Response<CartReply>, Status> {
         let _in_flight = self.in_flight.enter();
         let deadline_ms = cart_proto::deadline_ms(request.metadata()).map_err(NodeError::from)?;
-        let mut req = request
-            .into_inner()
-            .into_domain(self.limits())
-            .map_err(NodeError::from)?;
+        let request = request.into_inner();
+        let wire_pricing = request.pricing_context().cloned();
+        let mut req = request.into_domain(self.limits()).map_err(NodeError::from)?;
         req.deadline_ms = deadline_ms;
+        // Checked before anything is applied: a bad pricing context changes nothing.
+        let priced = self.pricing(wire_pricing.as_ref())?;
+        if let CartOp::ApplyCoupon { code } = &req.op {
+            self.check_coupon(code)?;
+        }
         async {
             let cart = self
                 .coordinator
                 .write(&req)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
-            Ok(self.reply(&cart, &req.cart_id)?)
+            Ok(self.reply(&cart, &req.cart_id, false, priced.as_ref())?)
         }
         .instrument(self.span(&req.cart_id, req.op.name()))
         .await
@@ -144,10 +224,12 @@ impl CartApi {
 impl CartService for CartApi {
     async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
         let _in_flight = self.in_flight.enter();
-        let req = GetRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
+        let request = request.into_inner();
+        let priced = self.pricing(request.pricing_context())?;
+        let req = GetRequest::from_wire(request, self.limits()).map_err(NodeError::from)?;
         async {
             let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
-            Ok(self.reply_with(&cart, &req.cart_id, true)?)
+            Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?)
         }
         .instrument(self.span(&req.cart_id, "get_cart"))
         .await

@@ -98,6 +98,7 @@ fn add(cart_id: &str, product_id: &str, quantity: i64, snapshot: pb::ItemSnapsho
         quantity,
         snapshot: Some(snapshot),
         consistency: None,
+        pricing: None,
     }
 }
 
@@ -115,12 +116,14 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         cart_id: id.into(),
         code: "SPRING".into(),
         consistency: None,
+        pricing: None,
     })
     .await
     .unwrap();
     let get = || pb::GetCartRequest {
         cart_id: id.into(),
         consistency: None,
+        pricing: None,
     };
     let before = raw.get_cart(get()).await.unwrap().into_inner();
 
@@ -199,6 +202,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 cart_id: id.into(),
                 product_id: "nope".into(),
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::NotFound,
@@ -212,6 +216,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 product_id: "sku-1".into(),
                 quantity: -1,
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::InvalidArgument,
@@ -225,6 +230,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 product_id: "sku-1".into(),
                 delta: 0,
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::InvalidArgument,
@@ -238,6 +244,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 product_id: "sku-1".into(),
                 delta: -9_999,
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::InvalidArgument,
@@ -251,6 +258,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 product_id: "nope".into(),
                 delta: 1,
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::NotFound,
@@ -263,6 +271,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 cart_id: id.into(),
                 product_id: "nope".into(),
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::NotFound,
@@ -275,6 +284,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 cart_id: id.into(),
                 product_id: "sku-1".into(),
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::NotFound,
@@ -287,6 +297,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 cart_id: id.into(),
                 code: "NOPE".into(),
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::NotFound,
@@ -299,6 +310,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 cart_id: id.into(),
                 code: "TEN OFF".into(),
                 consistency: None,
+                pricing: None,
             })
             .await,
             Code::InvalidArgument,

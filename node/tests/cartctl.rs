@@ -227,3 +227,72 @@ async fn the_lifecycle_walk_through_works() {
     .unwrap_err();
     assert!(stale.to_string().contains("checked out"), "{stale}");
 }
+
+#[tokio::test]
+async fn pricing_walk_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start_node(dir.path());
+    let addr = common::addr(&node, 0);
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../cluster-config/pricing.toml");
+    let none = cartctl(addr, &["pricing", "show"]).await.unwrap();
+    assert!(none.contains("no pricing rules yet"), "{none}");
+    let set = cartctl(addr, &["pricing", "set", rules, "--secret", "local-cluster-secret"])
+        .await
+        .unwrap();
+    assert!(set.starts_with("# pricing rules version 1"), "{set}");
+    let shown = cartctl(addr, &["pricing", "show"]).await.unwrap();
+    assert!(
+        shown.contains("code = \"TENOFF\"") && shown.contains("[regions.US-CA]"),
+        "{shown}"
+    );
+    let wrong = cartctl(addr, &["pricing", "set", rules, "--secret", "not-the-secret"])
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("secret"), "{wrong}");
+
+    cartctl(
+        addr,
+        &[
+            "cart",
+            "add",
+            "user:carla",
+            "boot",
+            "--qty",
+            "1",
+            "--name",
+            "Boot",
+            "--price",
+            "4000",
+            "--currency",
+            "EUR",
+            "--attr",
+            "category=shoes",
+        ],
+    )
+    .await
+    .unwrap();
+    let priced = cartctl(
+        addr,
+        &["cart", "coupon", "add", "user:carla", "SHOES15", "--region", "DE"],
+    )
+    .await
+    .unwrap();
+    // 15% of 40.00; VAT in 34.00 = 5.67; under the 50.00 threshold, shipping 4.95.
+    for want in ["priced for DE", "-6.00 EUR", "5.67 EUR", "4.95 EUR", "38.95 EUR"] {
+        assert!(priced.contains(want), "{want} in {priced}");
+    }
+    let bogus = cartctl(addr, &["cart", "coupon", "add", "user:carla", "BOGUS"])
+        .await
+        .unwrap_err();
+    assert!(bogus.to_string().contains("no coupon \"BOGUS\""), "{bogus}");
+    let region = cartctl(addr, &["cart", "get", "user:carla", "--region", "FR"])
+        .await
+        .unwrap_err();
+    assert!(region.to_string().contains("pricing.region"), "{region}");
+    let json = cartctl(addr, &["--json", "cart", "get", "user:carla", "--region", "US-CA"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // 34.00 + 7.25% (246.5 rounds half away from zero: 2.47); US-CA ships no EUR.
+    assert_eq!(value["pricing"]["currencies"][0]["total"], 3647, "{value}");
+}

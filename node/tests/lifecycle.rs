@@ -34,6 +34,7 @@ async fn adjust_via(
         delta,
         consistency: Some(pb::Consistency { r: 0, w }),
         request_id: request_id.into(),
+        pricing: None,
     };
     Ok(c.adjust_quantity(req).await?.into_inner().cart.unwrap_or_default())
 }

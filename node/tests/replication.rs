@@ -46,6 +46,7 @@ async fn add_via(addr: SocketAddr, cart: &str, product: &str, w: u32) -> Result<
         quantity: 1,
         snapshot: Some(snapshot()),
         consistency: Some(pb::Consistency { r: 0, w }),
+        pricing: None,
     };
     Ok(c.add_item(req).await?.into_inner().cart.unwrap_or_default())
 }
@@ -55,6 +56,7 @@ async fn get_via(addr: SocketAddr, cart: &str, r: u32) -> Result<pb::Cart, tonic
     let req = pb::GetCartRequest {
         cart_id: cart.into(),
         consistency: Some(pb::Consistency { r, w: 0 }),
+        pricing: None,
     };
     Ok(c.get_cart(req).await?.into_inner().cart.unwrap_or_default())
 }
@@ -254,6 +256,7 @@ async fn concurrent_adds_through_different_coordinators_all_survive_and_sum() {
                         quantity: 1,
                         snapshot: Some(snapshot()),
                         consistency: None,
+                        pricing: None,
                     };
                     c.add_item(req).await.unwrap();
                 }
@@ -370,6 +373,7 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
             finished_version: 0,
             from_node: "intruder".into(),
             degraded: String::new(),
+            pricing_version: 0,
         })
         .await
         .unwrap_err();
@@ -517,6 +521,7 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
             cart_id: "user:lag".into(),
             product_id: "sku-1".into(),
             consistency: None,
+            pricing: None,
         })
         .await
         .expect("n3 catches up from a read quorum, then removes")
@@ -531,6 +536,7 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
             cart_id: "user:lag".into(),
             product_id: "nope".into(),
             consistency: None,
+            pricing: None,
         })
         .await
         .unwrap_err();

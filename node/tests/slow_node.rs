@@ -22,6 +22,7 @@ fn remove(cart: &str, deadline_ms: &str) -> tonic::Request<pb::RemoveItemRequest
         product_id: "sku-1".into(),
         consistency: None,
         request_id: "late-remove-1".into(),
+        pricing: None,
     });
     request.metadata_mut().insert(
         cart_proto::DEADLINE_HEADER,

@@ -6,6 +6,8 @@ use cart_crdt::{
     OwnerKind, ProductId, RequestId, SavedView,
 };
 
+use cart_crdt::pricing::{CurrencySummary, Discount, NotApplied, PricingSummary};
+
 use crate::pb;
 
 /// A per-request quorum override; `None` means the cluster default.
@@ -427,9 +429,124 @@ impl From<CartView> for pb::Cart {
             version: v.version,
             expires_at_ms: v.expires_at_ms,
             merged_into: v.merged_into.unwrap_or_default(),
+            pricing: v.pricing.as_ref().map(pb::PricingSummary::from),
         }
     }
 }
+
+fn wire_amount(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn domain_amount(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+impl From<&PricingSummary> for pb::PricingSummary {
+    fn from(s: &PricingSummary) -> Self {
+        pb::PricingSummary {
+            rules_version: s.rules_version,
+            region: s.region.clone(),
+            currencies: s
+                .currencies
+                .iter()
+                .map(|c| pb::CurrencyPricing {
+                    currency: c.currency.clone(),
+                    subtotal_minor: wire_amount(c.subtotal),
+                    discounts: c
+                        .discounts
+                        .iter()
+                        .map(|d| pb::AppliedDiscount {
+                            code: d.code.clone(),
+                            amount_minor: wire_amount(d.amount),
+                            free_shipping: d.free_shipping,
+                        })
+                        .collect(),
+                    discount_total_minor: wire_amount(c.discount_total),
+                    tax_minor: wire_amount(c.tax),
+                    tax_included_minor: wire_amount(c.tax_included),
+                    shipping_minor: wire_amount(c.shipping),
+                    total_minor: wire_amount(c.total),
+                    not_applied: c
+                        .not_applied
+                        .iter()
+                        .map(|n| pb::CouponNotApplied {
+                            code: n.code.clone(),
+                            reason: n.reason.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::PricingSummary> for PricingSummary {
+    fn from(s: pb::PricingSummary) -> Self {
+        PricingSummary {
+            rules_version: s.rules_version,
+            region: s.region,
+            currencies: s
+                .currencies
+                .into_iter()
+                .map(|c| CurrencySummary {
+                    currency: c.currency,
+                    subtotal: domain_amount(c.subtotal_minor),
+                    discounts: c
+                        .discounts
+                        .into_iter()
+                        .map(|d| Discount {
+                            code: d.code,
+                            amount: domain_amount(d.amount_minor),
+                            free_shipping: d.free_shipping,
+                        })
+                        .collect(),
+                    discount_total: domain_amount(c.discount_total_minor),
+                    tax: domain_amount(c.tax_minor),
+                    tax_included: domain_amount(c.tax_included_minor),
+                    shipping: domain_amount(c.shipping_minor),
+                    total: domain_amount(c.total_minor),
+                    not_applied: c
+                        .not_applied
+                        .into_iter()
+                        .map(|n| NotApplied {
+                            code: n.code,
+                            reason: n.reason,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Requests that may ask for their reply's cart to be priced (a `pricing` field).
+pub trait Priced {
+    fn pricing_context(&self) -> Option<&pb::PricingContext>;
+}
+
+macro_rules! priced {
+    ($($wire:ty),*) => {
+        $(impl Priced for $wire {
+            fn pricing_context(&self) -> Option<&pb::PricingContext> {
+                self.pricing.as_ref()
+            }
+        })*
+    };
+}
+
+priced!(
+    pb::GetCartRequest,
+    pb::AddItemRequest,
+    pb::SetQuantityRequest,
+    pb::AdjustQuantityRequest,
+    pb::RemoveItemRequest,
+    pb::ClearCartRequest,
+    pb::SaveForLaterRequest,
+    pb::MoveToCartRequest,
+    pb::ApplyCouponRequest,
+    pb::RemoveCouponRequest
+);
 
 impl From<pb::Cart> for CartView {
     fn from(c: pb::Cart) -> Self {
@@ -460,6 +577,7 @@ impl From<pb::Cart> for CartView {
             merged_into: (!c.merged_into.is_empty()).then_some(c.merged_into),
             version: c.version,
             expires_at_ms: c.expires_at_ms,
+            pricing: c.pricing.map(PricingSummary::from),
         }
     }
 }

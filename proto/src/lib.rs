@@ -87,5 +87,5 @@ pub fn deadline_ms(metadata: &tonic::metadata::MetadataMap) -> Result<Option<u64
 pub const MEMBERSHIP_HEADER: &str = "x-cartdb-membership";
 
 pub use convert::{
-    request_id, CartRequest, CheckoutRequest, Consistency, GetRequest, IntoDomain, MergeRequest, OrderView,
+    request_id, CartRequest, CheckoutRequest, Consistency, GetRequest, IntoDomain, MergeRequest, OrderView, Priced,
 };

@@ -1,4 +1,5 @@
-//! Membership: the cluster layout as a durable, versioned, cluster-wide document.
+//! Membership: the cluster layout as a durable, versioned, cluster-wide document — and the one
+//! mechanism every such document uses (the pricing rules are the other, [`pricing`]).
 //!
 //! - **Stored** in the node's `meta` tree: the current layout, the previous one while carts move
 //!   out of it, this node's synced version, the changes an operator staged on this node, and the
@@ -12,6 +13,7 @@
 //!   version is dropped and carts a node no longer owns are deleted there.
 
 pub mod paxos;
+pub mod pricing;
 pub mod rebalance;
 
 use std::sync::atomic::Ordering;
@@ -25,6 +27,44 @@ use crate::cluster::{Cluster, Connect};
 use crate::error::NodeError;
 use crate::store::CartStore;
 use paxos::{Acceptor, Ballot, Prepared};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A cluster-wide document agreed through [`paxos`]: one Paxos instance per version, among the
+/// current layout's members; stored in the `meta` tree; its version on every heartbeat; fetched
+/// by a node that sees a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Layout,
+    Pricing,
+}
+
+impl DocKind {
+    /// The `kind` of the Paxos messages.
+    pub fn wire(self) -> &'static str {
+        match self {
+            DocKind::Layout => "",
+            DocKind::Pricing => "pricing",
+        }
+    }
+
+    pub fn from_wire(kind: &str) -> Result<Self, NodeError> {
+        match kind {
+            "" => Ok(DocKind::Layout),
+            "pricing" => Ok(DocKind::Pricing),
+            other => Err(NodeError::BadPeerMessage {
+                reason: format!("unknown document kind {other:?}"),
+            }),
+        }
+    }
+
+    fn paxos_key(self) -> &'static [u8] {
+        match self {
+            DocKind::Layout => PAXOS_KEY,
+            DocKind::Pricing => pricing::PAXOS_KEY,
+        }
+    }
+}
 
 const CURRENT_KEY: &[u8] = b"layout.current";
 const PREVIOUS_KEY: &[u8] = b"layout.previous";
@@ -40,13 +80,13 @@ pub struct Stored {
     pub synced: u64,
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, NodeError> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, NodeError> {
     serde_json::to_vec(value).map_err(|e| NodeError::Config {
         reason: format!("encode membership state: {e}"),
     })
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, NodeError> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, NodeError> {
     serde_json::from_slice(bytes).map_err(|e| NodeError::BadPeerMessage {
         reason: format!("{what}: {e}"),
     })
@@ -257,33 +297,145 @@ impl Membership {
         self.store.meta_delete(STAGED_KEY).await
     }
 
-    fn acceptor(&self) -> Result<Acceptor, NodeError> {
-        match self.store.meta_get(PAXOS_KEY)? {
+    /// The promised round of the acceptor state of `kind` (whatever the document).
+    fn promised_round(&self, kind: DocKind) -> Result<u64, NodeError> {
+        match self.store.meta_get(kind.paxos_key())? {
+            Some(bytes) => Ok(from_json::<Acceptor<serde_json::Value>>(&bytes, "acceptor state")?
+                .promised
+                .round),
+            None => Ok(0),
+        }
+    }
+
+    fn acceptor<D: Serialize + DeserializeOwned>(&self, kind: DocKind) -> Result<Acceptor<D>, NodeError> {
+        match self.store.meta_get(kind.paxos_key())? {
             Some(bytes) => from_json(&bytes, "acceptor state"),
             None => Ok(Acceptor::default()),
         }
     }
 
-    /// Phase 1 as an acceptor (durable before it answers).
-    pub async fn on_prepare(&self, version: u64, ballot: &Ballot) -> Result<(Prepared, u64), NodeError> {
+    /// The newest installed version of `kind` here.
+    fn installed(&self, kind: DocKind) -> u64 {
+        match kind {
+            DocKind::Layout => self.cluster.topology().current.layout.version,
+            DocKind::Pricing => self.cluster.pricing().version,
+        }
+    }
+
+    /// Phase 1 as an acceptor of `kind` (durable before it answers); what it accepted before,
+    /// as the document's JSON.
+    pub async fn on_prepare(
+        &self,
+        kind: DocKind,
+        version: u64,
+        ballot: &Ballot,
+    ) -> Result<(Prepared<Vec<u8>>, u64), NodeError> {
         let _guard = self.lock.lock().await;
-        let installed = self.cluster.topology().current.layout.version;
-        let mut acceptor = self.acceptor()?;
-        let answer = acceptor.prepare(version, ballot, installed);
-        self.store.meta_put(PAXOS_KEY, &json(&acceptor)?).await?;
+        let installed = self.installed(kind);
+        let answer = match kind {
+            DocKind::Layout => self.prepare_as::<Layout>(kind, version, ballot, installed).await?,
+            DocKind::Pricing => {
+                self.prepare_as::<cart_crdt::pricing::PricingRules>(kind, version, ballot, installed)
+                    .await?
+            }
+        };
         Ok((answer, installed))
     }
 
-    /// Phase 2 as an acceptor (durable before it answers).
-    pub async fn on_accept(&self, version: u64, ballot: &Ballot, layout: &Layout) -> Result<(bool, u64), NodeError> {
+    async fn prepare_as<D: Clone + Serialize + DeserializeOwned>(
+        &self,
+        kind: DocKind,
+        version: u64,
+        ballot: &Ballot,
+        installed: u64,
+    ) -> Result<Prepared<Vec<u8>>, NodeError> {
+        let mut acceptor = self.acceptor::<D>(kind)?;
+        let answer = acceptor.prepare(version, ballot, installed);
+        self.store.meta_put(kind.paxos_key(), &json(&acceptor)?).await?;
+        Ok(match answer {
+            Prepared::Promise(Some((ballot, doc))) => Prepared::Promise(Some((ballot, json(&doc)?))),
+            Prepared::Promise(None) => Prepared::Promise(None),
+            Prepared::Refused { promised } => Prepared::Refused { promised },
+            Prepared::Decided => Prepared::Decided,
+        })
+    }
+
+    /// Phase 2 as an acceptor of `kind` (durable before it answers); `doc` is the JSON of the
+    /// proposed document, checked before it is accepted.
+    pub async fn on_accept(
+        &self,
+        kind: DocKind,
+        version: u64,
+        ballot: &Ballot,
+        doc: &[u8],
+    ) -> Result<(bool, u64), NodeError> {
         let _guard = self.lock.lock().await;
-        let installed = self.cluster.topology().current.layout.version;
-        let mut acceptor = self.acceptor()?;
-        let ok = acceptor.accept(version, ballot, layout, installed);
-        if ok {
-            self.store.meta_put(PAXOS_KEY, &json(&acceptor)?).await?;
-        }
+        let installed = self.installed(kind);
+        let ok = match kind {
+            DocKind::Layout => {
+                let layout: Layout = from_json(doc, "proposed layout")?;
+                self.accept_as(kind, version, ballot, &layout, installed).await?
+            }
+            DocKind::Pricing => {
+                let rules: cart_crdt::pricing::PricingRules = from_json(doc, "proposed pricing rules")?;
+                rules.check()?;
+                self.accept_as(kind, version, ballot, &rules, installed).await?
+            }
+        };
         Ok((ok, installed))
+    }
+
+    async fn accept_as<D: Clone + Serialize + DeserializeOwned>(
+        &self,
+        kind: DocKind,
+        version: u64,
+        ballot: &Ballot,
+        doc: &D,
+        installed: u64,
+    ) -> Result<bool, NodeError> {
+        let mut acceptor = self.acceptor::<D>(kind)?;
+        let ok = acceptor.accept(version, ballot, doc, installed);
+        if ok {
+            self.store.meta_put(kind.paxos_key(), &json(&acceptor)?).await?;
+        }
+        Ok(ok)
+    }
+
+    /// Runs Paxos for `version` of `kind` among the current layout's members, proposing `own`
+    /// (JSON) unless an acceptor already accepted another document: the chosen document's JSON,
+    /// or `None` when some acceptor had installed `version` already (the proposer is behind).
+    pub async fn propose(&self, kind: DocKind, version: u64, own: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {
+        let current = self.cluster.topology().current.layout.clone();
+        let acceptors: Vec<String> = current.members.iter().map(|m| m.node_id.clone()).collect();
+        let majority = acceptors.len() / 2 + 1;
+        let mut round = self.promised_round(kind)? + 1;
+        for _attempt in 0..3 {
+            let ballot = Ballot {
+                round,
+                proposer: self.cluster.self_id.clone(),
+            };
+            let (promises, highest, decided) = self.prepare_all(kind, &acceptors, version, &ballot).await;
+            if decided {
+                return Ok(None);
+            }
+            if promises.len() < majority {
+                round = round.max(highest) + 1;
+                continue;
+            }
+            let proposal = paxos::choose(&own, &promises);
+            let accepted = self.accept_all(kind, &acceptors, version, &ballot, &proposal).await;
+            if accepted < majority {
+                round = round.max(highest) + 1;
+                continue;
+            }
+            return Ok(Some(proposal));
+        }
+        Err(NodeError::NoMajority {
+            reason: format!(
+                "no majority ({majority} of {}) of the current members agreed to version {version}; are they up?",
+                acceptors.len(),
+            ),
+        })
     }
 
     /// Commits the staged changes as the next version. Refused while carts still move into the
@@ -311,75 +463,51 @@ impl Membership {
         }
         let current = topology.current.layout.clone();
         let next = current.apply(&staged).map_err(refused)?;
-        let acceptors: Vec<String> = current.members.iter().map(|m| m.node_id.clone()).collect();
-        let majority = acceptors.len() / 2 + 1;
-        let mut round = self.acceptor()?.promised.round + 1;
-        for _attempt in 0..3 {
-            let ballot = Ballot {
-                round,
-                proposer: self.cluster.self_id.clone(),
-            };
-            let (promises, highest, decided) = self.prepare_all(&acceptors, next.version, &ballot).await;
-            if decided {
-                return Err(NodeError::LayoutConflict {
-                    reason: format!(
-                        "version {} was already committed by another commit; your staged changes are kept: re-plan",
-                        next.version
-                    ),
-                });
-            }
-            if promises.len() < majority {
-                round = round.max(highest) + 1;
-                continue;
-            }
-            let proposal = paxos::choose(&next, &promises);
-            let accepted = self.accept_all(&acceptors, next.version, &ballot, &proposal).await;
-            if accepted < majority {
-                round = round.max(highest) + 1;
-                continue;
-            }
-            // Chosen: install here; the others learn it from heartbeats.
-            // The version carts move out of: the read version, which holds everything.
-            let previous = Some(topology.read().layout.clone());
-            self.learn(proposal.clone(), previous).await?;
-            if proposal != next {
-                return Err(NodeError::LayoutConflict {
-                    reason: format!(
-                        "another commit of version {} (proposed earlier) was completed instead of yours; your staged changes are kept: re-plan",
-                        next.version
-                    ),
-                });
-            }
-            self.discard().await?;
-            tracing::info!(version = proposal.version, "committed a new cluster layout");
-            return Ok(proposal);
+        let Some(chosen) = self.propose(DocKind::Layout, next.version, json(&next)?).await? else {
+            return Err(NodeError::LayoutConflict {
+                reason: format!(
+                    "version {} was already committed by another commit; your staged changes are kept: re-plan",
+                    next.version
+                ),
+            });
+        };
+        let proposal: Layout = from_json(&chosen, "chosen layout")?;
+        // Chosen: install here; the others learn it from heartbeats.
+        // The version carts move out of: the read version, which holds everything.
+        let previous = Some(topology.read().layout.clone());
+        self.learn(proposal.clone(), previous).await?;
+        if proposal != next {
+            return Err(NodeError::LayoutConflict {
+                reason: format!(
+                    "another commit of version {} (proposed earlier) was completed instead of yours; your staged changes are kept: re-plan",
+                    next.version
+                ),
+            });
         }
-        Err(NodeError::NoMajority {
-            reason: format!(
-                "no majority ({majority} of {}) of the current members agreed to version {}; are they up?",
-                acceptors.len(),
-                next.version
-            ),
-        })
+        self.discard().await?;
+        tracing::info!(version = proposal.version, "committed a new cluster layout");
+        Ok(proposal)
     }
 
-    /// Phase 1 at every acceptor: the prior acceptances of those that promised, the highest
-    /// promised round seen, and whether some acceptor already installed the version.
+    /// Phase 1 at every acceptor: the prior acceptances (JSON) of those that promised, the
+    /// highest promised round seen, and whether some acceptor already installed the version.
     async fn prepare_all(
         &self,
+        kind: DocKind,
         acceptors: &[String],
         version: u64,
         ballot: &Ballot,
-    ) -> (Vec<Option<(Ballot, Layout)>>, u64, bool) {
+    ) -> (Vec<Option<(Ballot, Vec<u8>)>>, u64, bool) {
         let calls = acceptors.iter().map(|node| async move {
             if *node == self.cluster.self_id {
-                return self.on_prepare(version, ballot).await.ok().map(|(p, _)| p);
+                return self.on_prepare(kind, version, ballot).await.ok().map(|(p, _)| p);
             }
             let peer = self.cluster.peer(node)?;
             let request = self.cluster.request(LayoutPrepareRequest {
                 version,
                 round: ballot.round,
                 proposer: ballot.proposer.clone(),
+                kind: kind.wire().into(),
             });
             let reply = self
                 .cluster
@@ -399,16 +527,13 @@ impl Membership {
                     },
                 });
             }
-            let prior = match reply.accepted_layout.is_empty() {
-                true => None,
-                false => Some((
-                    Ballot {
-                        round: reply.accepted_round,
-                        proposer: reply.accepted_proposer,
-                    },
-                    from_json(&reply.accepted_layout, "accepted layout").ok()?,
-                )),
-            };
+            let prior = (!reply.accepted_layout.is_empty()).then_some((
+                Ballot {
+                    round: reply.accepted_round,
+                    proposer: reply.accepted_proposer,
+                },
+                reply.accepted_layout,
+            ));
             Some(Prepared::Promise(prior))
         });
         let mut promises = Vec::new();
@@ -423,29 +548,33 @@ impl Membership {
         (promises, highest, decided)
     }
 
-    /// Phase 2 at every acceptor: how many accepted.
-    async fn accept_all(&self, acceptors: &[String], version: u64, ballot: &Ballot, layout: &Layout) -> usize {
-        let Ok(bytes) = json(layout) else { return 0 };
-        let calls = acceptors.iter().map(|node| {
-            let bytes = bytes.clone();
-            async move {
-                if *node == self.cluster.self_id {
-                    return self.on_accept(version, ballot, layout).await.is_ok_and(|(ok, _)| ok);
-                }
-                let Some(peer) = self.cluster.peer(node) else {
-                    return false;
-                };
-                let request = self.cluster.request(LayoutAcceptRequest {
-                    version,
-                    round: ballot.round,
-                    proposer: ballot.proposer.clone(),
-                    layout: bytes,
-                });
-                self.cluster
-                    .within(self.cluster.config.peer_timeout, peer.client().layout_accept(request))
-                    .await
-                    .is_ok_and(|r| r.into_inner().accepted)
+    /// Phase 2 at every acceptor: how many accepted `doc` (JSON).
+    async fn accept_all(
+        &self,
+        kind: DocKind,
+        acceptors: &[String],
+        version: u64,
+        ballot: &Ballot,
+        doc: &[u8],
+    ) -> usize {
+        let calls = acceptors.iter().map(|node| async move {
+            if *node == self.cluster.self_id {
+                return self.on_accept(kind, version, ballot, doc).await.is_ok_and(|(ok, _)| ok);
             }
+            let Some(peer) = self.cluster.peer(node) else {
+                return false;
+            };
+            let request = self.cluster.request(LayoutAcceptRequest {
+                version,
+                round: ballot.round,
+                proposer: ballot.proposer.clone(),
+                layout: doc.to_vec(),
+                kind: kind.wire().into(),
+            });
+            self.cluster
+                .within(self.cluster.config.peer_timeout, peer.client().layout_accept(request))
+                .await
+                .is_ok_and(|r| r.into_inner().accepted)
         });
         futures::future::join_all(calls)
             .await
@@ -506,6 +635,17 @@ pub async fn run(membership: Arc<Membership>, mut stop: tokio::sync::watch::Rece
         if let Some(node) = from {
             if let Err(e) = membership.fetch_from(&node).await {
                 tracing::warn!(peer = node, error = %e, "cannot fetch the newer layout");
+            }
+        }
+        let from = membership
+            .cluster
+            .newer_pricing_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(node) = from {
+            if let Err(e) = membership.fetch_pricing_from(&node).await {
+                tracing::warn!(peer = node, error = %e, "cannot fetch the newer pricing rules");
             }
         }
         if let Err(e) = rebalance::step(&membership, &stop).await {

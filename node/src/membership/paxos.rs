@@ -1,5 +1,5 @@
-//! Agreeing on the next layout version: single-decree Paxos, one instance per version, among the
-//! members of the current version.
+//! Agreeing on the next version of a cluster-wide document (the layout, the pricing rules):
+//! single-decree Paxos, one instance per version, among the members of the current layout.
 //!
 //! Why: two operators committing at once (or one retrying against another node) must never give
 //! two different layouts the same version, or the cluster splits. Each member is an acceptor that
@@ -20,27 +20,38 @@ pub struct Ballot {
     pub proposer: String,
 }
 
-/// An acceptor's durable state for the version being decided.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Acceptor {
+/// An acceptor's durable state for the version of document `D` being decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "D: Serialize + serde::de::DeserializeOwned")]
+pub struct Acceptor<D = Layout> {
     /// The version this state is about (the slot).
     pub version: u64,
     pub promised: Ballot,
-    pub accepted: Option<(Ballot, Layout)>,
+    pub accepted: Option<(Ballot, D)>,
+}
+
+impl<D> Default for Acceptor<D> {
+    fn default() -> Self {
+        Acceptor {
+            version: 0,
+            promised: Ballot::default(),
+            accepted: None,
+        }
+    }
 }
 
 /// An acceptor's answer to a prepare.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Prepared {
+pub enum Prepared<D = Layout> {
     /// Promised not to accept lower ballots; carries what it accepted for this version so far.
-    Promise(Option<(Ballot, Layout)>),
+    Promise(Option<(Ballot, D)>),
     /// It promised a higher ballot already.
     Refused { promised: Ballot },
     /// This version is already installed here (decided): the proposer is behind.
     Decided,
 }
 
-impl Acceptor {
+impl<D: Clone> Acceptor<D> {
     /// Moves to a newer slot (forgetting the old one's promises).
     fn slot(&mut self, version: u64) {
         if version > self.version {
@@ -52,7 +63,7 @@ impl Acceptor {
     }
 
     /// Phase 1. `installed` is the newest version this node has installed.
-    pub fn prepare(&mut self, version: u64, ballot: &Ballot, installed: u64) -> Prepared {
+    pub fn prepare(&mut self, version: u64, ballot: &Ballot, installed: u64) -> Prepared<D> {
         if version <= installed || version < self.version {
             return Prepared::Decided;
         }
@@ -68,14 +79,14 @@ impl Acceptor {
     }
 
     /// Phase 2: accepts unless it promised a higher ballot.
-    pub fn accept(&mut self, version: u64, ballot: &Ballot, layout: &Layout, installed: u64) -> bool {
+    pub fn accept(&mut self, version: u64, ballot: &Ballot, doc: &D, installed: u64) -> bool {
         if version <= installed || version < self.version {
             return false;
         }
         self.slot(version);
         if *ballot >= self.promised {
             self.promised = ballot.clone();
-            self.accepted = Some((ballot.clone(), layout.clone()));
+            self.accepted = Some((ballot.clone(), doc.clone()));
             true
         } else {
             false
@@ -83,14 +94,14 @@ impl Acceptor {
     }
 }
 
-/// The layout a proposer must propose after phase 1: the accepted one with the highest ballot
+/// The document a proposer must propose after phase 1: the accepted one with the highest ballot
 /// among the promises, or its own when none accepted anything.
-pub fn choose(own: &Layout, promises: &[Option<(Ballot, Layout)>]) -> Layout {
+pub fn choose<D: Clone>(own: &D, promises: &[Option<(Ballot, D)>]) -> D {
     promises
         .iter()
         .flatten()
         .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, layout)| layout.clone())
+        .map(|(_, doc)| doc.clone())
         .unwrap_or_else(|| own.clone())
 }
 
