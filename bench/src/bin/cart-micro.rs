@@ -7,6 +7,9 @@
 //! operation runs `--iterations` times on that cart; the table gives HDR percentiles in µs:
 //!
 //! - `view`: the read model every reply is built from;
+//! - `view_coupons` / `view_priced`: the same cart with two coupons applied (TENOFF, SUMMER),
+//!   its view alone and with the pricing summary a priced reply adds (`cluster-config/pricing.toml`,
+//!   region DE); the ratio of their p50s is printed;
 //! - `encode` / `decode`: the storage and replication codec;
 //! - `clone`: what a write pays when a reader still holds the cached cart;
 //! - `apply`: one AdjustQuantity on an owned cart (the clone it needs is not counted);
@@ -144,9 +147,33 @@ fn main() -> Result<()> {
     let adjust = adjust_op(0, &limits)?;
     let delta = cart.clone().apply(&writer, &adjust)?;
     let n = args.iterations;
+    let mut with_coupons = cart.clone();
+    for code in ["TENOFF", "SUMMER"] {
+        let code = cart_crdt::CouponCode::parse(code, &limits)?;
+        with_coupons.apply(&writer, &CartOp::ApplyCoupon { code })?;
+    }
+    let rules = cart_crdt::pricing::PricingRules::parse(include_str!("../../../cluster-config/pricing.toml"))
+        .map_err(anyhow::Error::msg)?;
+    let pricing = cart_crdt::pricing::PricingContext {
+        region: "DE".into(),
+        now_ms: 1_796_342_400_000,
+    };
 
     let results: Vec<(&str, Histogram<u64>)> = vec![
         ("view", measure(n, || (), |()| cart.view(&id))?),
+        ("view_coupons", measure(n, || (), |()| with_coupons.view(&id))?),
+        (
+            "view_priced",
+            measure(
+                n,
+                || (),
+                |()| {
+                    let mut view = with_coupons.view(&id);
+                    view.pricing = Some(cart_crdt::pricing::price(&view, &rules, &pricing, &|_| false));
+                    view
+                },
+            )?,
+        ),
         ("encode", measure(n, || (), |()| codec::encode(&cart))?),
         ("decode", measure(n, || (), |()| codec::decode(&bytes))?),
         ("clone", measure(n, || (), |()| cart.clone())?),
@@ -189,6 +216,15 @@ fn main() -> Result<()> {
             serde_json::json!({"p50_us": us(h, 0.5), "p99_us": us(h, 0.99), "p999_us": us(h, 0.999)}),
         );
     }
+    let p50 = |name: &str| {
+        results
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0.0, |(_, h)| h.value_at_quantile(0.5) as f64)
+    };
+    let ratio = p50("view_priced") / p50("view_coupons").max(1.0);
+    println!("view_priced / view_coupons at p50: {ratio:.2}x");
+    json.insert("priced_view_ratio_p50".into(), serde_json::json!(ratio));
     if let Some(path) = args.json {
         let report =
             serde_json::json!({"lines": args.lines, "encoded_bytes": bytes.len(), "iterations": n, "ops": json});
