@@ -78,10 +78,10 @@ pub struct Coupon {
     /// A fixed amount off, per currency (a currency not listed: the coupon does not apply).
     #[serde(default)]
     pub amount_off: Option<Amounts>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub free_shipping: bool,
     /// The subtotal a currency must reach for the coupon to apply (a currency not listed: none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub min_subtotal: Amounts,
     /// RFC 3339 (`2026-11-27T00:00:00Z`): not before.
     #[serde(default)]
@@ -90,18 +90,26 @@ pub struct Coupon {
     #[serde(default)]
     pub valid_until: Option<String>,
     /// Whether it goes with other coupons (default true).
-    #[serde(default = "yes")]
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub combinable: bool,
     /// Only these products count (empty: all).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub products: Vec<String>,
     /// Only lines of these categories count (snapshot attribute `category`; empty: all).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<String>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -114,7 +122,7 @@ pub struct Region {
     #[serde(default)]
     pub tax_rate_bp: u32,
     /// Rates of categories that differ (category → basis points).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub category_rates_bp: BTreeMap<String, u32>,
     #[serde(default)]
     pub shipping: Shipping,
