@@ -44,8 +44,22 @@ pub const CATEGORY_ATTRIBUTE: &str = "category";
 pub const COUPONS_MAX: usize = 10_000;
 /// Regions a document may define at most.
 pub const REGIONS_MAX: usize = 1_000;
-/// The largest amount in minor units a document may name (10^15: beyond any cart).
+/// The largest amount in minor units a document may name, and the largest subtotal a currency of
+/// a cart may reach to be priced (10^15: beyond any cart; it keeps every product of the
+/// computation within u128).
 pub const AMOUNT_MAX: u64 = 1_000_000_000_000_000;
+/// The largest document (TOML text) the cluster takes.
+pub const DOCUMENT_MAX_BYTES: usize = 256 * 1024;
+/// Products or categories a coupon may name at most.
+pub const RESTRICTION_MAX: usize = 1_000;
+/// A region code: 1-32 upper-case letters, digits or '-'.
+pub fn valid_region(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 32
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+}
 
 /// Amounts per currency (ISO 4217 code → minor units).
 pub type Amounts = BTreeMap<String, u64>;
@@ -262,6 +276,12 @@ impl PricingRules {
     /// Parses and checks a document: any bad key refuses the whole of it (`INVALID_ARGUMENT`
     /// naming the key, e.g. `coupons[1].percent_off`).
     pub fn parse(text: &str) -> Result<Self, PricingError> {
+        if text.len() > DOCUMENT_MAX_BYTES {
+            return Err(bad(
+                "document",
+                format!("{} bytes; at most {DOCUMENT_MAX_BYTES}", text.len()),
+            ));
+        }
         let rules: PricingRules = toml::from_str(text).map_err(|e: toml::de::Error| {
             let key = e.span().map_or("document".to_owned(), |span| {
                 format!(
@@ -321,6 +341,14 @@ impl PricingRules {
                 _ => {}
             }
             check_amounts(&key("min_subtotal"), &c.min_subtotal)?;
+            for (field, list) in [("products", &c.products), ("categories", &c.categories)] {
+                if list.len() > RESTRICTION_MAX {
+                    return Err(bad(
+                        key(field),
+                        format!("{} entries; at most {RESTRICTION_MAX}", list.len()),
+                    ));
+                }
+            }
             let from = c
                 .valid_from
                 .as_deref()
@@ -386,13 +414,15 @@ struct Candidate<'a> {
 
 /// Prices `view` by `rules` for `ctx`. `unavailable` names products excluded from the totals
 /// (marked so by a refresh). An unknown region prices without tax and shipping; the caller
-/// refuses it beforehand where that is an error ([`PricingRules::regions`]).
+/// refuses it beforehand where that is an error ([`PricingRules::regions`]). A currency whose
+/// subtotal passes [`AMOUNT_MAX`] is refused (`key` `pricing`): beyond any real cart, and it keeps
+/// the arithmetic exact.
 pub fn price(
     view: &CartView,
     rules: &PricingRules,
     ctx: &PricingContext,
     unavailable: &dyn Fn(&str) -> bool,
-) -> PricingSummary {
+) -> Result<PricingSummary, PricingError> {
     let region = rules.regions.get(&ctx.region);
     let mut by_currency: BTreeMap<&str, Vec<Item>> = BTreeMap::new();
     for line in &view.lines {
@@ -412,16 +442,23 @@ pub fn price(
     let currencies = by_currency
         .into_iter()
         .map(|(currency, mut items)| {
+            let subtotal: u128 = items.iter().map(|i| i.amount).sum();
+            if subtotal > u128::from(AMOUNT_MAX) {
+                return Err(bad(
+                    "pricing",
+                    format!("the {currency} subtotal {subtotal} is over {AMOUNT_MAX} minor units, the most a cart is priced at"),
+                ));
+            }
             // Line order must not matter: sort by product (a cart holds a product once).
             items.sort_by(|a, b| a.product_id.cmp(b.product_id));
-            price_currency(currency, &items, &codes, rules, region, ctx.now_ms)
+            Ok(price_currency(currency, &items, &codes, rules, region, ctx.now_ms))
         })
-        .collect();
-    PricingSummary {
+        .collect::<Result<_, _>>()?;
+    Ok(PricingSummary {
         rules_version: rules.version,
         region: ctx.region.clone(),
         currencies,
-    }
+    })
 }
 
 fn clamp(v: u128) -> u64 {
@@ -669,7 +706,7 @@ mod tests {
             region: region.into(),
             now_ms: NOW,
         };
-        price(&view(lines, coupons), &rules, &ctx, &|_| false)
+        price(&view(lines, coupons), &rules, &ctx, &|_| false).unwrap()
     }
 
     /// (subtotal, discounts, tax, tax included, shipping, total, not applied) of one currency.
@@ -851,7 +888,7 @@ mod tests {
             region: "DE".into(),
             now_ms: NOW,
         };
-        let s = price(&v, &rules, &ctx, &|p| p == "b");
+        let s = price(&v, &rules, &ctx, &|p| p == "b").unwrap();
         assert_eq!((s.currencies[0].subtotal, s.currencies[0].total), (1000, 1495));
     }
 
@@ -875,6 +912,22 @@ mod tests {
         assert!(e.reason.contains("percnt_off") && e.key.starts_with("line 3"), "{e}");
         let e = refused("[[coupons]]\ncode = \"X\"\n");
         assert!(e.reason.contains("gives nothing"), "{e}");
+    }
+
+    #[test]
+    fn a_subtotal_beyond_the_bound_is_refused_not_wrapped() {
+        let rules = PricingRules::parse(RULES).unwrap();
+        let ctx = PricingContext {
+            region: "DE".into(),
+            now_ms: NOW,
+        };
+        let huge = (0..400)
+            .map(|i| line(&format!("p{i}"), 1_000_000, 1_000_000_000_000, "EUR", None))
+            .collect();
+        let e = price(&view(huge, &["SOLO", "TENOFF"]), &rules, &ctx, &|_| false).unwrap_err();
+        assert_eq!(e.key, "pricing", "{e}");
+        let big = PricingRules::parse(&"#".repeat(DOCUMENT_MAX_BYTES + 1)).unwrap_err();
+        assert_eq!(big.key, "document", "{big}");
     }
 
     #[test]
@@ -916,7 +969,7 @@ mod tests {
         fn the_pricing_laws_hold((lines, coupons, region, now) in arb_cart(), seed in any::<u64>()) {
             let rules = PricingRules::parse(RULES).unwrap();
             let ctx = PricingContext { region: region.into(), now_ms: now };
-            let s = price(&view(lines.clone(), &coupons), &rules, &ctx, &|_| false);
+            let s = price(&view(lines.clone(), &coupons), &rules, &ctx, &|_| false).unwrap();
             for c in &s.currencies {
                 prop_assert_eq!(c.total, c.subtotal - c.discount_total + c.tax + c.shipping);
                 prop_assert!(c.discount_total <= c.subtotal);
@@ -933,11 +986,11 @@ mod tests {
             shuffled.rotate_left((seed as usize) % n);
             if seed % 2 == 1 { shuffled.reverse(); }
             codes.reverse();
-            let again = price(&view(shuffled, &codes), &rules, &ctx, &|_| false);
+            let again = price(&view(shuffled, &codes), &rules, &ctx, &|_| false).unwrap();
             prop_assert_eq!(&again, &s);
             // Stable across a reload of the same document.
             let reloaded = PricingRules::parse(&rules.to_toml()).unwrap();
-            prop_assert_eq!(&price(&view(lines, &coupons), &reloaded, &ctx, &|_| false), &s);
+            prop_assert_eq!(&price(&view(lines, &coupons), &reloaded, &ctx, &|_| false).unwrap(), &s);
         }
     }
 }

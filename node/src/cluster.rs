@@ -87,6 +87,8 @@ pub struct Peer {
     pub synced_version: AtomicU64,
     /// The peer's read version (it has dropped every version before it).
     pub finished_version: AtomicU64,
+    /// The peer's pricing rules version, from its heartbeats.
+    pub pricing_version: AtomicU64,
     /// Why the peer's storage takes no writes (empty: it does), from its heartbeats and its
     /// refusals.
     degraded: std::sync::Mutex<String>,
@@ -312,6 +314,7 @@ impl Dialer {
             layout_version: AtomicU64::new(0),
             synced_version: AtomicU64::new(0),
             finished_version: AtomicU64::new(0),
+            pricing_version: AtomicU64::new(0),
             degraded: std::sync::Mutex::new(String::new()),
             degraded_flag: AtomicBool::new(false),
         })
@@ -656,6 +659,7 @@ impl Cluster {
         peer.layout_version.store(layout_version, Ordering::SeqCst);
         peer.synced_version.store(ping.synced_version, Ordering::SeqCst);
         peer.finished_version.store(ping.finished_version, Ordering::SeqCst);
+        peer.pricing_version.store(ping.pricing_version, Ordering::SeqCst);
         peer.set_degraded(&ping.degraded);
         if ping.pricing_version > self.pricing().version {
             *self

@@ -77,22 +77,33 @@ impl CartApi {
     fn pricing(&self, wire: Option<&pb::PricingContext>) -> Result<Option<PricedWith>, NodeError> {
         let Some(wire) = wire else { return Ok(None) };
         let rules = self.coordinator.cluster.pricing();
-        if !wire.region.is_empty() && !rules.regions.contains_key(&wire.region) {
-            let known: Vec<&str> = rules.regions.keys().map(String::as_str).collect();
-            return Err(CartError::InvalidArgument {
+        let refused = |reason: String| -> NodeError {
+            CartError::InvalidArgument {
                 field: "pricing.region",
-                reason: format!(
-                    "unknown region {:?}; the pricing rules (version {}) define: {}",
-                    wire.region,
-                    rules.version,
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
+                reason,
             }
-            .into());
+            .into()
+        };
+        if !wire.region.is_empty() && !cart_crdt::pricing::valid_region(&wire.region) {
+            return Err(refused(
+                "a region code is 1-32 upper-case letters, digits or '-' (e.g. DE, US-CA)".into(),
+            ));
+        }
+        if !wire.region.is_empty() && !rules.regions.contains_key(&wire.region) {
+            const SHOWN: usize = 20;
+            let mut known: Vec<&str> = rules.regions.keys().map(String::as_str).take(SHOWN).collect();
+            let more = rules.regions.len().saturating_sub(SHOWN);
+            let more = (more > 0).then(|| format!(" … and {more} more"));
+            if known.is_empty() {
+                known.push("none");
+            }
+            return Err(refused(format!(
+                "unknown region {:?}; the pricing rules (version {}) define: {}{}",
+                wire.region,
+                rules.version,
+                known.join(", "),
+                more.unwrap_or_default()
+            )));
         }
         let now_ms = if wire.now_ms == 0 {
             self.coordinator.store.now_ms()
@@ -154,7 +165,14 @@ impl CartApi {
             view.version = cart_crdt::codec::encode_version(&cart.version(id))?;
         }
         if let Some(p) = priced {
-            view.pricing = Some(cart_crdt::pricing::price(&view, &p.rules, &p.context, &|_| false));
+            view.pricing = Some(
+                cart_crdt::pricing::price(&view, &p.rules, &p.context, &|_| false).map_err(|e| {
+                    CartError::LimitExceeded {
+                        field: "pricing",
+                        reason: e.reason,
+                    }
+                })?,
+            );
         }
         Ok(pb::Cart::from(view))
     }
@@ -213,7 +231,14 @@ impl CartApi {
                 .write(&req)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
-            Ok(self.reply(&cart, &req.cart_id, false, priced.as_ref())?)
+            // Applied: a cart beyond what pricing handles still gets its reply, unpriced.
+            let reply = match self.reply(&cart, &req.cart_id, false, priced.as_ref()) {
+                Err(NodeError::Cart(CartError::LimitExceeded { field: "pricing", .. })) => {
+                    self.reply(&cart, &req.cart_id, false, None)
+                }
+                other => other,
+            };
+            Ok(reply?)
         }
         .instrument(self.span(&req.cart_id, req.op.name()))
         .await

@@ -169,7 +169,7 @@ fn main() -> Result<()> {
                 || (),
                 |()| {
                     let mut view = with_coupons.view(&id);
-                    view.pricing = Some(cart_crdt::pricing::price(&view, &rules, &pricing, &|_| false));
+                    view.pricing = cart_crdt::pricing::price(&view, &rules, &pricing, &|_| false).ok();
                     view
                 },
             )?,

@@ -58,6 +58,14 @@ impl DocKind {
         }
     }
 
+    /// Whether `doc` is the JSON of a document of this kind.
+    fn decodes(self, doc: &[u8]) -> bool {
+        match self {
+            DocKind::Layout => serde_json::from_slice::<Layout>(doc).is_ok(),
+            DocKind::Pricing => serde_json::from_slice::<cart_crdt::pricing::PricingRules>(doc).is_ok(),
+        }
+    }
+
     fn paxos_key(self) -> &'static [u8] {
         match self {
             DocKind::Layout => PAXOS_KEY,
@@ -379,6 +387,14 @@ impl Membership {
             DocKind::Pricing => {
                 let rules: cart_crdt::pricing::PricingRules = from_json(doc, "proposed pricing rules")?;
                 rules.check()?;
+                if rules.version != version {
+                    return Err(NodeError::BadPeerMessage {
+                        reason: format!(
+                            "pricing rules of version {} proposed as version {version}",
+                            rules.version
+                        ),
+                    });
+                }
                 self.accept_as(kind, version, ballot, &rules, installed).await?
             }
         };
@@ -526,6 +542,10 @@ impl Membership {
                         proposer: String::new(),
                     },
                 });
+            }
+            // A prior acceptance that is no valid document is dropped with its answer.
+            if !reply.accepted_layout.is_empty() && !kind.decodes(&reply.accepted_layout) {
+                return None;
             }
             let prior = (!reply.accepted_layout.is_empty()).then_some((
                 Ballot {

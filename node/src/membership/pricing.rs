@@ -14,6 +14,8 @@ use crate::error::NodeError;
 use crate::store::CartStore;
 
 const CURRENT_KEY: &[u8] = b"pricing.current";
+/// How long a set waits for the members to report the new version.
+pub const SPREAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub(super) const PAXOS_KEY: &[u8] = b"pricing.paxos";
 
 /// The stored pricing rules, if the cluster set any.
@@ -51,7 +53,36 @@ impl Membership {
             });
         }
         tracing::info!(version, "set new pricing rules");
+        self.await_spread(version).await;
         Ok(self.cluster.pricing())
+    }
+
+    /// Waits (at most [`SPREAD_WAIT`]) until every member this node sees up reports pricing
+    /// `version` on its heartbeat, so that a storefront told "set" finds the rules on every
+    /// healthy node. A member that is down learns them when it is back.
+    async fn await_spread(&self, version: u64) {
+        let deadline = tokio::time::Instant::now() + SPREAD_WAIT;
+        loop {
+            let behind: Vec<String> = self
+                .cluster
+                .peers()
+                .into_iter()
+                .filter(|p| p.is_up() && p.pricing_version.load(std::sync::atomic::Ordering::SeqCst) < version)
+                .map(|p| p.member.node_id.clone())
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    version,
+                    ?behind,
+                    "pricing rules not reported by every member yet; they learn them by heartbeat"
+                );
+                return;
+            }
+            tokio::time::sleep(self.cluster.config.heartbeat_interval / 4).await;
+        }
     }
 
     /// Installs `rules` if newer than this node's: durable first, then used for replies.
