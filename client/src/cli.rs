@@ -132,6 +132,9 @@ pub enum CartCmd {
     /// Apply or remove a coupon.
     #[command(subcommand)]
     Coupon(CouponCmd),
+    /// Push a product's current catalogue data into the cart (its line or saved item shows it
+    /// beside the add-time price; `--unavailable` keeps it out of the totals).
+    Refresh(RefreshArgs),
     /// Merge a guest cart into a user cart (at login). Safe to repeat.
     Merge {
         guest: String,
@@ -180,6 +183,18 @@ pub struct AddArgs {
     /// Item attribute KEY=VALUE; repeatable.
     #[arg(long = "attr", value_parser = parse_attr)]
     pub attrs: Vec<(String, String)>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub item: AddArgs,
+    /// The catalogue's version of this data (≥ 1): the highest wins.
+    #[arg(long)]
+    pub catalog_version: u64,
+    /// The product can no longer be bought.
+    #[arg(long)]
+    pub unavailable: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +310,19 @@ async fn run_cart(client: &CartClient, cmd: CartCmd) -> Result<CartView, ClientE
         CartCmd::Move { id, product } => client.move_to_cart(&id, &product).await,
         CartCmd::Coupon(CouponCmd::Add { id, code }) => client.apply_coupon(&id, &code).await,
         CartCmd::Coupon(CouponCmd::Remove { id, code }) => client.remove_coupon(&id, &code).await,
+        CartCmd::Refresh(r) => {
+            let a = r.item;
+            let mut snapshot = ItemSnapshot::new(a.name, a.price, a.currency);
+            snapshot.image_url = a.image_url;
+            snapshot.attributes.extend(a.attrs);
+            let item = crate::RefreshedItem {
+                product_id: a.product,
+                snapshot,
+                available: !r.unavailable,
+                catalog_version: r.catalog_version,
+            };
+            client.refresh_items(&a.id, vec![item]).await
+        }
         CartCmd::Merge { user, .. } | CartCmd::Checkout { id: user, .. } => Err(ClientError::Usage {
             reason: format!("{user}: merge and checkout are run by `run`"),
         }),
@@ -639,6 +667,11 @@ pub fn render(cart: &CartView) -> String {
             ]);
         }
         out.push_str(&format!("{table}\n"));
+        for line in &cart.lines {
+            if let Some(c) = &line.current {
+                out.push_str(&render_current(&line.product_id, c));
+            }
+        }
     }
     for money in &cart.subtotals {
         out.push_str(&format!("subtotal: {}\n", money.display()));
@@ -654,11 +687,38 @@ pub fn render(cart: &CartView) -> String {
             "saved for later: {} × {} ({})\n",
             saved.quantity, saved.snapshot.name, saved.product_id
         ));
+        if let Some(c) = &saved.current {
+            out.push_str(&format!("  {}", render_current(&saved.product_id, c)));
+        }
     }
     if !cart.version.is_empty() && !cart.lines.is_empty() {
         out.push_str(&format!("version: {}\n", cart.version));
     }
     out
+}
+
+/// What a refresh says of a line or saved item now.
+fn render_current(product_id: &str, c: &crate::Current) -> String {
+    let price = format_money(
+        i64::try_from(c.snapshot.unit_price_minor).unwrap_or(i64::MAX),
+        &c.snapshot.currency,
+    );
+    let mut flags = Vec::new();
+    if c.price_changed {
+        flags.push("price changed");
+    }
+    if !c.available {
+        flags.push("unavailable: not in the totals");
+    }
+    let flags = if flags.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", flags.join(", "))
+    };
+    format!(
+        "{product_id} now: {price}, catalogue version {}{flags}\n",
+        c.catalog_version
+    )
 }
 
 /// The pricing summary under a cart's lines: per currency, each step down to the total.

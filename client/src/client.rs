@@ -834,6 +834,36 @@ impl CartClient {
         .await
     }
 
+    /// Pushes current product data into a cart (README "Pricing"): each line or saved item of
+    /// these products then shows it beside its add-time snapshot (`LineView::current`), and the
+    /// totals use it; an unavailable one stays but is not counted. The highest catalogue version
+    /// wins on every replica; products the cart does not hold are skipped.
+    pub async fn refresh_items(
+        &self,
+        cart_id: &str,
+        items: Vec<crate::RefreshedItem>,
+    ) -> Result<CartView, ClientError> {
+        let req = pb::RefreshItemsRequest {
+            cart_id: cart_id.into(),
+            items: items
+                .into_iter()
+                .map(|i| pb::RefreshedItem {
+                    product_id: i.product_id,
+                    snapshot: Some(i.snapshot.into()),
+                    available: i.available,
+                    catalog_version: i.catalog_version,
+                })
+                .collect(),
+            consistency: self.consistency(),
+            request_id: self.next_request_id(),
+            pricing: self.pricing.clone(),
+        };
+        self.call(cart_id, self.write_retry(), req, |mut c, r| async move {
+            c.refresh_items(r).await
+        })
+        .await
+    }
+
     pub async fn remove_coupon(&self, cart_id: &str, code: &str) -> Result<CartView, ClientError> {
         let req = pb::RemoveCouponRequest {
             cart_id: cart_id.into(),

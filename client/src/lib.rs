@@ -61,7 +61,19 @@ pub mod cli;
 mod client;
 pub mod cluster_cli;
 
-pub use cart_crdt::{CartView, ItemSnapshot, LineView, Money, SavedView};
+pub use cart_crdt::pricing::{CurrencySummary, Discount, NotApplied, PricingSummary};
+pub use cart_crdt::{CartView, Current, ItemSnapshot, LineView, Money, SavedView};
+
+/// One product's current data for [`CartClient::refresh_items`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshedItem {
+    pub product_id: String,
+    pub snapshot: ItemSnapshot,
+    /// False: kept in the cart, out of the totals.
+    pub available: bool,
+    /// The catalogue's version of this data (≥ 1): the highest wins.
+    pub catalog_version: u64,
+}
 pub use cart_proto::pb::MergeMode;
 pub use cart_proto::{Consistency, OrderView};
 pub use cart_ring::Member;

@@ -95,6 +95,7 @@ cart_service!(
     move_to_cart(pb::MoveToCartRequest),
     apply_coupon(pb::ApplyCouponRequest),
     remove_coupon(pb::RemoveCouponRequest),
+    refresh_items(pb::RefreshItemsRequest),
 );
 
 #[tonic::async_trait]

@@ -44,6 +44,26 @@ pub enum LineKind {
         /// applied twice is counted against the resets that observed each application.
         seen: BTreeMap<Actor, u64>,
     },
+    /// What the catalogue says of the product now (`RefreshItems`); the line keeps its add-time
+    /// snapshot beside it. Of concurrent ones, the highest catalogue version shows.
+    Refresh(Refresh),
+}
+
+/// A product's current data pushed by the storefront or catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Refresh {
+    /// The catalogue's version of this data: a refresh never replaces a newer one.
+    pub catalog_version: u64,
+    pub snapshot: ItemSnapshot,
+    /// False: the line is kept but out of the totals.
+    pub available: bool,
+}
+
+/// One product of a `RefreshItems`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshItem {
+    pub product_id: ProductId,
+    pub refresh: Refresh,
 }
 
 /// One write-once entry of a line, carrying the dot it was added with so that two entries with
@@ -170,6 +190,11 @@ pub enum CartOp {
         into: CartId,
         from: Box<Version>,
     },
+    /// Current product data for lines and saved items (products not in the cart are skipped;
+    /// data older than what the cart shows is ignored).
+    RefreshItems {
+        items: Vec<RefreshItem>,
+    },
 }
 
 impl CartOp {
@@ -188,6 +213,7 @@ impl CartOp {
             CartOp::Checkout { .. } => "checkout",
             CartOp::Absorb { .. } => "merge_absorb",
             CartOp::Release { .. } => "merge_release",
+            CartOp::RefreshItems { .. } => "refresh_items",
         }
     }
 }
@@ -391,6 +417,11 @@ impl Cart {
                 w.release_saved(from);
                 w.mark_merged(into.clone());
             }
+            CartOp::RefreshItems { items } => {
+                for item in items {
+                    w.refresh(item);
+                }
+            }
         }
         if let Some(id) = ctx.request {
             // The record has a dot of its own, never the op's: a later op may remove the record,
@@ -481,6 +512,16 @@ impl Cart {
                 Err(CartError::not_found("code", format!("coupon {code} is not applied")))
             }
             CartOp::RemoveCoupon { .. } | CartOp::Clear | CartOp::Touch => Ok(()),
+            CartOp::RefreshItems { items } => {
+                let most = limits.max_lines_per_cart + limits.max_saved_per_cart;
+                if items.is_empty() || items.len() > most {
+                    return Err(CartError::invalid(
+                        "items",
+                        format!("{} items; between 1 and {most} (lines and saved items)", items.len()),
+                    ));
+                }
+                Ok(())
+            }
             CartOp::Checkout { version } => {
                 self.check_seen(version)?;
                 if version.lines.is_empty() {
@@ -895,7 +936,7 @@ impl Writer<'_> {
                     && match e.kind {
                         LineKind::Snapshot(_) => true,
                         LineKind::Total(_) => e.dot.actor == actor,
-                        LineKind::Reset { .. } => false,
+                        LineKind::Reset { .. } | LineKind::Refresh(_) => false,
                     }
             });
             self.add_line(product_id, LineKind::Total(total.saturating_add(quantity)));
@@ -952,15 +993,34 @@ impl Writer<'_> {
         self.reset(product_id, 0);
     }
 
+    /// Records a refresh of a product the cart holds (a line or a saved item) unless the cart
+    /// shows a refresh of the same or a newer catalogue version; replaces the refreshes observed.
+    fn refresh(&mut self, item: &RefreshItem) {
+        let p = &item.product_id;
+        let acc = self.cart.line_acc(p);
+        if acc.snapshot().is_none() && self.cart.saved_winner(p).is_none() {
+            return;
+        }
+        if acc
+            .refresh()
+            .is_some_and(|r| r.catalog_version >= item.refresh.catalog_version)
+        {
+            return;
+        }
+        self.remove_lines(|e| &e.product_id == p && matches!(e.kind, LineKind::Refresh(_)));
+        self.add_line(p, LineKind::Refresh(item.refresh.clone()));
+    }
+
     /// Drops the counter entries of lines without a snapshot once [`RESIDUE_GRACE_MS`] has passed
-    /// since their last reset (or at once when they have no reset at all).
+    /// since their last reset (or at once when they have no reset at all); a saved item's
+    /// refresh stays.
     fn drop_residue(&mut self) {
         let mut stale: Vec<ProductId> = Vec::new();
         view::for_each_line(self.cart, |p, acc| {
             let expired = acc
                 .last_reset_ms()
                 .is_none_or(|at| at.saturating_add(RESIDUE_GRACE_MS) < self.now_ms);
-            if acc.snapshot().is_none() && expired {
+            if acc.snapshot().is_none() && expired && self.cart.saved_winner(p).is_none() {
                 stale.push(p.clone());
             }
         });

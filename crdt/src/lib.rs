@@ -38,7 +38,10 @@ mod snapshot;
 pub mod validate;
 mod view;
 
-pub use cart::{Cart, CartDelta, CartOp, CouponEntry, LineEntry, LineKind, SavedEntry, WriteCtx, RESIDUE_GRACE_MS};
+pub use cart::{
+    Cart, CartDelta, CartOp, CouponEntry, LineEntry, LineKind, Refresh, RefreshItem, SavedEntry, WriteCtx,
+    RESIDUE_GRACE_MS,
+};
 pub use context::{Context, Dot};
 pub use error::CartError;
 pub use ids::{Actor, CartId, CouponCode, OwnerKind, ProductId};
@@ -48,4 +51,4 @@ pub use lifecycle::{
 };
 pub use limits::Limits;
 pub use snapshot::{format_money, ItemSnapshot, Money};
-pub use view::{CartView, LineView, SavedView};
+pub use view::{CartView, Current, LineView, SavedView};

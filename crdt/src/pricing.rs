@@ -426,14 +426,16 @@ pub fn price(
     let region = rules.regions.get(&ctx.region);
     let mut by_currency: BTreeMap<&str, Vec<Item>> = BTreeMap::new();
     for line in &view.lines {
-        let items = by_currency.entry(line.snapshot.currency.as_str()).or_default();
-        if unavailable(&line.product_id) {
+        // The current data when a refresh brought it; a line marked unavailable stays out.
+        let snapshot = line.priced_snapshot();
+        let items = by_currency.entry(snapshot.currency.as_str()).or_default();
+        if !line.available() || unavailable(&line.product_id) {
             continue;
         }
         items.push(Item {
             product_id: &line.product_id,
-            category: line.snapshot.attributes.get(CATEGORY_ATTRIBUTE).map(String::as_str),
-            amount: u128::from(line.quantity) * u128::from(line.snapshot.unit_price_minor),
+            category: snapshot.attributes.get(CATEGORY_ATTRIBUTE).map(String::as_str),
+            amount: u128::from(line.quantity) * u128::from(snapshot.unit_price_minor),
         });
     }
     let mut codes: Vec<&str> = view.coupons.iter().map(String::as_str).collect();
@@ -681,6 +683,7 @@ mod tests {
             product_id: product.into(),
             quantity,
             snapshot,
+            current: None,
         }
     }
 

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cart::{newer, Cart, LineEntry, LineKind};
+use crate::cart::{newer, Cart, LineEntry, LineKind, Refresh};
 use crate::context::Dot;
 use crate::ids::{Actor, CartId, OwnerKind, ProductId};
 use crate::snapshot::{ItemSnapshot, Money};
@@ -35,7 +35,11 @@ pub struct CartView {
 pub struct LineView {
     pub product_id: String,
     pub quantity: u64,
+    /// As the storefront showed it when the item was added.
     pub snapshot: ItemSnapshot,
+    /// The product's current data (`RefreshItems`), if the cart got any.
+    #[serde(default)]
+    pub current: Option<Current>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,42 @@ pub struct SavedView {
     pub product_id: String,
     pub quantity: u64,
     pub snapshot: ItemSnapshot,
+    #[serde(default)]
+    pub current: Option<Current>,
+}
+
+/// A product's current data as the latest refresh (highest catalogue version) gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    pub catalog_version: u64,
+    pub snapshot: ItemSnapshot,
+    pub available: bool,
+    /// The current unit price (or currency) differs from the one at add time.
+    pub price_changed: bool,
+}
+
+impl Current {
+    fn of(added: &ItemSnapshot, r: &Refresh) -> Self {
+        Current {
+            catalog_version: r.catalog_version,
+            snapshot: r.snapshot.clone(),
+            available: r.available,
+            price_changed: (r.snapshot.unit_price_minor, &r.snapshot.currency)
+                != (added.unit_price_minor, &added.currency),
+        }
+    }
+}
+
+impl LineView {
+    /// The snapshot the totals use: the current one when refreshed, else the add-time one.
+    pub fn priced_snapshot(&self) -> &ItemSnapshot {
+        self.current.as_ref().map_or(&self.snapshot, |c| &c.snapshot)
+    }
+
+    /// Whether the line counts in the totals (not marked unavailable by a refresh).
+    pub fn available(&self) -> bool {
+        self.current.as_ref().is_none_or(|c| c.available)
+    }
 }
 
 /// A reset as folded: value, base totals, when, and the counters of the totals it observed.
@@ -57,6 +97,8 @@ pub(crate) struct LineAcc<'a> {
     totals: Vec<(Actor, &'a Dot, i64)>,
     resets: Vec<ResetRef<'a>>,
     snapshot: Option<(&'a Dot, &'a ItemSnapshot)>,
+    /// The refresh with the highest catalogue version (then dot).
+    refresh: Option<(&'a Dot, &'a Refresh)>,
     /// Applications of requests applied more than once (see `lifecycle`): counted once.
     pub(crate) dups: Vec<Dup>,
 }
@@ -106,6 +148,7 @@ impl<'a> LineAcc<'a> {
         self.totals.clear();
         self.resets.clear();
         self.snapshot = None;
+        self.refresh = None;
         self.dups.clear();
     }
 
@@ -127,7 +170,19 @@ impl<'a> LineAcc<'a> {
                     self.snapshot = Some((&e.dot, s));
                 }
             }
+            LineKind::Refresh(r) => {
+                let wins = |(dot, held): (&Dot, &Refresh)| {
+                    (r.catalog_version, e.dot.counter, e.dot.actor) > (held.catalog_version, dot.counter, dot.actor)
+                };
+                if self.refresh.is_none_or(wins) {
+                    self.refresh = Some((&e.dot, r));
+                }
+            }
         }
+    }
+
+    pub(crate) fn refresh(&self) -> Option<&'a Refresh> {
+        self.refresh.map(|(_, r)| r)
     }
 
     /// Each node's running total.
@@ -196,6 +251,8 @@ pub(crate) fn for_each_line<'a>(cart: &'a Cart, mut f: impl FnMut(&'a ProductId,
 
 pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
     let mut lines: Vec<LineView> = Vec::new();
+    // Refreshes of saved items live among the line entries of their product.
+    let mut refreshed: BTreeMap<&ProductId, &Refresh> = BTreeMap::new();
     for_each_line(cart, |product_id, acc| {
         let quantity = acc.quantity();
         if let (true, Some(snapshot)) = (quantity >= 1, acc.snapshot()) {
@@ -203,13 +260,17 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
                 product_id: product_id.to_string(),
                 quantity: quantity as u64,
                 snapshot: snapshot.clone(),
+                current: acc.refresh().map(|r| Current::of(snapshot, r)),
             });
+        } else if let Some(r) = acc.refresh() {
+            refreshed.insert(product_id, r);
         }
     });
     let mut subtotals: BTreeMap<&str, i128> = BTreeMap::new();
-    for line in &lines {
-        *subtotals.entry(&line.snapshot.currency).or_default() +=
-            i128::from(line.quantity) * i128::from(line.snapshot.unit_price_minor);
+    for line in lines.iter().filter(|l| l.available()) {
+        let priced = line.priced_snapshot();
+        *subtotals.entry(&priced.currency).or_default() +=
+            i128::from(line.quantity) * i128::from(priced.unit_price_minor);
     }
     let subtotals = subtotals
         .into_iter()
@@ -225,6 +286,7 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
             product_id: product_id.to_string(),
             quantity: e.quantity,
             snapshot: e.snapshot.clone(),
+            current: refreshed.get(product_id).map(|r| Current::of(&e.snapshot, r)),
         })
         .collect();
     CartView {

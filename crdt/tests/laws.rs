@@ -179,6 +179,17 @@ fn cart_op() -> impl Strategy<Value = CartOp> {
         1 => coupon().prop_map(|code| CartOp::ApplyCoupon { code }),
         1 => coupon().prop_map(|code| CartOp::RemoveCoupon { code }),
         1 => Just(CartOp::Touch),
+        2 => prop::collection::vec((product(), snapshot(), any::<bool>(), 1..4u64), 1..3).prop_map(|items| {
+            CartOp::RefreshItems {
+                items: items
+                    .into_iter()
+                    .map(|(product_id, snapshot, available, catalog_version)| cart_crdt::RefreshItem {
+                        product_id,
+                        refresh: cart_crdt::Refresh { catalog_version, snapshot, available },
+                    })
+                    .collect(),
+            }
+        }),
     ]
 }
 

@@ -639,3 +639,69 @@ fn removed_line_residue_is_dropped_after_the_grace_period() {
     r.ok(add("p", 2));
     assert_eq!(r.quantity("p"), Some(2), "a re-added line starts afresh");
 }
+
+// ---- RefreshItems -----------------------------------------------------------------------------
+
+fn refresh(product: &str, version: u64, price: i64, available: bool) -> CartOp {
+    CartOp::RefreshItems {
+        items: vec![cart_crdt::RefreshItem {
+            product_id: pid(product),
+            refresh: cart_crdt::Refresh {
+                catalog_version: version,
+                snapshot: snap("Item v1", price, "EUR"),
+                available,
+            },
+        }],
+    }
+}
+
+fn subtotal(r: &Replica) -> i64 {
+    r.view().subtotals.iter().map(|m| m.amount_minor).sum()
+}
+
+/// Concurrent refreshes converge on the higher catalogue version whichever merges first; the
+/// line keeps its add-time price beside the current one, and the totals use the current one.
+#[test]
+fn concurrent_refreshes_converge_on_the_highest_catalog_version() {
+    // `add` puts the line at 1299 EUR (common::add).
+    let r = concurrently(
+        &[add("p", 2)],
+        &[refresh("p", 3, 1500, true)],
+        &[refresh("p", 2, 999, true)],
+    );
+    let view = r.view();
+    let line = &view.lines[0];
+    let current = line.current.as_ref().expect("refreshed");
+    assert_eq!((current.catalog_version, current.snapshot.unit_price_minor), (3, 1500));
+    assert!(current.price_changed && current.available);
+    assert_eq!(line.snapshot.unit_price_minor, 1299, "the add-time price stays");
+    assert_eq!(subtotal(&r), 3000);
+
+    // Older data changes nothing; a newer unavailable one keeps the line out of the totals.
+    let mut r = r;
+    r.ok(refresh("p", 2, 1, true));
+    assert_eq!(r.view().lines[0].current.as_ref().unwrap().catalog_version, 3);
+    r.ok(refresh("p", 4, 1500, false));
+    assert_eq!(r.quantity("p"), Some(2), "kept");
+    assert_eq!(subtotal(&r), 0, "out of the totals");
+}
+
+/// Saved items refresh too; the refresh follows the product back into the cart. A product the
+/// cart does not hold is skipped; removing the line hides its refresh with it.
+#[test]
+fn saved_items_refresh_and_absent_products_are_skipped() {
+    let mut r = Replica::new(1);
+    r.ok(add("p", 1)).ok(CartOp::SaveForLater { product_id: pid("p") });
+    r.ok(refresh("p", 1, 1100, true)).ok(refresh("absent", 1, 5, true));
+    let view = r.view();
+    assert_eq!(view.saved[0].current.as_ref().unwrap().snapshot.unit_price_minor, 1100);
+    assert!(view.lines.is_empty());
+    r.ok(CartOp::MoveToCart { product_id: pid("p") });
+    assert_eq!(
+        r.view().lines[0].current.as_ref().unwrap().snapshot.unit_price_minor,
+        1100
+    );
+    assert_eq!(subtotal(&r), 1100);
+    r.ok(remove("p"));
+    assert!(r.view().lines.is_empty() && r.view().saved.is_empty());
+}

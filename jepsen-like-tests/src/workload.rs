@@ -3,8 +3,9 @@
 //! simulation drives.
 //!
 //! - *cart-set*: adds of unique items (`p<process>-<seq>`) to a few hot carts, which rotate every
-//!   [`SET_WINDOW`] so no cart outgrows its line limit; now and then a read, and a remove of an
-//!   item that read returned.
+//!   [`SET_WINDOW`] so no cart outgrows its line limit; now and then a read, and a remove or a
+//!   catalogue refresh (`RefreshItems`, random price, version and availability) of an item that
+//!   read returned.
 //! - *quantity*: signed adjustments (±1..5) of a few lines, each created once with
 //!   [`QUANTITY_BASE`] units before the faults start. Every write carries a request id; after
 //!   the faults heal, writes whose outcome stayed unknown are sent again with their id
@@ -276,9 +277,23 @@ impl Process {
                     let window = rec.clock.elapsed().as_secs() / SET_WINDOW.as_secs();
                     let cart = format!("user:set-{window}-{}", rng.random_range(0..SET_CARTS));
                     let roll = rng.random_range(0..100u32);
+                    let refreshable = readable
+                        .get(&cart)
+                        .filter(|items| !items.is_empty() && roll < 81)
+                        .map(|items| items[rng.random_range(0..items.len())].clone());
                     let removable = readable.get_mut(&cart).filter(|items| !items.is_empty() && roll >= 90);
                     if roll < 78 {
                         self.add_unique(&cart, &mut seq).await;
+                    } else if let Some(item) = refreshable {
+                        // Catalogue data for an item read there (not in the history: it changes
+                        // no membership); replicas must still converge on it byte for byte.
+                        let refreshed = cart_client::RefreshedItem {
+                            snapshot: ItemSnapshot::new(item.clone(), rng.random_range(1..5_000u64), "EUR"),
+                            product_id: item,
+                            available: rng.random_bool(0.8),
+                            catalog_version: rng.random_range(1..6u64),
+                        };
+                        let _ = self.client.refresh_items(&cart, vec![refreshed]).await;
                     } else if let Some(items) = removable {
                         let item = items.swap_remove(rng.random_range(0..items.len()));
                         let kind = OpKind::Remove { item: item.clone() };

@@ -193,7 +193,9 @@ impl Coordinator {
         // it is acknowledged by W owners (stand-ins holding hints do not count), so the read of
         // any later checkout sees it and refuses a version that predates it.
         let strict = matches!(req.op, CartOp::Checkout { .. });
-        if strict {
+        // A refresh skips products this replica does not hold: it first catches up from a
+        // majority too, so a line another owner took a moment ago is refreshed as well.
+        if strict || matches!(req.op, CartOp::RefreshItems { .. }) {
             let majority = Consistency {
                 r: Some((self.cluster.config.n / 2 + 1) as u32),
                 w: None,

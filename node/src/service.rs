@@ -299,6 +299,10 @@ impl CartService for CartApi {
         self.mutate(request).await
     }
 
+    async fn refresh_items(&self, request: Request<pb::RefreshItemsRequest>) -> Result<Response<CartReply>, Status> {
+        self.mutate(request).await
+    }
+
     async fn merge_carts(
         &self,
         request: Request<pb::MergeCartsRequest>,

@@ -295,4 +295,62 @@ async fn pricing_walk_through() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     // 34.00 + 7.25% (246.5 rounds half away from zero: 2.47); US-CA ships no EUR.
     assert_eq!(value["pricing"]["currencies"][0]["total"], 3647, "{value}");
+
+    // The catalogue lowers the boot's price: both prices show, the totals use the new one
+    // (15% of 30.00 off: 25.50, VAT in it 4.25, shipping 4.95: 30.45).
+    let refreshed = cartctl(
+        addr,
+        &[
+            "cart",
+            "refresh",
+            "user:carla",
+            "boot",
+            "--name",
+            "Boot",
+            "--price",
+            "3000",
+            "--currency",
+            "EUR",
+            "--attr",
+            "category=shoes",
+            "--catalog-version",
+            "2",
+            "--region",
+            "DE",
+        ],
+    )
+    .await
+    .unwrap();
+    for want in [
+        "40.00 EUR",
+        "boot now: 30.00 EUR, catalogue version 2 (price changed)",
+        "-4.50 EUR",
+        "30.45 EUR",
+    ] {
+        assert!(refreshed.contains(want), "{want} in {refreshed}");
+    }
+    let gone = cartctl(
+        addr,
+        &[
+            "cart",
+            "refresh",
+            "user:carla",
+            "boot",
+            "--name",
+            "Boot",
+            "--price",
+            "3000",
+            "--currency",
+            "EUR",
+            "--catalog-version",
+            "3",
+            "--unavailable",
+            "--region",
+            "DE",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(gone.contains("unavailable: not in the totals"), "{gone}");
+    assert!(gone.contains("SHOES15 not applied: no eligible items"), "{gone}");
 }

@@ -2,8 +2,8 @@
 
 use cart_crdt::validate::{self, SnapshotInput};
 use cart_crdt::{
-    CartError, CartId, CartOp, CartView, CouponCode, ItemSnapshot, Limits, LineView, MergeMode, Money, Order,
-    OwnerKind, ProductId, RequestId, SavedView,
+    CartError, CartId, CartOp, CartView, CouponCode, Current, ItemSnapshot, Limits, LineView, MergeMode, Money, Order,
+    OwnerKind, ProductId, Refresh, RefreshItem, RequestId, SavedView,
 };
 
 use cart_crdt::pricing::{CurrencySummary, Discount, NotApplied, PricingSummary};
@@ -180,7 +180,7 @@ impl From<pb::Order> for OrderView {
             lines: o
                 .lines
                 .into_iter()
-                .map(|l| line_view(l.product_id, l.quantity, l.snapshot))
+                .map(|l| line_view(l.product_id, l.quantity, l.snapshot, None))
                 .collect(),
             coupons: o.coupons,
             totals: o.totals.into_iter().map(money_view).collect(),
@@ -322,6 +322,40 @@ macro_rules! coupon_request {
 coupon_request!(pb::ApplyCouponRequest, ApplyCoupon);
 coupon_request!(pb::RemoveCouponRequest, RemoveCoupon);
 
+impl IntoDomain for pb::RefreshItemsRequest {
+    fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
+        let cart_id = CartId::parse(&self.cart_id, limits)?;
+        let items = self
+            .items
+            .into_iter()
+            .map(|i| {
+                let product_id = ProductId::parse(&i.product_id, limits)?;
+                if i.catalog_version == 0 {
+                    return Err(CartError::InvalidArgument {
+                        field: "items.catalog_version",
+                        reason: format!("{product_id}: must be at least 1"),
+                    });
+                }
+                Ok(RefreshItem {
+                    product_id,
+                    refresh: Refresh {
+                        catalog_version: i.catalog_version,
+                        snapshot: snapshot_from_wire(i.snapshot, limits)?,
+                        available: i.available,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CartRequest {
+            cart_id,
+            op: CartOp::RefreshItems { items },
+            consistency: self.consistency.into(),
+            request: request_id(&self.request_id)?,
+            deadline_ms: None,
+        })
+    }
+}
+
 impl IntoDomain for pb::ClearCartRequest {
     fn into_domain(self, limits: &Limits) -> Result<CartRequest, CartError> {
         request(&self.cart_id, CartOp::Clear, self.consistency, &self.request_id, limits)
@@ -371,11 +405,35 @@ fn snapshot_to_domain(s: Option<pb::ItemSnapshot>) -> ItemSnapshot {
 }
 
 /// A line as a client reads it back (quantities below 0 read as 0).
-fn line_view(product_id: String, quantity: i64, snapshot: Option<pb::ItemSnapshot>) -> LineView {
+fn line_view(
+    product_id: String,
+    quantity: i64,
+    snapshot: Option<pb::ItemSnapshot>,
+    current: Option<pb::CurrentItem>,
+) -> LineView {
     LineView {
         product_id,
         quantity: quantity.max(0) as u64,
         snapshot: snapshot_to_domain(snapshot),
+        current: current.map(current_view),
+    }
+}
+
+fn current_view(c: pb::CurrentItem) -> Current {
+    Current {
+        catalog_version: c.catalog_version,
+        snapshot: snapshot_to_domain(c.snapshot),
+        available: c.available,
+        price_changed: c.price_changed,
+    }
+}
+
+fn current_wire(c: Current) -> pb::CurrentItem {
+    pb::CurrentItem {
+        catalog_version: c.catalog_version,
+        snapshot: Some(c.snapshot.into()),
+        available: c.available,
+        price_changed: c.price_changed,
     }
 }
 
@@ -405,6 +463,7 @@ impl From<CartView> for pb::Cart {
                     product_id: l.product_id,
                     quantity: to_wire_quantity(l.quantity),
                     snapshot: Some(l.snapshot.into()),
+                    current: l.current.map(current_wire),
                 })
                 .collect(),
             saved: v
@@ -414,6 +473,7 @@ impl From<CartView> for pb::Cart {
                     product_id: s.product_id,
                     quantity: to_wire_quantity(s.quantity),
                     snapshot: Some(s.snapshot.into()),
+                    current: s.current.map(current_wire),
                 })
                 .collect(),
             coupons: v.coupons,
@@ -545,7 +605,8 @@ priced!(
     pb::SaveForLaterRequest,
     pb::MoveToCartRequest,
     pb::ApplyCouponRequest,
-    pb::RemoveCouponRequest
+    pb::RemoveCouponRequest,
+    pb::RefreshItemsRequest
 );
 
 impl From<pb::Cart> for CartView {
@@ -560,7 +621,7 @@ impl From<pb::Cart> for CartView {
             lines: c
                 .lines
                 .into_iter()
-                .map(|l| line_view(l.product_id, l.quantity, l.snapshot))
+                .map(|l| line_view(l.product_id, l.quantity, l.snapshot, l.current))
                 .collect(),
             saved: c
                 .saved
@@ -569,6 +630,7 @@ impl From<pb::Cart> for CartView {
                     product_id: s.product_id,
                     quantity: s.quantity.max(0) as u64,
                     snapshot: snapshot_to_domain(s.snapshot),
+                    current: s.current.map(current_view),
                 })
                 .collect(),
             coupons: c.coupons,

@@ -425,7 +425,18 @@ impl Membership {
         let acceptors: Vec<String> = current.members.iter().map(|m| m.node_id.clone()).collect();
         let majority = acceptors.len() / 2 + 1;
         let mut round = self.promised_round(kind)? + 1;
-        for _attempt in 0..3 {
+        // Proposers that collide back off by a delay of their own (from their id: deterministic
+        // under simulation, different per node), so one of them gets through.
+        let stagger = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.cluster.self_id.hash(&mut h);
+            std::time::Duration::from_millis(10 + h.finish() % 40)
+        };
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                tokio::time::sleep(stagger * attempt).await;
+            }
             let ballot = Ballot {
                 round,
                 proposer: self.cluster.self_id.clone(),
