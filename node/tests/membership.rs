@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::with_secret;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,20 +23,11 @@ use cart_proto::admin_pb::{
 use cart_ring::Ring;
 use tonic::Code;
 
-const SECRET: &str = "local-cluster-secret";
 const FAST: &str =
     "heartbeat_interval_ms = 200\nrequest_timeout_ms = 1000\nanti_entropy_interval_ms = 1000\nhint_interval_ms = 250";
 /// Anti-entropy off: only the layout transfer (and the writes themselves) move carts.
 const NO_AE: &str =
     "heartbeat_interval_ms = 200\nrequest_timeout_ms = 1000\nanti_entropy_interval_ms = 600000\nhint_interval_ms = 250";
-
-fn with_secret<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
-    request
-}
 
 fn join(node_id: &str, addr: SocketAddr) -> StagedChange {
     StagedChange {

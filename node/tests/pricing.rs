@@ -5,25 +5,18 @@
 
 mod common;
 
+use common::with_secret;
+
 use std::time::Duration;
 
 use cart_proto::admin_pb::{GetPricingRequest, SetPricingRequest};
 use cart_proto::pb;
 use tonic::Code;
 
-const SECRET: &str = "local-cluster-secret";
 const FAST: &str = "heartbeat_interval_ms = 200\nrequest_timeout_ms = 1000";
 const RULES: &str = include_str!("../../cluster-config/pricing.toml");
 /// 2026-12-04T00:00:00Z: TENOFF applies, SUMMER has expired.
 const NOW: u64 = 1_796_342_400_000;
-
-fn with_secret<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
-    request
-}
 
 fn snapshot(name: &str, price: i64, currency: &str) -> Option<pb::ItemSnapshot> {
     Some(pb::ItemSnapshot {

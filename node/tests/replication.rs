@@ -99,9 +99,7 @@ fn three(cluster: &LocalCluster) -> (SocketAddr, SocketAddr, SocketAddr) {
 
 /// Drops every hint `addr` holds (an operator call, with the cluster secret).
 async fn discard_hints(addr: SocketAddr) {
-    let mut req = tonic::Request::new(DiscardHintsRequest {});
-    req.metadata_mut()
-        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+    let req = common::with_secret(DiscardHintsRequest {});
     common::admin(addr).await.discard_hints(req).await.unwrap();
 }
 

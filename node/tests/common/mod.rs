@@ -12,6 +12,18 @@ use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
 use cart_proto::pb::cart_service_client::CartServiceClient;
 use tonic::transport::Channel;
 
+/// The secret `ClusterSpec::loopback` clusters use.
+pub const SECRET: &str = "local-cluster-secret";
+
+/// A request carrying the cluster secret (operator and internal calls).
+pub fn with_secret<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+    request
+}
+
 pub fn cartd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cartd"))
 }
