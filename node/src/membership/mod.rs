@@ -19,7 +19,9 @@ pub mod rebalance;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use cart_proto::replica_pb::{GetLayoutRequest, LayoutAcceptRequest, LayoutDoc, LayoutPrepareRequest};
+use cart_proto::replica_pb::{
+    GetLayoutRequest, GetPricingRequest, LayoutAcceptRequest, LayoutDoc, LayoutPrepareRequest,
+};
 use cart_ring::layout::{Change, Layout};
 use tokio::sync::Mutex;
 
@@ -614,21 +616,33 @@ impl Membership {
             .count()
     }
 
-    /// Fetches the live versions from `node` and installs them if newer.
-    pub async fn fetch_from(&self, node: &str) -> Result<bool, NodeError> {
+    /// Fetches `kind` from `node` (the live layout versions, or the pricing rules) and installs
+    /// it if newer than this node's.
+    pub async fn fetch(&self, kind: DocKind, node: &str) -> Result<bool, NodeError> {
         let Some(peer) = self.cluster.peer(node) else {
             return Ok(false);
         };
-        let reply = self
-            .cluster
-            .within(
-                self.cluster.config.peer_timeout,
-                peer.client().get_layout(self.cluster.request(GetLayoutRequest {})),
-            )
-            .await
-            .map_err(NodeError::Remote)?;
-        let (current, previous) = parse_doc(&reply.into_inner())?;
-        self.learn(current, previous).await
+        let (cluster, limit, mut client) = (&self.cluster, self.cluster.config.peer_timeout, peer.client());
+        match kind {
+            DocKind::Layout => {
+                let call = client.get_layout(cluster.request(GetLayoutRequest {}));
+                let reply = cluster.within(limit, call).await.map_err(NodeError::Remote)?;
+                let (current, previous) = parse_doc(&reply.into_inner())?;
+                self.learn(current, previous).await
+            }
+            DocKind::Pricing => {
+                let call = client.get_pricing(cluster.request(GetPricingRequest {}));
+                let reply = cluster
+                    .within(limit, call)
+                    .await
+                    .map_err(NodeError::Remote)?
+                    .into_inner();
+                if reply.rules.is_empty() {
+                    return Ok(false);
+                }
+                self.learn_pricing(from_json(&reply.rules, "pricing rules")?).await
+            }
+        }
     }
 }
 
@@ -657,26 +671,19 @@ pub async fn run(membership: Arc<Membership>, mut stop: tokio::sync::watch::Rece
             _ = membership.cluster.newer_layout.notified() => {}
             _ = tokio::time::sleep(period) => {}
         }
-        let from = membership
-            .cluster
-            .newer_from
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(node) = from {
-            if let Err(e) = membership.fetch_from(&node).await {
-                tracing::warn!(peer = node, error = %e, "cannot fetch the newer layout");
-            }
-        }
-        let from = membership
-            .cluster
-            .newer_pricing_from
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(node) = from {
-            if let Err(e) = membership.fetch_pricing_from(&node).await {
-                tracing::warn!(peer = node, error = %e, "cannot fetch the newer pricing rules");
+        // A heartbeat showed a peer with a newer version of a document: fetch it from there.
+        for (kind, newer_from) in [
+            (DocKind::Layout, &membership.cluster.newer_from),
+            (DocKind::Pricing, &membership.cluster.newer_pricing_from),
+        ] {
+            let from = newer_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(node) = from {
+                if let Err(e) = membership.fetch(kind, &node).await {
+                    tracing::warn!(peer = node, ?kind, error = %e, "cannot fetch the newer document");
+                }
             }
         }
         if let Err(e) = rebalance::step(&membership, &stop).await {

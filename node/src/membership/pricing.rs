@@ -1,13 +1,13 @@
 //! The pricing rules as a cluster-wide document, by the same mechanism as the layout: set
 //! through [`Membership::propose`] (Paxos at a majority of the current members, so two
 //! concurrent sets never give two documents one version), stored in the `meta` tree, its version
-//! on every heartbeat, fetched (`GetPricing`) by a node that sees a newer one. Pricing itself is
+//! on every heartbeat, fetched (`GetPricing`, [`Membership::fetch`]) by a node that sees a newer one. Pricing itself is
 //! the pure function `cart_crdt::pricing::price`; this module only keeps the document.
 
 use std::sync::Arc;
 
 use cart_crdt::pricing::PricingRules;
-use cart_proto::replica_pb::{GetPricingRequest, PricingDoc};
+use cart_proto::replica_pb::PricingDoc;
 
 use super::{from_json, json, DocKind, Membership};
 use crate::error::NodeError;
@@ -97,25 +97,5 @@ impl Membership {
         self.cluster.set_pricing(Arc::new(rules));
         tracing::info!(version, "installed pricing rules");
         Ok(true)
-    }
-
-    /// Fetches the pricing rules of `node` and installs them if newer.
-    pub async fn fetch_pricing_from(&self, node: &str) -> Result<bool, NodeError> {
-        let Some(peer) = self.cluster.peer(node) else {
-            return Ok(false);
-        };
-        let reply = self
-            .cluster
-            .within(
-                self.cluster.config.peer_timeout,
-                peer.client().get_pricing(self.cluster.request(GetPricingRequest {})),
-            )
-            .await
-            .map_err(NodeError::Remote)?
-            .into_inner();
-        if reply.rules.is_empty() {
-            return Ok(false);
-        }
-        self.learn_pricing(from_json(&reply.rules, "pricing rules")?).await
     }
 }
