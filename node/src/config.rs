@@ -32,8 +32,10 @@ pub struct NodeConfig {
     /// Where the node listens (public, admin and replica APIs); port 0 picks a free port, which
     /// only a cluster of one may do.
     pub listen_addr: SocketAddr,
-    /// Where sled keeps this node's data.
+    /// Where the storage engine keeps this node's data.
     pub data_dir: PathBuf,
+    /// `[storage] engine`: `"fjall"` (default; flushes end in fdatasync) or `"sled"`.
+    pub storage_engine: crate::storage::Engine,
     pub limits: Limits,
     /// Writes in flight on this node beyond this are refused with `RESOURCE_EXHAUSTED`.
     pub max_inflight_writes: usize,
@@ -107,6 +109,16 @@ struct RawConfig {
     keepalive_interval_ms: u64,
     #[serde(default = "defaults::min_free_disk_mb")]
     min_free_disk_mb: u64,
+    #[serde(default)]
+    storage: RawStorage,
+}
+
+/// `[storage]`: which engine keeps this node's data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default)]
+    engine: crate::storage::Engine,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +218,7 @@ impl NodeConfig {
             node_id: me.node_id.clone(),
             listen_addr: me.addr,
             data_dir: me.data_dir.clone(),
+            storage_engine: raw.storage.engine,
             limits: raw.limits,
             max_inflight_writes: raw.max_inflight_writes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
@@ -429,6 +442,14 @@ mod tests {
     }
 
     #[test]
+    fn the_storage_engine_defaults_to_fjall_and_sled_can_be_chosen() {
+        use crate::storage::Engine;
+        assert_eq!(parse(SINGLE, None).unwrap().storage_engine, Engine::Fjall);
+        let sled = format!("{SINGLE}[storage]\nengine = \"sled\"\n");
+        assert_eq!(parse(&sled, None).unwrap().storage_engine, Engine::Sled);
+    }
+
+    #[test]
     fn a_cluster_file_defaults_to_n3_majorities() {
         let c = parse(&three(), Some("n2")).unwrap();
         assert_eq!(c.node_id, "n2");
@@ -450,6 +471,7 @@ mod tests {
                 None,
                 "max_lines_per_cart",
             ),
+            (format!("{SINGLE}[storage]\nengine = \"rocks\"\n"), None, "engine"),
             (
                 format!("{SINGLE}[limits]\nmax_quantity = 99999999999\n"),
                 None,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use cart_node::clock::SystemClock;
 use cart_node::launcher::{ClusterSpec, LocalCluster, READY_MARKER};
-use cart_node::storage::SledStorage;
+use cart_node::storage::Engine;
 use cart_node::{Node, NodeConfig};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
@@ -99,7 +99,7 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
     config.join = join;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
-    let storage = open_storage(&config.data_dir)?;
+    let storage = open_storage(config.storage_engine, &config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("bind {}", config.listen_addr))?;
@@ -153,11 +153,12 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
 /// can slow one node's disk for a window. Never set in production; the node logs a warning.
 const SLOW_FLUSH_ENV: &str = "CARTD_FAULT_SLOW_FLUSH_MS";
 
-fn open_storage(dir: &Path) -> Result<Arc<dyn cart_node::storage::Storage>> {
+fn open_storage(engine: Engine, dir: &Path) -> Result<Arc<dyn cart_node::storage::Storage>> {
     use cart_node::faults::{Fault, FaultyStorage};
-    let sled: Arc<dyn cart_node::storage::Storage> = Arc::new(SledStorage::open(dir)?);
+    let engine_storage = cart_node::storage::open(engine, dir)?;
+    tracing::info!(engine = engine.name(), dir = %dir.display(), "storage open");
     let Ok(raw) = std::env::var(SLOW_FLUSH_ENV) else {
-        return Ok(sled);
+        return Ok(engine_storage);
     };
     let ms: u64 = raw
         .parse()
@@ -167,7 +168,7 @@ fn open_storage(dir: &Path) -> Result<Arc<dyn cart_node::storage::Storage>> {
         ms,
         "fault drill armed: SIGUSR1 switches a delay before every storage flush on and off ({SLOW_FLUSH_ENV})"
     );
-    let faulty = Arc::new(FaultyStorage::new(sled));
+    let faulty = Arc::new(FaultyStorage::new(engine_storage));
     let switch = faulty.clone();
     tokio::spawn(async move {
         let mut on = false;

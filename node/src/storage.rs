@@ -1,16 +1,21 @@
-//! The storage seam: a small key-value trait with a sled engine for real nodes and an in-memory
-//! engine for tests and simulation.
+//! The storage seam: a small key-value trait with two engines for real nodes (fjall, the
+//! default, and sled) and an in-memory engine for tests and simulation.
 //!
 //! Durability: `put` makes a value visible; only a completed `flush` makes it survive a crash.
-//! sled's flush uses `sync_file_range(2)`, not `fsync`: a flushed write survives `kill -9` of the
-//! process, but not a power loss or kernel crash. Engines that need stronger guarantees (fjall,
-//! with a real `fdatasync`) slot in behind the same trait.
+//! - fjall (`engine = "fjall"`): a flush writes the journal's buffer and calls `fdatasync(2)` on
+//!   it, so a flushed write survives `kill -9`, a kernel crash and a power loss (on a disk that
+//!   honours the flush).
+//! - sled (`engine = "sled"`): its flush uses `sync_file_range(2)`, not `fsync`: a flushed write
+//!   survives `kill -9` of the process, but not a power loss or kernel crash.
+//!
+//! [`open`] picks the engine; each keeps its files apart (fjall under `DATA_DIR/fjall`, sled in
+//! `DATA_DIR` itself), and a data directory written by one engine is refused by the other.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -62,6 +67,63 @@ impl StorageError {
         StorageError {
             operation,
             reason: e.to_string(),
+        }
+    }
+}
+
+/// Which engine keeps a node's data (`[storage] engine` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// fjall 3 (an LSM tree): group-commit flushes end in `fdatasync`.
+    #[default]
+    Fjall,
+    /// sled 0.34: flushes end in `sync_file_range` (survive `kill -9`, not a power loss).
+    Sled,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Fjall => "fjall",
+            Engine::Sled => "sled",
+        }
+    }
+}
+
+/// The folder fjall keeps its files in, inside the node's data directory.
+const FJALL_DIR: &str = "fjall";
+/// A file sled always writes in its directory (how a sled data directory is recognised).
+const SLED_MARKER: &str = "conf";
+
+/// Opens `engine` on `dir`. A directory that already holds the other engine's data is refused
+/// (switching engines means a new, empty directory: the node then refills from its peers).
+pub fn open(engine: Engine, dir: &Path) -> Result<Arc<dyn Storage>, StorageError> {
+    let fjall_dir = dir.join(FJALL_DIR);
+    let refuse = |found: Engine| {
+        StorageError::new(
+            "open",
+            format!(
+                "{} holds {} data but the config says engine = \"{}\"; set [storage] engine = \"{}\" or start from an empty data_dir",
+                dir.display(),
+                found.name(),
+                engine.name(),
+                found.name()
+            ),
+        )
+    };
+    match engine {
+        Engine::Fjall => {
+            if dir.join(SLED_MARKER).exists() && !fjall_dir.exists() {
+                return Err(refuse(Engine::Sled));
+            }
+            Ok(Arc::new(FjallStorage::open(&fjall_dir)?))
+        }
+        Engine::Sled => {
+            if fjall_dir.exists() {
+                return Err(refuse(Engine::Fjall));
+            }
+            Ok(Arc::new(SledStorage::open(dir)?))
         }
     }
 }
@@ -185,6 +247,139 @@ impl Storage for SledStorage {
     }
 }
 
+/// fjall 3: one keyspace per [`Tree`] in one database (one journal). Writes go to the journal's
+/// buffer only (`manual_journal_persist`); [`Storage::flush`] writes the buffer out and
+/// `fdatasync`s the journal, on a blocking thread, so one flush makes every earlier `put` of
+/// every tree durable. fjall has no compare-and-delete, so the writes of the two trees that use
+/// [`Storage::delete_if`] (hints, meta) run under one lock.
+pub struct FjallStorage {
+    db: fjall::Database,
+    carts: fjall::Keyspace,
+    deltas: fjall::Keyspace,
+    meta: fjall::Keyspace,
+    hints: fjall::Keyspace,
+    leaves: fjall::Keyspace,
+    /// Held by every write of `hints` and `meta` (see [`FjallStorage::guard`]).
+    checked_writes: Mutex<()>,
+}
+
+impl FjallStorage {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let db = fjall::Database::builder(dir)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| StorageError::new("open", format!("{}: {e}", dir.display())))?;
+        let open_keyspace = |t: Tree| {
+            db.keyspace(t.name(), || {
+                fjall::KeyspaceCreateOptions::default().manual_journal_persist(true)
+            })
+            .map_err(|e| StorageError::new("open", e))
+        };
+        Ok(FjallStorage {
+            carts: open_keyspace(Tree::Carts)?,
+            deltas: open_keyspace(Tree::Deltas)?,
+            meta: open_keyspace(Tree::Meta)?,
+            hints: open_keyspace(Tree::Hints)?,
+            leaves: open_keyspace(Tree::Leaves)?,
+            db,
+            checked_writes: Mutex::new(()),
+        })
+    }
+
+    fn keyspace(&self, tree: Tree) -> &fjall::Keyspace {
+        match tree {
+            Tree::Carts => &self.carts,
+            Tree::Deltas => &self.deltas,
+            Tree::Meta => &self.meta,
+            Tree::Hints => &self.hints,
+            Tree::Leaves => &self.leaves,
+        }
+    }
+
+    /// The lock that makes `delete_if` atomic against other writes of its trees; `None` for the
+    /// trees without `delete_if` (the write path's carts, deltas and leaves take no lock).
+    fn guard(&self, tree: Tree) -> Result<Option<std::sync::MutexGuard<'_, ()>>, StorageError> {
+        match tree {
+            Tree::Hints | Tree::Meta => self
+                .checked_writes
+                .lock()
+                .map(Some)
+                .map_err(|_| StorageError::new("lock", "fjall write lock poisoned")),
+            Tree::Carts | Tree::Deltas | Tree::Leaves => Ok(None),
+        }
+    }
+}
+
+impl Storage for FjallStorage {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let value = self.keyspace(tree).get(key).map_err(|e| StorageError::new("get", e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let _guard = self.guard(tree)?;
+        self.keyspace(tree)
+            .insert(key, value)
+            .map_err(|e| StorageError::new("put", e))
+    }
+
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), StorageError> {
+        let _guard = self.guard(tree)?;
+        self.keyspace(tree)
+            .remove(key)
+            .map_err(|e| StorageError::new("delete", e))
+    }
+
+    fn delete_if(&self, tree: Tree, key: &[u8], expected: &[u8]) -> Result<bool, StorageError> {
+        let _guard = self.guard(tree)?;
+        let keyspace = self.keyspace(tree);
+        let current = keyspace.get(key).map_err(|e| StorageError::new("delete", e))?;
+        if current.as_deref() != Some(expected) {
+            return Ok(false);
+        }
+        keyspace.remove(key).map_err(|e| StorageError::new("delete", e))?;
+        Ok(true)
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let keyspace = self.keyspace(tree);
+        let iter = match after {
+            Some(after) => keyspace.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => keyspace.range::<&[u8], _>(prefix..),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.into_inner().map_err(|e| StorageError::new("scan", e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> FlushFuture<'_> {
+        // The journal is shared by every keyspace: one fdatasync covers every tree. It blocks
+        // (and holds the journal's lock, so puts wait for it): off the async workers.
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::SyncData))
+                .await
+                .map_err(|e| StorageError::new("flush", e))?
+                .map_err(|e| StorageError::new("flush", e))
+        })
+    }
+}
+
 type MemoryMap = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
 
 /// A process-local map; `flush` is a no-op. For tests and deterministic simulation.
@@ -280,9 +475,42 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_sled_agree() {
+    fn every_engine_agrees() {
         exercise(&MemoryStorage::default());
+        for engine in [Engine::Sled, Engine::Fjall] {
+            let dir = tempfile::tempdir().unwrap();
+            exercise(&*open(engine, dir.path()).unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn fjall_keeps_flushed_writes_across_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        exercise(&SledStorage::open(dir.path()).unwrap());
+        {
+            let s = open(Engine::Fjall, dir.path()).unwrap();
+            s.put(Tree::Carts, b"c1", b"v1").unwrap();
+            s.put(Tree::Hints, b"n2\0c1", b"h").unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = open(Engine::Fjall, dir.path()).unwrap();
+        assert_eq!(s.get(Tree::Carts, b"c1").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(s.get(Tree::Hints, b"n2\0c1").unwrap().as_deref(), Some(&b"h"[..]));
+        assert_eq!(s.get(Tree::Deltas, b"c1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_data_dir_of_one_engine_is_refused_by_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(Engine::Sled, dir.path()).unwrap());
+        let e = open(Engine::Fjall, dir.path())
+            .err()
+            .expect("fjall must refuse sled's directory");
+        assert!(e.to_string().contains("holds sled data"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(Engine::Fjall, dir.path()).unwrap());
+        let e = open(Engine::Sled, dir.path())
+            .err()
+            .expect("sled must refuse fjall's directory");
+        assert!(e.to_string().contains("holds fjall data"), "{e}");
     }
 }

@@ -545,12 +545,12 @@ async fn a_lagging_owner_catches_up_before_removing_what_the_client_saw() {
 async fn preload(data: &std::path::Path, carts: usize) {
     use cart_crdt::validate::{self, SnapshotInput};
     use cart_crdt::{CartId, CartOp, Limits, ProductId};
-    use cart_node::storage::SledStorage;
+    use cart_node::storage::{self, Engine};
     use cart_node::store::CartStore;
     use std::sync::Arc;
 
     std::fs::create_dir_all(data).unwrap();
-    let storage = Arc::new(SledStorage::open(data).unwrap());
+    let storage = storage::open(Engine::default(), data).unwrap();
     let store = Arc::new(
         CartStore::open(
             storage,

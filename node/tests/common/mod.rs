@@ -40,6 +40,14 @@ pub fn start_node(dir: &Path) -> LocalCluster {
     start_cluster(dir, 1, "")
 }
 
+/// One node keeping its data in `engine` (`"fjall"`, `"sled"`).
+#[allow(dead_code)]
+pub fn start_node_on(dir: &Path, engine: &str) -> LocalCluster {
+    let mut spec = ClusterSpec::loopback(dir, 1, 0).unwrap();
+    spec.top_toml = format!("[storage]\nengine = \"{engine}\"\n");
+    LocalCluster::start(cartd(), spec).unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub fn addr(cluster: &LocalCluster, i: usize) -> SocketAddr {
     cluster.spec.nodes[i].1
 }
