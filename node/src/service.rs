@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cart_crdt::pricing::{PricingContext, PricingRules};
-use cart_crdt::{Cart, CartError, CartId, CartOp, CouponCode, Limits};
+use cart_crdt::{Cart, CartError, CartId, CartOp, Context, CouponCode, Limits};
 use cart_proto::pb::cart_service_server::CartService;
 use cart_proto::pb::{self, CartReply};
 use cart_proto::{CheckoutRequest, GetRequest, IntoDomain, MergeRequest, Priced, MEMBERSHIP_HEADER};
@@ -21,7 +21,27 @@ pub struct CartApi {
     in_flight: Arc<InFlight>,
     /// The membership header of the last reply, rebuilt when the layout changes.
     membership: std::sync::Mutex<(u64, MetadataValue<Ascii>)>,
+    /// The last unpriced GetCart reply per cart, with the context it was built from: equal
+    /// contexts mean equal carts, so a cart read again before its next write is not rebuilt
+    /// (view, version token) but cloned.
+    replies: quick_cache::sync::Cache<CartId, Arc<(Context, pb::Cart)>, ReplyWeight>,
 }
+
+/// Cached replies weigh their lines (a 1,000-line cart is not one entry like an empty one).
+#[derive(Clone)]
+struct ReplyWeight;
+
+impl quick_cache::Weighter<CartId, Arc<(Context, pb::Cart)>> for ReplyWeight {
+    fn weight(&self, _: &CartId, reply: &Arc<(Context, pb::Cart)>) -> u64 {
+        let cart = &reply.1;
+        1 + cart.lines.len() as u64 + cart.saved.len() as u64 + cart.coupons.len() as u64
+    }
+}
+
+/// What the reply cache holds at most, in lines (about 200 bytes each): ~13 MB.
+const REPLY_CACHE_LINES: u64 = 65_536;
+/// Carts the reply cache expects to hold (sizes its shards).
+const REPLY_CACHE_CARTS: usize = 8_192;
 
 /// Counts requests being handled, so shutdown can wait for them rather than for idle connections
 /// (hyper's graceful shutdown can wait on an idle keepalive connection indefinitely).
@@ -65,6 +85,7 @@ impl CartApi {
             coordinator,
             in_flight,
             membership: std::sync::Mutex::new((version, header(version))),
+            replies: quick_cache::sync::Cache::with_weighter(REPLY_CACHE_CARTS, REPLY_CACHE_LINES, ReplyWeight),
         }
     }
 
@@ -254,7 +275,20 @@ impl CartService for CartApi {
         let req = GetRequest::from_wire(request, self.limits()).map_err(NodeError::from)?;
         async {
             let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
-            Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?)
+            if priced.is_some() || self.coordinator.store.expired(&req.cart_id, &cart) {
+                // Priced replies depend on the time and the rules; an expired cart shows empty.
+                return Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?);
+            }
+            let view = match self.replies.get(&req.cart_id) {
+                Some(hit) if hit.0 == *cart.context() => hit.1.clone(),
+                _ => {
+                    let view = self.view(&cart, &req.cart_id, true)?;
+                    let entry = Arc::new((cart.context().clone(), view.clone()));
+                    self.replies.insert(req.cart_id.clone(), entry);
+                    view
+                }
+            };
+            Ok(self.tagged(Response::new(CartReply { cart: Some(view) })))
         }
         .instrument(self.span(&req.cart_id, "get_cart"))
         .await

@@ -382,3 +382,26 @@ async fn the_client_fails_over_to_a_live_endpoint() {
     let err = only_dead.get_cart("user:x").await.unwrap_err();
     assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
 }
+
+/// GetCart replies are cached per cart with the context they were built from: a read after a
+/// write (at this node or another) shows the write, and reads between writes agree.
+#[tokio::test]
+async fn a_cached_reply_never_outlives_the_cart_version_it_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(dir.path(), 3, "");
+    let n1 = common::client(common::addr(&cluster, 0)).await;
+    let n2 = common::client(common::addr(&cluster, 1)).await;
+    let id = "user:cached";
+    n1.add_item(id, "sku-1", 1, mug()).await.unwrap();
+    for i in 2..6 {
+        let first = n1.get_cart(id).await.unwrap();
+        let again = n1.get_cart(id).await.unwrap();
+        assert_eq!(first, again, "two reads with no write between must agree");
+        // A write through another node: n1's next read merges it and must not answer the old
+        // reply.
+        n2.add_item(id, &format!("sku-{i}"), 1, mug()).await.unwrap();
+        let after = n1.get_cart(id).await.unwrap();
+        assert_eq!(after.lines.len(), i, "read at n1 after the write at n2: {after:?}");
+        assert_ne!(after.version, first.version);
+    }
+}
