@@ -8,7 +8,7 @@
 //!   owners; heartbeats carry the verdict so peers and clients stop sending writes here. Reads
 //!   go on.
 //! - [`Watched`] wraps the engine and records its first failed `put`, `delete` or `flush` in the
-//!   health: sled stays broken after an I/O error, so the verdict sticks until the engine is
+//!   health: a failed engine stays broken (sled after an I/O error, fjall poisons itself), so the verdict sticks until the engine is
 //!   reopened (the node restarts itself in place once space is back, see `cartd`).
 //! - [`FaultyStorage`] wraps any engine with faults switched on and off at run time (ENOSPC and
 //!   EIO on writes, EIO on flush, a slow flush, a flush that "succeeds" but keeps nothing): for

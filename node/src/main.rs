@@ -197,7 +197,8 @@ fn now_secs() -> u64 {
 
 /// Every second: measures free space on the data directory against the low watermark (below it
 /// the node takes no writes), and once the storage engine has failed and space is back, asks for
-/// a restart in place: sled stays broken after an I/O error, and reopening it is a restart.
+/// a restart in place: a failed engine stays broken (sled after an I/O error, fjall poisoned),
+/// and reopening it is a restart.
 async fn watch_storage(
     health: Arc<cart_node::faults::StorageHealth>,
     dir: PathBuf,
