@@ -62,7 +62,7 @@ bench() {
     server0=$(cpu_ticks $SERVER_PIDS)
     children_cpu_ticks
     client0=$CHILDREN_TICKS
-    if ! run_child target/release/cart-bench --profile "$PROFILE" --duration "$DURATION" \
+    if ! run_child "$BIN_DIR/cart-bench" --profile "$PROFILE" --duration "$DURATION" \
         --target "$target" --json "$OUT/$name.json" --no-progress --seed "$SEED" "$@" \
         >"$OUT/$name.log" 2>&1; then
         echo "cart-bench $name failed; its output:" >&2
