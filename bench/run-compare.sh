@@ -17,7 +17,10 @@
 #    servers and of cart-bench (user + system time from /proc), and p50/p99 per operation.
 # 5. bench/run-scaling.sh: cartdb on 1, 3 and 5 nodes with the same settings.
 #
-# JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git).
+# JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git), and
+# bench/results/compare/summary.json: one entry per mode and target ("closed/cartdb", …) with
+# ops_per_s, p50_us, p99_us, p999_us, errors, server_cpu_us_per_op and client_cpu_us_per_op (null
+# when the CPU was not measured).
 # Every process started here (cluster, redis-server, cart-bench, the scaling run) is stopped on
 # every exit path, Ctrl-C and failures included; the temp dirs are removed.
 set -euo pipefail
@@ -109,6 +112,11 @@ python3 bench/summarize.py compare cartdb="$OUT/closed-cartdb.json" \
 echo
 echo "== open loop at $RATE ops/s, at most $OPEN_INFLIGHT in flight =="
 python3 bench/summarize.py compare cartdb="$OUT/open-cartdb.json" redis-everysec="$OUT/open-redis-everysec.json"
+echo
+python3 bench/summarize.py summary-json "$OUT/summary.json" \
+    closed:cartdb="$OUT/closed-cartdb.json" closed:redis-everysec="$OUT/closed-redis-everysec.json" \
+    closed:redis-always="$OUT/closed-redis-always.json" \
+    open:cartdb="$OUT/open-cartdb.json" open:redis-everysec="$OUT/open-redis-everysec.json"
 echo
 
 echo "== cartdb on 1, 3 and 5 nodes (bench/run-scaling.sh) =="
