@@ -1,9 +1,9 @@
 //! The command line (a stable interface: scripts and later tooling call it).
 //!
 //! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
-//!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT --json FILE [--carts N]
-//!  [--distribution zipf|uniform|sequential] [--seed N] [--no-progress] [--redis-connections N]
-//!  [--cart-lines N (with --profile add-to-size)] [--window START,END]`
+//!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]
+//!  --json FILE [--carts N] [--distribution zipf|uniform|sequential] [--seed N] [--no-progress]
+//!  [--redis-connections N] [--cart-lines N (with --profile add-to-size)] [--window START,END]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,8 +35,10 @@ pub struct Args {
     /// Open loop at this many operations per second overall; without it, a closed loop.
     #[arg(long, value_name = "OPS_PER_S")]
     pub rate: Option<f64>,
-    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]` or `redis=redis://HOST:PORT`; repeat to
-    /// run targets one after another.
+    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]` or
+    /// `redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]` (`?wait=N`: every write is followed
+    /// by `WAIT N T`, T 1000 ms by default, in its round trip, and fewer than N replicas is the
+    /// error WAIT_TIMEOUT); repeat to run targets one after another.
     #[arg(long = "target", value_name = "KIND=HOST:PORT,…", required = true, value_parser = parse_target)]
     pub targets: Vec<TargetSpec>,
     /// Where to write the JSON report (parent folders are created).
@@ -254,8 +256,12 @@ mod tests {
     fn redis_targets_and_the_add_to_size_profile_parse() {
         let args = parse(&["--target", "redis=redis://127.0.0.1:17611", "--redis-connections", "2"]).expect("parses");
         assert_eq!(args.targets[1].to_string(), "redis=redis://127.0.0.1:17611");
+        assert_eq!(args.targets[1].redis_wait, None);
         assert_eq!(args.connect_options().redis_connections, 2);
         assert_eq!(parse(&[]).expect("parses").redis_connections, DEFAULT_REDIS_CONNECTIONS);
+        let waiting = parse(&["--target", "redis=redis://127.0.0.1:17621?wait=1"]).expect("parses");
+        assert_eq!(waiting.targets[1].redis_wait.map(|w| w.replicas), Some(1));
+        assert!(parse(&["--target", "redis=redis://127.0.0.1:17621?wait=0"]).is_err());
 
         let mut args = parse(&["--cart-lines", "1000"]).expect("parses");
         args.profile = Profile::AddToSize;
