@@ -2,8 +2,9 @@
 //!
 //! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
 //!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]
-//!  --json FILE [--carts N] [--distribution zipf|uniform|sequential] [--seed N] [--no-progress]
-//!  [--redis-connections N] [--cart-lines N (with --profile add-to-size)] [--window START,END]`
+//!  --json FILE [--carts N] [--distribution zipf|uniform|sequential] [--ops N] [--seed N]
+//!  [--no-progress] [--redis-connections N] [--cart-lines N (with --profile add-to-size)]
+//!  [--window START,END]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +51,11 @@ pub struct Args {
     /// How carts are drawn from the population (zipf: θ = 0.99).
     #[arg(long, value_enum, default_value_t = KeyDistribution::Zipf)]
     pub distribution: KeyDistribution,
+    /// Stop once N operations have been issued in all (open loop: N sends scheduled); the run
+    /// still ends at `--duration` at the latest. `--profile add --distribution sequential --carts N
+    /// --ops N` writes each cart exactly once: a preload.
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
     /// Seed of the operation streams (random when absent; the report records it).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -137,6 +143,12 @@ impl Args {
                 });
             }
         }
+        if self.ops == Some(0) {
+            return Err(BenchError::InvalidOption {
+                option: "--ops",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.redis_connections == 0 {
             return Err(BenchError::InvalidOption {
                 option: "--redis-connections",
@@ -166,6 +178,7 @@ impl Args {
                 cart_lines,
             },
             duration,
+            max_ops: self.ops,
             concurrency: self.concurrency,
             rate_per_s: self.rate,
             seed,
@@ -214,6 +227,12 @@ mod tests {
         let plan = args.plan(1).expect("valid");
         assert_eq!(plan.duration, Duration::from_secs(20));
         assert_eq!(plan.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(plan.max_ops, None);
+        let preload = parse(&["--distribution", "sequential", "--carts", "1000000", "--ops", "1000000"])
+            .expect("parses")
+            .plan(1)
+            .expect("valid");
+        assert_eq!(preload.max_ops, Some(1_000_000));
 
         let args = parse(&[
             "--rate",
@@ -281,6 +300,8 @@ mod tests {
         assert!(parse(&["--target", "mongo=127.0.0.1:27017"]).is_err());
         assert!(parse(&["--profile", "nope"]).is_err());
         assert!(parse(&["--redis-connections", "0"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--ops", "0"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--ops", "-1"]).is_err());
         assert!(
             parse(&["--cart-lines", "10"]).expect("parses").plan(1).is_err(),
             "add takes no --cart-lines"
