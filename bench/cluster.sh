@@ -121,7 +121,7 @@ start_cluster() {
         >"$CLUSTER_DIR/dev.log" 2>&1 &
     CLUSTER_PID=$!
     local waited=0
-    until grep -q 'cartdb dev cluster up:' "$CLUSTER_DIR/dev.log"; do
+    until grep -q 'cartdb dev cluster up:' "$CLUSTER_DIR/dev.log" 2>/dev/null; do
         if ! kill -0 "$CLUSTER_PID" 2>/dev/null || ((waited >= READY_TIMEOUT_S * 10)); then
             echo "the dev cluster did not come up; its output:" >&2
             cat "$CLUSTER_DIR/dev.log" >&2
