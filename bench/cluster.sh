@@ -4,10 +4,22 @@
 # the data dir. The scripts trap EXIT to call stop_cluster on every path, failures included.
 # `cpu_ticks`, `children_cpu_ticks` and `cluster_pids` measure the CPU a run used (CPU per op).
 #
+# `BIN_DIR` is where the release binaries are: cargo's target dir + /release, from CARGO_TARGET_DIR
+# (or CARGO_BUILD_TARGET_DIR) as cargo reads it, `target` when unset. A relative one is relative
+# to the repository root, the directory every script cds to before it runs cargo.
+#
 # `run_child CMD…` runs a long command (cargo, cart-bench, another bench script) in the background,
 # in a process group of its own, and waits for it, so a signal to the script runs its traps at once
 # instead of after the command; `stop_child` (called from the EXIT trap) sends SIGTERM to that
 # whole group (cargo's rustc jobs, a sub-script's cluster) and waits.
+
+BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CARGO_TARGET_DIR_RESOLVED=${CARGO_TARGET_DIR:-${CARGO_BUILD_TARGET_DIR:-target}}
+if [[ $CARGO_TARGET_DIR_RESOLVED != /* ]]; then
+    CARGO_TARGET_DIR_RESOLVED=$BENCH_ROOT/$CARGO_TARGET_DIR_RESOLVED
+fi
+BIN_DIR=$CARGO_TARGET_DIR_RESOLVED/release
+unset CARGO_TARGET_DIR_RESOLVED
 
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-60}
 STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-30}
@@ -96,16 +108,20 @@ start_cluster() {
             return 1
         fi
     done
+    if [[ ! -x "$BIN_DIR/cartd" ]]; then
+        echo "$BIN_DIR/cartd is missing: build with cargo build --release -p cart-node (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-unset})" >&2
+        return 1
+    fi
     CLUSTER_DIR="$(mktemp -d)"
     local extra_args=()
     if [[ -n "$extra" ]]; then
         extra_args=(--extra-toml "$extra")
     fi
-    target/release/cartd dev --nodes "$nodes" --base-port "$port" --data-dir "$CLUSTER_DIR" "${extra_args[@]}" \
+    "$BIN_DIR/cartd" dev --nodes "$nodes" --base-port "$port" --data-dir "$CLUSTER_DIR" "${extra_args[@]}" \
         >"$CLUSTER_DIR/dev.log" 2>&1 &
     CLUSTER_PID=$!
     local waited=0
-    until grep -q 'cartdb dev cluster up:' "$CLUSTER_DIR/dev.log"; do
+    until grep -q 'cartdb dev cluster up:' "$CLUSTER_DIR/dev.log" 2>/dev/null; do
         if ! kill -0 "$CLUSTER_PID" 2>/dev/null || ((waited >= READY_TIMEOUT_S * 10)); then
             echo "the dev cluster did not come up; its output:" >&2
             cat "$CLUSTER_DIR/dev.log" >&2

@@ -10,12 +10,21 @@
 # `start_redis PORT FSYNC` starts `redis-server` in the foreground of a background job with only
 # command-line flags (no config file): bound to 127.0.0.1, data in a fresh temp dir, no RDB
 # snapshots, an append-only file fsynced per FSYNC (`everysec` or `always`). It sets REDIS_PID /
-# REDIS_URL. `stop_redis` stops it with SIGTERM (SIGKILL after STOP_TIMEOUT_S) and removes the
-# dir. Scripts call stop_redis from their EXIT trap.
+# REDIS_URL.
+#
+# `start_redis_replicated PORT FSYNC REPLICAS` starts a primary on PORT the same way and REPLICAS
+# replicas on PORT+1… (`--replicaof 127.0.0.1 PORT`, each with its own dir and the same AOF
+# setting), and returns once every replica reports `master_link_status:up` (`redis-cli INFO
+# replication`, at most READY_TIMEOUT_S). REDIS_PID / REDIS_URL are the primary's;
+# REDIS_ALL_PIDS holds every server's pid.
+#
+# `stop_redis` stops every server started here with SIGTERM (SIGKILL after STOP_TIMEOUT_S) and
+# removes their dirs. Scripts call stop_redis from their EXIT trap.
 
 REDIS_PID=""
-REDIS_DIR=""
 REDIS_URL=""
+REDIS_ALL_PIDS="" # every redis-server running from here (the primary first)
+REDIS_DIRS=""     # their temp dirs
 POLICY_RC_ADDED=""
 
 ensure_redis_server() {
@@ -54,38 +63,93 @@ remove_policy_rc() {
     fi
 }
 
-start_redis() {
-    local port=$1 fsync=$2
+# launch_redis PORT FSYNC [redis-server flags…]: one server in a fresh temp dir, up and
+# accepting connections; its pid in LAUNCHED_PID (and REDIS_ALL_PIDS, so stop_redis stops it).
+LAUNCHED_PID=""
+launch_redis() {
+    local port=$1 fsync=$2 dir
+    shift 2
     if port_answers "$port"; then
         echo "something already listens on 127.0.0.1:$port; refusing to benchmark it" >&2
         return 1
     fi
-    REDIS_DIR="$(mktemp -d)"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$REDIS_DIR" --save "" --daemonize no \
-        --appendonly yes --appendfsync "$fsync" --logfile "$REDIS_DIR/redis.log" &
-    REDIS_PID=$!
+    dir="$(mktemp -d)"
+    REDIS_DIRS="$REDIS_DIRS $dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" --daemonize no \
+        --appendonly yes --appendfsync "$fsync" --logfile "$dir/redis.log" "$@" &
+    LAUNCHED_PID=$!
+    REDIS_ALL_PIDS="$REDIS_ALL_PIDS $LAUNCHED_PID"
     local waited=0
-    until grep -q 'Ready to accept connections' "$REDIS_DIR/redis.log" 2>/dev/null; do
-        if ! kill -0 "$REDIS_PID" 2>/dev/null || ((waited >= READY_TIMEOUT_S * 10)); then
-            echo "redis-server did not come up; its log:" >&2
-            cat "$REDIS_DIR/redis.log" >&2 || true
+    until grep -q 'Ready to accept connections' "$dir/redis.log" 2>/dev/null; do
+        if ! kill -0 "$LAUNCHED_PID" 2>/dev/null || ((waited >= READY_TIMEOUT_S * 10)); then
+            echo "redis-server on port $port did not come up; its log:" >&2
+            cat "$dir/redis.log" >&2 || true
             return 1
         fi
         sleep 0.1
         waited=$((waited + 1))
     done
+}
+
+start_redis() {
+    local port=$1 fsync=$2
+    launch_redis "$port" "$fsync" || return 1
+    REDIS_PID=$LAUNCHED_PID
     REDIS_URL="redis://127.0.0.1:$port"
-    echo "redis up: $REDIS_URL (appendonly yes, appendfsync $fsync, dir $REDIS_DIR)"
+    echo "redis up: $REDIS_URL (appendonly yes, appendfsync $fsync)"
+}
+
+# replica_link_up PORT: the replica on PORT reports its link to the primary up.
+replica_link_up() {
+    timeout 5 redis-cli -h 127.0.0.1 -p "$1" INFO replication 2>/dev/null | tr -d '\r' |
+        grep -qx 'master_link_status:up'
+}
+
+start_redis_replicated() {
+    local port=$1 fsync=$2 replicas=$3 i waited
+    if ! command -v redis-cli >/dev/null 2>&1; then
+        echo "redis-cli is missing (package redis-tools); it checks the replicas' links" >&2
+        return 1
+    fi
+    for ((i = 0; i <= replicas; i++)); do
+        if port_answers $((port + i)); then
+            echo "something already listens on 127.0.0.1:$((port + i)); refusing to benchmark it" >&2
+            return 1
+        fi
+    done
+    launch_redis "$port" "$fsync" || return 1
+    REDIS_PID=$LAUNCHED_PID
+    for ((i = 1; i <= replicas; i++)); do
+        launch_redis $((port + i)) "$fsync" --replicaof 127.0.0.1 "$port" || return 1
+    done
+    for ((i = 1; i <= replicas; i++)); do
+        waited=0
+        until replica_link_up $((port + i)); do
+            if ((waited >= READY_TIMEOUT_S * 10)); then
+                echo "the replica on port $((port + i)) has no link to its primary after ${READY_TIMEOUT_S}s:" >&2
+                timeout 5 redis-cli -h 127.0.0.1 -p $((port + i)) INFO replication >&2 || true
+                return 1
+            fi
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+    done
+    REDIS_URL="redis://127.0.0.1:$port"
+    echo "redis up: primary $REDIS_URL and $replicas replicas on ports $((port + 1))-$((port + replicas)), all linked (appendonly yes, appendfsync $fsync on each)"
 }
 
 stop_redis() {
-    if [[ -n "$REDIS_PID" ]]; then
-        stop_pid "$REDIS_PID" "redis-server"
-    fi
+    local pid dir
+    for pid in $REDIS_ALL_PIDS; do
+        stop_pid "$pid" "redis-server"
+    done
+    REDIS_ALL_PIDS=""
     REDIS_PID=""
     REDIS_URL=""
-    if [[ -n "$REDIS_DIR" && -d "$REDIS_DIR" ]]; then
-        rm -rf -- "$REDIS_DIR"
-    fi
-    REDIS_DIR=""
+    for dir in $REDIS_DIRS; do
+        if [[ -d "$dir" ]]; then
+            rm -rf -- "$dir"
+        fi
+    done
+    REDIS_DIRS=""
 }

@@ -48,7 +48,7 @@ for lines in $LINE_COUNTS; do
     for c in $CONCURRENCY; do
         name="lines-$lines-c$c"
         echo "cart-bench add-to-size: $lines lines, concurrency $c, ${DURATION}s (output: $OUT/$name.log)"
-        if ! run_child target/release/cart-bench --profile add-to-size --cart-lines "$lines" \
+        if ! run_child "$BIN_DIR/cart-bench" --profile add-to-size --cart-lines "$lines" \
             --duration "$DURATION" --concurrency "$c" --target "cartdb=$CLUSTER_ENDPOINTS" \
             --json "$OUT/$name.json" --no-progress --seed "$SEED" >"$OUT/$name.log" 2>&1; then
             echo "cart-bench failed for $lines lines, concurrency $c; its output:" >&2

@@ -9,17 +9,26 @@
 #      ack means flushed on W nodes);
 #    - redis-everysec: one redis-server on 127.0.0.1:17611, `appendonly yes`, `appendfsync everysec`
 #      (an ack can lose up to ~1 s of writes on a crash);
-#    - redis-always: the same with `appendfsync always` (fsync before the reply).
+#    - redis-always: the same with `appendfsync always` (fsync before the reply);
+#    - redis-replicated, closer to cartdb's three copies: a primary on 127.0.0.1:17621 and two
+#      replicas on 17622-17623 (`--replicaof`), `appendonly yes` + `appendfsync everysec` on each,
+#      and every write followed in its round trip by `WAIT 1 1000` (target `redis=…?wait=1`): an
+#      ack means the write is in the memory of the primary and of one replica (each fsyncs within
+#      ~1 s; cartdb's ack is a flush on two nodes). A WAIT that finds no replica within 1 s is the
+#      error WAIT_TIMEOUT. Its servers' CPU is the three processes'.
 #    Each system runs alone, from empty data, and is stopped before the next starts.
 # 3. Open loop at RATE ops/s (at most OPEN_INFLIGHT in flight; more is counted as dropped) against
-#    cartdb and redis-everysec, latency from each request's intended send time.
+#    cartdb, redis-everysec and redis-replicated, latency from each request's intended send time.
 # 4. Tables: per target ops/s, p50/p99/p99.9 and the ratio to cartdb, CPU per operation of the
 #    servers and of cart-bench (user + system time from /proc), and p50/p99 per operation.
 # 5. bench/run-scaling.sh: cartdb on 1, 3 and 5 nodes with the same settings.
 #
-# JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git).
-# Every process started here (cluster, redis-server, cart-bench, the scaling run) is stopped on
-# every exit path, Ctrl-C and failures included; the temp dirs are removed.
+# JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git), and
+# bench/results/compare/summary.json: one entry per mode and target ("closed/cartdb", …) with
+# ops_per_s, p50_us, p99_us, p999_us, errors, server_cpu_us_per_op and client_cpu_us_per_op (null
+# when the CPU was not measured).
+# Every process started here (cluster, the redis-servers, cart-bench, the scaling run) is stopped
+# on every exit path, Ctrl-C and failures included; the temp dirs are removed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -44,6 +53,7 @@ OPEN_INFLIGHT=${OPEN_INFLIGHT:-1024}
 SEED=${SEED:-7}
 CARTDB_PORT=17601
 REDIS_PORT=17611
+REPLICATED_PORT=17621 # primary; its two replicas on the next two ports
 OUT=bench/results/compare
 SERVER_PIDS="" # the processes whose CPU a run counts (set per target below)
 
@@ -62,7 +72,7 @@ bench() {
     server0=$(cpu_ticks $SERVER_PIDS)
     children_cpu_ticks
     client0=$CHILDREN_TICKS
-    if ! run_child target/release/cart-bench --profile "$PROFILE" --duration "$DURATION" \
+    if ! run_child "$BIN_DIR/cart-bench" --profile "$PROFILE" --duration "$DURATION" \
         --target "$target" --json "$OUT/$name.json" --no-progress --seed "$SEED" "$@" \
         >"$OUT/$name.log" 2>&1; then
         echo "cart-bench $name failed; its output:" >&2
@@ -74,8 +84,8 @@ bench() {
     grep '^target ' "$OUT/$name.log" || true
 }
 
-# against NAME MODE [flags…]: start NAME's system (cartdb | redis-everysec | redis-always), run,
-# stop it. MODE names the pass (closed | open).
+# against NAME MODE [flags…]: start NAME's system (cartdb | redis-everysec | redis-always |
+# redis-replicated), run, stop it. MODE names the pass (closed | open).
 against() {
     local name=$1 mode=$2
     shift 2
@@ -92,23 +102,40 @@ against() {
         bench "$mode-$name" "redis=$REDIS_URL" "$@"
         stop_redis
         ;;
+    redis-replicated)
+        start_redis_replicated "$REPLICATED_PORT" everysec 2
+        SERVER_PIDS=$REDIS_ALL_PIDS
+        bench "$mode-$name" "redis=$REDIS_URL?wait=1&wait_timeout_ms=1000" "$@"
+        stop_redis
+        ;;
     esac
 }
 
-for name in cartdb redis-everysec redis-always; do
+CLOSED_TARGETS="cartdb redis-everysec redis-always redis-replicated"
+OPEN_TARGETS="cartdb redis-everysec redis-replicated"
+for name in $CLOSED_TARGETS; do
     against "$name" closed --concurrency "$CONCURRENCY"
 done
-for name in cartdb redis-everysec; do
+for name in $OPEN_TARGETS; do
     against "$name" open --concurrency "$OPEN_INFLIGHT" --rate "$RATE"
 done
 
+# reports MODE TARGETS: LABEL=FILE per target; with_mode MODE TARGETS: MODE:LABEL=FILE.
+reports() { for name in $2; do echo "$name=$OUT/$1-$name.json"; done; }
+with_mode() { for name in $2; do echo "$1:$name=$OUT/$1-$name.json"; done; }
+
 echo
 echo "== closed loop, $CONCURRENCY workers; $(nproc) cores shared by the client and the servers =="
-python3 bench/summarize.py compare cartdb="$OUT/closed-cartdb.json" \
-    redis-everysec="$OUT/closed-redis-everysec.json" redis-always="$OUT/closed-redis-always.json"
+# shellcheck disable=SC2046 # one word per target
+python3 bench/summarize.py compare $(reports closed "$CLOSED_TARGETS")
 echo
 echo "== open loop at $RATE ops/s, at most $OPEN_INFLIGHT in flight =="
-python3 bench/summarize.py compare cartdb="$OUT/open-cartdb.json" redis-everysec="$OUT/open-redis-everysec.json"
+# shellcheck disable=SC2046
+python3 bench/summarize.py compare $(reports open "$OPEN_TARGETS")
+echo
+# shellcheck disable=SC2046
+python3 bench/summarize.py summary-json "$OUT/summary.json" \
+    $(with_mode closed "$CLOSED_TARGETS") $(with_mode open "$OPEN_TARGETS")
 echo
 
 echo "== cartdb on 1, 3 and 5 nodes (bench/run-scaling.sh) =="

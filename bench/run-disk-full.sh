@@ -35,7 +35,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-ctl() { target/release/cartctl --endpoint "$1" "${@:2}"; }
+ctl() { "$BIN_DIR/cartctl" --endpoint "$1" "${@:2}"; }
 degraded() { # ENDPOINT: what it says of n3 (empty: healthy); "?" when it does not answer
     ctl "$1" --json status 2>/dev/null |
         python3 -c 'import json,sys; print([n for n in json.load(sys.stdin)["nodes"] if n["node_id"]=="n3"][0].get("degraded",""))' 2>/dev/null ||
@@ -46,7 +46,7 @@ run_child cargo build --release -p cart-node -p cart-client -p cart-bench
 mkdir -p "$DIR/n3/data"
 mount -t tmpfs -o "size=${TMPFS_MB}m" tmpfs "$DIR/n3/data"
 printf 'min_free_disk_mb = 0\n' >"$DIR/extra.toml"
-target/release/cartd dev --nodes 3 --base-port $PORT --data-dir "$DIR" --extra-toml "$DIR/extra.toml" >"$DIR/dev.log" 2>&1 &
+"$BIN_DIR/cartd" dev --nodes 3 --base-port $PORT --data-dir "$DIR" --extra-toml "$DIR/extra.toml" >"$DIR/dev.log" 2>&1 &
 DEV_PID=$!
 until grep -q 'cartdb dev cluster up:' "$DIR/dev.log"; do
     kill -0 "$DEV_PID" 2>/dev/null || { cat "$DIR/dev.log" >&2; exit 1; }
@@ -55,7 +55,7 @@ done
 ENDPOINTS=$(sed -n 's/^cartdb dev cluster up: //p' "$DIR/dev.log")
 echo "cluster up: $ENDPOINTS; n3's data on a ${TMPFS_MB} MiB tmpfs"
 
-target/release/cart-bench --target "cartdb=$ENDPOINTS" --json "$OUT/bench.json" --no-progress --seed 11 \
+"$BIN_DIR/cart-bench" --target "cartdb=$ENDPOINTS" --json "$OUT/bench.json" --no-progress --seed 11 \
     --profile add --carts 200000 --distribution uniform --duration "$DURATION_S" --concurrency 64 >"$OUT/bench.log" 2>&1 &
 BENCH=$!
 sleep "$(echo "$DURATION_S / 2" | bc -l)"

@@ -44,12 +44,12 @@ PORT=17801
 OUT=bench/results/idle
 mkdir -p "$OUT"
 rm -f "$OUT"/*
-ctl() { target/release/cartctl --endpoint "$1" "${@:2}"; }
+ctl() { "$BIN_DIR/cartctl" --endpoint "$1" "${@:2}"; }
 
 run_child cargo build --release -p cart-node -p cart-client -p cart-bench
 start_cluster 3 $PORT
 echo "preload: $CARTS carts in turn, ${PRELOAD_S}s (output: $OUT/preload.log)"
-target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/preload.json" --no-progress --seed 7 \
+"$BIN_DIR/cart-bench" --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/preload.json" --no-progress --seed 7 \
     --profile add --distribution sequential --carts "$CARTS" --duration "$PRELOAD_S" --concurrency 64 >"$OUT/preload.log" 2>&1
 grep '^target ' "$OUT/preload.log" || true
 
@@ -77,7 +77,7 @@ PIDS=$(cluster_pids)
 down_before=$(cat "$CLUSTER_DIR"/n*/cartd.log | grep -c 'peer is down' || true)
 t0=$(cpu_ticks $PIDS)
 if ((LOAD_RATE > 0)); then
-    target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/load.json" --no-progress --seed 9 \
+    "$BIN_DIR/cart-bench" --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/load.json" --no-progress --seed 9 \
         --profile storefront --distribution uniform --carts "$CARTS" --rate "$LOAD_RATE" --concurrency 256 \
         --duration "$IDLE_S" >"$OUT/load.log" 2>&1
     grep '^target ' "$OUT/load.log" || true
@@ -112,7 +112,7 @@ if ((REPAIR_CARTS > 0)); then
         ctl "$e" hints discard --secret "$SECRET"
     done
     started=$(date +%s.%N)
-    target/release/cartd run --node n3 --config "$CONFIG" >>"$CLUSTER_DIR/n3/cartd.log" 2>&1 &
+    "$BIN_DIR/cartd" run --node n3 --config "$CONFIG" >>"$CLUSTER_DIR/n3/cartd.log" 2>&1 &
     N3_PID=$!
     until port_answers $((PORT + 2)); do sleep 0.2; done
     wait_ready "$N3"

@@ -44,13 +44,13 @@ rm -f "$OUT"/*
 run_child cargo build --release -p cart-node -p cart-client -p cart-bench
 start_cluster 3 $PORT
 SECRET=$(sed -n 's/^secret = "\(.*\)"$/\1/p' "$CLUSTER_DIR/cluster.toml")
-CARTCTL=(target/release/cartctl --endpoint 127.0.0.1:$PORT)
+CARTCTL=("$BIN_DIR/cartctl" --endpoint 127.0.0.1:$PORT)
 
 bench() {
     local name=$1
     shift
     echo "cart-bench $name (output: $OUT/$name.log)"
-    if ! target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/$name.json" \
+    if ! "$BIN_DIR/cart-bench" --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/$name.json" \
         --no-progress --seed 7 "$@" >"$OUT/$name.log" 2>&1; then
         echo "cart-bench $name failed:" >&2
         cat "$OUT/$name.log" >&2
@@ -73,14 +73,14 @@ data_dir = "$CLUSTER_DIR/n4/data"
 secret = "$SECRET"
 EOF
 mkdir -p "$CLUSTER_DIR/n4"
-target/release/cartd run --config "$CLUSTER_DIR/n4.toml" --join 127.0.0.1:$PORT >"$OUT/n4.log" 2>&1 &
+"$BIN_DIR/cartd" run --config "$CLUSTER_DIR/n4.toml" --join 127.0.0.1:$PORT >"$OUT/n4.log" 2>&1 &
 N4_PID=$!
 until grep -q 'listening on' "$OUT/n4.log"; do
     kill -0 "$N4_PID" 2>/dev/null || { cat "$OUT/n4.log" >&2; exit 1; }
     sleep 0.2
 done
 
-target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS,127.0.0.1:$((PORT + 3))" --json "$OUT/join.json" \
+"$BIN_DIR/cart-bench" --target "cartdb=$CLUSTER_ENDPOINTS,127.0.0.1:$((PORT + 3))" --json "$OUT/join.json" \
     --no-progress --seed 8 --profile storefront --carts "$CARTS" --rate "$RATE" --concurrency 256 \
     --duration "$JOIN_S" >"$OUT/join.log" 2>&1 &
 LOAD_PID=$!
@@ -105,7 +105,7 @@ echo
 printf 'join of n4: commit to every node handed over: %.1f s (load kept running, %s s in all)\n' \
     "$(echo "$done_at - $start" | bc)" "$JOIN_S"
 for i in 0 1 2 3; do
-    target/release/cartctl --endpoint 127.0.0.1:$((PORT + i)) --json cluster show >"$OUT/show-n$((i + 1)).json"
+    "$BIN_DIR/cartctl" --endpoint 127.0.0.1:$((PORT + i)) --json cluster show >"$OUT/show-n$((i + 1)).json"
     python3 - "$OUT/show-n$((i + 1)).json" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))

@@ -77,7 +77,7 @@ bench() {
     local name=$1
     shift
     echo "cart-bench $name (output: $OUT/$name.log, client diagnostics: $OUT/$name.err)"
-    if ! target/release/cart-bench --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/$name.json" \
+    if ! "$BIN_DIR/cart-bench" --target "cartdb=$CLUSTER_ENDPOINTS" --json "$OUT/$name.json" \
         --no-progress --seed 7 --profile storefront --concurrency 512 "${HEDGE_ARGS[@]}" "$@" \
         >"$OUT/$name.log" 2>"$OUT/$name.err"; then
         echo "cart-bench $name failed:" >&2

@@ -34,7 +34,7 @@ for nodes in $NODE_COUNTS; do
     start_cluster "$nodes" 17501
     json="bench/results/scaling-$nodes.json"
     echo "cart-bench: $PROFILE, ${DURATION}s, concurrency $CONCURRENCY against $nodes node(s) (output: ${json%.json}.log)"
-    if ! run_child target/release/cart-bench --profile "$PROFILE" --duration "$DURATION" \
+    if ! run_child "$BIN_DIR/cart-bench" --profile "$PROFILE" --duration "$DURATION" \
         --concurrency "$CONCURRENCY" --target "cartdb=$CLUSTER_ENDPOINTS" --json "$json" --no-progress \
         --seed "$SEED" >"${json%.json}.log" 2>&1; then
         echo "cart-bench failed against $nodes node(s); its output:" >&2

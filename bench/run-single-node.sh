@@ -16,5 +16,5 @@ trap 'exit 143' TERM
 cargo build --release -p cart-node -p cart-bench
 start_cluster 1 17401
 mkdir -p bench/results
-target/release/cart-bench --profile add --duration "${DURATION:-20}" --concurrency "${CONCURRENCY:-64}" \
+"$BIN_DIR/cart-bench" --profile add --duration "${DURATION:-20}" --concurrency "${CONCURRENCY:-64}" \
     --target "cartdb=$CLUSTER_ENDPOINTS" --json bench/results/single-node-add.json "$@"

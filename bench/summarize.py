@@ -4,12 +4,18 @@
   summarize.py compare LABEL=FILE...          first LABEL is the baseline of the ratio columns
   summarize.py scaling NODES=FILE...          first is the baseline (1 node)
   summarize.py cart-size LINES:C=FILE...      AddItem cost by cart size and concurrency
+  summarize.py summary-json OUT MODE:LABEL=FILE...
+                                              writes OUT: a JSON object with one entry per
+                                              MODE/LABEL (e.g. closed:cartdb=…)
 
 Each FILE is a cart-bench --json report; its first target is read. Latencies are HDR percentiles
-in µs as cart-bench measured them (open loop: from the intended send time).
+in µs as cart-bench measured them (open loop: from the intended send time). CPU per operation
+comes from the `.cpu` file the bench scripts write beside a report ("SERVER_TICKS CLIENT_TICKS",
+1/100 s); without one, the table has no CPU row and the JSON has null.
 """
 
 import json
+import os
 import sys
 
 
@@ -54,20 +60,27 @@ def pairs(args):
     return out
 
 
-def cpu_row(label, path):
-    """CPU µs per completed operation of the servers and the load generator, from the `.cpu`
-    file the bench scripts write next to a report (absent: no row)."""
+def cpu_per_op(path):
+    """(server µs, cart-bench µs) of CPU per completed operation, from the `.cpu` file beside the
+    report at `path`; None when that file is missing or unreadable or nothing completed."""
     try:
         with open(path.removesuffix(".json") + ".cpu") as f:
             server_ticks, client_ticks = (int(v) for v in f.read().split())
     except (OSError, ValueError):
         return None
-    t = load(path)[1]
-    done = t["overall"]["count"]
+    done = load(path)[1]["overall"]["count"]
     if not done:
         return None
-    per_op = lambda ticks: f"{ticks * 10_000 / done:.0f}µs"
-    return [label, per_op(server_ticks), per_op(client_ticks), per_op(server_ticks + client_ticks)]
+    return server_ticks * 10_000 / done, client_ticks * 10_000 / done
+
+
+def cpu_row(label, path):
+    """A row of the CPU table (absent .cpu file: no row)."""
+    cpu = cpu_per_op(path)
+    if cpu is None:
+        return None
+    server, client = cpu
+    return [label, f"{server:.0f}µs", f"{client:.0f}µs", f"{server + client:.0f}µs"]
 
 
 def compare(args):
@@ -136,10 +149,68 @@ def cart_size(args):
     print(table(["lines", "C", "ops/s", "p50", "p99", "p99.9", "max", "errors"], rows))
 
 
-def main():
-    if len(sys.argv) < 3 or sys.argv[1] not in ("compare", "scaling", "cart-size"):
+def summary_entry(mode, label, path):
+    """One entry of summary-json: the headline numbers of one run (CPU null without a .cpu)."""
+    report, t = load(path)
+    o = t["overall"]
+    cpu = cpu_per_op(path)
+    entry = {
+        "target": label,
+        "mode": mode,
+        "profile": report.get("profile"),
+        "carts": report.get("carts"),
+        "concurrency": report.get("concurrency"),
+        "rate": report.get("rate"),
+        "duration_s": report.get("duration_s"),
+        "ops_per_s": round(t["ops_per_s"], 1),
+        "p50_us": o["p50_us"],
+        "p99_us": o["p99_us"],
+        "p999_us": o["p999_us"],
+        "server_cpu_us_per_op": None if cpu is None else round(cpu[0], 1),
+        "client_cpu_us_per_op": None if cpu is None else round(cpu[1], 1),
+    }
+    entry["completed"] = o["count"]
+    for key in ("not_found", "errors", "dropped"):
+        if key in t:
+            entry[key] = t[key]
+    if t.get("error_codes"):
+        entry["error_codes"] = t["error_codes"]
+    return entry
+
+
+def summary_json(args):
+    if len(args) < 2:
         sys.exit(__doc__)
-    {"compare": compare, "scaling": scaling, "cart-size": cart_size}[sys.argv[1]](sys.argv[2:])
+    out, runs = args[0], []
+    for arg in args[1:]:
+        mode, sep, rest = arg.partition(":")
+        if not sep or not mode:
+            sys.exit(f"expected MODE:LABEL=FILE, got {arg!r}")
+        runs.append((mode, *pairs([rest])[0]))
+    summary = {}
+    for mode, label, path in runs:
+        key = f"{mode}/{label}"
+        if key in summary:
+            sys.exit(f"{key} given twice")
+        try:
+            summary[key] = summary_entry(mode, label, path)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            sys.exit(f"{path}: no cart-bench report read from it ({e})")
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, out)
+    print(f"summary written to {out} ({len(summary)} runs)")
+
+
+COMMANDS = {"compare": compare, "scaling": scaling, "cart-size": cart_size, "summary-json": summary_json}
+
+
+def main():
+    if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:
+        sys.exit(__doc__)
+    COMMANDS[sys.argv[1]](sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ pub async fn run(args: Args) -> Result<BenchReport> {
         carts: args.carts,
         distribution: args.distribution,
         seed,
+        ops: plan.max_ops,
         cart_lines: (args.profile == Profile::AddToSize).then_some(plan.workload.cart_lines),
         targets: Vec::new(),
     };
@@ -64,10 +65,13 @@ fn describe(args: &Args, plan: &RunPlan) -> String {
         ),
         _ => format!("{} carts ({:?})", args.carts, args.distribution),
     };
+    let length = match plan.max_ops {
+        Some(ops) => format!("{ops} ops (at most {} s)", plan.duration.as_secs_f64()),
+        None => format!("{} s", plan.duration.as_secs_f64()),
+    };
     format!(
-        "cart-bench: profile {}, {} s, {mode}, {carts}, seed {}",
+        "cart-bench: profile {}, {length}, {mode}, {carts}, seed {}",
         args.profile.name(),
-        plan.duration.as_secs_f64(),
         plan.seed
     )
 }

@@ -1,9 +1,10 @@
 //! The command line (a stable interface: scripts and later tooling call it).
 //!
 //! `cart-bench --profile NAME --duration SECONDS --concurrency C [--rate OPS_PER_S]
-//!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT --json FILE [--carts N]
-//!  [--distribution zipf|uniform|sequential] [--seed N] [--no-progress] [--redis-connections N]
-//!  [--cart-lines N (with --profile add-to-size)] [--window START,END]`
+//!  --target cartdb=HOST:PORT,HOST:PORT… | redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]
+//!  --json FILE [--carts N] [--distribution zipf|uniform|sequential] [--ops N] [--seed N]
+//!  [--no-progress] [--redis-connections N] [--cart-lines N (with --profile add-to-size)]
+//!  [--window START,END]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,8 +36,10 @@ pub struct Args {
     /// Open loop at this many operations per second overall; without it, a closed loop.
     #[arg(long, value_name = "OPS_PER_S")]
     pub rate: Option<f64>,
-    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]` or `redis=redis://HOST:PORT`; repeat to
-    /// run targets one after another.
+    /// System under test, `cartdb=HOST:PORT[,HOST:PORT…]` or
+    /// `redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]` (`?wait=N`: every write is followed
+    /// by `WAIT N T`, T 1000 ms by default, in its round trip, and fewer than N replicas is the
+    /// error WAIT_TIMEOUT); repeat to run targets one after another.
     #[arg(long = "target", value_name = "KIND=HOST:PORT,…", required = true, value_parser = parse_target)]
     pub targets: Vec<TargetSpec>,
     /// Where to write the JSON report (parent folders are created).
@@ -48,6 +51,11 @@ pub struct Args {
     /// How carts are drawn from the population (zipf: θ = 0.99).
     #[arg(long, value_enum, default_value_t = KeyDistribution::Zipf)]
     pub distribution: KeyDistribution,
+    /// Stop once N operations have been issued in all (open loop: N sends scheduled); the run
+    /// still ends at `--duration` at the latest. `--profile add --distribution sequential --carts N
+    /// --ops N` writes each cart exactly once: a preload.
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
     /// Seed of the operation streams (random when absent; the report records it).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -135,6 +143,12 @@ impl Args {
                 });
             }
         }
+        if self.ops == Some(0) {
+            return Err(BenchError::InvalidOption {
+                option: "--ops",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.redis_connections == 0 {
             return Err(BenchError::InvalidOption {
                 option: "--redis-connections",
@@ -164,6 +178,7 @@ impl Args {
                 cart_lines,
             },
             duration,
+            max_ops: self.ops,
             concurrency: self.concurrency,
             rate_per_s: self.rate,
             seed,
@@ -212,6 +227,12 @@ mod tests {
         let plan = args.plan(1).expect("valid");
         assert_eq!(plan.duration, Duration::from_secs(20));
         assert_eq!(plan.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(plan.max_ops, None);
+        let preload = parse(&["--distribution", "sequential", "--carts", "1000000", "--ops", "1000000"])
+            .expect("parses")
+            .plan(1)
+            .expect("valid");
+        assert_eq!(preload.max_ops, Some(1_000_000));
 
         let args = parse(&[
             "--rate",
@@ -254,8 +275,12 @@ mod tests {
     fn redis_targets_and_the_add_to_size_profile_parse() {
         let args = parse(&["--target", "redis=redis://127.0.0.1:17611", "--redis-connections", "2"]).expect("parses");
         assert_eq!(args.targets[1].to_string(), "redis=redis://127.0.0.1:17611");
+        assert_eq!(args.targets[1].redis_wait, None);
         assert_eq!(args.connect_options().redis_connections, 2);
         assert_eq!(parse(&[]).expect("parses").redis_connections, DEFAULT_REDIS_CONNECTIONS);
+        let waiting = parse(&["--target", "redis=redis://127.0.0.1:17621?wait=1"]).expect("parses");
+        assert_eq!(waiting.targets[1].redis_wait.map(|w| w.replicas), Some(1));
+        assert!(parse(&["--target", "redis=redis://127.0.0.1:17621?wait=0"]).is_err());
 
         let mut args = parse(&["--cart-lines", "1000"]).expect("parses");
         args.profile = Profile::AddToSize;
@@ -275,6 +300,8 @@ mod tests {
         assert!(parse(&["--target", "mongo=127.0.0.1:27017"]).is_err());
         assert!(parse(&["--profile", "nope"]).is_err());
         assert!(parse(&["--redis-connections", "0"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--ops", "0"]).expect("parses").plan(1).is_err());
+        assert!(parse(&["--ops", "-1"]).is_err());
         assert!(
             parse(&["--cart-lines", "10"]).expect("parses").plan(1).is_err(),
             "add takes no --cart-lines"

@@ -9,7 +9,7 @@
 //!                "hedges": {"calls", "hedges", "extra_percent"} (cartdb)}]}`
 //! where `Summary` has `count, not_found, errors, dropped, ops_per_s, mean_us, p50_us, p95_us,
 //! p99_us, p999_us, max_us`. `rate` is `null` for a closed loop. `--profile add-to-size` adds a
-//! top-level `cart_lines` (the size of the measured cart).
+//! top-level `cart_lines` (the size of the measured cart), `--ops N` a top-level `ops`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub struct BenchReport {
     pub carts: u64,
     pub distribution: KeyDistribution,
     pub seed: u64,
+    /// `--ops`: the run stopped after this many operations (or at the deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<u64>,
     /// `add-to-size` only: lines of the measured cart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cart_lines: Option<u32>,
@@ -220,6 +223,7 @@ mod tests {
             carts: 10_000,
             distribution: KeyDistribution::Zipf,
             seed: 7,
+            ops: None,
             cart_lines: None,
             targets: vec![TargetReport::new(
                 "cartdb=127.0.0.1:7001".into(),
@@ -240,6 +244,7 @@ mod tests {
         assert_eq!(json["distribution"], "zipf");
         assert!(json["rate"].is_null());
         assert!(json.get("cart_lines").is_none());
+        assert!(json.get("ops").is_none());
         let target = &json["targets"][0];
         assert_eq!(target["target"], "cartdb=127.0.0.1:7001");
         assert_eq!(target["ops_per_s"], 4.5);

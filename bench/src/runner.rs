@@ -30,6 +30,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RunPlan {
     pub workload: WorkloadSpec,
     pub duration: Duration,
+    /// `--ops`: stop issuing after this many operations (open loop: scheduled sends), or at the
+    /// deadline, whichever comes first.
+    pub max_ops: Option<u64>,
     /// Closed loop: number of workers. Open loop: the in-flight bound.
     pub concurrency: usize,
     /// `Some(ops/s)` for an open loop, `None` for a closed loop.
@@ -82,6 +85,20 @@ pub async fn run<T: Target>(target: Arc<T>, plan: RunPlan, progress: Arc<Progres
     }
 }
 
+/// The `--ops` budget the closed loop's workers share: each takes one operation before issuing.
+#[derive(Debug)]
+struct OpBudget {
+    limit: u64,
+    taken: AtomicU64,
+}
+
+impl OpBudget {
+    /// False once `limit` operations were taken (the caller stops).
+    fn take(&self) -> bool {
+        self.taken.fetch_add(1, Ordering::Relaxed) < self.limit
+    }
+}
+
 /// The generator of worker `index`: its own RNG stream derived from the run seed.
 fn worker_rng(seed: u64, index: u64) -> SmallRng {
     SmallRng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -95,15 +112,22 @@ async fn closed_loop<T: Target>(
     progress: Arc<Progress>,
 ) -> Recorder {
     let mut workers = JoinSet::new();
+    let budget = plan.max_ops.map(|limit| {
+        Arc::new(OpBudget {
+            limit,
+            taken: AtomicU64::new(0),
+        })
+    });
     for index in 0..plan.concurrency.max(1) {
         let target = Arc::clone(&target);
+        let budget = budget.clone();
         let progress = Arc::clone(&progress);
         let mut rng = worker_rng(plan.seed, index as u64);
         let mut workload = Workload::new(plan.workload.clone());
         let (window, start) = (plan.window, deadline - plan.duration);
         workers.spawn(async move {
             let mut recorder = Recorder::with_window(window);
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && budget.as_ref().is_none_or(|b| b.take()) {
                 let op = workload.next_op(&mut rng);
                 let kind = op.kind();
                 let sent = Instant::now();
@@ -181,7 +205,7 @@ fn dispatch<T: Target>(
     let mut next: u64 = 0;
     loop {
         let intended = schedule.intended(next);
-        if intended >= deadline {
+        if intended >= deadline || plan.max_ops.is_some_and(|limit| next >= limit) {
             break;
         }
         next += 1;
@@ -325,6 +349,7 @@ mod tests {
                 cart_lines: 1,
             },
             duration: Duration::from_millis(duration_ms),
+            max_ops: None,
             concurrency,
             rate_per_s: rate,
             seed: 1,
@@ -367,6 +392,53 @@ mod tests {
             "1000/s over 300 ms is 300 requests"
         );
         assert_eq!(result.recorder.schedule_lag().len(), all.count + all.errors);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ops_stops_both_loops_after_that_many_operations() {
+        // A minute's duration: without the budget these would run millions of operations.
+        let target = FakeTarget::new(Duration::ZERO, false);
+        let mut p = plan(Profile::Add, 60_000, 7, None);
+        p.max_ops = Some(1_000);
+        let result = run(Arc::clone(&target), p, Arc::new(Progress::default())).await;
+        let all = totals(&result);
+        assert_eq!((all.count, all.errors), (1_000, 0), "exactly --ops operations");
+        assert_eq!(target.calls.load(Ordering::Relaxed), 1_000);
+
+        let target = FakeTarget::new(Duration::ZERO, false);
+        let mut p = plan(Profile::Add, 60_000, 64, Some(10_000.0));
+        p.max_ops = Some(500);
+        let result = run(Arc::clone(&target), p, Arc::new(Progress::default())).await;
+        let all = totals(&result);
+        assert_eq!(
+            all.count + all.errors + all.dropped,
+            500,
+            "exactly --ops sends scheduled"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_preload_with_ops_writes_each_cart_once() {
+        /// Records the carts it is asked to write.
+        struct Carts(std::sync::Mutex<Vec<String>>);
+        impl Target for Carts {
+            async fn execute(&self, op: Op) -> Outcome {
+                if let Ok(mut carts) = self.0.lock() {
+                    carts.push(op.cart_id().to_owned());
+                }
+                Outcome::Ok
+            }
+        }
+        let target = Arc::new(Carts(std::sync::Mutex::new(Vec::new())));
+        let mut p = plan(Profile::Add, 60_000, 16, None);
+        p.workload.carts = CartPicker::new(KeyDistribution::Sequential, 2_000).expect("picker");
+        p.max_ops = Some(2_000);
+        let result = run(Arc::clone(&target), p, Arc::new(Progress::default())).await;
+        assert_eq!(totals(&result).count, 2_000);
+        let mut carts = target.0.lock().expect("not poisoned").clone();
+        carts.sort();
+        carts.dedup();
+        assert_eq!(carts.len(), 2_000, "every cart of the population written once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,10 @@
 //! implementing [`Target`] and one arm in [`AnyTarget`]; nothing else changes.
 //!
 //! Kinds: `cartdb=HOST:PORT[,HOST:PORT…]` (a cluster, any of its nodes) and
-//! `redis=redis://HOST:PORT` (one server; the `redis://` may be left out). The Redis data model is
-//! in [`crate::redis_target`].
+//! `redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]` (one server, the primary when it has
+//! replicas; the `redis://` may be left out; `?wait=N`: every write also waits, in its round trip,
+//! until N replicas have it, see [`RedisWait`]). The Redis data model is in
+//! [`crate::redis_target`].
 
 use std::fmt;
 use std::future::Future;
@@ -16,7 +18,7 @@ use cart_client::{CartClient, ClientOptions, ItemSnapshot};
 use tonic::Code;
 
 use crate::error::BenchError;
-use crate::redis_target::{self, RedisTarget};
+use crate::redis_target::{self, RedisTarget, RedisWait};
 use crate::workload::Op;
 
 /// The result of one operation as the report counts it.
@@ -83,6 +85,8 @@ impl TargetKind {
 pub struct TargetSpec {
     pub kind: TargetKind,
     pub endpoints: Vec<String>,
+    /// Redis only: writes wait for replicas (`?wait=N`).
+    pub redis_wait: Option<RedisWait>,
 }
 
 impl TargetSpec {
@@ -108,11 +112,19 @@ impl TargetSpec {
             let [endpoint] = endpoints.as_slice() else {
                 return Err(invalid("a redis target is one server: redis=redis://HOST:PORT"));
             };
-            let (host, port) =
-                redis_target::parse_endpoint(endpoint).ok_or_else(|| invalid("expected redis=redis://HOST:PORT"))?;
+            let (endpoint, query) = match endpoint.split_once('?') {
+                Some((endpoint, query)) => (endpoint, Some(query)),
+                None => (endpoint.as_str(), None),
+            };
+            let (host, port) = redis_target::parse_endpoint(endpoint)
+                .ok_or_else(|| invalid("expected redis=redis://HOST:PORT[?wait=N[&wait_timeout_ms=T]]"))?;
+            let redis_wait = query
+                .map(|q| RedisWait::parse_query(q).map_err(|reason| invalid(&reason)))
+                .transpose()?;
             return Ok(TargetSpec {
                 kind,
                 endpoints: vec![format!("redis://{host}:{port}")],
+                redis_wait,
             });
         }
         for endpoint in &endpoints {
@@ -123,14 +135,22 @@ impl TargetSpec {
                 return Err(invalid("an endpoint is not HOST:PORT"));
             }
         }
-        Ok(TargetSpec { kind, endpoints })
+        Ok(TargetSpec {
+            kind,
+            endpoints,
+            redis_wait: None,
+        })
     }
 }
 
 impl fmt::Display for TargetSpec {
-    /// The canonical `KIND=HOST:PORT,…` form, used as the target's label in reports.
+    /// The canonical `KIND=HOST:PORT,…[?QUERY]` form, used as the target's label in reports.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.kind.name(), self.endpoints.join(","))
+        write!(f, "{}={}", self.kind.name(), self.endpoints.join(","))?;
+        match &self.redis_wait {
+            Some(wait) => write!(f, "?{wait}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -244,7 +264,7 @@ impl AnyTarget {
                     reason: "no endpoint".into(),
                 })?;
                 Ok(AnyTarget::Redis(
-                    RedisTarget::connect(url, options.redis_connections).await?,
+                    RedisTarget::connect(url, options.redis_connections, spec.redis_wait).await?,
                 ))
             }
         }
@@ -290,6 +310,52 @@ mod tests {
             assert_eq!(spec.kind, TargetKind::Redis);
             assert_eq!(spec.endpoints, ["redis://127.0.0.1:6379"]);
             assert_eq!(spec.to_string(), "redis=redis://127.0.0.1:6379");
+        }
+    }
+
+    #[test]
+    fn redis_wait_is_part_of_the_target() {
+        let spec = TargetSpec::parse("redis=redis://127.0.0.1:17621?wait=1").expect("parses");
+        assert_eq!(
+            spec.endpoints,
+            ["redis://127.0.0.1:17621"],
+            "the query is no part of the URL"
+        );
+        assert_eq!(
+            spec.redis_wait,
+            Some(RedisWait {
+                replicas: 1,
+                timeout_ms: redis_target::DEFAULT_WAIT_TIMEOUT_MS
+            })
+        );
+        assert_eq!(
+            spec.to_string(),
+            "redis=redis://127.0.0.1:17621?wait=1&wait_timeout_ms=1000"
+        );
+        let spec = TargetSpec::parse("redis=127.0.0.1:17621?wait_timeout_ms=250&wait=2").expect("parses");
+        assert_eq!(
+            spec.redis_wait,
+            Some(RedisWait {
+                replicas: 2,
+                timeout_ms: 250
+            })
+        );
+        assert_eq!(TargetSpec::parse(&spec.to_string()).expect("round trip"), spec);
+        assert_eq!(
+            TargetSpec::parse("redis=127.0.0.1:6379").expect("parses").redis_wait,
+            None
+        );
+        for bad in [
+            "redis=redis://127.0.0.1:6379?",
+            "redis=redis://127.0.0.1:6379?wait=0",
+            "redis=redis://127.0.0.1:6379?wait=x",
+            "redis=redis://127.0.0.1:6379?wait_timeout_ms=100",
+            "redis=redis://127.0.0.1:6379?wait=1&wait_timeout_ms=0",
+            "redis=redis://127.0.0.1:6379?wait=1&wait_timeout_ms=2000",
+            "redis=redis://127.0.0.1:6379?wait=1&fsync=1",
+            "cartdb=127.0.0.1:7001?wait=1",
+        ] {
+            assert!(TargetSpec::parse(bad).is_err(), "{bad} should be refused");
         }
     }
 
