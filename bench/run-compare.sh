@@ -6,7 +6,8 @@
 # 1. Builds release; installs redis-server with apt-get if it is missing (see bench/redis.sh).
 # 2. Closed loop, CONCURRENCY workers, DURATION seconds, the same PROFILE and seed against
 #    - cartdb: a fresh 3-node `cartd dev` cluster on 127.0.0.1:17601-17603 (N = 3, R = W = 2, an
-#      ack means flushed on W nodes);
+#      ack means flushed on W nodes) on its default storage engine, fjall (flushes end in
+#      fdatasync); cartdb-sled: the same on sled (`[storage] engine = "sled"`: sync_file_range);
 #    - redis-everysec: one redis-server on 127.0.0.1:17611, `appendonly yes`, `appendfsync everysec`
 #      (an ack can lose up to ~1 s of writes on a crash);
 #    - redis-always: the same with `appendfsync always` (fsync before the reply);
@@ -21,7 +22,8 @@
 #    cartdb, redis-everysec and redis-replicated, latency from each request's intended send time.
 # 4. Tables: per target ops/s, p50/p99/p99.9 and the ratio to cartdb, CPU per operation of the
 #    servers and of cart-bench (user + system time from /proc), and p50/p99 per operation.
-# 5. bench/run-scaling.sh: cartdb on 1, 3 and 5 nodes with the same settings.
+# 5. bench/run-scaling.sh: cartdb on 1, 3 and 5 nodes with the same settings (SKIP_SCALING=1: not).
+# CLOSED_TARGETS / OPEN_TARGETS (space-separated names as above) pick the targets of each pass.
 #
 # JSON reports and cart-bench's own output: bench/results/compare/ (ignored by git), and
 # bench/results/compare/summary.json: one entry per mode and target ("closed/cartdb", …) with
@@ -90,8 +92,14 @@ against() {
     local name=$1 mode=$2
     shift 2
     case $name in
-    cartdb)
-        start_cluster 3 "$CARTDB_PORT"
+    cartdb | cartdb-sled)
+        # cartdb runs its default engine (fjall); cartdb-sled the same cluster on sled.
+        local extra=""
+        if [[ $name == cartdb-sled ]]; then
+            extra="$OUT/sled.toml"
+            printf '[storage]\nengine = "sled"\n' >"$extra"
+        fi
+        start_cluster 3 "$CARTDB_PORT" "$extra"
         SERVER_PIDS=$(cluster_pids)
         bench "$mode-$name" "cartdb=$CLUSTER_ENDPOINTS" "$@"
         stop_cluster
@@ -111,8 +119,8 @@ against() {
     esac
 }
 
-CLOSED_TARGETS="cartdb redis-everysec redis-always redis-replicated"
-OPEN_TARGETS="cartdb redis-everysec redis-replicated"
+CLOSED_TARGETS=${CLOSED_TARGETS:-cartdb cartdb-sled redis-everysec redis-always redis-replicated}
+OPEN_TARGETS=${OPEN_TARGETS:-cartdb cartdb-sled redis-everysec redis-replicated}
 for name in $CLOSED_TARGETS; do
     against "$name" closed --concurrency "$CONCURRENCY"
 done
@@ -138,6 +146,9 @@ python3 bench/summarize.py summary-json "$OUT/summary.json" \
     $(with_mode closed "$CLOSED_TARGETS") $(with_mode open "$OPEN_TARGETS")
 echo
 
+if [[ -n "${SKIP_SCALING:-}" ]]; then
+    exit 0
+fi
 echo "== cartdb on 1, 3 and 5 nodes (bench/run-scaling.sh) =="
 run_child env DURATION="$DURATION" CONCURRENCY="$CONCURRENCY" PROFILE="$PROFILE" SEED="$SEED" SKIP_BUILD=1 \
     bench/run-scaling.sh

@@ -56,6 +56,10 @@ pub struct ReadTail {
 }
 
 /// Extra peer reads hedging may add (fraction of reads), and its burst.
+/// How long read repair waits before it looks again at an owner that differed from the merge
+/// (writes still being replicated to it land meanwhile, and then nothing needs shipping).
+const REPAIR_RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 const READ_HEDGE_BUDGET: f64 = 0.05;
 const READ_HEDGE_BURST: f64 = 50.0;
 
@@ -716,6 +720,8 @@ impl Coordinator {
             Some(known) if reply.unchanged => return Ok(Some(known.cart)),
             _ => {}
         }
+        // Empty, or `behind`: nothing to merge; either way the owner differs from the merge and
+        // is repaired.
         if reply.state.is_empty() {
             return Ok(None);
         }
@@ -848,17 +854,43 @@ impl Coordinator {
         if stale.is_empty() {
             return; // the usual case: every owner asked already holds the merge
         }
-        let Ok(bytes) = codec::encode(&merged) else {
-            return;
-        };
+        let mut bytes = None;
         for target in stale {
-            tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");
             if target.node_id == self.cluster.self_id {
+                tracing::debug!(cart_id = %id, "read repair of this node");
                 if let Err(e) = self.store.merge(id, (*merged).clone()).await {
                     tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
                 }
-            } else if let Ok(_permit) = self.background.try_acquire() {
-                let _ = self.call_replicate(&target.node_id, id, &bytes, &[], None).await;
+                continue;
+            }
+            let Ok(_permit) = self.background.try_acquire() else {
+                continue; // busy: anti-entropy converges it
+            };
+            // An owner behind only by writes still on their way (the usual case under load)
+            // catches up by itself: look again after a moment with a digest read, and ship the
+            // whole cart only if it still differs.
+            tokio::time::sleep(REPAIR_RECHECK_AFTER).await;
+            let Ok(context) = codec::encode_context(merged.context()) else {
+                return;
+            };
+            let known = Known {
+                cart: merged.clone(),
+                context: Arc::new(context),
+            };
+            match self.call_read(&target.node_id, id, Some(known)).await {
+                Ok(Some(now)) if Arc::ptr_eq(&now, &merged) => continue, // caught up
+                Err(_) => continue, // unreachable now: hints and anti-entropy take over
+                _ => {}
+            }
+            if bytes.is_none() {
+                let Ok(encoded) = codec::encode(&merged) else {
+                    return;
+                };
+                bytes = Some(encoded);
+            }
+            tracing::debug!(cart_id = %id, node = %target.node_id, "read repair");
+            if let Some(bytes) = &bytes {
+                let _ = self.call_replicate(&target.node_id, id, bytes, &[], None).await;
             }
         }
     }

@@ -64,17 +64,27 @@ impl ReplicaApi {
         let Some(cart) = self.coordinator.store.read_with_hints(&id)? else {
             return Ok(ReadReply::default());
         };
-        if !req.known_context.is_empty()
-            && codec::encode_context(cart.context()).map_err(encoding)? == req.known_context
-        {
-            return Ok(ReadReply {
-                state: Vec::new(),
-                unchanged: true,
-            });
+        if !req.known_context.is_empty() {
+            if codec::encode_context(cart.context()).map_err(encoding)? == req.known_context {
+                return Ok(ReadReply {
+                    unchanged: true,
+                    ..ReadReply::default()
+                });
+            }
+            // Usually the coordinator is ahead (it coordinated the latest writes, which are still
+            // on their way here): then this cart adds nothing to its merge and is not shipped.
+            let known = codec::decode_context(&req.known_context)
+                .map_err(|e| Status::invalid_argument(format!("known_context: {e}")))?;
+            if known.covers(cart.context()) {
+                return Ok(ReadReply {
+                    behind: true,
+                    ..ReadReply::default()
+                });
+            }
         }
         Ok(ReadReply {
             state: codec::encode(&cart).map_err(encoding)?,
-            unchanged: false,
+            ..ReadReply::default()
         })
     }
 
