@@ -395,25 +395,16 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
 }
 
 /// Digest reads: a replica whose cart has the context the coordinator sends answers
-/// "unchanged" without the cart; any other context (or none) gets the whole cart.
+/// "unchanged" without the cart, one whose context that context covers answers "behind" without
+/// it; any other context (or none) gets the whole cart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_answers_a_digest_read_with_unchanged_only_when_contexts_match() {
+async fn a_replica_answers_a_digest_read_with_unchanged_or_behind_and_ships_only_news() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = common::start_cluster(dir.path(), 3, "");
-    let (a, b, _) = three(&cluster);
+    let (a, b, c) = three(&cluster);
     add_via(a, "user:dora", "sku-1", 3).await.unwrap();
     let peer = ReplicaServiceClient::connect(format!("http://{b}")).await.unwrap();
-    let read = |known_context: Vec<u8>| {
-        let mut request = tonic::Request::new(ReadRequest {
-            cart_id: "user:dora".into(),
-            known_context,
-        });
-        request
-            .metadata_mut()
-            .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
-        let mut peer = peer.clone();
-        async move { peer.read(request).await.unwrap().into_inner() }
-    };
+    let read = |known_context: Vec<u8>| read_at(&peer, "user:dora", known_context);
     let full = read(Vec::new()).await;
     assert!(!full.unchanged && !full.state.is_empty());
     let cart = cart_crdt::codec::decode(&full.state).unwrap();
@@ -427,6 +418,40 @@ async fn a_replica_answers_a_digest_read_with_unchanged_only_when_contexts_match
     assert!(!stale.unchanged);
     let newer = cart_crdt::codec::decode(&stale.state).unwrap();
     assert!(newer.covers(&cart) && !cart.covers(&newer));
+    assert!(!stale.behind);
+    // A coordinator ahead of the replica (it has seen every dot the replica has, and more):
+    // the replica's cart adds nothing, so it answers "behind" and ships nothing. (A context
+    // with a dot of another writer: the one of a cart written through the third node.)
+    let other = add_via(c, "user:eve", "sku-1", 3).await.unwrap();
+    assert_eq!(other.lines.len(), 1);
+    let eve = read_at(&peer, "user:eve", Vec::new()).await;
+    let mut ahead = newer.context().clone();
+    ahead.merge(cart_crdt::codec::decode(&eve.state).unwrap().context());
+    let behind = read(cart_crdt::codec::encode_context(&ahead).unwrap()).await;
+    assert!(
+        behind.behind,
+        "a replica the coordinator's context covers must say it is behind"
+    );
+    assert!(
+        !behind.unchanged && behind.state.is_empty(),
+        "a replica behind ships no cart"
+    );
+}
+
+/// One secret-bearing `ReplicaService.Read` of `cart` at `peer`.
+async fn read_at(
+    peer: &ReplicaServiceClient<tonic::transport::Channel>,
+    cart: &str,
+    known_context: Vec<u8>,
+) -> cart_proto::replica_pb::ReadReply {
+    let mut request = tonic::Request::new(ReadRequest {
+        cart_id: cart.into(),
+        known_context,
+    });
+    request
+        .metadata_mut()
+        .insert(cart_proto::SECRET_HEADER, SECRET.parse().unwrap());
+    peer.clone().read(request).await.unwrap().into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
