@@ -55,11 +55,11 @@ pub struct ReadTail {
     pub hedges: std::sync::atomic::AtomicU64,
 }
 
-/// Extra peer reads hedging may add (fraction of reads), and its burst.
 /// How long read repair waits before it looks again at an owner that differed from the merge
 /// (writes still being replicated to it land meanwhile, and then nothing needs shipping).
 const REPAIR_RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Extra peer reads hedging may add (fraction of reads), and its burst.
 const READ_HEDGE_BUDGET: f64 = 0.05;
 const READ_HEDGE_BURST: f64 = 50.0;
 
@@ -728,6 +728,29 @@ impl Coordinator {
         Ok(Some(Arc::new(codec::decode(&reply.state)?)))
     }
 
+    /// Whether `node`'s copy of the cart still lacks something `merged` holds, by a digest read
+    /// (not counted in the read statistics hedging uses). An owner that caught up or moved ahead
+    /// needs no repair; one that is unreachable is left to hints and anti-entropy.
+    async fn still_behind(&self, node: &str, id: &CartId, merged: &Cart) -> bool {
+        let (Some(peer), Ok(context)) = (self.cluster.peer(node), codec::encode_context(merged.context())) else {
+            return false;
+        };
+        let call = peer.read(ReadRequest {
+            cart_id: id.to_string(),
+            known_context: context,
+        });
+        let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
+        self.cluster.record(node, result.as_ref().map(|_| ()));
+        let Ok(reply) = result else { return false };
+        if reply.unchanged {
+            return false;
+        }
+        if reply.state.is_empty() {
+            return true; // behind, or holds nothing
+        }
+        codec::decode(&reply.state).is_ok_and(|now| !now.covers(merged))
+    }
+
     /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to
     /// the deadline) and repairs every owner whose state differs from the merge.
     async fn gather(self: Arc<Self>, mut reads: Reads, answer: oneshot::Sender<Result<Arc<Cart>, NodeError>>) {
@@ -869,18 +892,11 @@ impl Coordinator {
             // An owner behind only by writes still on their way (the usual case under load)
             // catches up by itself: look again after a moment with a digest read, and ship the
             // whole cart only if it still differs.
+            // (The background permit is held across the wait: repairs are bounded with the other
+            // background calls.)
             tokio::time::sleep(REPAIR_RECHECK_AFTER).await;
-            let Ok(context) = codec::encode_context(merged.context()) else {
-                return;
-            };
-            let known = Known {
-                cart: merged.clone(),
-                context: Arc::new(context),
-            };
-            match self.call_read(&target.node_id, id, Some(known)).await {
-                Ok(Some(now)) if Arc::ptr_eq(&now, &merged) => continue, // caught up
-                Err(_) => continue, // unreachable now: hints and anti-entropy take over
-                _ => {}
+            if !self.still_behind(&target.node_id, id, &merged).await {
+                continue;
             }
             if bytes.is_none() {
                 let Ok(encoded) = codec::encode(&merged) else {

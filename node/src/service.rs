@@ -21,19 +21,27 @@ pub struct CartApi {
     in_flight: Arc<InFlight>,
     /// The membership header of the last reply, rebuilt when the layout changes.
     membership: std::sync::Mutex<(u64, MetadataValue<Ascii>)>,
-    /// The last unpriced GetCart reply per cart, with the context it was built from: equal
-    /// contexts mean equal carts, so a cart read again before its next write is not rebuilt
-    /// (view, version token) but cloned.
-    replies: quick_cache::sync::Cache<CartId, Arc<(Context, pb::Cart)>, ReplyWeight>,
+    /// The last unpriced GetCart reply per cart, with the context and touch time it was built
+    /// from: equal contexts mean equal carts, so a cart read again before its next write is not
+    /// rebuilt (view, version token) but cloned. (The touch time tells apart a cart swept after
+    /// its expiry and written again, whose new dots may repeat the old ones.)
+    replies: quick_cache::sync::Cache<CartId, Arc<CachedReply>, ReplyWeight>,
+}
+
+/// A cached GetCart reply and the state it shows.
+struct CachedReply {
+    context: Context,
+    touched_at_ms: u64,
+    cart: pb::Cart,
 }
 
 /// Cached replies weigh their lines (a 1,000-line cart is not one entry like an empty one).
 #[derive(Clone)]
 struct ReplyWeight;
 
-impl quick_cache::Weighter<CartId, Arc<(Context, pb::Cart)>> for ReplyWeight {
-    fn weight(&self, _: &CartId, reply: &Arc<(Context, pb::Cart)>) -> u64 {
-        let cart = &reply.1;
+impl quick_cache::Weighter<CartId, Arc<CachedReply>> for ReplyWeight {
+    fn weight(&self, _: &CartId, reply: &Arc<CachedReply>) -> u64 {
+        let cart = &reply.cart;
         1 + cart.lines.len() as u64 + cart.saved.len() as u64 + cart.coupons.len() as u64
     }
 }
@@ -275,15 +283,26 @@ impl CartService for CartApi {
         let req = GetRequest::from_wire(request, self.limits()).map_err(NodeError::from)?;
         async {
             let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
-            if priced.is_some() || self.coordinator.store.expired(&req.cart_id, &cart) {
-                // Priced replies depend on the time and the rules; an expired cart shows empty.
+            if self.coordinator.store.expired(&req.cart_id, &cart) {
+                // An expired cart shows empty; its old reply goes.
+                self.replies.remove(&req.cart_id);
+                return Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?);
+            }
+            if priced.is_some() {
+                // Priced replies depend on the time and the rules.
                 return Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?);
             }
             let view = match self.replies.get(&req.cart_id) {
-                Some(hit) if hit.0 == *cart.context() => hit.1.clone(),
+                Some(hit) if hit.context == *cart.context() && hit.touched_at_ms == cart.touched_at_ms() => {
+                    hit.cart.clone()
+                }
                 _ => {
                     let view = self.view(&cart, &req.cart_id, true)?;
-                    let entry = Arc::new((cart.context().clone(), view.clone()));
+                    let entry = Arc::new(CachedReply {
+                        context: cart.context().clone(),
+                        touched_at_ms: cart.touched_at_ms(),
+                        cart: view.clone(),
+                    });
                     self.replies.insert(req.cart_id.clone(), entry);
                     view
                 }

@@ -247,10 +247,19 @@ impl Storage for SledStorage {
     }
 }
 
+/// Journals fjall keeps at most before it flushes memtables to free them (its minimum; the
+/// default, 512 MiB, let journals fill a 256 MiB disk holding 3 MB of carts).
+const FJALL_JOURNALS_MAX_BYTES: u64 = 64 << 20;
+/// Memtable size per keyspace before it is written out as a table (fjall's default is 64 MiB:
+/// with five keyspaces the journals they pin stayed on disk for minutes).
+const FJALL_MEMTABLE_BYTES: u64 = 8 << 20;
+
 /// fjall 3: one keyspace per [`Tree`] in one database (one journal). Writes go to the journal's
 /// buffer only (`manual_journal_persist`); [`Storage::flush`] writes the buffer out and
 /// `fdatasync`s the journal, on a blocking thread, so one flush makes every earlier `put` of
-/// every tree durable. fjall has no compare-and-delete, so the writes of the two trees that use
+/// every tree durable. The sync holds the journal's lock, so a `put` meanwhile waits for
+/// it (on an async worker: a disk slow to sync slows the whole node, which the slow-node handling
+/// of clients and coordinators then routes around). fjall has no compare-and-delete, so the writes of the two trees that use
 /// [`Storage::delete_if`] (hints, meta) run under one lock.
 pub struct FjallStorage {
     db: fjall::Database,
@@ -267,11 +276,14 @@ impl FjallStorage {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = fjall::Database::builder(dir)
             .manual_journal_persist(true)
+            .max_journaling_size(FJALL_JOURNALS_MAX_BYTES)
             .open()
             .map_err(|e| StorageError::new("open", format!("{}: {e}", dir.display())))?;
         let open_keyspace = |t: Tree| {
             db.keyspace(t.name(), || {
-                fjall::KeyspaceCreateOptions::default().manual_journal_persist(true)
+                fjall::KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .max_memtable_size(FJALL_MEMTABLE_BYTES)
             })
             .map_err(|e| StorageError::new("open", e))
         };
@@ -484,7 +496,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fjall_keeps_flushed_writes_across_a_reopen() {
+    async fn fjall_reopens_with_its_data() {
+        // (Dropping the database writes its buffer out too: that a flush alone makes writes
+        // durable is what the kill -9 tests in node/tests/durability.rs check.)
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(Engine::Fjall, dir.path()).unwrap();

@@ -172,8 +172,19 @@ async fn syncs_while_writing(engine: &str, writes: usize) -> Option<(usize, usiz
         .stderr(std::process::Stdio::piped())
         .spawn()
         .ok()?;
-    // strace writes its output file once attached; give it a moment to attach to every thread.
-    let attached = common::eventually(Duration::from_secs(10), || async { trace.exists() }).await;
+    // Attached once the kernel names a tracer for the node (strace creates its output file
+    // before it attaches, so that file says nothing); then a moment for the other threads.
+    let status = format!("/proc/{pid}/status");
+    let attached = common::eventually(Duration::from_secs(10), || {
+        let status = status.clone();
+        async move {
+            std::fs::read_to_string(&status).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+            })
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     if !attached {
         let _ = strace.kill();
@@ -222,4 +233,5 @@ async fn fjall_acknowledges_writes_after_fdatasync_and_sled_after_sync_file_rang
     let (sled_fdatasyncs, sled_ranges) = syncs_while_writing("sled", WRITES).await.unwrap();
     println!("sled: {sled_fdatasyncs} fdatasync, {sled_ranges} sync_file_range calls");
     assert!(sled_ranges >= WRITES, "sled made {sled_ranges} sync_file_range calls");
+    assert_eq!(sled_fdatasyncs, 0, "sled's flush is sync_file_range, not fdatasync");
 }
