@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use cart_crdt::{codec, Cart, CartError, CartId, CartOp};
 use cart_proto::hedge::{HedgeBudget, HedgeDelay, Outliers};
-use cart_proto::replica_pb::{CoordinateRequest, ReadRequest, ReplicateRequest};
+use cart_proto::replica_pb::{CoordinateRequest, ReadReply as PeerReadReply, ReadRequest, ReplicateRequest};
 use cart_proto::{CartRequest, Consistency};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
@@ -697,16 +697,9 @@ impl Coordinator {
     /// One peer's state of the cart: `known`'s cart itself when the peer says its context is the
     /// same (a digest read).
     async fn call_read(&self, node: &str, id: &CartId, known: Option<Known>) -> Result<Option<Arc<Cart>>, NodeError> {
-        let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
-            reason: format!("unknown peer {node}"),
-        })?;
-        let call = peer.read(ReadRequest {
-            cart_id: id.to_string(),
-            known_context: known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default(),
-        });
+        let known_context = known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default();
         let began = tokio::time::Instant::now();
-        let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
-        self.cluster.record(node, result.as_ref().map(|_| ()));
+        let result = self.peer_read(node, id, known_context).await;
         match &result {
             Ok(_) => self.read_tail.delay.record(began.elapsed()),
             Err(_) => {
@@ -715,7 +708,7 @@ impl Coordinator {
                     .slow(node, self.cluster.topology().members().len());
             }
         }
-        let reply = result.map_err(NodeError::Remote)?;
+        let reply = result?;
         match known {
             Some(known) if reply.unchanged => return Ok(Some(known.cart)),
             _ => {}
@@ -728,20 +721,31 @@ impl Coordinator {
         Ok(Some(Arc::new(codec::decode(&reply.state)?)))
     }
 
+    /// One `ReplicaService.Read` of `node` (a digest read when `known_context` is not empty),
+    /// within the peer timeout; the outcome feeds the failure detector.
+    async fn peer_read(&self, node: &str, id: &CartId, known_context: Vec<u8>) -> Result<PeerReadReply, NodeError> {
+        let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
+            reason: format!("unknown peer {node}"),
+        })?;
+        let call = peer.read(ReadRequest {
+            cart_id: id.to_string(),
+            known_context,
+        });
+        let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
+        self.cluster.record(node, result.as_ref().map(|_| ()));
+        result.map_err(NodeError::Remote)
+    }
+
     /// Whether `node`'s copy of the cart still lacks something `merged` holds, by a digest read
     /// (not counted in the read statistics hedging uses). An owner that caught up or moved ahead
     /// needs no repair; one that is unreachable is left to hints and anti-entropy.
     async fn still_behind(&self, node: &str, id: &CartId, merged: &Cart) -> bool {
-        let (Some(peer), Ok(context)) = (self.cluster.peer(node), codec::encode_context(merged.context())) else {
+        let Ok(context) = codec::encode_context(merged.context()) else {
             return false;
         };
-        let call = peer.read(ReadRequest {
-            cart_id: id.to_string(),
-            known_context: context,
-        });
-        let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
-        self.cluster.record(node, result.as_ref().map(|_| ()));
-        let Ok(reply) = result else { return false };
+        let Ok(reply) = self.peer_read(node, id, context).await else {
+            return false;
+        };
         if reply.unchanged {
             return false;
         }

@@ -56,8 +56,9 @@ impl ReplicaApi {
         Ok(())
     }
 
-    /// This node's state of one cart (replica merged with hints), or `unchanged` when its
-    /// context is the one the coordinator already holds (a digest read).
+    /// This node's state of one cart (replica merged with hints), or, for a digest read,
+    /// `unchanged` when its context is the one the coordinator holds and `behind` when that
+    /// context covers it.
     fn read_one(&self, req: ReadRequest) -> Result<ReadReply, Status> {
         let id = self.cart_id(&req.cart_id)?;
         let encoding = |e| Status::from(NodeError::from(e));
@@ -65,16 +66,16 @@ impl ReplicaApi {
             return Ok(ReadReply::default());
         };
         if !req.known_context.is_empty() {
-            if codec::encode_context(cart.context()).map_err(encoding)? == req.known_context {
+            let known = codec::decode_context(&req.known_context)
+                .map_err(|e| Status::invalid_argument(format!("known_context: {e}")))?;
+            if known == *cart.context() {
                 return Ok(ReadReply {
                     unchanged: true,
                     ..ReadReply::default()
                 });
             }
-            // Usually the coordinator is ahead (it coordinated the latest writes, which are still
-            // on their way here): then this cart adds nothing to its merge and is not shipped.
-            let known = codec::decode_context(&req.known_context)
-                .map_err(|e| Status::invalid_argument(format!("known_context: {e}")))?;
+            // The coordinator has seen everything this copy holds (writes still on their way
+            // here): it adds nothing to the merge and is not shipped.
             if known.covers(cart.context()) {
                 return Ok(ReadReply {
                     behind: true,

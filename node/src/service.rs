@@ -283,13 +283,12 @@ impl CartService for CartApi {
         let req = GetRequest::from_wire(request, self.limits()).map_err(NodeError::from)?;
         async {
             let cart = self.coordinator.read(&req.cart_id, req.consistency).await?;
-            if self.coordinator.store.expired(&req.cart_id, &cart) {
-                // An expired cart shows empty; its old reply goes.
+            let expired = self.coordinator.store.expired(&req.cart_id, &cart);
+            if expired {
                 self.replies.remove(&req.cart_id);
-                return Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?);
             }
-            if priced.is_some() {
-                // Priced replies depend on the time and the rules.
+            if expired || priced.is_some() {
+                // An expired cart shows empty; priced replies depend on the time and the rules.
                 return Ok(self.reply(&cart, &req.cart_id, true, priced.as_ref())?);
             }
             let view = match self.replies.get(&req.cart_id) {

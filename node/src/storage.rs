@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Bound;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -147,6 +148,35 @@ pub trait Storage: Send + Sync + 'static {
     fn flush(&self) -> FlushFuture<'_>;
 }
 
+/// Where [`Storage::scan`] starts: after `after`, else at `prefix`.
+fn scan_from<'a>(prefix: &'a [u8], after: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    match after {
+        Some(after) => (Bound::Excluded(after), Bound::Unbounded),
+        None => (Bound::Included(prefix), Bound::Unbounded),
+    }
+}
+
+/// The first `limit` entries of an engine's ordered `entries` while their keys start with
+/// `prefix` (the rest of a [`Storage::scan`], shared by the engines).
+fn take_prefixed<K: AsRef<[u8]>, V: AsRef<[u8]>, E: std::fmt::Display>(
+    entries: impl Iterator<Item = Result<(K, V), E>>,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<KeyValue>, StorageError> {
+    let mut out = Vec::new();
+    for entry in entries {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = entry.map_err(|e| StorageError::new("scan", e))?;
+        if !k.as_ref().starts_with(prefix) {
+            break;
+        }
+        out.push((k.as_ref().to_vec(), v.as_ref().to_vec()));
+    }
+    Ok(out)
+}
+
 /// sled 0.34: one tree per [`Tree`].
 pub struct SledStorage {
     db: sled::Db,
@@ -222,20 +252,8 @@ impl Storage for SledStorage {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        let tree = self.tree(tree);
-        let iter = match after {
-            Some(after) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => tree.range::<&[u8], _>(prefix..),
-        };
-        let mut out = Vec::new();
-        for item in iter {
-            let (k, v) = item.map_err(|e| StorageError::new("scan", e))?;
-            if !k.starts_with(prefix) || out.len() >= limit {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        let entries = self.tree(tree).range::<&[u8], _>(scan_from(prefix, after));
+        take_prefixed(entries, prefix, limit)
     }
 
     fn flush(&self) -> FlushFuture<'_> {
@@ -360,23 +378,11 @@ impl Storage for FjallStorage {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        let keyspace = self.keyspace(tree);
-        let iter = match after {
-            Some(after) => keyspace.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => keyspace.range::<&[u8], _>(prefix..),
-        };
-        let mut out = Vec::new();
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.into_inner().map_err(|e| StorageError::new("scan", e))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        let entries = self
+            .keyspace(tree)
+            .range::<&[u8], _>(scan_from(prefix, after))
+            .map(fjall::Guard::into_inner);
+        take_prefixed(entries, prefix, limit)
     }
 
     fn flush(&self) -> FlushFuture<'_> {
@@ -443,11 +449,11 @@ impl Storage for MemoryStorage {
         let map = self.map()?;
         let start = (tree, after.unwrap_or(prefix).to_vec());
         let lower = match after {
-            Some(_) => std::ops::Bound::Excluded(start),
-            None => std::ops::Bound::Included(start),
+            Some(_) => Bound::Excluded(start),
+            None => Bound::Included(start),
         };
         Ok(map
-            .range((lower, std::ops::Bound::Unbounded))
+            .range((lower, Bound::Unbounded))
             .take_while(|((t, k), _)| *t == tree && k.starts_with(prefix))
             .take(limit)
             .map(|((_, k), v)| (k.clone(), v.clone()))
