@@ -29,6 +29,15 @@ CLUSTER_ENDPOINTS=""
 
 CHILD_PID=""
 
+# on_exit FN: FN runs on every exit of the script; INT, TERM and HUP exit with 128 + the signal's
+# number, so FN runs then too (once).
+on_exit() {
+    trap "$1" EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
+}
+
 run_child() {
     local rc=0
     # A background job of a script is no group leader, so setsid execs in place: the pid is the

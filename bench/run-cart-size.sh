@@ -32,10 +32,7 @@ cleanup() {
     stop_cluster
     [[ -n "$LIMITS" ]] && rm -f -- "$LIMITS"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 LIMITS="$(mktemp)"
 printf '[limits]\nmax_lines_per_cart = 2000\nmax_quantity = 1000000\n' >"$LIMITS"

@@ -42,10 +42,7 @@ cleanup() {
     stop_cluster
     remove_policy_rc
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 DURATION=${DURATION:-30}
 CONCURRENCY=${CONCURRENCY:-64}

@@ -32,9 +32,7 @@ cleanup() {
     umount -l "$DIR/n3/data" 2>/dev/null || true
     rm -rf "$DIR"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 ctl() { "$BIN_DIR/cartctl" --endpoint "$1" "${@:2}"; }
 degraded() { # ENDPOINT: what it says of n3 (empty: healthy); "?" when it does not answer
     ctl "$1" --json status 2>/dev/null |

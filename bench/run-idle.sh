@@ -30,9 +30,7 @@ cleanup() {
     if [[ -n "$N3_PID" ]]; then stop_pid "$N3_PID" "restarted n3"; fi
     stop_cluster
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 CARTS=${CARTS:-100000}
 PRELOAD_S=${PRELOAD_S:-40}

@@ -36,9 +36,7 @@ cleanup() {
     done
     stop_cluster
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 RATE=${RATE:-1000}
 DURATION_S=${DURATION_S:-30}

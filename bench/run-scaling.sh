@@ -15,10 +15,7 @@ cleanup() {
     stop_child
     stop_cluster
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 DURATION=${DURATION:-30}
 CONCURRENCY=${CONCURRENCY:-64}

@@ -9,9 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source bench/cluster.sh
-trap stop_cluster EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit stop_cluster
 
 cargo build --release -p cart-node -p cart-bench
 start_cluster 1 17401
