@@ -131,10 +131,52 @@ impl ClusterSpec {
 }
 
 /// A port nothing listens on right now (bound, noted, closed).
+///
+/// Ports come from below the kernel's ephemeral range: a port the kernel handed out by `bind(0)`
+/// can be taken, between this check and the node's own bind, as the local port of any outgoing
+/// connection on the machine (seen in CI: a node failed with `Address already in use`). Within one
+/// process ports are never handed out twice (a cursor walks the range from a random start), so
+/// tests running side by side in one test binary cannot pick each other's ports either.
 pub fn free_port() -> Result<u16, LaunchError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind", Path::new("127.0.0.1:0")))?;
-    let port = l.local_addr().map_err(io("bind", Path::new("127.0.0.1:0")))?.port();
-    Ok(port)
+    free_ports(1)
+}
+
+/// The first of `count` consecutive ports nothing listens on right now (see [`free_port`]).
+pub fn free_ports(count: u16) -> Result<u16, LaunchError> {
+    static CURSOR: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let (low, high) = port_range();
+    let span = high - low;
+    let mut cursor = CURSOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut next = cursor.unwrap_or_else(|| low + rand::random_range(0..span));
+    for _ in 0..span / count.max(1) {
+        if next + count > high {
+            next = low;
+        }
+        let base = next;
+        next += count;
+        let all_free = (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            *cursor = Some(next);
+            return Ok(base);
+        }
+    }
+    Err(LaunchError::Io {
+        what: "find free ports below the ephemeral range",
+        path: PathBuf::from(format!("127.0.0.1:{low}-{high}")),
+        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    })
+}
+
+/// `[low, high)`: the ports under the kernel's ephemeral range (`ip_local_port_range`), at most
+/// 20,000 of them and none under 10,000.
+fn port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|low| low.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(12_000);
+    let low = high.saturating_sub(20_000).max(10_000).min(high - 1_000);
+    (low, high)
 }
 
 /// A running `cartd run` child process. Dropping it kills the process.
@@ -473,5 +515,18 @@ mod tests {
         assert_eq!(config.cluster.members.len(), 3);
         assert_eq!(config.cluster.anti_entropy_interval, Duration::from_millis(200));
         assert_eq!(config.data_dir, dir.path().join("n3").join("data"));
+    }
+
+    #[test]
+    fn free_ports_lie_under_the_ephemeral_range_and_never_repeat() {
+        let (low, high) = port_range();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let base = free_ports(3).unwrap();
+            assert!(low <= base && base + 3 <= high, "{base} outside {low}..{high}");
+            for port in base..base + 3 {
+                assert!(seen.insert(port), "port {port} handed out twice");
+            }
+        }
     }
 }

@@ -11,21 +11,10 @@ use cart_client::ItemSnapshot;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Three consecutive free ports.
-fn free_base_port() -> u16 {
-    for _ in 0..50 {
-        let base = cart_node::launcher::free_port().unwrap();
-        if base < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no three consecutive free ports");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartd_dev_runs_three_replicating_nodes_and_stops_them_all() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    let base = cart_node::launcher::free_ports(3).unwrap();
     let mut dev = Command::new(common::cartd())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -92,7 +81,7 @@ fn children(pid: u32) -> Vec<(i32, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_dev_node_leaves_the_other_two_serving_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    let base = cart_node::launcher::free_ports(3).unwrap();
     let mut dev = Command::new(common::cartd())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
