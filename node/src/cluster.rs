@@ -16,20 +16,18 @@ use std::time::Duration;
 
 use cart_crdt::CartId;
 use cart_proto::replica_pb::replica_service_client::ReplicaServiceClient;
-use cart_proto::replica_pb::{
-    ItemResult, PingRequest, ReadBatchRequest, ReadReply, ReadRequest, ReadResult, ReplicateBatchRequest,
-    ReplicateRequest,
-};
+use cart_proto::replica_pb::{PingRequest, ReadReply, ReadRequest, ReplicateRequest};
 use cart_proto::SECRET_HEADER;
 use cart_ring::layout::Layout;
 use cart_ring::{Member, Ring};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::batcher::{self, batched, BatchItem, Reads, Replicates, BATCH_QUEUE_MAX};
 use crate::config::ClusterConfig;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
@@ -63,16 +61,6 @@ pub fn tcp_connect() -> Connect {
     Arc::new(|endpoint: Endpoint| endpoint.connect_lazy())
 }
 
-/// Requests sent to one peer in one `ReplicateBatch` or `ReadBatch` call at most.
-pub const BATCH_MAX: usize = 256;
-/// Read batch calls in flight to one peer at most; requests queue meanwhile (and so batch).
-pub const READ_BATCHES_IN_FLIGHT: usize = 2;
-/// Replicate batch calls in flight to one peer: one, so that deltas queued in write order reach
-/// the peer in that order (a delta ahead of its past costs a whole-cart resend).
-pub const REPLICATE_BATCHES_IN_FLIGHT: usize = 1;
-/// Requests of one kind waiting for one peer at most; beyond, senders wait (back-pressure).
-pub const BATCH_QUEUE_MAX: usize = 4096;
-
 /// One other node.
 pub struct Peer {
     pub member: Member,
@@ -94,26 +82,6 @@ pub struct Peer {
     degraded: std::sync::Mutex<String>,
     /// Whether `degraded` is not empty (read on every reply's membership version).
     degraded_flag: AtomicBool,
-}
-
-/// One request waiting in a peer's batcher, and where its own outcome goes.
-struct BatchItem<Req, Out> {
-    request: Req,
-    done: oneshot::Sender<Result<Out, Status>>,
-}
-
-/// Queues a request on a batcher and waits for its outcome.
-async fn batched<Req, Out>(queue: &mpsc::Sender<BatchItem<Req, Out>>, request: Req) -> Result<Out, Status> {
-    let (done, result) = oneshot::channel();
-    queue
-        .send(BatchItem { request, done })
-        .await
-        .map_err(|_| Status::unavailable("batch queue closed"))?;
-    result.await.map_err(|_| Status::unavailable("batch dropped"))?
-}
-
-fn item_status(code: i32, message: &str) -> Status {
-    Status::new(Code::from_i32(code), message.to_owned())
 }
 
 impl Peer {
@@ -289,21 +257,9 @@ impl Dialer {
             .max_decoding_message_size(self.max_message_bytes * 4)
             .max_encoding_message_size(self.max_message_bytes * 4);
         let (replicates, queue) = mpsc::channel(BATCH_QUEUE_MAX);
-        tokio::spawn(run_batcher(
-            client.clone(),
-            queue,
-            self.peer_timeout,
-            REPLICATE_BATCHES_IN_FLIGHT,
-            replicate_batch,
-        ));
+        tokio::spawn(batcher::run::<Replicates>(client.clone(), queue, self.peer_timeout));
         let (reads, queue) = mpsc::channel(BATCH_QUEUE_MAX);
-        tokio::spawn(run_batcher(
-            client.clone(),
-            queue,
-            self.peer_timeout,
-            READ_BATCHES_IN_FLIGHT,
-            read_batch,
-        ));
+        tokio::spawn(batcher::run::<Reads>(client.clone(), queue, self.peer_timeout));
         Ok(Peer {
             member: member.clone(),
             client,
@@ -720,92 +676,6 @@ impl Cluster {
             });
             futures::future::join_all(probes).await;
         }
-    }
-}
-
-/// One `ReplicateBatch` call: an outcome per item, in order.
-async fn replicate_batch(mut client: PeerClient, request: Request<Vec<ReplicateRequest>>) -> BatchOutcomes<()> {
-    let (metadata, extensions, items) = request.into_parts();
-    let request = Request::from_parts(metadata, extensions, ReplicateBatchRequest { items });
-    let results = client.replicate_batch(request).await?.into_inner().results;
-    Ok(results
-        .into_iter()
-        .map(|ItemResult { code, message }| {
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(item_status(code, &message))
-            }
-        })
-        .collect())
-}
-
-/// One `ReadBatch` call: an outcome per item, in order.
-async fn read_batch(mut client: PeerClient, request: Request<Vec<ReadRequest>>) -> BatchOutcomes<ReadReply> {
-    let (metadata, extensions, items) = request.into_parts();
-    let request = Request::from_parts(metadata, extensions, ReadBatchRequest { items });
-    let results = client.read_batch(request).await?.into_inner().results;
-    Ok(results
-        .into_iter()
-        .map(|ReadResult { code, message, reply }| match (code, reply) {
-            (0, Some(reply)) => Ok(reply),
-            (0, None) => Err(Status::internal("the peer sent a read result without a reply")),
-            (code, _) => Err(item_status(code, &message)),
-        })
-        .collect())
-}
-
-type BatchOutcomes<Out> = Result<Vec<Result<Out, Status>>, Status>;
-
-/// Sends queued requests to one peer in batches (at most `in_flight` calls at once) until the
-/// queue closes; each waiter gets its own item's outcome.
-async fn run_batcher<Req, Out, F, Fut>(
-    client: PeerClient,
-    mut queue: mpsc::Receiver<BatchItem<Req, Out>>,
-    timeout: Duration,
-    in_flight: usize,
-    call: F,
-) where
-    Req: Send + 'static,
-    Out: Send + 'static,
-    F: Fn(PeerClient, Request<Vec<Req>>) -> Fut + Copy + Send + 'static,
-    Fut: std::future::Future<Output = BatchOutcomes<Out>> + Send,
-{
-    let permits = Arc::new(Semaphore::new(in_flight));
-    let mut items = Vec::new();
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        if queue.recv_many(&mut items, BATCH_MAX).await == 0 {
-            return;
-        }
-        let (requests, waiters): (Vec<Req>, Vec<_>) = items.drain(..).map(|i| (i.request, i.done)).unzip();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut request = Request::new(requests);
-            request.set_timeout(timeout);
-            let outcome = tokio::time::timeout(timeout, call(client, request))
-                .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("batch call timed out")));
-            match outcome {
-                Ok(results) => {
-                    let mut results = results.into_iter();
-                    for waiter in waiters {
-                        let outcome = results
-                            .next()
-                            .unwrap_or_else(|| Err(Status::internal("the peer sent fewer results than items")));
-                        let _ = waiter.send(outcome);
-                    }
-                }
-                Err(status) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(status.clone()));
-                    }
-                }
-            }
-            drop(permit);
-        });
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod anti_entropy;
+pub mod batcher;
 pub mod clock;
 pub mod cluster;
 pub mod commit;

@@ -12,7 +12,11 @@ use cart_proto::replica_pb::{
     ReadReply, ReadRequest, ReadResult, ReplicateBatchReply, ReplicateBatchRequest, ReplicateReply, ReplicateRequest,
 };
 use cart_proto::{CartRequest, Consistency, SECRET_HEADER};
-use tonic::{Request, Response, Status};
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::anti_entropy;
 use crate::coordinator::Coordinator;
@@ -21,13 +25,39 @@ use crate::membership;
 use crate::membership::paxos::{Ballot, Prepared};
 use crate::membership::DocKind;
 
+#[derive(Clone)]
 pub struct ReplicaApi {
     coordinator: Arc<Coordinator>,
+    /// Whether the batch stream calls are served (off: answered `UNIMPLEMENTED`, as a node of
+    /// the version before them did; see [`NO_BATCH_STREAMS_ENV`]).
+    batch_streams: bool,
 }
+
+/// Compatibility drill (tests of a cluster being upgraded): with this set, the node answers the
+/// batch stream calls `UNIMPLEMENTED`, like a node of the version before them, so its peers fall
+/// back to unary batch calls. Never set in production.
+pub const NO_BATCH_STREAMS_ENV: &str = "CARTD_COMPAT_NO_BATCH_STREAMS";
+
+/// Batches of one peer stream taken but not yet answered at most (their flushes overlap).
+const STREAM_BATCHES_IN_FLIGHT: usize = 8;
 
 impl ReplicaApi {
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        ReplicaApi { coordinator }
+        let batch_streams = std::env::var_os(NO_BATCH_STREAMS_ENV).is_none();
+        if !batch_streams {
+            tracing::warn!("{NO_BATCH_STREAMS_ENV} set: batch streams refused, as by an older version");
+        }
+        ReplicaApi {
+            coordinator,
+            batch_streams,
+        }
+    }
+
+    fn check_batch_streams(&self) -> Result<(), Status> {
+        match self.batch_streams {
+            true => Ok(()),
+            false => Err(Status::unimplemented(format!("batch streams are off ({NO_BATCH_STREAMS_ENV})"))),
+        }
     }
 
     /// Merges one replicated state (or stores it as a hint) without waiting for the flush.
@@ -89,6 +119,46 @@ impl ReplicaApi {
         })
     }
 
+    /// Merges a batch without flushing: one result per item, in order.
+    fn store_batch(&self, items: Vec<ReplicateRequest>) -> Vec<ItemResult> {
+        items
+            .into_iter()
+            .map(|item| item_result(self.store_unflushed(item)))
+            .collect()
+    }
+
+    /// The batch's results once one flush has made what it stored durable; if the flush fails,
+    /// nothing in it is acknowledged.
+    async fn flushed(&self, mut results: Vec<ItemResult>) -> ReplicateBatchReply {
+        if let Err(e) = self.coordinator.store.durable().await {
+            let failed = item_result(Err(Status::from(e)));
+            for r in results.iter_mut().filter(|r| r.code == 0) {
+                *r = failed.clone();
+            }
+        }
+        ReplicateBatchReply { results }
+    }
+
+    /// A batch of reads: one result per item, in order.
+    fn read_items(&self, items: Vec<ReadRequest>) -> ReadBatchReply {
+        let results = items
+            .into_iter()
+            .map(|item| match self.read_one(item) {
+                Ok(reply) => ReadResult {
+                    code: 0,
+                    message: String::new(),
+                    reply: Some(reply),
+                },
+                Err(status) => ReadResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    reply: None,
+                },
+            })
+            .collect();
+        ReadBatchReply { results }
+    }
+
     fn cart_id(&self, raw: &str) -> Result<CartId, Status> {
         CartId::parse(raw, self.coordinator.store.limits()).map_err(|e| Status::from(NodeError::from(e)))
     }
@@ -110,6 +180,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn item_result(outcome: Result<(), Status>) -> ItemResult {
+    match outcome {
+        Ok(()) => ItemResult {
+            code: 0,
+            message: String::new(),
+        },
+        Err(status) => ItemResult {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
 fn bad_state(e: cart_crdt::CartError) -> Status {
     NodeError::BadPeerMessage { reason: e.to_string() }.into()
 }
@@ -126,31 +209,43 @@ impl ReplicaService for ReplicaApi {
         &self,
         request: Request<ReplicateBatchRequest>,
     ) -> Result<Response<ReplicateBatchReply>, Status> {
-        let items = request.into_inner().items;
-        let mut results: Vec<ItemResult> = items
-            .into_iter()
-            .map(|item| match self.store_unflushed(item) {
-                Ok(()) => ItemResult {
-                    code: 0,
-                    message: String::new(),
-                },
-                Err(status) => ItemResult {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                },
-            })
-            .collect();
-        // One flush makes the whole batch durable; if it fails, nothing in it is acknowledged.
-        if let Err(e) = self.coordinator.store.durable().await {
-            let status = Status::from(e);
-            for r in results.iter_mut().filter(|r| r.code == 0) {
-                *r = ItemResult {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                };
+        let results = self.store_batch(request.into_inner().items);
+        Ok(Response::new(self.flushed(results).await))
+    }
+
+    type ReplicateStreamStream = ReceiverStream<Result<ReplicateBatchReply, Status>>;
+
+    async fn replicate_stream(
+        &self,
+        request: Request<Streaming<ReplicateBatchRequest>>,
+    ) -> Result<Response<Self::ReplicateStreamStream>, Status> {
+        self.check_batch_streams()?;
+        let mut incoming = request.into_inner();
+        let (replies, out) = mpsc::channel(STREAM_BATCHES_IN_FLIGHT);
+        let api = self.clone();
+        tokio::spawn(async move {
+            // Batches are merged in the order they arrive; their flushes overlap (one group
+            // commit may cover several) and their replies leave in arrival order.
+            let mut flushing = FuturesOrdered::new();
+            loop {
+                tokio::select! {
+                    biased; // fixed branch order: deterministic under simulation
+                    Some(reply) = flushing.next(), if !flushing.is_empty() => {
+                        if replies.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    message = incoming.next(), if flushing.len() < STREAM_BATCHES_IN_FLIGHT => match message {
+                        Some(Ok(batch)) => flushing.push_back(api.flushed(api.store_batch(batch.items))),
+                        // The coordinator closed the stream or the connection went: what was
+                        // taken is still flushed (an ack may yet reach a retry), nothing answers.
+                        Some(Err(_)) | None => break,
+                    },
+                }
             }
-        }
-        Ok(Response::new(ReplicateBatchReply { results }))
+            while flushing.next().await.is_some() {}
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
@@ -158,24 +253,27 @@ impl ReplicaService for ReplicaApi {
     }
 
     async fn read_batch(&self, request: Request<ReadBatchRequest>) -> Result<Response<ReadBatchReply>, Status> {
-        let results = request
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|item| match self.read_one(item) {
-                Ok(reply) => ReadResult {
-                    code: 0,
-                    message: String::new(),
-                    reply: Some(reply),
-                },
-                Err(status) => ReadResult {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                    reply: None,
-                },
-            })
-            .collect();
-        Ok(Response::new(ReadBatchReply { results }))
+        Ok(Response::new(self.read_items(request.into_inner().items)))
+    }
+
+    type ReadStreamStream = ReceiverStream<Result<ReadBatchReply, Status>>;
+
+    async fn read_stream(
+        &self,
+        request: Request<Streaming<ReadBatchRequest>>,
+    ) -> Result<Response<Self::ReadStreamStream>, Status> {
+        self.check_batch_streams()?;
+        let mut incoming = request.into_inner();
+        let (replies, out) = mpsc::channel(STREAM_BATCHES_IN_FLIGHT);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(batch)) = incoming.next().await {
+                if replies.send(Ok(api.read_items(batch.items))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
     }
 
     async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateReply>, Status> {

@@ -153,6 +153,37 @@ async fn an_add_acknowledged_at_w2_is_readable_through_every_node() {
     assert!(err.message().contains("consistency.w"), "{err:?}");
 }
 
+/// A node of the version before batch streams (emulated): its peers fall back to unary batch
+/// calls, and writes that need it (W = 3) and reads that ask it (R = 3) still go through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_batch_streams_gets_unary_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::start_cluster(dir.path(), 3, NO_AE);
+    cluster.terminate(2, Duration::from_secs(10)).unwrap();
+    cluster
+        .restart_with_env(2, &[(cart_node::replica::NO_BATCH_STREAMS_ENV, "1")])
+        .unwrap();
+    let old = common::addr(&cluster, 2);
+    // Its peers see it up again before a W = 3 write can reach it.
+    let all_up = common::eventually(Duration::from_secs(15), || async {
+        add_via(common::addr(&cluster, 0), "user:warm-up", "sku", 3).await.is_ok()
+    })
+    .await;
+    assert!(all_up, "a W = 3 write through n1 never went through");
+    for (i, coordinator) in [0, 1, 0].into_iter().enumerate() {
+        let product = format!("sku-{i}");
+        add_via(common::addr(&cluster, coordinator), "user:upgrade", &product, 3)
+            .await
+            .unwrap_or_else(|e| panic!("W = 3 write {i} through n{}: {e:?}", coordinator + 1));
+        assert!(local_products(old, "user:upgrade").await.contains(&product));
+    }
+    let all = get_via(common::addr(&cluster, 1), "user:upgrade", 3).await.unwrap();
+    assert_eq!(products(&all).len(), 3, "R = 3 through a peer of the old node");
+    // The old node coordinating: its own batches still go over the stream to the others.
+    add_via(old, "user:upgrade", "sku-old", 3).await.unwrap();
+    assert!(local_products(common::addr(&cluster, 0), "user:upgrade").await.contains("sku-old"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hinted_writes_reach_a_node_restarted_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
