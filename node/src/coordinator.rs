@@ -129,22 +129,31 @@ struct Reads {
 }
 
 /// A write on its way to the other replicas: its delta, the context the delta was built on,
-/// and the whole cart (encoded only if some target needs it).
+/// and the whole cart (read and encoded only if some target needs it).
+///
+/// It does not hold the cart the write made: a write holding it until W replicas answered made
+/// the next write of the same cart copy the whole cart (a hot cart's history is tens of KB).
+/// The whole cart is this replica's current one, which holds the write and maybe later ones.
 struct Outgoing {
     /// Only owners count toward W (a checkout: a later checkout's read must see it).
     strict: bool,
     delta: Arc<Vec<u8>>,
     deps: Arc<Vec<u8>>,
-    cart: Arc<Cart>,
+    store: Arc<CartStore>,
     whole: std::sync::OnceLock<Arc<Vec<u8>>>,
 }
 
 impl Outgoing {
-    fn whole(&self) -> Result<Arc<Vec<u8>>, NodeError> {
+    /// This replica's cart, which holds the write.
+    fn cart(&self, id: &CartId) -> Result<Arc<Cart>, NodeError> {
+        self.store.read(id)
+    }
+
+    fn whole(&self, id: &CartId) -> Result<Arc<Vec<u8>>, NodeError> {
         if let Some(whole) = self.whole.get() {
             return Ok(whole.clone());
         }
-        let whole = Arc::new(codec::encode(&self.cart)?);
+        let whole = Arc::new(codec::encode(&*self.cart(id)?)?);
         Ok(self.whole.get_or_init(|| whole).clone())
     }
 }
@@ -181,17 +190,25 @@ impl Coordinator {
 
     /// Applies a client operation with write quorum W and returns the resulting cart.
     pub async fn write(self: &Arc<Self>, req: &CartRequest) -> Result<Arc<Cart>, NodeError> {
-        self.write_as(req, false).await
+        self.write_as(req, false, Arc::clone).await
     }
 
-    /// [`Coordinator::write`] of a write another node forwarded here (`forwarded`): if this
-    /// node's storage cannot take it, it is refused (`Degraded`, nothing applied) for the
-    /// forwarder to try the next owner, never forwarded again (no loop between sick owners).
-    pub async fn write_as(self: &Arc<Self>, req: &CartRequest, forwarded: bool) -> Result<Arc<Cart>, NodeError> {
+    /// [`Coordinator::write`], answering with `shape` of the resulting cart (a reply built from
+    /// it), called as soon as the write is applied here: the cart is not held while the other
+    /// replicas answer, so the next write of it need not copy it. A write another node forwarded
+    /// here (`forwarded`) that this node's storage cannot take is refused (`Degraded`, nothing
+    /// applied) for the forwarder to try the next owner, never forwarded again (no loop between
+    /// sick owners).
+    pub async fn write_as<T>(
+        self: &Arc<Self>,
+        req: &CartRequest,
+        forwarded: bool,
+        shape: impl FnOnce(&Arc<Cart>) -> T,
+    ) -> Result<T, NodeError> {
         let w = self.quorum(req.consistency.w, self.cluster.config.w, "consistency.w")?;
         self.quorum(req.consistency.r, self.cluster.config.r, "consistency.r")?;
         if !self.cluster.is_owner(&req.cart_id) {
-            return self.forward(req).await;
+            return Ok(shape(&self.forward(req).await?));
         }
         // A checkout is strict: it first catches up from a majority of the cart's replicas, and
         // it is acknowledged by W owners (stand-ins holding hints do not count), so the read of
@@ -244,16 +261,18 @@ impl Coordinator {
             Err(e @ (NodeError::Degraded { .. } | NodeError::Storage(_) | NodeError::DeadlinePassed { .. })) => {
                 return match forwarded {
                     true => Err(e),
-                    false => self.forward(req).await,
+                    false => Ok(shape(&self.forward(req).await?)),
                 };
             }
             Err(e) => return Err(e),
         };
+        let shaped = shape(&written.cart);
+        drop(written.cart);
         let outgoing = Arc::new(Outgoing {
             strict,
             delta: written.delta,
             deps: written.deps,
-            cart: written.cart.clone(),
+            store: self.store.clone(),
             whole: std::sync::OnceLock::new(),
         });
         // Applied here and queued for the others; if this replica cannot make it durable, W
@@ -267,7 +286,7 @@ impl Coordinator {
         };
         self.replicate(&req.cart_id, &outgoing, w - local, local, plan, queued)
             .await?;
-        Ok(written.cart)
+        Ok(shaped)
     }
 
     /// Applies the write here and queues its delta for the other owners (`queued`), unless the
@@ -330,7 +349,7 @@ impl Coordinator {
         // New owners while carts move into a new layout: sent in the background, never counted.
         for extra in plan.extras.iter().filter(|e| **e != self.cluster.self_id) {
             let Ok(permit) = self.background.clone().try_acquire_owned() else {
-                self.hint_locally(extra, id, &outgoing.cart).await;
+                self.hint_locally(extra, id, outgoing).await;
                 continue;
             };
             let early = queued
@@ -364,12 +383,12 @@ impl Coordinator {
                 });
             } else {
                 let Ok(permit) = self.background.clone().try_acquire_owned() else {
-                    self.hint_locally(&owner, id, &outgoing.cart).await;
+                    self.hint_locally(&owner, id, outgoing).await;
                     continue;
                 };
                 let (me, id, outgoing) = (self.clone(), id.clone(), outgoing.clone());
                 tokio::spawn(async move {
-                    me.hint_locally(&owner, &id, &outgoing.cart).await;
+                    me.hint_locally(&owner, &id, &outgoing).await;
                     drop(permit);
                 });
             }
@@ -384,7 +403,7 @@ impl Coordinator {
             let Ok(Ok(permit)) = permit else {
                 // Too much replication in flight to even start this one: keep a hint instead.
                 let owner = target.hint_for.as_deref().unwrap_or(&target.node_id);
-                self.hint_locally(owner, id, &outgoing.cart).await;
+                self.hint_locally(owner, id, outgoing).await;
                 continue;
             };
             let early = match queued.iter().position(|(node, _)| *node == target.node_id) {
@@ -465,7 +484,7 @@ impl Coordinator {
                     }
                 };
                 match delta {
-                    Err(status) if status.code() == tonic::Code::FailedPrecondition => match outgoing.whole() {
+                    Err(status) if status.code() == tonic::Code::FailedPrecondition => match outgoing.whole(id) {
                         // The replica lacks writes the delta was built on (reordered or lost).
                         Ok(whole) => {
                             tracing::debug!(target = %target.node_id, cart_id = %id, "sending the whole cart");
@@ -476,7 +495,7 @@ impl Coordinator {
                     other => other,
                 }
             }
-            Some(owner) => match outgoing.whole() {
+            Some(owner) => match outgoing.whole(id) {
                 Ok(whole) => self.call_replicate(&target.node_id, id, &whole, &[], Some(owner)).await,
                 Err(e) => Err(Status::from(e)),
             },
@@ -488,7 +507,7 @@ impl Coordinator {
         tracing::debug!(target = %target.node_id, code = ?status.code(), "replicate failed");
         if target.hint_for.is_none() && unreachable(&status) {
             if let Some(fallback) = taken.reserve(|t| self.cluster.fallback_for(id, t)) {
-                if let Ok(whole) = outgoing.whole() {
+                if let Ok(whole) = outgoing.whole(id) {
                     if self
                         .call_replicate(&fallback, id, &whole, &[], Some(owner))
                         .await
@@ -499,7 +518,7 @@ impl Coordinator {
                 }
             }
         }
-        self.hint_locally(owner, id, &outgoing.cart).await;
+        self.hint_locally(owner, id, outgoing).await;
         false
     }
 
@@ -537,10 +556,17 @@ impl Coordinator {
     }
 
     /// Keeps the whole cart as a hint for `owner` (a hint must never be a bare delta).
-    async fn hint_locally(&self, owner: &str, id: &CartId, cart: &Cart) {
+    async fn hint_locally(&self, owner: &str, id: &CartId, outgoing: &Outgoing) {
+        let cart = match outgoing.cart(id) {
+            Ok(cart) => Arc::unwrap_or_clone(cart),
+            Err(e) => {
+                tracing::error!(owner, cart_id = %id, error = %e, "cannot read the cart to keep a hint");
+                return;
+            }
+        };
         let stored = self
             .store
-            .add_hint(owner, id, cart.clone(), self.cluster.config.hints_max)
+            .add_hint(owner, id, cart, self.cluster.config.hints_max)
             .await;
         match stored {
             Ok(true) => {}
@@ -800,6 +826,9 @@ impl Coordinator {
                         merged = Some(match merged.take() {
                             // Replicas usually agree: merge only when this one has news.
                             Some(m) if Arc::ptr_eq(&m, cart) || m.covers(cart) => m,
+                            // A copy ahead of all before it (a lagging coordinator): no merge,
+                            // no copy of a whole cart.
+                            Some(m) if cart.covers(&m) => cart.clone(),
                             Some(m) => {
                                 let mut m = Arc::unwrap_or_clone(m);
                                 m.merge((**cart).clone());

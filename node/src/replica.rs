@@ -56,7 +56,9 @@ impl ReplicaApi {
     fn check_batch_streams(&self) -> Result<(), Status> {
         match self.batch_streams {
             true => Ok(()),
-            false => Err(Status::unimplemented(format!("batch streams are off ({NO_BATCH_STREAMS_ENV})"))),
+            false => Err(Status::unimplemented(format!(
+                "batch streams are off ({NO_BATCH_STREAMS_ENV})"
+            ))),
         }
     }
 
@@ -305,8 +307,11 @@ impl ReplicaService for ReplicaApi {
             request: request_id,
             deadline_ms: (req.deadline_ms > 0).then_some(req.deadline_ms),
         };
-        let cart = self.coordinator.write_as(&request, true).await?;
-        let state = codec::encode(&cart).map_err(|e| Status::from(NodeError::from(e)))?;
+        let state = self
+            .coordinator
+            .write_as(&request, true, |cart| codec::encode(cart))
+            .await?
+            .map_err(|e| Status::from(NodeError::from(e)))?;
         Ok(Response::new(CoordinateReply { state }))
     }
 

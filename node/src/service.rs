@@ -254,19 +254,19 @@ impl CartApi {
         if let CartOp::ApplyCoupon { code } = &req.op {
             self.check_coupon(code)?;
         }
+        // Applied: a cart beyond what pricing handles still gets its reply, unpriced.
+        let shape = |cart: &Arc<Cart>| match self.reply(cart, &req.cart_id, false, priced.as_ref()) {
+            Err(NodeError::Cart(CartError::LimitExceeded { field: "pricing", .. })) => {
+                self.reply(cart, &req.cart_id, false, None)
+            }
+            other => other,
+        };
         async {
-            let cart = self
+            let reply = self
                 .coordinator
-                .write(&req)
+                .write_as(&req, false, shape)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "refused"))?;
-            // Applied: a cart beyond what pricing handles still gets its reply, unpriced.
-            let reply = match self.reply(&cart, &req.cart_id, false, priced.as_ref()) {
-                Err(NodeError::Cart(CartError::LimitExceeded { field: "pricing", .. })) => {
-                    self.reply(&cart, &req.cart_id, false, None)
-                }
-                other => other,
-            };
             Ok(reply?)
         }
         .instrument(self.span(&req.cart_id, req.op.name()))

@@ -166,7 +166,9 @@ async fn a_peer_without_batch_streams_gets_unary_batches() {
     let old = common::addr(&cluster, 2);
     // Its peers see it up again before a W = 3 write can reach it.
     let all_up = common::eventually(Duration::from_secs(15), || async {
-        add_via(common::addr(&cluster, 0), "user:warm-up", "sku", 3).await.is_ok()
+        add_via(common::addr(&cluster, 0), "user:warm-up", "sku", 3)
+            .await
+            .is_ok()
     })
     .await;
     assert!(all_up, "a W = 3 write through n1 never went through");
@@ -181,7 +183,9 @@ async fn a_peer_without_batch_streams_gets_unary_batches() {
     assert_eq!(products(&all).len(), 3, "R = 3 through a peer of the old node");
     // The old node coordinating: its own batches still go over the stream to the others.
     add_via(old, "user:upgrade", "sku-old", 3).await.unwrap();
-    assert!(local_products(common::addr(&cluster, 0), "user:upgrade").await.contains("sku-old"));
+    assert!(local_products(common::addr(&cluster, 0), "user:upgrade")
+        .await
+        .contains("sku-old"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
