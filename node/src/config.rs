@@ -41,6 +41,10 @@ pub struct NodeConfig {
     pub max_inflight_writes: usize,
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
+    /// How long a node asked to stop keeps serving while its health check already answers
+    /// `NOT_SERVING` (`shutdown_delay_ms`, 0 by default): time for load balancers and
+    /// Kubernetes to stop sending it requests.
+    pub shutdown_delay: Duration,
     /// HTTP/2 keepalive ping interval on every connection, served and dialled.
     pub keepalive_interval: Duration,
     /// Below this much free space on the data directory's file system the node takes no new
@@ -107,6 +111,8 @@ struct RawConfig {
     shutdown_grace_ms: u64,
     #[serde(default = "defaults::keepalive_interval_ms")]
     keepalive_interval_ms: u64,
+    #[serde(default)]
+    shutdown_delay_ms: u64,
     #[serde(default = "defaults::min_free_disk_mb")]
     min_free_disk_mb: u64,
     #[serde(default)]
@@ -213,6 +219,12 @@ impl NodeConfig {
                 raw.keepalive_interval_ms
             )));
         }
+        if raw.shutdown_delay_ms > 120_000 {
+            return Err(invalid(format!(
+                "shutdown_delay_ms = {} must be at most 120000",
+                raw.shutdown_delay_ms
+            )));
+        }
         let cluster = cluster_of(&raw.cluster, &nodes).map_err(invalid)?;
         Ok(NodeConfig {
             node_id: me.node_id.clone(),
@@ -222,6 +234,7 @@ impl NodeConfig {
             limits: raw.limits,
             max_inflight_writes: raw.max_inflight_writes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+            shutdown_delay: Duration::from_millis(raw.shutdown_delay_ms),
             keepalive_interval: Duration::from_millis(raw.keepalive_interval_ms),
             min_free_disk_bytes: raw.min_free_disk_mb.saturating_mul(1 << 20),
             cluster,

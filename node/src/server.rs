@@ -42,6 +42,8 @@ pub struct Node {
 pub enum ServeError {
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
     #[error("final flush: {0}")]
     Flush(#[from] StorageError),
 }
@@ -171,6 +173,15 @@ impl Node {
             check_secret(self.config.cluster.secret.clone()),
         );
         let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
+        // Health: SERVING from here (storage open, the layout and so the peers known) until
+        // shutdown begins; reflection lists the public API and the health service.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<CartServiceServer<CartApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cart_proto::CART_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
         let current = self.coordinator.cluster.topology().current.layout.clone();
         membership::follow_layout(
@@ -188,8 +199,20 @@ impl Node {
         ];
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let delay = self.config.shutdown_delay;
         let signal = async move {
             shutdown.await;
+            health.set_not_serving::<CartServiceServer<CartApi>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutdown requested: health says NOT_SERVING; serving on meanwhile"
+                );
+                tokio::time::sleep(delay).await;
+            }
             tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
             let _ = stopping_tx.send(());
         };
@@ -203,6 +226,8 @@ impl Node {
             .add_service(api)
             .add_service(replica)
             .add_service(admin)
+            .add_service(health_service)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, signal);
         let grace = self.config.shutdown_grace;
         let drained = async move {

@@ -20,6 +20,9 @@ pub mod pb {
     tonic::include_proto!("cartdb.v1");
 }
 
+/// The encoded `FileDescriptorSet` of the public API (`cart.proto`), for gRPC server reflection.
+pub const CART_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cart_descriptor.bin"));
+
 /// The internal node-to-node API (`cartdb.replica.v1`).
 pub mod replica_pb {
     #![allow(clippy::all, missing_docs)]
