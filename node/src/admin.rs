@@ -37,11 +37,10 @@ impl AdminApi {
 
     /// Refuses a call without the cluster secret.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        check_secret(self.coordinator.cluster.config.secret.clone())(Request::from_parts(
-            request.metadata().clone(),
-            Default::default(),
-            (),
-        ))?;
+        check_secret(
+            self.coordinator.cluster.config.secret.clone(),
+            self.coordinator.store.metrics.clone(),
+        )(Request::from_parts(request.metadata().clone(), Default::default(), ()))?;
         Ok(())
     }
 

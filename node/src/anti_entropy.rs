@@ -159,6 +159,9 @@ pub async fn exchange(coordinator: &Coordinator, peer_id: &str) -> Result<Found,
         Ok(found) => (*found, None),
         Err(e) => (Found::default(), Some(e.to_string())),
     };
+    let metrics = &coordinator.store.metrics;
+    metrics.anti_entropy_differing.inc_by(found.differing_carts as u64);
+    metrics.anti_entropy_repaired.inc_by(found.repaired as u64);
     coordinator.anti_entropy.record(
         peer_id,
         PeerStats {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
 
 /// Waiters queued beyond this make writers wait for room (back-pressure, never unbounded).
@@ -31,10 +32,10 @@ struct Progress {
 
 impl GroupCommit {
     /// Starts the flusher task on the current tokio runtime.
-    pub fn start(storage: Arc<dyn Storage>) -> Self {
+    pub fn start(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Self {
         let (queue, rx) = mpsc::channel(COMMIT_QUEUE_MAX);
         let progress = Arc::new(Progress::default());
-        tokio::spawn(flusher(storage, rx, progress.clone()));
+        tokio::spawn(flusher(storage, rx, progress.clone(), metrics));
         GroupCommit { queue, progress }
     }
 
@@ -58,13 +59,21 @@ impl GroupCommit {
     }
 }
 
-async fn flusher(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<Waiter>, progress: Arc<Progress>) {
+async fn flusher(
+    storage: Arc<dyn Storage>,
+    mut rx: mpsc::Receiver<Waiter>,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
     let mut failing = false;
     while rx.recv_many(&mut batch, COMMIT_QUEUE_MAX).await > 0 {
         // Every write counted by now completed its put before this flush starts.
         let covers = progress.written.load(Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
         let result = storage.flush().await;
+        metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.commit_batch.observe(batch.len() as f64);
         if result.is_ok() {
             progress.flushed.fetch_max(covers, Ordering::SeqCst);
         }

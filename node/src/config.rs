@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub listen_addr: SocketAddr,
     /// Where the storage engine keeps this node's data.
     pub data_dir: PathBuf,
+    /// Where the node serves HTTP (`GET /metrics`); none when the file names no `http_addr`.
+    pub http_addr: Option<SocketAddr>,
     /// `[storage] engine`: `"fjall"` (default; flushes end in fdatasync) or `"sled"`.
     pub storage_engine: crate::storage::Engine,
     pub limits: Limits,
@@ -98,6 +100,7 @@ pub struct ClusterConfig {
 struct RawConfig {
     node_id: Option<String>,
     listen_addr: Option<String>,
+    http_addr: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     nodes: Vec<RawNode>,
@@ -132,6 +135,8 @@ struct RawStorage {
 struct RawNode {
     node_id: String,
     listen_addr: String,
+    /// `IP:PORT` of the node's HTTP endpoint (`/metrics`); none when absent.
+    http_addr: Option<String>,
     data_dir: PathBuf,
     #[serde(default = "defaults::weight")]
     weight: u32,
@@ -229,6 +234,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             node_id: me.node_id.clone(),
             listen_addr: me.addr,
+            http_addr: me.http_addr,
             data_dir: me.data_dir.clone(),
             storage_engine: raw.storage.engine,
             limits: raw.limits,
@@ -246,6 +252,7 @@ impl NodeConfig {
 struct ParsedNode {
     node_id: String,
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     weight: u32,
     zone: String,
@@ -261,6 +268,7 @@ fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
         (Some(node_id), Some(listen_addr), Some(data_dir)) => vec![RawNode {
             node_id: node_id.clone(),
             listen_addr: listen_addr.clone(),
+            http_addr: raw.http_addr.clone(),
             data_dir: data_dir.clone(),
             weight: 1,
             zone: String::new(),
@@ -304,9 +312,17 @@ fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
         if n.data_dir.as_os_str().is_empty() {
             return Err(format!("data_dir of node {} must not be empty", n.node_id));
         }
+        let http_addr = match &n.http_addr {
+            None => None,
+            Some(raw) => Some(
+                raw.parse::<SocketAddr>()
+                    .map_err(|e| format!("http_addr = {raw:?} of node {} is not IP:PORT: {e}", n.node_id))?,
+            ),
+        };
         nodes.push(ParsedNode {
             node_id: n.node_id.clone(),
             addr,
+            http_addr,
             data_dir: n.data_dir.clone(),
             weight: n.weight,
             zone: n.zone.clone(),

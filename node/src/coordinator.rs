@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cart_crdt::{codec, Cart, CartError, CartId, CartOp};
+use cart_crdt::{codec, Cart, CartError, CartId, CartOp, Context};
 use cart_proto::hedge::{HedgeBudget, HedgeDelay, Outliers};
 use cart_proto::replica_pb::{CoordinateRequest, ReadReply as PeerReadReply, ReadRequest, ReplicateRequest};
 use cart_proto::{CartRequest, Consistency};
@@ -441,6 +441,7 @@ impl Coordinator {
             .filter(|o| !self.cluster.is_up(o))
             .map(String::as_str)
             .collect();
+        self.store.metrics.quorum_failed("write");
         Err(NodeError::QuorumNotReached {
             verb: "acknowledged",
             acked: acked + local,
@@ -577,6 +578,7 @@ impl Coordinator {
 
     /// Hands the operation to the first owner that answers.
     async fn forward(&self, req: &CartRequest) -> Result<Arc<Cart>, NodeError> {
+        self.store.metrics.forwarded.inc();
         let op = codec::encode_op(&req.op)?;
         // Other owners only (this one, when it forwards, cannot take the write), healthy first.
         let owners: Vec<String> = self
@@ -698,7 +700,7 @@ impl Coordinator {
             pending,
         };
         tokio::spawn(async move { me.gather(reads, answer_tx).await });
-        match tokio::time::timeout(self.cluster.config.request_timeout, answer_rx).await {
+        let result = match tokio::time::timeout(self.cluster.config.request_timeout, answer_rx).await {
             Ok(Ok(result)) => result,
             _ => Err(NodeError::QuorumNotReached {
                 verb: "answered",
@@ -706,7 +708,11 @@ impl Coordinator {
                 required: r,
                 detail: "the read timed out".into(),
             }),
+        };
+        if let Err(NodeError::QuorumNotReached { .. }) = &result {
+            self.store.metrics.quorum_failed("read");
         }
+        result
     }
 
     /// Starts one peer's read (this node is read in place by [`Coordinator::read`]; spares and
@@ -765,8 +771,8 @@ impl Coordinator {
     /// Whether `node`'s copy of the cart still lacks something `merged` holds, by a digest read
     /// (not counted in the read statistics hedging uses). An owner that caught up or moved ahead
     /// needs no repair; one that is unreachable is left to hints and anti-entropy.
-    async fn still_behind(&self, node: &str, id: &CartId, merged: &Cart) -> bool {
-        let Ok(context) = codec::encode_context(merged.context()) else {
+    async fn still_behind(&self, node: &str, id: &CartId, merged: &Context) -> bool {
+        let Ok(context) = codec::encode_context(merged) else {
             return false;
         };
         let Ok(reply) = self.peer_read(node, id, context).await else {
@@ -778,7 +784,7 @@ impl Coordinator {
         if reply.state.is_empty() {
             return true; // behind, or holds nothing
         }
-        codec::decode(&reply.state).is_ok_and(|now| !now.covers(merged))
+        codec::decode(&reply.state).is_ok_and(|now| !now.context().covers(merged))
     }
 
     /// Merges replies; answers as soon as `r` replicas replied, then waits for the rest (up to
@@ -889,6 +895,14 @@ impl Coordinator {
             }));
             return;
         }
+        // Dynamo's measure of divergence: how many distinct versions this read met.
+        let mut versions: Vec<&Context> = Vec::new();
+        for cart in replies.iter().filter_map(|(_, state)| state.as_ref()) {
+            if !versions.contains(&cart.context()) {
+                versions.push(cart.context());
+            }
+        }
+        self.store.metrics.read_versions.observe(versions.len() as f64);
         if let Some(merged) = merged {
             self.repair(&reads.id, merged, replies).await;
         }
@@ -910,11 +924,18 @@ impl Coordinator {
         if stale.is_empty() {
             return; // the usual case: every owner asked already holds the merge
         }
+        self.store.metrics.read_repairs.inc_by(stale.len() as u64);
+        let context = merged.context().clone();
+        // The merge is usually this node's own cached cart: held over the wait below, it would
+        // make the next write of the cart copy it whole. It is taken from the store again when
+        // needed (the store then holds at least the merge).
+        let mut merged = Some(merged).filter(|m| !self.store.read(id).is_ok_and(|local| Arc::ptr_eq(&local, m)));
         let mut bytes = None;
         for target in stale {
             if target.node_id == self.cluster.self_id {
                 tracing::debug!(cart_id = %id, "read repair of this node");
-                if let Err(e) = self.store.merge(id, (*merged).clone()).await {
+                let Some(m) = &merged else { continue };
+                if let Err(e) = self.store.merge(id, (**m).clone()).await {
                     tracing::warn!(cart_id = %id, error = %e, "local read repair failed");
                 }
                 continue;
@@ -928,11 +949,18 @@ impl Coordinator {
             // (The background permit is held across the wait: repairs are bounded with the other
             // background calls.)
             tokio::time::sleep(REPAIR_RECHECK_AFTER).await;
-            if !self.still_behind(&target.node_id, id, &merged).await {
+            if !self.still_behind(&target.node_id, id, &context).await {
                 continue;
             }
             if bytes.is_none() {
-                let Ok(encoded) = codec::encode(&merged) else {
+                let cart = match merged.take() {
+                    Some(m) => m,
+                    None => match self.store.read(id) {
+                        Ok(local) => local,
+                        Err(_) => return,
+                    },
+                };
+                let Ok(encoded) = codec::encode(&cart) else {
                     return;
                 };
                 bytes = Some(encoded);

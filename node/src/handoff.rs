@@ -48,6 +48,7 @@ pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Re
             match deliver(&coordinator, &owner).await {
                 Ok(delivered) => {
                     backoff.remove(&owner);
+                    coordinator.store.metrics.handoffs.inc_by(delivered as u64);
                     if delivered > 0 {
                         tracing::info!(owner, delivered, "hints handed off");
                     }

@@ -69,6 +69,8 @@ pub struct ClusterSpec {
     pub cluster_toml: String,
     /// Extra top-level lines (limits, tuning), written before any table.
     pub top_toml: String,
+    /// Each node's HTTP address (`/metrics`), in node order; empty: none.
+    pub http: Vec<SocketAddr>,
 }
 
 impl ClusterSpec {
@@ -89,7 +91,22 @@ impl ClusterSpec {
             secret: "local-cluster-secret".into(),
             cluster_toml: String::new(),
             top_toml: String::new(),
+            http: Vec::new(),
         })
+    }
+
+    /// Gives every node an HTTP address: port `base_port + 1000 + K − 1` for node K (`cartd
+    /// dev`: 7001 → 8001), or free ports when `base_port` is 0.
+    pub fn with_http(mut self, base_port: u16) -> Result<Self, LaunchError> {
+        self.http = Vec::new();
+        for i in 0..self.nodes.len() {
+            let port = match base_port {
+                0 => free_port()?,
+                base => base.saturating_add(1000).saturating_add(i as u16),
+            };
+            self.http.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        Ok(self)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -110,7 +127,7 @@ impl ClusterSpec {
             quote(&self.secret),
             self.cluster_toml
         );
-        for (id, addr) in &self.nodes {
+        for (i, (id, addr)) in self.nodes.iter().enumerate() {
             let data = self.node_dir(id).join("data");
             let _ = write!(
                 out,
@@ -118,6 +135,9 @@ impl ClusterSpec {
                 quote(id),
                 quote(&data.display().to_string())
             );
+            if let Some(http) = self.http.get(i) {
+                let _ = writeln!(out, "http_addr = \"{http}\"");
+            }
         }
         out
     }

@@ -33,6 +33,7 @@ pub mod handoff;
 pub mod launcher;
 pub mod lifecycle;
 pub mod membership;
+pub mod metrics;
 pub mod replica;
 pub mod server;
 pub mod service;

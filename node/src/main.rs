@@ -110,9 +110,25 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
             m.addr = addr.to_string();
         }
     }
+    let http = match config.http_addr {
+        Some(http_addr) => Some(
+            tokio::net::TcpListener::bind(http_addr)
+                .await
+                .with_context(|| format!("bind http_addr {http_addr}"))?,
+        ),
+        None => None,
+    };
     let node_id = config.node_id.clone();
     let (data_dir, watermark) = (config.data_dir.clone(), config.min_free_disk_bytes);
     let node = Node::open(config, storage, Arc::new(SystemClock), rand::random()).await?;
+    let http = http.map(|listener| {
+        let (coordinator, data_dir) = (node.coordinator().clone(), data_dir.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cart_node::metrics::serve_http(listener, coordinator, data_dir).await {
+                tracing::error!(error = %e, "the HTTP endpoint stopped");
+            }
+        })
+    });
     // The launcher and tests read this line to learn the bound port.
     println!("cartd {node_id} {READY_MARKER}{addr} (actor {})", node.store().actor());
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -139,6 +155,9 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
     };
     let served = node.serve(incoming, stop).await;
     watcher.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
     if !restarting.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(served?);
     }
@@ -273,14 +292,23 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Pa
     if base_port.checked_add(nodes - 1).is_none() {
         bail!("--base-port {base_port} is too high for {nodes} nodes");
     }
-    let mut spec = ClusterSpec::loopback(&data_dir, nodes as usize, base_port)?;
+    if base_port.checked_add(1000 + nodes - 1).is_none() {
+        bail!("--base-port {base_port} is too high for {nodes} nodes and their HTTP ports (+1000)");
+    }
+    let mut spec = ClusterSpec::loopback(&data_dir, nodes as usize, base_port)?.with_http(base_port)?;
     if let Some(path) = extra_toml {
         spec.top_toml = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     }
     let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&bin, spec)).await??;
-    for (id, addr) in &cluster.spec.nodes {
+    for (i, (id, addr)) in cluster.spec.nodes.iter().enumerate() {
+        let metrics = cluster
+            .spec
+            .http
+            .get(i)
+            .map(|h| format!(", metrics http://{h}/metrics"))
+            .unwrap_or_default();
         println!(
-            "node {id} at {addr} (log {})",
+            "node {id} at {addr} (log {}{metrics})",
             cluster.spec.node_dir(id).join("cartd.log").display()
         );
     }

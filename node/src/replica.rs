@@ -24,6 +24,7 @@ use crate::error::NodeError;
 use crate::membership;
 use crate::membership::paxos::{Ballot, Prepared};
 use crate::membership::DocKind;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct ReplicaApi {
@@ -167,12 +168,16 @@ impl ReplicaApi {
 }
 
 /// Refuses internal calls that do not carry the cluster secret.
-pub fn check_secret(secret: String) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn check_secret(
+    secret: String,
+    metrics: Arc<Metrics>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
         let given = request.metadata().get(SECRET_HEADER).map(|v| v.as_bytes());
         if given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
             Ok(request)
         } else {
+            metrics.unauthenticated.inc();
             Err(NodeError::Unauthenticated { header: SECRET_HEADER }.into())
         }
     }

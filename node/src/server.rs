@@ -146,6 +146,10 @@ impl Node {
         })
     }
 
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
     pub fn store(&self) -> &Arc<CartStore> {
         &self.coordinator.store
     }
@@ -170,7 +174,10 @@ impl Node {
             .max_encoding_message_size(limits.max_message_bytes);
         let replica = ReplicaServiceServer::with_interceptor(
             ReplicaApi::new(self.coordinator.clone()),
-            check_secret(self.config.cluster.secret.clone()),
+            check_secret(
+                self.config.cluster.secret.clone(),
+                self.coordinator.store.metrics.clone(),
+            ),
         );
         let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
         // Health: SERVING from here (storage open, the layout and so the peers known) until

@@ -274,9 +274,22 @@ impl CartApi {
     }
 }
 
-#[tonic::async_trait]
-impl CartService for CartApi {
-    async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
+/// The calls behind the measured methods of [`CartService`].
+impl CartApi {
+    /// Runs one public call and records its method, status code and time in the metrics.
+    async fn measured<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.coordinator.store.metrics.request(op, code, started.elapsed());
+        result
+    }
+
+    async fn get_cart_call(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
         let _in_flight = self.in_flight.enter();
         let request = request.into_inner();
         let priced = self.pricing(request.pricing_context())?;
@@ -312,50 +325,7 @@ impl CartService for CartApi {
         .await
     }
 
-    async fn add_item(&self, request: Request<pb::AddItemRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn set_quantity(&self, request: Request<pb::SetQuantityRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn adjust_quantity(
-        &self,
-        request: Request<pb::AdjustQuantityRequest>,
-    ) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn remove_item(&self, request: Request<pb::RemoveItemRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn clear_cart(&self, request: Request<pb::ClearCartRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn save_for_later(&self, request: Request<pb::SaveForLaterRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn move_to_cart(&self, request: Request<pb::MoveToCartRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn apply_coupon(&self, request: Request<pb::ApplyCouponRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn remove_coupon(&self, request: Request<pb::RemoveCouponRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn refresh_items(&self, request: Request<pb::RefreshItemsRequest>) -> Result<Response<CartReply>, Status> {
-        self.mutate(request).await
-    }
-
-    async fn merge_carts(
+    async fn merge_carts_call(
         &self,
         request: Request<pb::MergeCartsRequest>,
     ) -> Result<Response<pb::MergeCartsReply>, Status> {
@@ -373,7 +343,10 @@ impl CartService for CartApi {
         .await
     }
 
-    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
+    async fn checkout_call(
+        &self,
+        request: Request<pb::CheckoutRequest>,
+    ) -> Result<Response<pb::CheckoutReply>, Status> {
         let _in_flight = self.in_flight.enter();
         let deadline_ms = cart_proto::deadline_ms(request.metadata()).map_err(NodeError::from)?;
         let mut req = CheckoutRequest::from_wire(request.into_inner(), self.limits()).map_err(NodeError::from)?;
@@ -389,5 +362,66 @@ impl CartService for CartApi {
         }
         .instrument(self.span(&id, "checkout"))
         .await
+    }
+}
+
+#[tonic::async_trait]
+impl CartService for CartApi {
+    async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("get_cart", self.get_cart_call(request)).await
+    }
+
+    async fn add_item(&self, request: Request<pb::AddItemRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("add_item", self.mutate(request)).await
+    }
+
+    async fn set_quantity(&self, request: Request<pb::SetQuantityRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("set_quantity", self.mutate(request)).await
+    }
+
+    async fn adjust_quantity(
+        &self,
+        request: Request<pb::AdjustQuantityRequest>,
+    ) -> Result<Response<CartReply>, Status> {
+        self.measured("adjust_quantity", self.mutate(request)).await
+    }
+
+    async fn remove_item(&self, request: Request<pb::RemoveItemRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("remove_item", self.mutate(request)).await
+    }
+
+    async fn clear_cart(&self, request: Request<pb::ClearCartRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("clear_cart", self.mutate(request)).await
+    }
+
+    async fn save_for_later(&self, request: Request<pb::SaveForLaterRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("save_for_later", self.mutate(request)).await
+    }
+
+    async fn move_to_cart(&self, request: Request<pb::MoveToCartRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("move_to_cart", self.mutate(request)).await
+    }
+
+    async fn apply_coupon(&self, request: Request<pb::ApplyCouponRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("apply_coupon", self.mutate(request)).await
+    }
+
+    async fn remove_coupon(&self, request: Request<pb::RemoveCouponRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("remove_coupon", self.mutate(request)).await
+    }
+
+    async fn refresh_items(&self, request: Request<pb::RefreshItemsRequest>) -> Result<Response<CartReply>, Status> {
+        self.measured("refresh_items", self.mutate(request)).await
+    }
+
+    async fn merge_carts(
+        &self,
+        request: Request<pb::MergeCartsRequest>,
+    ) -> Result<Response<pb::MergeCartsReply>, Status> {
+        self.measured("merge_carts", self.merge_carts_call(request)).await
+    }
+
+    async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
+        self.measured("checkout", self.checkout_call(request)).await
     }
 }

@@ -34,6 +34,7 @@ use crate::commit::GroupCommit;
 use crate::digests::{entry_hash, leaf_index_key, leaf_prefix, RangeDigests, ScanPage};
 use crate::error::NodeError;
 use crate::faults::{StorageHealth, Watched};
+use crate::metrics::Metrics;
 use crate::storage::{KeyValue, Storage, StorageError, Tree};
 
 /// Lock shards: keys hash onto these; two keys sharing a shard merely queue.
@@ -99,6 +100,8 @@ pub struct CartStore {
     pub digests: RangeDigests,
     /// Whether the storage takes writes (every engine failure is recorded here).
     pub health: Arc<StorageHealth>,
+    /// The node's metrics (here because every part of the node holds the store).
+    pub metrics: Arc<Metrics>,
 }
 
 impl CartStore {
@@ -116,8 +119,10 @@ impl CartStore {
         let actor = incarnation(storage.as_ref(), fresh_actor)?;
         storage.flush().await?;
         let hints = HintCounts::load(storage.as_ref())?;
+        let metrics = Arc::new(Metrics::new());
         Ok(CartStore {
-            commit: GroupCommit::start(storage.clone()),
+            commit: GroupCommit::start(storage.clone(), metrics.clone()),
+            metrics,
             storage,
             locks: (0..KEY_LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
             actor,
@@ -512,6 +517,17 @@ impl CartStore {
     }
 
     /// Hints held per owner.
+    /// How long hints have been held without the backlog emptying (`None`: none held).
+    pub fn hints_held_for(&self) -> Option<std::time::Duration> {
+        let since = *self.hints.since.lock().ok()?;
+        since.map(|s| s.elapsed())
+    }
+
+    /// Decoded carts in the cache.
+    pub fn carts_cached(&self) -> usize {
+        self.cache.len()
+    }
+
     pub fn hint_counts(&self) -> BTreeMap<String, usize> {
         self.hints.snapshot()
     }
@@ -948,6 +964,8 @@ pub fn hint_cart_id(key: &[u8]) -> Option<&str> {
 struct HintCounts {
     per_owner: StdMutex<BTreeMap<String, usize>>,
     total: AtomicUsize,
+    /// Since when hints have been held without the backlog reaching 0 (for the metrics).
+    since: StdMutex<Option<std::time::Instant>>,
 }
 
 impl HintCounts {
@@ -969,6 +987,7 @@ impl HintCounts {
         Ok(HintCounts {
             per_owner: StdMutex::new(per_owner),
             total: AtomicUsize::new(total),
+            since: StdMutex::new((total > 0).then(std::time::Instant::now)),
         })
     }
 
@@ -977,9 +996,17 @@ impl HintCounts {
             let n = map.entry(owner.to_owned()).or_default();
             *n = n.saturating_add_signed(delta);
         }
-        let _ = self.total.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+        let before = self.total.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
             Some(t.saturating_add_signed(delta))
         });
+        let after = before.map_or(0, |t| t.saturating_add_signed(delta));
+        if let Ok(mut since) = self.since.lock() {
+            match (after, *since) {
+                (0, _) => *since = None,
+                (_, None) => *since = Some(std::time::Instant::now()),
+                _ => {}
+            }
+        }
     }
 
     fn total(&self) -> usize {

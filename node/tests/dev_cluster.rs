@@ -14,7 +14,13 @@ use nix::unistd::Pid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartd_dev_runs_three_replicating_nodes_and_stops_them_all() {
     let dir = tempfile::tempdir().unwrap();
-    let base = cart_node::launcher::free_ports(3).unwrap();
+    // Three gRPC ports and the three HTTP ports 1000 above them.
+    let base = loop {
+        let base = cart_node::launcher::free_ports(3).unwrap();
+        if (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()) {
+            break base;
+        }
+    };
     let mut dev = Command::new(common::cartd())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -40,6 +46,25 @@ async fn cartd_dev_runs_three_replicating_nodes_and_stops_them_all() {
         .unwrap();
     let last = common::client(endpoints[2].parse().unwrap()).await;
     assert_eq!(last.get_cart("user:dev").await.unwrap().lines[0].quantity, 2);
+    // Every node's metrics on HTTP port gRPC + 1000 (7001 → 8001 with the defaults); the
+    // client sent the add to one of them (the cart's coordinator).
+    let mut adds = 0;
+    for i in 0..3 {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", base + 1000 + i)).unwrap();
+        write!(
+            http,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        http.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        adds += text
+            .matches(r#"cartdb_requests_total{op="add_item",code="OK"} 1"#)
+            .count();
+    }
+    assert_eq!(adds, 1, "one add counted by the node that took it");
 
     kill(Pid::from_raw(dev.id() as i32), Signal::SIGTERM).unwrap();
     let stop_deadline = Instant::now() + Duration::from_secs(30);
@@ -81,7 +106,13 @@ fn children(pid: u32) -> Vec<(i32, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_dev_node_leaves_the_other_two_serving_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let base = cart_node::launcher::free_ports(3).unwrap();
+    // Three gRPC ports and the three HTTP ports 1000 above them.
+    let base = loop {
+        let base = cart_node::launcher::free_ports(3).unwrap();
+        if (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()) {
+            break base;
+        }
+    };
     let mut dev = Command::new(common::cartd())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())

@@ -151,3 +151,140 @@ async fn a_stopping_node_says_not_serving_while_it_still_serves_for_the_delay() 
         "stopped before its delay was over"
     );
 }
+
+/// `GET path` on a node's HTTP address; the response body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed); 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_requests_hints_and_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterSpec::loopback(dir.path(), 3, 0).unwrap().with_http(0).unwrap();
+    let mut cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
+    let http = cluster.spec.http[0];
+    let n1 = common::addr(&cluster, 0);
+    let before = http_get(http, "/metrics").await;
+    assert!(before.contains("# TYPE cartdb_forwarded counter"), "{before}");
+    assert!(before.trim_end().ends_with("# EOF"));
+
+    let mut raw = common::raw_client(n1).await;
+    for i in 0..5 {
+        let cart = format!("user:metrics-{i}");
+        let add = cart_proto::pb::AddItemRequest {
+            cart_id: cart.clone(),
+            product_id: "sku-1".into(),
+            quantity: 1,
+            snapshot: Some(cart_proto::pb::ItemSnapshot {
+                name: "Mug".into(),
+                unit_price_minor: 100,
+                currency: "EUR".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        raw.add_item(add).await.unwrap();
+        raw.get_cart(cart_proto::pb::GetCartRequest {
+            cart_id: cart,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let bad = raw
+        .get_cart(cart_proto::pb::GetCartRequest {
+            cart_id: "no-kind".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    // An internal call without the cluster secret.
+    let mut replica = cart_proto::replica_pb::replica_service_client::ReplicaServiceClient::new(channel(n1).await);
+    let refused = replica
+        .ping(cart_proto::replica_pb::PingRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    let text = http_get(http, "/metrics").await;
+    assert_eq!(
+        sample(&text, r#"cartdb_requests_total{op="add_item",code="OK"}"#),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, r#"cartdb_requests_total{op="get_cart",code="OK"}"#), 5.0);
+    assert_eq!(
+        sample(&text, r#"cartdb_requests_total{op="get_cart",code="INVALID_ARGUMENT"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"cartdb_request_duration_seconds_count{op="add_item"}"#),
+        5.0
+    );
+    assert!(sample(&text, r#"cartdb_request_duration_seconds_sum{op="add_item"}"#) > 0.0);
+    assert_eq!(sample(&text, "cartdb_unauthenticated_total"), 1.0);
+    assert!(sample(&text, "cartdb_group_commit_batch_count") >= 5.0);
+    assert!(sample(&text, "cartdb_storage_flush_duration_seconds_count") >= 5.0);
+    assert_eq!(sample(&text, "cartdb_read_versions_count"), 5.0);
+    assert!(sample(&text, "cartdb_storage_bytes") > 0.0);
+    assert!(sample(&text, "cartdb_carts_cached") >= 5.0);
+    assert_eq!(sample(&text, "cartdb_hint_oldest_age_seconds"), 0.0);
+
+    // n3 down: n1 keeps hints for it, then hands them over once n3 is back.
+    cluster.kill9(2).unwrap();
+    let mut hinted = false;
+    for i in 0..40 {
+        let add = cart_proto::pb::AddItemRequest {
+            cart_id: format!("user:hinted-{i}"),
+            product_id: "sku-1".into(),
+            quantity: 1,
+            snapshot: Some(cart_proto::pb::ItemSnapshot {
+                name: "Mug".into(),
+                unit_price_minor: 100,
+                currency: "EUR".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let _ = raw.add_item(add).await;
+        let text = http_get(http, "/metrics").await;
+        if sample(&text, r#"cartdb_hints_held{owner="n3"}"#) > 0.0 {
+            hinted = true;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let text = http_get(http, "/metrics").await;
+            assert!(sample(&text, "cartdb_hint_oldest_age_seconds") >= 1.0, "{text}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hinted, "n1 never held a hint for n3");
+    cluster.restart(2).unwrap();
+    let handed = common::eventually(Duration::from_secs(30), || async {
+        let text = http_get(http, "/metrics").await;
+        sample(&text, "cartdb_handoffs_total") > 0.0 && sample(&text, r#"cartdb_hints_held{owner="n3"}"#) == 0.0
+    })
+    .await;
+    assert!(handed, "no handoff counted");
+    let text = http_get(http, "/metrics").await;
+    assert_eq!(sample(&text, "cartdb_hint_oldest_age_seconds"), 0.0);
+}
