@@ -896,10 +896,14 @@ impl Coordinator {
             return;
         }
         // Dynamo's measure of divergence: how many distinct versions this read met.
-        let mut versions: Vec<&Context> = Vec::new();
-        for cart in replies.iter().filter_map(|(_, state)| state.as_ref()) {
-            if !versions.contains(&cart.context()) {
-                versions.push(cart.context());
+        // A replica holding nothing is a version of its own.
+        let mut versions: Vec<Option<&Context>> = Vec::new();
+        for state in replies
+            .iter()
+            .map(|(_, state)| state.as_ref().map(|cart| cart.context()))
+        {
+            if !versions.contains(&state) {
+                versions.push(state);
             }
         }
         self.store.metrics.read_versions.observe(versions.len() as f64);

@@ -152,6 +152,50 @@ async fn a_stopping_node_says_not_serving_while_it_still_serves_for_the_delay() 
     );
 }
 
+fn add_request(cart: &str, w: u32) -> cart_proto::pb::AddItemRequest {
+    cart_proto::pb::AddItemRequest {
+        cart_id: cart.into(),
+        product_id: "sku-1".into(),
+        quantity: 1,
+        snapshot: Some(cart_proto::pb::ItemSnapshot {
+            name: "Mug".into(),
+            unit_price_minor: 100,
+            currency: "EUR".into(),
+            ..Default::default()
+        }),
+        consistency: Some(cart_proto::pb::Consistency { r: 0, w }),
+        ..Default::default()
+    }
+}
+
+fn get_request(cart: &str, r: u32) -> cart_proto::pb::GetCartRequest {
+    cart_proto::pb::GetCartRequest {
+        cart_id: cart.into(),
+        consistency: Some(cart_proto::pb::Consistency { r, w: 0 }),
+        ..Default::default()
+    }
+}
+
+/// A cluster of `nodes` with HTTP endpoints; `cluster_toml` tunes `[cluster]`.
+fn cluster_with_http(dir: &std::path::Path, nodes: usize, cluster_toml: &str) -> LocalCluster {
+    let mut spec = ClusterSpec::loopback(dir, nodes, 0).unwrap().with_http(0).unwrap();
+    spec.cluster_toml = cluster_toml.into();
+    LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The sum of one sample over every node's metrics.
+async fn cluster_sample(cluster: &LocalCluster, series: &str) -> f64 {
+    let mut total = 0.0;
+    for http in &cluster.spec.http {
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(http)).await
+        {
+            drop(stream);
+            total += sample(&http_get(*http, "/metrics").await, series);
+        }
+    }
+    total
+}
+
 /// `GET path` on a node's HTTP address; the response body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,8 +223,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_requests_hints_and_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = ClusterSpec::loopback(dir.path(), 3, 0).unwrap().with_http(0).unwrap();
-    let mut cluster = LocalCluster::start(common::cartd(), spec).unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = cluster_with_http(dir.path(), 3, "");
     let http = cluster.spec.http[0];
     let n1 = common::addr(&cluster, 0);
     let before = http_get(http, "/metrics").await;
@@ -190,25 +233,8 @@ async fn metrics_move_with_requests_hints_and_flushes() {
     let mut raw = common::raw_client(n1).await;
     for i in 0..5 {
         let cart = format!("user:metrics-{i}");
-        let add = cart_proto::pb::AddItemRequest {
-            cart_id: cart.clone(),
-            product_id: "sku-1".into(),
-            quantity: 1,
-            snapshot: Some(cart_proto::pb::ItemSnapshot {
-                name: "Mug".into(),
-                unit_price_minor: 100,
-                currency: "EUR".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        raw.add_item(add).await.unwrap();
-        raw.get_cart(cart_proto::pb::GetCartRequest {
-            cart_id: cart,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        raw.add_item(add_request(&cart, 0)).await.unwrap();
+        raw.get_cart(get_request(&cart, 0)).await.unwrap();
     }
     let bad = raw
         .get_cart(cart_proto::pb::GetCartRequest {
@@ -245,27 +271,25 @@ async fn metrics_move_with_requests_hints_and_flushes() {
     assert_eq!(sample(&text, "cartdb_unauthenticated_total"), 1.0);
     assert!(sample(&text, "cartdb_group_commit_batch_count") >= 5.0);
     assert!(sample(&text, "cartdb_storage_flush_duration_seconds_count") >= 5.0);
-    assert_eq!(sample(&text, "cartdb_read_versions_count"), 5.0);
     assert!(sample(&text, "cartdb_storage_bytes") > 0.0);
     assert!(sample(&text, "cartdb_carts_cached") >= 5.0);
     assert_eq!(sample(&text, "cartdb_hint_oldest_age_seconds"), 0.0);
+    // Recorded once every reply is in, after the client has its answer.
+    let versions_seen = common::eventually(Duration::from_secs(5), || async {
+        let text = http_get(http, "/metrics").await;
+        sample(&text, "cartdb_read_versions_count") == 5.0
+    })
+    .await;
+    assert!(versions_seen, "five reads counted");
+    // One version each, or two when the peer read is the replica W = 2 did not wait for.
+    let sum = sample(&http_get(http, "/metrics").await, "cartdb_read_versions_sum");
+    assert!((5.0..=10.0).contains(&sum), "{sum}");
 
     // n3 down: n1 keeps hints for it, then hands them over once n3 is back.
     cluster.kill9(2).unwrap();
     let mut hinted = false;
     for i in 0..40 {
-        let add = cart_proto::pb::AddItemRequest {
-            cart_id: format!("user:hinted-{i}"),
-            product_id: "sku-1".into(),
-            quantity: 1,
-            snapshot: Some(cart_proto::pb::ItemSnapshot {
-                name: "Mug".into(),
-                unit_price_minor: 100,
-                currency: "EUR".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let add = add_request(&format!("user:hinted-{i}"), 0);
         let _ = raw.add_item(add).await;
         let text = http_get(http, "/metrics").await;
         if sample(&text, r#"cartdb_hints_held{owner="n3"}"#) > 0.0 {
@@ -287,4 +311,87 @@ async fn metrics_move_with_requests_hints_and_flushes() {
     assert!(handed, "no handoff counted");
     let text = http_get(http, "/metrics").await;
     assert_eq!(sample(&text, "cartdb_hint_oldest_age_seconds"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_forwards_and_quorum_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two replicas per cart on three nodes: n1 owns about two carts in three.
+    let mut cluster = cluster_with_http(dir.path(), 3, "n = 2\nr = 1\nw = 1\nanti_entropy_interval_ms = 600000");
+    let mut raw = common::raw_client(common::addr(&cluster, 0)).await;
+    for i in 0..12 {
+        raw.add_item(add_request(&format!("user:fwd-{i}"), 0)).await.unwrap();
+    }
+    assert!(cluster_sample(&cluster, "cartdb_forwarded_total").await > 0.0);
+
+    cluster.kill9(1).unwrap();
+    cluster.kill9(2).unwrap();
+    for i in 0..6 {
+        let cart = format!("user:lonely-{i}");
+        assert!(raw.get_cart(get_request(&cart, 2)).await.is_err());
+        assert!(raw.add_item(add_request(&cart, 2)).await.is_err());
+    }
+    let text = http_get(cluster.spec.http[0], "/metrics").await;
+    assert_eq!(
+        sample(&text, r#"cartdb_quorum_failures_total{kind="read"}"#),
+        6.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"cartdb_quorum_failures_total{kind="write"}"#) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"cartdb_requests_total{op="get_cart",code="UNAVAILABLE"}"#),
+        6.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_read_repairs_and_anti_entropy() {
+    for anti_entropy in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let interval = if anti_entropy { 200 } else { 600_000 };
+        let mut cluster = cluster_with_http(dir.path(), 3, &format!("anti_entropy_interval_ms = {interval}"));
+        let n1 = common::addr(&cluster, 0);
+        let mut raw = common::raw_client(n1).await;
+        // n3 misses five writes, and the hints that would bring them are dropped.
+        cluster.kill9(2).unwrap();
+        for i in 0..5 {
+            raw.add_item(add_request(&format!("user:missed-{i}"), 2)).await.unwrap();
+        }
+        for i in 0..2 {
+            let req = common::with_secret(cart_proto::admin_pb::DiscardHintsRequest {});
+            common::admin(common::addr(&cluster, i))
+                .await
+                .discard_hints(req)
+                .await
+                .unwrap();
+        }
+        cluster.restart(2).unwrap();
+        if anti_entropy {
+            let repaired = common::eventually(Duration::from_secs(30), || async {
+                cluster_sample(&cluster, "cartdb_anti_entropy_differing_carts_total").await >= 5.0
+                    && cluster_sample(&cluster, "cartdb_anti_entropy_repaired_carts_total").await >= 5.0
+            })
+            .await;
+            assert!(repaired, "anti-entropy repairs not counted");
+            continue;
+        }
+        // A read of all three replicas meets two versions and repairs n3.
+        for i in 0..5 {
+            raw.get_cart(get_request(&format!("user:missed-{i}"), 3)).await.unwrap();
+        }
+        // Counted once every reply is in, after the client has its answer.
+        let http = cluster.spec.http[0];
+        let counted = common::eventually(Duration::from_secs(5), || async {
+            let text = http_get(http, "/metrics").await;
+            sample(&text, "cartdb_read_repairs_total") == 5.0 && sample(&text, "cartdb_read_versions_count") == 5.0
+        })
+        .await;
+        let text = http_get(http, "/metrics").await;
+        assert!(counted, "{text}");
+        assert_eq!(sample(&text, "cartdb_read_versions_sum"), 10.0, "two versions per read");
+    }
 }
