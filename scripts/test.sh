@@ -24,6 +24,11 @@ if ! command -v strace >/dev/null 2>&1; then
     apt_install strace
 fi
 
+# chromium: node/tests/status_page.rs loads each node's status page in headless Chromium.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -30,6 +30,67 @@ pub struct AdminApi {
 /// Synthetic keys a plan's movement estimate is computed on.
 const PLAN_SAMPLES: usize = 20_000;
 
+/// What `cartctl status` and the status page show: every member as this node sees it, the hint
+/// backlog, anti-entropy per peer, the layout and any transfer in progress.
+pub fn cluster_status(coordinator: &Coordinator) -> ClusterStatusReply {
+    let cluster = &coordinator.cluster;
+    let topology = cluster.topology();
+    let shares = topology.current.ring.shares();
+    let held = coordinator.store.hint_counts();
+    let nodes = topology
+        .members()
+        .into_values()
+        .map(|m| {
+            let (layout_version, synced_version) = match cluster.peer(&m.node_id) {
+                Some(p) => (
+                    p.layout_version.load(Ordering::SeqCst),
+                    p.synced_version.load(Ordering::SeqCst),
+                ),
+                None => (
+                    topology.current.layout.version,
+                    cluster.synced_version.load(Ordering::SeqCst),
+                ),
+            };
+            let ae = coordinator.anti_entropy.get(&m.node_id).unwrap_or_default();
+            NodeStatus {
+                ae_last_ms_ago: ae.last.map_or(-1, |t| t.elapsed().as_millis() as i64),
+                ae_took_ms: ae.took.as_millis() as u64,
+                ae_differing: ae.differing_carts as u64,
+                ae_repaired: ae.repaired as u64,
+                ae_error: ae.error.unwrap_or_default(),
+                node_id: m.node_id.clone(),
+                addr: m.addr.clone(),
+                up: cluster.is_up(&m.node_id),
+                degraded: cluster.degraded(&m.node_id).unwrap_or_default(),
+                ring_share: shares.get(m.node_id.as_str()).copied().unwrap_or(0.0),
+                hints_held: held.get(&m.node_id).copied().unwrap_or(0) as u64,
+                zone: m.zone.clone(),
+                weight: m.weight,
+                layout_version,
+                synced_version,
+            }
+        })
+        .collect();
+    let transfer = coordinator
+        .membership
+        .progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .to_proto();
+    let digests = coordinator.store.digests.state();
+    ClusterStatusReply {
+        asked_node: cluster.self_id.clone(),
+        nodes,
+        hint_backlog: held.values().sum::<usize>() as u64,
+        layout_version: topology.current.layout.version,
+        transfer,
+        asked_is_member: cluster.is_member(),
+        digests_ready: digests.ready,
+        digest_carts: digests.carts,
+        digests_moving: digests.moving,
+    }
+}
+
 impl AdminApi {
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
         AdminApi { coordinator }
@@ -191,63 +252,7 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
-        let cluster = &self.coordinator.cluster;
-        let topology = cluster.topology();
-        let shares = topology.current.ring.shares();
-        let held = self.coordinator.store.hint_counts();
-        let nodes = topology
-            .members()
-            .into_values()
-            .map(|m| {
-                let (layout_version, synced_version) = match cluster.peer(&m.node_id) {
-                    Some(p) => (
-                        p.layout_version.load(Ordering::SeqCst),
-                        p.synced_version.load(Ordering::SeqCst),
-                    ),
-                    None => (
-                        topology.current.layout.version,
-                        cluster.synced_version.load(Ordering::SeqCst),
-                    ),
-                };
-                let ae = self.coordinator.anti_entropy.get(&m.node_id).unwrap_or_default();
-                NodeStatus {
-                    ae_last_ms_ago: ae.last.map_or(-1, |t| t.elapsed().as_millis() as i64),
-                    ae_took_ms: ae.took.as_millis() as u64,
-                    ae_differing: ae.differing_carts as u64,
-                    ae_repaired: ae.repaired as u64,
-                    ae_error: ae.error.unwrap_or_default(),
-                    node_id: m.node_id.clone(),
-                    addr: m.addr.clone(),
-                    up: cluster.is_up(&m.node_id),
-                    degraded: cluster.degraded(&m.node_id).unwrap_or_default(),
-                    ring_share: shares.get(m.node_id.as_str()).copied().unwrap_or(0.0),
-                    hints_held: held.get(&m.node_id).copied().unwrap_or(0) as u64,
-                    zone: m.zone.clone(),
-                    weight: m.weight,
-                    layout_version,
-                    synced_version,
-                }
-            })
-            .collect();
-        let transfer = self
-            .coordinator
-            .membership
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .to_proto();
-        let digests = self.coordinator.store.digests.state();
-        Ok(Response::new(ClusterStatusReply {
-            asked_node: cluster.self_id.clone(),
-            nodes,
-            hint_backlog: held.values().sum::<usize>() as u64,
-            layout_version: topology.current.layout.version,
-            transfer,
-            asked_is_member: cluster.is_member(),
-            digests_ready: digests.ready,
-            digest_carts: digests.carts,
-            digests_moving: digests.moving,
-        }))
+        Ok(Response::new(cluster_status(&self.coordinator)))
     }
 
     async fn show_layout(&self, _request: Request<ShowLayoutRequest>) -> Result<Response<LayoutReply>, Status> {

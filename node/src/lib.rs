@@ -30,6 +30,7 @@ pub mod digests;
 pub mod error;
 pub mod faults;
 pub mod handoff;
+pub mod http;
 pub mod launcher;
 pub mod lifecycle;
 pub mod membership;

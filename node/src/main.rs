@@ -124,7 +124,7 @@ async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Re
     let http = http.map(|listener| {
         let (coordinator, data_dir) = (node.coordinator().clone(), data_dir.clone());
         tokio::spawn(async move {
-            if let Err(e) = cart_node::metrics::serve_http(listener, coordinator, data_dir).await {
+            if let Err(e) = cart_node::http::serve(listener, coordinator, data_dir).await {
                 tracing::error!(error = %e, "the HTTP endpoint stopped");
             }
         })

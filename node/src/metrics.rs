@@ -1,11 +1,10 @@
 //! The node's Prometheus metrics (OpenMetrics text from `prometheus-client`), served at
-//! `GET /metrics` on the node's HTTP address (`http_addr`). Counters and histograms are updated
-//! where things happen; gauges of state (hints held, storage size, carts cached) are read when
+//! `GET /metrics` on the node's HTTP address (`http_addr`, see [`crate::http`]). Counters and
+//! histograms are updated where things happen; gauges of state (hints held, storage size, carts cached) are read when
 //! scraped. Every metric is documented in the README ("Metrics").
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,8 +51,84 @@ fn sizes() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 13))
 }
 
+/// Seconds one bucket of [`Recent`] covers, and buckets kept (five minutes).
+const BUCKET_SECS: u64 = 10;
+const BUCKETS: usize = 30;
+
+/// The public requests of the last minutes, in buckets of [`BUCKET_SECS`] (for the status page:
+/// Prometheus histograms have no window of their own).
+#[derive(Default)]
+struct Recent {
+    buckets: std::collections::VecDeque<Bucket>,
+}
+
+struct Bucket {
+    /// Unix time (s) the bucket starts at.
+    start_s: u64,
+    count: u64,
+    not_ok: u64,
+    /// Microseconds.
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+/// One bucket of the recent requests, as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentBucket {
+    pub start_unix_s: u64,
+    pub seconds: u64,
+    pub requests: u64,
+    pub not_ok: u64,
+    pub p99_ms: f64,
+}
+
+impl Recent {
+    fn record(&mut self, ok: bool, took: Duration) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let start_s = now - now % BUCKET_SECS;
+        if self.buckets.back().is_none_or(|b| b.start_s != start_s) {
+            let Ok(latency) = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2) else {
+                return;
+            };
+            self.buckets.push_back(Bucket {
+                start_s,
+                count: 0,
+                not_ok: 0,
+                latency,
+            });
+            while self.buckets.len() > BUCKETS {
+                self.buckets.pop_front();
+            }
+        }
+        if let Some(b) = self.buckets.back_mut() {
+            b.count += 1;
+            b.not_ok += u64::from(!ok);
+            b.latency.saturating_record(took.as_micros().max(1) as u64);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<RecentBucket> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.buckets
+            .iter()
+            .map(|b| RecentBucket {
+                start_unix_s: b.start_s,
+                // The newest bucket is still filling: its rate is over the seconds it has seen.
+                seconds: now.saturating_sub(b.start_s).clamp(1, BUCKET_SECS),
+                requests: b.count,
+                not_ok: b.not_ok,
+                p99_ms: b.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+            .collect()
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    recent: std::sync::Mutex<Recent>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Histograms<OpLabels>,
     pub quorum_failures: Family<KindLabels, Counter>,
@@ -183,6 +258,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            recent: std::sync::Mutex::new(Recent::default()),
             requests,
             request_seconds,
             quorum_failures,
@@ -213,6 +289,14 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&OpLabels { op })
             .observe(took.as_secs_f64());
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.record(code == tonic::Code::Ok, took);
+        }
+    }
+
+    /// The requests of the last minutes, oldest first.
+    pub fn recent(&self) -> Vec<RecentBucket> {
+        self.recent.lock().map(|r| r.snapshot()).unwrap_or_default()
     }
 
     pub fn quorum_failed(&self, kind: &'static str) {
@@ -282,31 +366,4 @@ fn dir_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// Serves `GET /metrics` on `listener` (until the task is dropped).
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
-    coordinator: Arc<Coordinator>,
-    data_dir: PathBuf,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let coordinator = coordinator.clone();
-            let data_dir = data_dir.clone();
-            async move {
-                let body = coordinator.store.metrics.render(&coordinator, &data_dir);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app).await
 }
