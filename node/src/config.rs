@@ -100,6 +100,7 @@ pub struct ClusterConfig {
 struct RawConfig {
     node_id: Option<String>,
     listen_addr: Option<String>,
+    advertise_addr: Option<String>,
     http_addr: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -135,6 +136,8 @@ struct RawStorage {
 struct RawNode {
     node_id: String,
     listen_addr: String,
+    /// `HOST:PORT` peers and clients dial (a DNS name in Kubernetes); `listen_addr` when absent.
+    advertise_addr: Option<String>,
     /// `IP:PORT` of the node's HTTP endpoint (`/metrics`); none when absent.
     http_addr: Option<String>,
     data_dir: PathBuf,
@@ -252,6 +255,8 @@ impl NodeConfig {
 struct ParsedNode {
     node_id: String,
     addr: SocketAddr,
+    /// What the others dial: `advertise_addr`, else `listen_addr`.
+    advertise: String,
     http_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     weight: u32,
@@ -268,6 +273,7 @@ fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
         (Some(node_id), Some(listen_addr), Some(data_dir)) => vec![RawNode {
             node_id: node_id.clone(),
             listen_addr: listen_addr.clone(),
+            advertise_addr: raw.advertise_addr.clone(),
             http_addr: raw.http_addr.clone(),
             data_dir: data_dir.clone(),
             weight: 1,
@@ -319,9 +325,25 @@ fn nodes_of(raw: &RawConfig) -> Result<Vec<ParsedNode>, String> {
                     .map_err(|e| format!("http_addr = {raw:?} of node {} is not IP:PORT: {e}", n.node_id))?,
             ),
         };
+        let advertise = match &n.advertise_addr {
+            None => addr.to_string(),
+            Some(raw) => {
+                let ok = raw
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+                if !ok {
+                    return Err(format!(
+                        "advertise_addr = {raw:?} of node {} is not HOST:PORT with a port above 0",
+                        n.node_id
+                    ));
+                }
+                raw.clone()
+            }
+        };
         nodes.push(ParsedNode {
             node_id: n.node_id.clone(),
             addr,
+            advertise,
             http_addr,
             data_dir: n.data_dir.clone(),
             weight: n.weight,
@@ -342,12 +364,17 @@ fn pick_node<'a>(nodes: &'a [ParsedNode], wanted: Option<&str>) -> Result<&'a Pa
     }
 }
 
+/// The cluster secret from the environment (instead of `[cluster] secret`).
+pub const SECRET_ENV: &str = "CARTDB_CLUSTER_SECRET";
+/// A file holding the cluster secret (instead of `[cluster] secret`).
+pub const SECRET_FILE_ENV: &str = "CARTDB_CLUSTER_SECRET_FILE";
+
 fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, String> {
     let members: Vec<Member> = nodes
         .iter()
         .map(|n| Member {
             node_id: n.node_id.clone(),
-            addr: n.addr.to_string(),
+            addr: n.advertise.clone(),
             weight: n.weight,
             zone: n.zone.clone(),
         })
@@ -356,7 +383,16 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
     if members.len() > 1 && nodes.iter().any(|n| n.addr.port() == 0) {
         return Err("listen_addr port 0 is only allowed for a cluster of one node".into());
     }
-    let secret = raw.secret.clone().unwrap_or_default();
+    // The secret may stay out of the file: the environment, or a file the environment names
+    // (a Kubernetes Secret mounted as a file), wins over `[cluster] secret`.
+    let secret = match (std::env::var(SECRET_ENV), std::env::var(SECRET_FILE_ENV)) {
+        (Ok(secret), _) => secret,
+        (Err(_), Ok(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("{SECRET_FILE_ENV} = {path:?}: {e}"))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        _ => raw.secret.clone().unwrap_or_default(),
+    };
     if members.len() > 1 && secret.len() < 8 {
         return Err("[cluster] secret must be set (8 characters or more) when there are several nodes".into());
     }
@@ -580,5 +616,23 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 4, "expected the example configs in {}", dir.display());
+    }
+
+    #[test]
+    fn members_are_dialled_at_their_advertised_address() {
+        let text = "[cluster]\nsecret = \"0123456789\"\n[[nodes]]\nnode_id = \"a\"\nlisten_addr = \"0.0.0.0:7001\"\n\
+                    advertise_addr = \"cartdb-0.cartdb:7001\"\nhttp_addr = \"0.0.0.0:8001\"\ndata_dir = \"d\"\n\
+                    [[nodes]]\nnode_id = \"b\"\nlisten_addr = \"10.0.0.2:7001\"\ndata_dir = \"d\"\n";
+        let config = parse(text, Some("a")).unwrap();
+        assert_eq!(config.listen_addr, "0.0.0.0:7001".parse().unwrap());
+        assert_eq!(config.http_addr, Some("0.0.0.0:8001".parse().unwrap()));
+        let addrs: Vec<&str> = config.cluster.members.iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(addrs, ["cartdb-0.cartdb:7001", "10.0.0.2:7001"]);
+        for bad in ["cartdb-0", ":7001", "host:0", "host:x"] {
+            let err = parse(&text.replace("cartdb-0.cartdb:7001", bad), Some("a")).unwrap_err();
+            assert!(err.to_string().contains("advertise_addr"), "{bad}: {err}");
+        }
+        let err = parse(&text.replace("0.0.0.0:8001", "nowhere"), Some("a")).unwrap_err();
+        assert!(err.to_string().contains("http_addr"), "{err}");
     }
 }
