@@ -53,7 +53,8 @@ for t in $TARGETS; do
     total_bad=$((total_bad + crashes + hangs))
     if [[ ${UPDATE_CORPUS:-0} == 1 ]]; then
         mkdir -p fuzz/corpus/"$t"
-        for f in "$OUT/out/$t/default/queue"/id:*; do
+        # The inputs that found new coverage (AFL++ marks them +cov): the corpus to keep.
+        for f in "$OUT/out/$t/default/queue"/id:*+cov*; do
             cp "$f" "fuzz/corpus/$t/$(sha1sum "$f" | cut -c1-16)"
         done
     fi

@@ -175,7 +175,9 @@ pub async fn run<K: BatchKind>(
         let oldest = in_flight.front().map(|(_, deadline)| *deadline);
         tokio::select! {
             biased; // fixed branch order: deterministic under simulation
-            reply = next_reply(&mut link), if !in_flight.is_empty() => {
+            // Polled with nothing in flight too: a stream the peer closed (a restart) is
+            // noticed before the next batch would be sent on it.
+            reply = next_reply(&mut link), if link.is_some() => {
                 let Some(Ok(reply)) = reply else {
                     let status = match reply {
                         Some(Err(status)) => status,
@@ -185,8 +187,10 @@ pub async fn run<K: BatchKind>(
                     link = None;
                     continue;
                 };
-                if let Some((waiters, _)) = in_flight.pop_front() {
-                    deliver(waiters, Ok(K::outcomes(reply)));
+                match in_flight.pop_front() {
+                    Some((waiters, _)) => deliver(waiters, Ok(K::outcomes(reply))),
+                    // A reply to nothing: the stream is out of step; start another.
+                    None => link = None,
                 }
             }
             _ = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now)), if oldest.is_some() => {
