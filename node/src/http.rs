@@ -1,10 +1,9 @@
 //! The node's HTTP endpoint (`http_addr`): `GET /metrics` (Prometheus, see [`crate::metrics`]),
 //! `GET /` (the status page: nodes up or down as this node sees them, ring shares, hint backlog,
-//! anti-entropy and repair activity, request rates and p99 of the last minutes; rendered on the
-//! server and refreshed by the page itself every two seconds) and `GET /status.json` (what the
-//! page shows).
+//! anti-entropy and repair activity, request rates and p99 of the last minutes; rendered by its
+//! script from the status embedded in it, then refreshed every two seconds) and
+//! `GET /status.json` (what the page shows).
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -106,55 +105,15 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
-/// The state cell of a node: `up`, `down` or `degraded`.
-fn state(node: &serde_json::Value) -> &'static str {
-    match (node["up"].as_bool(), str_of(node, "degraded").is_empty()) {
-        (Some(true), true) => "up",
-        (Some(true), false) => "degraded",
-        _ => "down",
-    }
-}
-
-/// The page, rendered from `status` (the same JSON its script fetches to refresh itself).
+/// The page, with `status` (the same JSON its script fetches to refresh itself) embedded for
+/// the first render.
 fn page(status: &serde_json::Value) -> String {
-    let mut rows = String::new();
-    for n in status["nodes"].as_array().into_iter().flatten() {
-        let ae = &n["anti_entropy"];
-        let last = ae["last_ms_ago"].as_i64().unwrap_or(-1);
-        let _ = write!(
-            rows,
-            "<tr data-node=\"{id}\"><td>{id}</td><td>{addr}</td><td>{zone}</td>\
-             <td class=\"state {state}\">{state}</td><td>{share:.1}%</td><td>{hints}</td><td>{ae}</td></tr>",
-            id = esc(str_of(n, "node_id")),
-            addr = esc(str_of(n, "addr")),
-            zone = esc(str_of(n, "zone")),
-            state = state(n),
-            share = n["ring_share"].as_f64().unwrap_or(0.0) * 100.0,
-            hints = n["hints_held"].as_u64().unwrap_or(0),
-            ae = if last < 0 {
-                "not yet".to_owned()
-            } else {
-                format!(
-                    "{} s ago: {} differing, {} repaired",
-                    last / 1000,
-                    ae["differing"].as_u64().unwrap_or(0),
-                    ae["repaired"].as_u64().unwrap_or(0)
-                )
-            },
-        );
-    }
+    let node = status["node_id"].as_str().unwrap_or("");
     let data = serde_json::to_string(status)
         .unwrap_or_else(|_| "{}".into())
         .replace("</", "<\\/");
-    PAGE.replace("{{NODE}}", &esc(str_of(status, "node_id")))
-        .replace("{{ROWS}}", &rows)
-        .replace("{{DATA}}", &data)
+    PAGE.replace("{{NODE}}", &esc(node)).replace("{{DATA}}", &data)
 }
 
-/// The page template: `{{NODE}}`, `{{ROWS}}` (the nodes table) and `{{DATA}}` (the JSON) are
-/// filled in per request.
+/// The page template: `{{NODE}}` and `{{DATA}}` (the JSON) are filled in per request.
 const PAGE: &str = include_str!("status.html");

@@ -3,6 +3,8 @@
 //! directory), and the ConfigMap's cluster file loads as each of its nodes, with the secret
 //! from the file the manifest mounts.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -39,32 +41,9 @@ fn the_systemd_unit_verifies() {
     assert!(!out.status.success(), "a unit whose binary is missing must not verify");
 }
 
-/// The venv's python with kubernetes-validate, created when missing.
+/// The venv's python with kubernetes-validate.
 fn validator() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv-k8s");
-    let python = venv.join("bin/python");
-    let requirements = repo().join("deploy/k8s/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    let stamp = venv.join("requirements.txt");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return python;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "python3 -m venv {} failed", venv.display());
-    let ok = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "pip install -r {} failed", requirements.display());
-    std::fs::write(&stamp, wanted).unwrap();
-    python
+    common::python_venv("pyenv-k8s", &repo().join("deploy/k8s/requirements.txt"))
 }
 
 fn validate(python: &Path, manifest: &Path) -> std::process::Output {

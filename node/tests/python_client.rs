@@ -12,32 +12,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The venv's python, created and filled from requirements.txt when missing.
+/// The venv's python with the pinned grpcio packages.
 fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv-grpcio");
-    let python = venv.join("bin/python");
-    let requirements = repo().join("client/tests/python/requirements.txt");
-    let stamp = venv.join("requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return python;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv")
-        .success();
-    assert!(ok, "python3 -m venv {} failed", venv.display());
-    let ok = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
-        .status()
-        .expect("pip")
-        .success();
-    assert!(ok, "pip install -r {} failed", requirements.display());
-    std::fs::write(&stamp, wanted).expect("venv stamp");
-    python
+    common::python_venv("pyenv-grpcio", &repo().join("client/tests/python/requirements.txt"))
 }
 
 #[test]

@@ -85,3 +85,32 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A Python venv under the target directory (`name`) holding the pinned `requirements`, created
+/// and filled from PyPI when missing or when the requirements changed; its python.
+pub fn python_venv(name: &str, requirements: &Path) -> std::path::PathBuf {
+    use std::process::Command;
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let stamp = venv.join("requirements.txt");
+    let wanted = std::fs::read_to_string(requirements).expect("requirements.txt");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return python;
+    }
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv")
+        .success();
+    assert!(ok, "python3 -m venv {} failed", venv.display());
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(requirements)
+        .status()
+        .expect("pip")
+        .success();
+    assert!(ok, "pip install -r {} failed", requirements.display());
+    std::fs::write(&stamp, wanted).expect("venv stamp");
+    python
+}
