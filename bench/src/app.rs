@@ -42,8 +42,9 @@ pub async fn run(args: Args) -> Result<BenchReport> {
         cart_lines: (args.profile == Profile::AddToSize).then_some(plan.workload.cart_lines),
         targets: Vec::new(),
     };
+    let connect = args.connect_options()?;
     for spec in &args.targets {
-        let target_report = run_target(spec, args.connect_options(), plan.clone(), show_progress).await?;
+        let target_report = run_target(spec, connect.clone(), plan.clone(), show_progress).await?;
         print_target(&target_report);
         report.targets.push(target_report);
     }

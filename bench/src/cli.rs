@@ -83,6 +83,9 @@ pub struct Args {
     /// cartdb: hedge writes too (`ClientOptions::hedge_writes`, off by default).
     #[arg(long, conflicts_with = "no_hedge")]
     pub hedge_writes: bool,
+    /// cartdb targets: TLS (`--tls-ca`) and the bearer token (`--token`).
+    #[command(flatten)]
+    pub security: cart_client::SecurityArgs,
 }
 
 fn parse_target(raw: &str) -> Result<TargetSpec, String> {
@@ -188,12 +191,16 @@ impl Args {
     }
 
     /// How targets are connected.
-    pub fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
+    pub fn connect_options(&self) -> Result<ConnectOptions, BenchError> {
+        Ok(ConnectOptions {
             redis_connections: self.redis_connections,
             hedge: !self.no_hedge,
             hedge_writes: self.hedge_writes,
-        }
+            credentials: self.security.credentials().map_err(|e| BenchError::InvalidOption {
+                option: "--tls-ca / --token",
+                reason: e.to_string(),
+            })?,
+        })
     }
 }
 
@@ -276,7 +283,7 @@ mod tests {
         let args = parse(&["--target", "redis=redis://127.0.0.1:17611", "--redis-connections", "2"]).expect("parses");
         assert_eq!(args.targets[1].to_string(), "redis=redis://127.0.0.1:17611");
         assert_eq!(args.targets[1].redis_wait, None);
-        assert_eq!(args.connect_options().redis_connections, 2);
+        assert_eq!(args.connect_options().expect("no TLS files").redis_connections, 2);
         assert_eq!(parse(&[]).expect("parses").redis_connections, DEFAULT_REDIS_CONNECTIONS);
         let waiting = parse(&["--target", "redis=redis://127.0.0.1:17621?wait=1"]).expect("parses");
         assert_eq!(waiting.targets[1].redis_wait.map(|w| w.replicas), Some(1));

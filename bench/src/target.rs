@@ -214,7 +214,7 @@ fn code_name(code: Code) -> String {
 }
 
 /// How targets are connected (beyond their endpoints).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// Multiplexed connections a Redis target opens and uses round robin.
     pub redis_connections: usize,
@@ -222,6 +222,8 @@ pub struct ConnectOptions {
     pub hedge: bool,
     /// cartdb: and writes too (not its default).
     pub hedge_writes: bool,
+    /// cartdb: TLS and the bearer token (`--tls-ca`, `--token`).
+    pub credentials: cart_client::Credentials,
 }
 
 impl Default for ConnectOptions {
@@ -230,6 +232,7 @@ impl Default for ConnectOptions {
             redis_connections: redis_target::DEFAULT_REDIS_CONNECTIONS,
             hedge: true,
             hedge_writes: false,
+            credentials: cart_client::Credentials::default(),
         }
     }
 }
@@ -253,6 +256,7 @@ impl AnyTarget {
                     ClientOptions {
                         hedge: options.hedge,
                         hedge_writes: options.hedge_writes,
+                        credentials: options.credentials,
                         ..ClientOptions::default()
                     },
                 )

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use comfy_table::{presets, CellAlignment, Table};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::{Code, Request};
+use tonic::Code;
 
 use crate::client::lazy_channel;
 use crate::cluster_cli::{ClusterCmd, TransferRow};
@@ -53,6 +53,8 @@ pub struct Cli {
     /// tax or shipping): discounts, tax, shipping and total print under the lines.
     #[arg(long, global = true)]
     pub region: Option<String>,
+    #[command(flatten)]
+    pub security: crate::SecurityArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -217,6 +219,7 @@ pub async fn run(cli: Cli) -> Result<String, ClientError> {
             r: (cli.r > 0).then_some(cli.r),
             w: (cli.w > 0).then_some(cli.w),
         },
+        credentials: cli.security.credentials()?,
         ..ClientOptions::default()
     };
     match cli.command {
@@ -471,8 +474,7 @@ async fn cluster_status(endpoints: &[String], options: &ClientOptions) -> Result
     let mut last_error = ClientError::NoEndpoints;
     for endpoint in endpoints {
         let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
-        let mut request = Request::new(ClusterStatusRequest {});
-        request.set_timeout(options.request_timeout);
+        let request = options.request(ClusterStatusRequest {});
         match client.cluster_status(request).await {
             Ok(reply) => return Ok(ClusterStatus::from_reply(reply.into_inner(), endpoint)),
             Err(status) if unanswered(status.code()) => last_error = ClientError::status(&status, endpoint),
@@ -510,8 +512,7 @@ async fn local_cart(
 ) -> Result<(String, Option<CartView>), ClientError> {
     let endpoint = one_endpoint(endpoints, "cart get --local")?;
     let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
-    let mut request = Request::new(LocalReadRequest { cart_id: id.into() });
-    request.set_timeout(options.request_timeout);
+    let request = options.request(LocalReadRequest { cart_id: id.into() });
     let reply = client
         .local_read(request)
         .await
@@ -530,8 +531,7 @@ async fn discard_hints(endpoints: &[String], options: &ClientOptions, secret: &s
         reason: "the secret must be printable ASCII".into(),
     })?;
     let mut client = AdminServiceClient::new(lazy_channel(endpoint, options)?);
-    let mut request = Request::new(DiscardHintsRequest {});
-    request.set_timeout(options.request_timeout);
+    let mut request = options.request(DiscardHintsRequest {});
     request.metadata_mut().insert(SECRET_HEADER, secret);
     let reply = client
         .discard_hints(request)

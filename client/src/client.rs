@@ -102,6 +102,9 @@ pub struct ClientOptions {
     /// residual case is an attempt a node began before its deadline and then stalled, which
     /// would have seen the same acknowledged state as the refusing node's quorum read.
     pub clock_skew: Duration,
+    /// TLS towards the nodes (endpoints are dialled over `https`) and the bearer token every call
+    /// carries; the default: plain HTTP/2, no token.
+    pub credentials: crate::security::Credentials,
 }
 
 /// The system's wall clock, ms since the Unix epoch (the default [`ClientOptions::clock`]).
@@ -130,11 +133,20 @@ impl Default for ClientOptions {
             hedge_delay_max: Duration::from_millis(500),
             clock: system_clock_ms,
             clock_skew: Duration::from_millis(500),
+            credentials: crate::security::Credentials::default(),
         }
     }
 }
 
 impl ClientOptions {
+    /// A request with the options' deadline and token.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.request_timeout);
+        self.credentials.authorize(&mut request);
+        request
+    }
+
     /// Attempts for a call that may try `candidates` distinct nodes (always at least 1).
     pub fn attempts(&self, candidates: usize) -> usize {
         if self.max_attempts == 0 {
@@ -320,17 +332,32 @@ pub fn tcp_connect() -> Connect {
 /// The endpoint for `address` (`HOST:PORT` or a full URI) with the options' timeouts,
 /// TCP_NODELAY and HTTP/2 keepalive.
 fn endpoint(address: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
-    let endpoint = Endpoint::from_shared(uri_of(address)).map_err(|e| ClientError::InvalidEndpoint {
+    let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
         endpoint: address.to_owned(),
         reason: e.to_string(),
-    })?;
-    Ok(endpoint
+    };
+    let mut uri = uri_of(address);
+    let mut endpoint = match &options.credentials.tls {
+        None => Endpoint::from_shared(uri).map_err(invalid)?,
+        // Addresses stay keyed by their `http://` form (membership addresses are HOST:PORT).
+        Some(tls) => {
+            if let Some(rest) = uri.strip_prefix("http://") {
+                uri = format!("https://{rest}");
+            }
+            Endpoint::from_shared(uri)
+                .map_err(invalid)?
+                .tls_config(tls.config())
+                .map_err(invalid)?
+        }
+    };
+    endpoint = endpoint
         .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    Ok(endpoint)
 }
 
 /// A lazily connecting TCP channel to `address` (`HOST:PORT` or a full URI) with the options'
@@ -520,8 +547,7 @@ impl Inner {
                     continue;
                 }
             };
-            let mut request = Request::new(GetMembershipRequest {});
-            request.set_timeout(self.options.request_timeout);
+            let request = self.options.request(GetMembershipRequest {});
             let reply = match AdminServiceClient::new(channel).get_membership(request).await {
                 Ok(reply) => reply.into_inner(),
                 Err(status) => {
@@ -1024,8 +1050,7 @@ impl CartClient {
         let mut inflight: Vec<(String, Instant)> = Vec::new();
         let launch = |i: usize| -> Result<_, ClientError> {
             let address = route[i % route.len()].clone();
-            let mut request = Request::new(req.clone());
-            request.set_timeout(inner.options.request_timeout);
+            let mut request = inner.options.request(req.clone());
             // Writes carry their deadline: a node does not begin one after it.
             let deadline_ms =
                 write.then(|| (inner.options.clock)().saturating_add(inner.options.request_timeout.as_millis() as u64));

@@ -350,8 +350,7 @@ fn first_endpoint(endpoints: &[String]) -> Result<&String, ClientError> {
 }
 
 fn with_secret<T>(message: T, secret: Option<&str>, options: &ClientOptions) -> Result<Request<T>, ClientError> {
-    let mut request = Request::new(message);
-    request.set_timeout(options.request_timeout);
+    let mut request = options.request(message);
     if let Some(secret) = secret {
         let value: MetadataValue<Ascii> = secret.parse().map_err(|_| ClientError::Usage {
             reason: "the secret must be printable ASCII".into(),

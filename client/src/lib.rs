@@ -60,6 +60,7 @@
 pub mod cli;
 mod client;
 pub mod cluster_cli;
+pub mod security;
 
 pub use cart_crdt::pricing::{CurrencySummary, Discount, NotApplied, PricingSummary};
 pub use cart_crdt::{CartView, Current, ItemSnapshot, LineView, Money, SavedView};
@@ -81,3 +82,4 @@ pub use client::{
     new_request_id, system_clock_ms, tcp_connect, CartClient, ClientError, ClientOptions, Connect, HedgeStats,
     Membership, AUTO_ATTEMPTS_MAX, AUTO_ATTEMPTS_MIN, MEMBERSHIP_REFRESH_MIN_INTERVAL,
 };
+pub use security::{ClientTls, Credentials, SecurityArgs};

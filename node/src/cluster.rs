@@ -239,11 +239,13 @@ struct Dialer {
     keepalive: Duration,
     max_message_bytes: usize,
     peer_timeout: Duration,
+    /// `[tls]`: peers are dialled over https.
+    tls: Option<crate::security::TlsSettings>,
 }
 
 impl Dialer {
     fn peer(&self, member: &Member) -> Result<Peer, NodeError> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", member.addr))
+        let endpoint = crate::security::peer_endpoint(&member.addr, self.tls.as_ref())
             .map_err(|e| NodeError::Config {
                 reason: format!("address of {}: {e}", member.node_id),
             })?
@@ -336,6 +338,7 @@ impl Cluster {
             keepalive: config.keepalive_interval,
             max_message_bytes: config.limits.max_message_bytes,
             peer_timeout: cluster.peer_timeout,
+            tls: config.tls.clone(),
         };
         let me = Cluster {
             config: cluster.clone(),

@@ -56,6 +56,10 @@ pub struct NodeConfig {
     /// `HOST:PORT` of a cluster node to learn the layout from on first start (`cartd run
     /// --join`); the node then waits as a non-member until an operator adds it.
     pub join: Option<String>,
+    /// `[tls]`: TLS on the gRPC port and towards peers; none: plain HTTP/2.
+    pub tls: Option<crate::security::TlsSettings>,
+    /// `[auth]` (or the environment): bearer tokens the public and admin APIs need; none: open.
+    pub api_tokens: crate::security::ApiTokens,
 }
 
 /// Replication settings, the same on every node.
@@ -121,6 +125,30 @@ struct RawConfig {
     min_free_disk_mb: u64,
     #[serde(default)]
     storage: RawStorage,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+/// `[tls]`: PEM files; `{node_id}` in a path is replaced by the node's id (one table serves
+/// every node of a cluster file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+    ca_file: String,
+    #[serde(default)]
+    peer_mtls: bool,
+}
+
+/// `[auth]`: the public and admin APIs' bearer tokens, listed or in a file (one per line).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    tokens: Vec<String>,
+    tokens_file: Option<PathBuf>,
 }
 
 /// `[storage]`: which engine keeps this node's data.
@@ -234,6 +262,24 @@ impl NodeConfig {
             )));
         }
         let cluster = cluster_of(&raw.cluster, &nodes).map_err(invalid)?;
+        let tls = match &raw.tls {
+            None => None,
+            Some(t) => {
+                let path = |p: &str| PathBuf::from(p.replace("{node_id}", &me.node_id));
+                let settings = crate::security::TlsSettings::load(
+                    &path(&t.cert_file),
+                    &path(&t.key_file),
+                    &path(&t.ca_file),
+                    t.peer_mtls,
+                );
+                Some(settings.map_err(invalid)?)
+            }
+        };
+        if !raw.auth.tokens.is_empty() && raw.auth.tokens_file.is_some() {
+            return Err(invalid("[auth] has both tokens and tokens_file: use one".into()));
+        }
+        let api_tokens = crate::security::ApiTokens::from_config(&raw.auth.tokens, raw.auth.tokens_file.as_deref())
+            .map_err(invalid)?;
         Ok(NodeConfig {
             node_id: me.node_id.clone(),
             listen_addr: me.addr,
@@ -248,6 +294,8 @@ impl NodeConfig {
             min_free_disk_bytes: raw.min_free_disk_mb.saturating_mul(1 << 20),
             cluster,
             join: None,
+            tls,
+            api_tokens,
         })
     }
 }
@@ -593,6 +641,43 @@ mod tests {
             let text = three().replace("[cluster]\n", &format!("[cluster]\n{setting}\n"));
             let err = parse(&text, Some("n1")).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_per_node_and_tokens_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::security::write_dev_pki(dir.path(), &["n1", "n2", "n3"], &["127.0.0.1"]).unwrap();
+        let text = format!("{}\n{}", three(), pki.tls_toml(true));
+        let c = parse(&text, Some("n2")).unwrap();
+        let tls = c.tls.expect("[tls] read");
+        assert!(tls.peer_mtls);
+        assert_eq!(tls.cert_file, dir.path().join("n2.pem"), "{{node_id}} is the node's id");
+        assert!(c.api_tokens.is_empty());
+        let with_tokens = format!("{text}[auth]\ntokens = [\"storefront-token-0001\"]\n");
+        assert!(parse(&with_tokens, Some("n1"))
+            .unwrap()
+            .api_tokens
+            .admits(b"storefront-token-0001"));
+        let cases = [
+            (format!("{text}[auth]\ntokens = [\"short\"]\n"), "at least 16"),
+            (
+                format!("{text}[auth]\ntokens = [\"storefront-token-0001\"]\ntokens_file = \"t\"\n"),
+                "both tokens and tokens_file",
+            ),
+            (
+                format!("{text}[auth]\ntokens_file = \"/nonexistent/tokens\"\n"),
+                "tokens_file",
+            ),
+            (
+                text.replace("n2.pem", "nope.pem").replace("{node_id}.pem", "nope.pem"),
+                "cert_file",
+            ),
+            (format!("{}\n[tls]\ncert_file = \"a\"\n", three()), "key_file"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text, Some("n2")).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected:?} not in {err}");
         }
     }
 

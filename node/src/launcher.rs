@@ -48,6 +48,8 @@ pub enum LaunchError {
     Signal { node_id: String, source: nix::Error },
     #[error("no node {node_id} in this cluster")]
     NoSuchNode { node_id: String },
+    #[error("TLS certificates: {reason}")]
+    Tls { reason: String },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LaunchError + 'a {
@@ -69,6 +71,8 @@ pub struct ClusterSpec {
     pub cluster_toml: String,
     /// Extra top-level lines (limits, tuning), written before any table.
     pub top_toml: String,
+    /// Extra tables (`[tls]`, `[auth]`), written after `[cluster]`.
+    pub tables_toml: String,
     /// Each node's HTTP address (`/metrics`), in node order; empty: none.
     pub http: Vec<SocketAddr>,
 }
@@ -91,6 +95,7 @@ impl ClusterSpec {
             secret: "local-cluster-secret".into(),
             cluster_toml: String::new(),
             top_toml: String::new(),
+            tables_toml: String::new(),
             http: Vec::new(),
         })
     }
@@ -109,6 +114,21 @@ impl ClusterSpec {
         Ok(self)
     }
 
+    /// TLS on every node, with a throwaway CA and node certificates made now under `DIR/tls`
+    /// (valid for 127.0.0.1 and localhost); `peer_mtls`: peers present their certificates too.
+    pub fn with_tls(mut self, peer_mtls: bool) -> Result<Self, LaunchError> {
+        let ids: Vec<&str> = self.nodes.iter().map(|(id, _)| id.as_str()).collect();
+        let pki = crate::security::write_dev_pki(&self.dir.join("tls"), &ids, &["127.0.0.1", "localhost"])
+            .map_err(|reason| LaunchError::Tls { reason })?;
+        self.tables_toml.push_str(&pki.tls_toml(peer_mtls));
+        Ok(self)
+    }
+
+    /// The CA file of [`ClusterSpec::with_tls`] (what clients trust).
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.pem")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("cluster.toml")
     }
@@ -123,9 +143,10 @@ impl ClusterSpec {
         let mut out = self.top_toml.clone();
         let _ = write!(
             out,
-            "\n[cluster]\nsecret = {}\n{}\n",
+            "\n[cluster]\nsecret = {}\n{}\n\n{}\n",
             quote(&self.secret),
-            self.cluster_toml
+            self.cluster_toml,
+            self.tables_toml
         );
         for (i, (id, addr)) in self.nodes.iter().enumerate() {
             let data = self.node_dir(id).join("data");
@@ -400,11 +421,12 @@ impl LocalCluster {
             .collect();
         let data = self.spec.node_dir(node_id).join("data");
         let text = format!(
-            "{}\nnode_id = {}\nlisten_addr = \"{addr}\"\ndata_dir = {}\n\n[cluster]\nsecret = {}\n{cluster_toml}",
+            "{}\nnode_id = {}\nlisten_addr = \"{addr}\"\ndata_dir = {}\n\n[cluster]\nsecret = {}\n{cluster_toml}\n{}\n",
             self.spec.top_toml,
             quote(node_id),
             quote(&data.display().to_string()),
             quote(&self.spec.secret),
+            self.spec.tables_toml,
         );
         let file = self.spec.dir.join(format!("{node_id}.toml"));
         std::fs::write(&file, text).map_err(io("write", &file))?;

@@ -36,6 +36,7 @@ pub mod lifecycle;
 pub mod membership;
 pub mod metrics;
 pub mod replica;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod storage;

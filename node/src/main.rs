@@ -50,6 +50,10 @@ enum Cmd {
         /// TOML put at the top of the generated cluster file (e.g. a `[limits]` table).
         #[arg(long, value_name = "FILE")]
         extra_toml: Option<PathBuf>,
+        /// TLS on every node (and mutual TLS between them), with a throwaway CA and node
+        /// certificates made under DATA_DIR/tls; clients trust DATA_DIR/tls/ca.pem.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -84,7 +88,8 @@ fn run_cli() -> Result<()> {
             base_port,
             data_dir,
             extra_toml,
-        } => runtime.block_on(dev(nodes, base_port, &data_dir, extra_toml.as_deref())),
+            tls,
+        } => runtime.block_on(dev(nodes, base_port, &data_dir, extra_toml.as_deref(), tls)),
     }
 }
 
@@ -283,7 +288,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Path>) -> Result<()> {
+async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Path>, tls: bool) -> Result<()> {
     let bin = std::env::current_exe().context("locate the cartd binary")?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let data_dir = data_dir
@@ -299,6 +304,12 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Pa
     if let Some(path) = extra_toml {
         spec.top_toml = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     }
+    let tls_flag = if tls {
+        spec = spec.with_tls(true)?;
+        format!("--tls-ca {} ", spec.tls_ca_file().display())
+    } else {
+        String::new()
+    };
     let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&bin, spec)).await??;
     for (i, (id, addr)) in cluster.spec.nodes.iter().enumerate() {
         let metrics = cluster
@@ -316,7 +327,7 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Pa
     println!("cluster file {}", cluster.spec.config_path().display());
     println!("cartdb dev cluster up: {}", endpoints.join(","));
     println!(
-        "try: cartctl --endpoint {} status    (Ctrl-C stops every node)",
+        "try: cartctl {tls_flag}--endpoint {} status    (Ctrl-C stops every node)",
         endpoints[0]
     );
 

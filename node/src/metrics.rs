@@ -34,6 +34,32 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Which credential a refused call lacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The cluster secret of internal and operator calls.
+    ClusterSecret,
+    /// A bearer token of the public and admin APIs.
+    Token,
+    /// A peer's client certificate (`[tls] peer_mtls`).
+    PeerCertificate,
+}
+
+impl Credential {
+    fn label(self) -> &'static str {
+        match self {
+            Credential::ClusterSecret => "cluster_secret",
+            Credential::Token => "token",
+            Credential::PeerCertificate => "peer_certificate",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OwnerLabels {
     pub owner: String,
@@ -140,7 +166,7 @@ pub struct Metrics {
     pub anti_entropy_repaired: Counter,
     pub commit_batch: Histogram,
     pub flush_seconds: Histogram,
-    pub unauthenticated: Counter,
+    unauthenticated: Family<CredentialLabels, Counter>,
     hints_held: Family<OwnerLabels, Gauge>,
     hint_oldest_seconds: Gauge<f64, AtomicU64>,
     storage_bytes: Gauge,
@@ -224,10 +250,10 @@ impl Metrics {
             Unit::Seconds,
             flush_seconds.clone(),
         );
-        let unauthenticated = Counter::default();
+        let unauthenticated = Family::<CredentialLabels, Counter>::default();
         registry.register(
             "unauthenticated",
-            "Internal and admin calls refused for a missing or wrong cluster secret",
+            "Calls refused UNAUTHENTICATED, by the credential missing or wrong (cluster_secret, token, peer_certificate)",
             unauthenticated.clone(),
         );
         let hints_held = Family::<OwnerLabels, Gauge>::default();
@@ -297,6 +323,15 @@ impl Metrics {
     /// The requests of the last minutes, oldest first.
     pub fn recent(&self) -> Vec<RecentBucket> {
         self.recent.lock().map(|r| r.snapshot()).unwrap_or_default()
+    }
+
+    /// Counts a call refused `UNAUTHENTICATED` for lacking `credential`.
+    pub fn refused(&self, credential: Credential) {
+        self.unauthenticated
+            .get_or_create(&CredentialLabels {
+                credential: credential.label(),
+            })
+            .inc();
     }
 
     pub fn quorum_failed(&self, kind: &'static str) {

@@ -24,7 +24,8 @@ use crate::error::NodeError;
 use crate::membership;
 use crate::membership::paxos::{Ballot, Prepared};
 use crate::membership::DocKind;
-use crate::metrics::Metrics;
+use crate::metrics::{Credential, Metrics};
+use crate::security::{constant_time_eq, has_peer_certificate};
 
 #[derive(Clone)]
 pub struct ReplicaApi {
@@ -167,7 +168,7 @@ impl ReplicaApi {
     }
 }
 
-/// Refuses internal calls that do not carry the cluster secret.
+/// Refuses calls that do not carry the cluster secret (admin calls that change the cluster).
 pub fn check_secret(
     secret: String,
     metrics: Arc<Metrics>,
@@ -177,14 +178,29 @@ pub fn check_secret(
         if given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
             Ok(request)
         } else {
-            metrics.unauthenticated.inc();
+            metrics.refused(Credential::ClusterSecret);
             Err(NodeError::Unauthenticated { header: SECRET_HEADER }.into())
         }
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Refuses internal calls from anyone but a peer: the cluster secret, and with `[tls] peer_mtls`
+/// a client certificate the cluster's CA signed.
+pub fn check_peer(
+    secret: String,
+    require_certificate: bool,
+    metrics: Arc<Metrics>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let check_secret = check_secret(secret, metrics.clone());
+    move |request: Request<()>| {
+        if require_certificate && !has_peer_certificate(&request) {
+            metrics.refused(Credential::PeerCertificate);
+            return Err(Status::unauthenticated(
+                "internal call without a peer certificate ([tls] peer_mtls is on)",
+            ));
+        }
+        check_secret(request)
+    }
 }
 
 fn item_result(outcome: Result<(), Status>) -> ItemResult {

@@ -12,6 +12,7 @@ use cart_proto::pb::cart_service_server::CartServiceServer;
 use cart_proto::replica_pb::replica_service_server::ReplicaServiceServer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Connected;
 use tonic::transport::Server;
 
@@ -21,7 +22,8 @@ use crate::cluster::{tcp_connect, Cluster, Connect};
 use crate::config::NodeConfig;
 use crate::coordinator::Coordinator;
 use crate::error::NodeError;
-use crate::replica::{check_secret, ReplicaApi};
+use crate::replica::{check_peer, ReplicaApi};
+use crate::security::check_token;
 use crate::service::{CartApi, InFlight};
 use crate::storage::{Storage, StorageError};
 use crate::store::CartStore;
@@ -100,7 +102,7 @@ impl Node {
                     // First start of a joining node: the cluster's layout, from the seed.
                     Some(seed) => {
                         let secret = &config.cluster.secret;
-                        membership::fetch_from_seed(seed, secret, &connect, JOIN_ATTEMPTS).await?
+                        membership::fetch_from_seed(seed, secret, config.tls.as_ref(), &connect, JOIN_ATTEMPTS).await?
                     }
                     // First start from a cluster file: its members are version 1.
                     None => {
@@ -169,17 +171,18 @@ impl Node {
     {
         let limits = &self.config.limits;
         let in_flight = Arc::new(InFlight::default());
+        let metrics = &self.coordinator.store.metrics;
+        let tokens = check_token(self.config.api_tokens.clone(), metrics.clone());
         let api = CartServiceServer::new(CartApi::new(self.coordinator.clone(), in_flight.clone()))
             .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(limits.max_message_bytes);
+        let api = InterceptedService::new(api, tokens.clone());
+        let peer_mtls = self.config.tls.as_ref().is_some_and(|t| t.peer_mtls);
         let replica = ReplicaServiceServer::with_interceptor(
             ReplicaApi::new(self.coordinator.clone()),
-            check_secret(
-                self.config.cluster.secret.clone(),
-                self.coordinator.store.metrics.clone(),
-            ),
+            check_peer(self.config.cluster.secret.clone(), peer_mtls, metrics.clone()),
         );
-        let admin = AdminServiceServer::new(AdminApi::new(self.coordinator.clone()));
+        let admin = AdminServiceServer::with_interceptor(AdminApi::new(self.coordinator.clone()), tokens);
         // Health: SERVING from here (storage open, the layout and so the peers known) until
         // shutdown begins; reflection lists the public API and the health service.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -223,7 +226,11 @@ impl Node {
             tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
             let _ = stopping_tx.send(());
         };
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &self.config.tls {
+            builder = builder.tls_config(tls.server())?;
+        }
+        let server = builder
             // Clients hedge and cancel: a node resuming from a pause finds hundreds of streams
             // opened and reset while it slept. h2's default (20) would answer that with a
             // GOAWAY that fails every call on the connection; still bounded (rapid-reset floods).

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cart_node::launcher::{ClusterSpec, LocalCluster};
+use common::{http_get, sample};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::Channel;
@@ -196,30 +197,6 @@ async fn cluster_sample(cluster: &LocalCluster, series: &str) -> f64 {
     total
 }
 
-/// `GET path` on a node's HTTP address; the response body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
-
-/// The value of the sample `series` (name and labels exactly as exposed); 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-        .next()
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_requests_hints_and_flushes() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,7 +245,10 @@ async fn metrics_move_with_requests_hints_and_flushes() {
         5.0
     );
     assert!(sample(&text, r#"cartdb_request_duration_seconds_sum{op="add_item"}"#) > 0.0);
-    assert_eq!(sample(&text, "cartdb_unauthenticated_total"), 1.0);
+    assert_eq!(
+        sample(&text, r#"cartdb_unauthenticated_total{credential="cluster_secret"}"#),
+        1.0
+    );
     assert!(sample(&text, "cartdb_group_commit_batch_count") >= 5.0);
     assert!(sample(&text, "cartdb_storage_flush_duration_seconds_count") >= 5.0);
     assert!(sample(&text, "cartdb_storage_bytes") > 0.0);

@@ -176,13 +176,13 @@ pub fn parse_doc(doc: &LayoutDoc) -> Result<(Layout, Option<Layout>), NodeError>
 pub async fn fetch_from_seed(
     seed: &str,
     secret: &str,
+    tls: Option<&crate::security::TlsSettings>,
     connect: &Connect,
     attempts: u32,
 ) -> Result<(Layout, Option<Layout>), NodeError> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(format!("http://{seed}")).map_err(|e| NodeError::Config {
-            reason: format!("--join {seed}: {e}"),
-        })?;
+    let endpoint = crate::security::peer_endpoint(seed, tls).map_err(|e| NodeError::Config {
+        reason: format!("--join {e}"),
+    })?;
     let secret: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         secret.parse().map_err(|_| NodeError::Config {
             reason: "[cluster] secret must be printable ASCII".into(),
