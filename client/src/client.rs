@@ -312,7 +312,7 @@ fn dialable(addr: &str) -> bool {
     }
 }
 
-fn uri_of(address: &str) -> String {
+pub(crate) fn uri_of(address: &str) -> String {
     if address.contains("://") {
         address.to_owned()
     } else {
@@ -332,24 +332,7 @@ pub fn tcp_connect() -> Connect {
 /// The endpoint for `address` (`HOST:PORT` or a full URI) with the options' timeouts,
 /// TCP_NODELAY and HTTP/2 keepalive.
 fn endpoint(address: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
-    let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
-        endpoint: address.to_owned(),
-        reason: e.to_string(),
-    };
-    let mut uri = uri_of(address);
-    let mut endpoint = match &options.credentials.tls {
-        None => Endpoint::from_shared(uri).map_err(invalid)?,
-        // Addresses stay keyed by their `http://` form (membership addresses are HOST:PORT).
-        Some(tls) => {
-            if let Some(rest) = uri.strip_prefix("http://") {
-                uri = format!("https://{rest}");
-            }
-            Endpoint::from_shared(uri)
-                .map_err(invalid)?
-                .tls_config(tls.config())
-                .map_err(invalid)?
-        }
-    };
+    let mut endpoint = options.credentials.endpoint(address)?;
     endpoint = endpoint
         .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ClientError;
 
@@ -99,8 +99,31 @@ impl Credentials {
         self
     }
 
+    /// The endpoint of `address` (`HOST:PORT` or a URI): `https` with these TLS settings, else
+    /// `http`. Clients key addresses by their `http://` form (membership addresses are HOST:PORT).
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
+        let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
+            endpoint: address.to_owned(),
+            reason: e.to_string(),
+        };
+        let uri = crate::client::uri_of(address);
+        match &self.tls {
+            None => Endpoint::from_shared(uri).map_err(invalid),
+            Some(tls) => {
+                let uri = match uri.strip_prefix("http://") {
+                    Some(rest) => format!("https://{rest}"),
+                    None => uri,
+                };
+                Endpoint::from_shared(uri)
+                    .map_err(invalid)?
+                    .tls_config(tls.config())
+                    .map_err(invalid)
+            }
+        }
+    }
+
     /// Adds the token (if any) to a request's metadata.
-    pub(crate) fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
         if let Some(token) = &self.token {
             request.metadata_mut().insert(AUTHORIZATION, token.clone());
         }

@@ -55,6 +55,10 @@ enum Cmd {
         /// faults and faster with them: a 10-minute run needs 1024.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=8192))]
         disk_mb: u32,
+        /// TLS on every connection (a throwaway CA under REPORT/tls; mutual TLS between the
+        /// nodes) and an API token on every client call.
+        #[arg(long)]
+        tls: bool,
     },
     /// Run seeds of the deterministic simulation (a whole cluster in this process under
     /// turmoil); `--seed N` alone replays one seed.
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> Result<bool> {
             clients_per_node,
             loopback,
             disk_mb,
+            tls,
         } => {
             let nemeses = Nemesis::parse_list(&nemesis).map_err(anyhow::Error::msg)?;
             let workloads = Workload::parse_list(&workload).map_err(anyhow::Error::msg)?;
@@ -151,6 +156,7 @@ fn run(cli: Cli) -> Result<bool> {
                 cartd,
                 dir: dir.clone(),
                 namespaces: !loopback,
+                tls,
                 disk_mb,
             };
             let result = real::run(&opts)?;

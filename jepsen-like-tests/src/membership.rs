@@ -8,7 +8,6 @@ use std::time::Duration;
 use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
 use cart_proto::admin_pb::{CommitLayoutRequest, DiscardStagedRequest, StageChangeRequest, StagedChange};
 use cart_proto::SECRET_HEADER;
-use tonic::transport::Endpoint;
 
 /// A membership change the nemesis makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +27,14 @@ pub async fn apply(
     secret: &str,
     change: &Change,
     connect: &cart_client::Connect,
+    credentials: &cart_client::Credentials,
 ) -> Result<usize, String> {
     let mut last = String::from("no endpoint");
     for attempt in 0..ATTEMPTS {
         let Some(endpoint) = endpoints.get(attempt % endpoints.len().max(1)) else {
             break;
         };
-        match once(endpoint, secret, change, connect).await {
+        match once(endpoint, secret, change, connect, credentials).await {
             Ok(()) => return Ok(attempt + 1),
             Err(e) => last = format!("{endpoint}: {e}"),
         }
@@ -43,17 +43,24 @@ pub async fn apply(
     Err(last)
 }
 
-/// A request with the call deadline and the cluster secret.
-fn request<T>(message: T, secret: &str) -> Result<tonic::Request<T>, String> {
+/// A request with the call deadline, the cluster secret and the API token (if any).
+fn request<T>(message: T, secret: &str, credentials: &cart_client::Credentials) -> Result<tonic::Request<T>, String> {
     let mut r = tonic::Request::new(message);
+    credentials.authorize(&mut r);
     r.set_timeout(Duration::from_secs(3));
     let secret = secret.parse().map_err(|_| "secret is not ASCII".to_string())?;
     r.metadata_mut().insert(SECRET_HEADER, secret);
     Ok(r)
 }
 
-async fn once(endpoint: &str, secret: &str, change: &Change, connect: &cart_client::Connect) -> Result<(), String> {
-    let uri = Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| e.to_string())?;
+async fn once(
+    endpoint: &str,
+    secret: &str,
+    change: &Change,
+    connect: &cart_client::Connect,
+    credentials: &cart_client::Credentials,
+) -> Result<(), String> {
+    let uri = credentials.endpoint(endpoint).map_err(|e| e.to_string())?;
     let mut admin = AdminServiceClient::new(connect(uri.connect_timeout(Duration::from_millis(500))));
     let staged = match change {
         Change::Leave { node_id } => StagedChange {
@@ -72,15 +79,19 @@ async fn once(endpoint: &str, secret: &str, change: &Change, connect: &cart_clie
     let call = async {
         // Whatever an earlier failed attempt left staged here goes first.
         admin
-            .discard_staged(request(DiscardStagedRequest {}, secret)?)
+            .discard_staged(request(DiscardStagedRequest {}, secret, credentials)?)
             .await
             .map_err(|s| s.message().to_owned())?;
         admin
-            .stage_change(request(StageChangeRequest { change: Some(staged) }, secret)?)
+            .stage_change(request(
+                StageChangeRequest { change: Some(staged) },
+                secret,
+                credentials,
+            )?)
             .await
             .map_err(|s| s.message().to_owned())?;
         admin
-            .commit_layout(request(CommitLayoutRequest {}, secret)?)
+            .commit_layout(request(CommitLayoutRequest {}, secret, credentials)?)
             .await
             .map_err(|s| s.message().to_owned())?;
         Ok::<(), String>(())

@@ -205,7 +205,8 @@ fn apply(cluster: &mut SimCluster, fault: &Fault, heal: bool, clients: &[String]
             let name = format!("operator-{step}-{}", if heal { "join" } else { "leave" });
             cluster.sim.client(name.as_str(), async move {
                 let connect = crate::sim::sim_client_connector();
-                if let Err(e) = membership::apply(&endpoints, SIM_SECRET, &change, &connect).await {
+                if let Err(e) = membership::apply(&endpoints, SIM_SECRET, &change, &connect, &Default::default()).await
+                {
                     tracing::warn!(?change, error = %e, "membership nemesis: change not committed");
                 }
                 Ok(())

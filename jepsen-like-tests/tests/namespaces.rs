@@ -1,5 +1,6 @@
 //! The real tier in CI: a short `cart-jepsen run` with every nemesis against five cartd
-//! processes in network namespaces (root only; the harness installs nftables and faketime).
+//! processes in network namespaces (root only; the harness installs nftables and faketime), and
+//! a shorter one with TLS on every connection (`--tls`). The two run one after the other.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,12 +19,28 @@ fn cartd() -> PathBuf {
     path
 }
 
+/// One real-tier run at a time: each takes five processes and the machine's two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn all_nemeses_on_real_namespaces_lose_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let time_limit = std::env::var("CART_JEPSEN_CI_SECONDS").unwrap_or_else(|_| "60".into());
+    run_and_check(&["--time-limit", &time_limit, "--nemesis", "all", "--seed", "42"], 3);
+}
+
+#[test]
+fn a_tls_cluster_under_faults_loses_nothing() {
+    run_and_check(&["--tls", "--time-limit", "30", "--nemesis", "all", "--seed", "7"], 2);
+}
+
+/// Runs `cart-jepsen run ARGS…` and checks its verdict, that at least `min_faults` faults were
+/// injected, and that nothing was left behind.
+fn run_and_check(args: &[&str], min_faults: usize) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
     let child = Command::new(env!("CARGO_BIN_EXE_cart-jepsen"))
-        .args(["run", "--time-limit", &time_limit, "--nemesis", "all", "--seed", "42"])
+        .arg("run")
+        .args(args)
         .arg("--report")
         .arg(dir.path())
         .arg("--cartd")
@@ -42,10 +59,17 @@ fn all_nemeses_on_real_namespaces_lose_nothing() {
     assert!(stdout.contains("valid: true"), "{stdout}");
     let history = std::fs::read_to_string(dir.path().join("history.jsonl")).expect("history");
     let faults = history.lines().filter(|l| l.contains(r#""type":"fault""#)).count();
-    assert!(faults >= 3, "only {faults} faults injected");
+    assert!(faults >= min_faults, "only {faults} faults injected");
     let ops = history.lines().filter(|l| l.contains(r#""type":"op""#)).count();
     assert!(ops > 500, "only {ops} operations");
     assert!(dir.path().join("report.html").exists());
+    if args.contains(&"--tls") {
+        let config = std::fs::read_to_string(dir.path().join("n1/cluster.toml")).expect("n1's cluster file");
+        assert!(
+            config.contains("[tls]") && config.contains("peer_mtls = true") && config.contains("[auth]"),
+            "{config}"
+        );
+    }
     // Nothing left behind.
     let netns = Command::new("ip")
         .args(["netns", "list"])

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cart_client::{CartClient, ClientOptions};
+use cart_client::{CartClient, ClientOptions, ClientTls, Credentials};
 use cart_node::launcher::NodeProcess;
 use cart_proto::admin_pb::admin_service_client::AdminServiceClient;
 use cart_proto::admin_pb::LocalReadRequest;
@@ -57,6 +57,43 @@ pub const N: usize = 3;
 const PORT: u16 = 7000;
 /// The cluster secret of harness clusters (in `Net::cluster_toml`).
 const SECRET: &str = "cart-jepsen";
+/// The API token of `--tls` runs.
+const TOKEN: &str = "cart-jepsen-api-token-0001";
+
+/// `--tls`: the tables the nodes' cluster file gets and what every client presents.
+#[derive(Clone, Default)]
+struct Security {
+    tables: String,
+    credentials: Credentials,
+}
+
+impl Security {
+    /// A throwaway CA and node certificates under `DIR/tls`, valid for every address a node is
+    /// dialled at; mutual TLS between nodes and one API token.
+    fn create(net: &Net, dir: &Path) -> Result<Self> {
+        let mut hosts = BTreeSet::new();
+        for i in 0..net.nodes() {
+            for addr in (0..net.nodes())
+                .map(|v| net.peer_addr(v, i))
+                .chain([net.client_addr(i)])
+            {
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_owned();
+                hosts.insert(host);
+            }
+        }
+        let names: Vec<String> = (0..net.nodes()).map(Nodes::name).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let pki = cart_node::security::write_dev_pki(&dir.join("tls"), &names, &hosts).map_err(anyhow::Error::msg)?;
+        let credentials = Credentials::default()
+            .with_tls(ClientTls::from_files(&pki.ca_file, None)?)
+            .with_token(TOKEN)?;
+        Ok(Security {
+            tables: format!("\n{}\n[auth]\ntokens = [\"{TOKEN}\"]\n", pki.tls_toml(true)),
+            credentials,
+        })
+    }
+}
 /// libfaketime as Debian installs it.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// The longest the harness waits for replicas to converge after the last fault healed.
@@ -77,6 +114,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Use network namespaces when possible (false: always the loopback proxies).
     pub namespaces: bool,
+    /// TLS on every connection (mutual between nodes) and an API token on every client call.
+    pub tls: bool,
     /// Size of each node's data tmpfs (namespaces tier), MiB.
     pub disk_mb: u32,
 }
@@ -239,6 +278,7 @@ struct Nodes {
     disks: BTreeSet<usize>,
     full: BTreeSet<usize>,
     disk_mb: u32,
+    security: Security,
 }
 
 /// Lines of a dead node's log the harness prints.
@@ -305,7 +345,7 @@ impl Nodes {
             self.set_clock(i, 0)?;
         }
         let config = self.node_dir(i).join("cluster.toml");
-        std::fs::write(&config, self.net.cluster_toml(i, &self.dir))?;
+        std::fs::write(&config, self.net.cluster_toml(i, &self.dir) + &self.security.tables)?;
         let mut command = self.net.command(i);
         if Path::new(LIBFAKETIME).exists() {
             command.arg(format!("LD_PRELOAD={LIBFAKETIME}"));
@@ -380,7 +420,13 @@ impl Nodes {
             .collect();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let connect = cart_client::tcp_connect();
-        match runtime.block_on(membership::apply(&endpoints, SECRET, change, &connect)) {
+        match runtime.block_on(membership::apply(
+            &endpoints,
+            SECRET,
+            change,
+            &connect,
+            &self.security.credentials,
+        )) {
             Ok(_) => Ok(true),
             Err(e) => {
                 eprintln!("membership nemesis: {change:?} not committed: {e}");
@@ -505,8 +551,9 @@ fn nemesis_thread(
     })
 }
 
-fn client_options() -> ClientOptions {
+fn client_options(credentials: &Credentials) -> ClientOptions {
     ClientOptions {
+        credentials: credentials.clone(),
         request_timeout: Duration::from_millis(1500),
         connect_timeout: Duration::from_millis(500),
         max_attempts: 2,
@@ -520,8 +567,9 @@ pub const FAILOVER_CLIENTS: usize = 2;
 
 /// A client as `cart-client` is by default: every node, owners first, writes retried on the
 /// next node with their request id.
-fn failover_options() -> ClientOptions {
+fn failover_options(credentials: &Credentials) -> ClientOptions {
     ClientOptions {
+        credentials: credentials.clone(),
         request_timeout: Duration::from_millis(1500),
         connect_timeout: Duration::from_millis(500),
         ..ClientOptions::default()
@@ -529,10 +577,16 @@ fn failover_options() -> ClientOptions {
 }
 
 /// Every owner's stored state of every cart, through the admin API's LocalRead.
-async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>, deadline: Instant) -> Result<Vec<ReplicaState>> {
+async fn read_replicas(
+    ring: &Ring,
+    carts: &BTreeSet<String>,
+    deadline: Instant,
+    credentials: &Credentials,
+) -> Result<Vec<ReplicaState>> {
     let mut admins = std::collections::BTreeMap::new();
     for m in ring.members() {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.addr))?
+        let channel = credentials
+            .endpoint(&m.addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -547,8 +601,10 @@ async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>, deadline: Instant)
             let Some(admin) = admins.get_mut(&owner.node_id) else {
                 continue;
             };
+            let mut request = tonic::Request::new(LocalReadRequest { cart_id: cart.clone() });
+            credentials.authorize(&mut request);
             let reply = admin
-                .local_read(LocalReadRequest { cart_id: cart.clone() })
+                .local_read(request)
                 .await
                 .with_context(|| format!("LocalRead {cart} on {}", owner.node_id))?
                 .into_inner();
@@ -566,11 +622,15 @@ async fn read_replicas(ring: &Ring, carts: &BTreeSet<String>, deadline: Instant)
 
 /// Polls the owners until they agree or [`CONVERGENCE_LIMIT`] passes; returns the last complete
 /// reading. One reading more is allowed past the limit, so a slow last pass still gives a verdict.
-async fn await_convergence(ring: &Ring, carts: &BTreeSet<String>) -> Result<(Vec<ReplicaState>, Duration)> {
+async fn await_convergence(
+    ring: &Ring,
+    carts: &BTreeSet<String>,
+    credentials: &Credentials,
+) -> Result<(Vec<ReplicaState>, Duration)> {
     let began = Instant::now();
     let mut last = None;
     while began.elapsed() < CONVERGENCE_LIMIT && !interrupted() {
-        match read_replicas(ring, carts, began + CONVERGENCE_LIMIT).await {
+        match read_replicas(ring, carts, began + CONVERGENCE_LIMIT, credentials).await {
             Ok(states) if converged(&states) => return Ok((states, began.elapsed())),
             Ok(states) => last = Some(states),
             Err(e) => eprintln!("cart-jepsen: waiting for replicas: {e:#}"),
@@ -582,7 +642,7 @@ async fn await_convergence(ring: &Ring, carts: &BTreeSet<String>) -> Result<(Vec
     }
     let states = match last {
         Some(states) => states,
-        None => read_replicas(ring, carts, Instant::now() + CONVERGENCE_LIMIT).await?,
+        None => read_replicas(ring, carts, Instant::now() + CONVERGENCE_LIMIT, credentials).await?,
     };
     Ok((states, began.elapsed()))
 }
@@ -622,7 +682,13 @@ pub fn run(opts: &Options) -> Result<RunResult> {
         })
         .collect();
     let ring = Ring::new(members)?;
+    let security = if opts.tls {
+        Security::create(&net, &opts.dir)?
+    } else {
+        Security::default()
+    };
     let mut nodes = Nodes {
+        security,
         net,
         cartd: opts.cartd.clone(),
         dir: opts.dir.clone(),
@@ -667,6 +733,10 @@ async fn drive(
     nodes: &mut Option<Nodes>,
     nemesis: &mut Option<std::thread::JoinHandle<(Nodes, Result<()>)>>,
 ) -> Result<RunResult> {
+    let credentials = nodes
+        .as_ref()
+        .map(|n| n.security.credentials.clone())
+        .unwrap_or_default();
     {
         let stop = stop.clone();
         // Ends with the runtime; wakes ten times a second.
@@ -682,7 +752,7 @@ async fn drive(
     let clock = RunClock::now();
     let addrs: Vec<String> = ring.members().iter().map(|m| m.addr.clone()).collect();
     if opts.workloads.contains(&Workload::Quantity) {
-        let client = CartClient::connect_with(&addrs, client_options()).await?;
+        let client = CartClient::connect_with(&addrs, client_options(&credentials)).await?;
         let rec = Recording {
             recorder: recorder.clone(),
             clock,
@@ -707,9 +777,9 @@ async fn drive(
         .collect();
     for p in workload::plan(&named, &opts.workloads, opts.clients_per_node, FAILOVER_CLIENTS) {
         let options = if p.failover {
-            failover_options()
+            failover_options(&credentials)
         } else {
-            client_options()
+            client_options(&credentials)
         };
         let client = CartClient::connect_with(&p.targets, options).await?;
         let process = Process {
@@ -749,13 +819,13 @@ async fn drive(
     }
     eprintln!("cart-jepsen: all faults healed; sending writes whose outcome stayed unknown again");
     {
-        let client = CartClient::connect_with(&addrs, failover_options()).await?;
+        let client = CartClient::connect_with(&addrs, failover_options(&credentials)).await?;
         workload::resolve_unknown(&client, &recorder, clock).await;
     }
     eprintln!("cart-jepsen: waiting for replicas to converge");
     let history = recorder.history();
     let carts: BTreeSet<String> = history.ops.iter().map(|o| o.cart.clone()).collect();
-    let waited = await_convergence(ring, &carts).await;
+    let waited = await_convergence(ring, &carts, &credentials).await;
     if !matches!(&waited, Ok((finals, _)) if converged(finals)) {
         for line in nodes.as_mut().map(Nodes::exited).unwrap_or_default() {
             eprintln!("cart-jepsen: {line}");
