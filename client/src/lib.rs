@@ -33,7 +33,9 @@
 //!   doubling to 30 s while it stays slow; at most a third of the nodes are set aside at once.
 //!   A write's refusal by one node is the answer only once every attempt still running has
 //!   ended (a cancelled attempt may still be applied). [`CartClient::hedge_stats`] counts them.
-//! - Every call carries a deadline ([`ClientOptions::request_timeout`]).
+//! - Every call carries a deadline ([`ClientOptions::request_timeout`]) and, when set, the
+//!   bearer token of [`ClientOptions::credentials`]; with TLS credentials every endpoint is
+//!   dialled over `https` and the nodes' certificates checked against the given CA.
 //! - Results are the domain read model ([`cart_crdt::CartView`]); errors keep the gRPC code and the
 //!   server's message, which names the offending field. An error whose outcome is unknown (the
 //!   write may have been applied) is `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `CANCELLED` or `UNKNOWN`;

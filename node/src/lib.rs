@@ -10,6 +10,9 @@
 //!   `incoming` stream of [`server::Node::serve`] and the peer connector [`cluster::Connect`] of
 //!   [`server::Node::open_with_connector`]) so the same code runs under simulation.
 //! - Every queue is bounded; overload is refused with `RESOURCE_EXHAUSTED`.
+//! - With `[tls]` the port speaks only TLS and peers are dialled over TLS (with `peer_mtls`, the
+//!   replica API needs a client certificate of the cluster's CA); with `[auth]` tokens every
+//!   public and admin call needs one ([`security`]). Refusals are `UNAUTHENTICATED` and counted.
 //! - The cluster layout is a versioned document every node stores and spreads ([`membership`]);
 //!   versions are agreed by a majority of the current members, and carts move into a new version
 //!   without loss (writes reach both versions' owners until every node has handed over).
