@@ -9,9 +9,6 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ClientError;
 
-/// The header a bearer token travels in.
-pub const AUTHORIZATION: &str = "authorization";
-
 /// TLS towards the nodes: the CA that signed their certificates, and optionally this client's
 /// own certificate (for a cluster that asks clients for one).
 #[derive(Clone)]
@@ -39,11 +36,18 @@ impl ClientTls {
             None => None,
             Some((cert, key)) => Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
         };
-        Ok(ClientTls {
+        let tls = ClientTls {
             ca_pem,
             identity,
             domain: None,
-        })
+        };
+        // Build it once: a bad certificate or key fails here, naming the flags.
+        Endpoint::from_static("https://check.invalid:1")
+            .tls_config(tls.config())
+            .map_err(|e| ClientError::Usage {
+                reason: format!("--tls-ca / --tls-cert / --tls-key: {e}"),
+            })?;
+        Ok(tls)
     }
 
     /// Checks the nodes' certificates for this name instead of each endpoint's host (endpoints
@@ -107,37 +111,43 @@ impl Credentials {
             reason: e.to_string(),
         };
         let uri = crate::client::uri_of(address);
-        match &self.tls {
-            None => Endpoint::from_shared(uri).map_err(invalid),
-            Some(tls) => {
-                let uri = match uri.strip_prefix("http://") {
-                    Some(rest) => format!("https://{rest}"),
-                    None => uri,
-                };
-                Endpoint::from_shared(uri)
-                    .map_err(invalid)?
-                    .tls_config(tls.config())
-                    .map_err(invalid)
-            }
+        let Some(tls) = &self.tls else {
+            return Endpoint::from_shared(uri).map_err(invalid);
+        };
+        // With TLS, `http://` (any case) becomes `https://`; any other scheme is refused rather
+        // than dialled in plain text.
+        let (scheme, rest) = uri.split_once("://").unwrap_or(("", &uri));
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(ClientError::InvalidEndpoint {
+                endpoint: address.to_owned(),
+                reason: format!("scheme {scheme:?}: with --tls-ca an endpoint is HOST:PORT or https://HOST:PORT"),
+            });
         }
+        Endpoint::from_shared(format!("https://{rest}"))
+            .map_err(invalid)?
+            .tls_config(tls.config())
+            .map_err(invalid)
     }
 
     /// Adds the token (if any) to a request's metadata.
     pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
         if let Some(token) = &self.token {
-            request.metadata_mut().insert(AUTHORIZATION, token.clone());
+            request
+                .metadata_mut()
+                .insert(cart_proto::AUTHORIZATION_HEADER, token.clone());
         }
     }
 }
 
 /// The flags of every cartdb client tool for TLS and tokens (each also read from the
-/// environment, so a token need not be on the command line).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// environment, so a token need not be on the command line). Its `Debug` hides the token.
+#[derive(Clone, Default, clap::Args)]
 pub struct SecurityArgs {
     /// Talk TLS to the nodes, trusting this CA certificate (PEM).
     #[arg(long, global = true, env = "CARTDB_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) to present, for clusters that ask for one; needs --tls-key.
+    /// Client certificate (PEM) to present when the server side (a proxy in front of the nodes,
+    /// say) asks for one; needs --tls-key. The nodes ask only their peers.
     #[arg(
         long,
         global = true,
@@ -167,9 +177,22 @@ pub struct SecurityArgs {
         conflicts_with = "token_file"
     )]
     pub token: Option<String>,
-    /// File holding the bearer token (its first line).
+    /// File holding the bearer token (its first line that is not blank or a `#` comment).
     #[arg(long, global = true, env = "CARTDB_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SecurityArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityArgs")
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_domain", &self.tls_domain)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 impl SecurityArgs {
@@ -197,7 +220,12 @@ impl SecurityArgs {
                 let text = std::fs::read_to_string(path).map_err(|e| ClientError::Usage {
                     reason: format!("--token-file {}: {e}", path.display()),
                 })?;
-                Some(text.lines().next().unwrap_or("").trim().to_owned())
+                // The first token line (blank lines and `#` comments skipped, as the nodes do).
+                let mut lines = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'));
+                Some(lines.next().unwrap_or("").to_owned())
             }
             (None, None) => None,
         };
@@ -208,5 +236,74 @@ impl SecurityArgs {
             Some(token) => credentials.with_token(&token),
             None => Ok(credentials),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_file(dir: &Path) -> PathBuf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+        path
+    }
+
+    #[test]
+    fn with_tls_every_endpoint_is_https_and_other_schemes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Credentials::default().with_tls(ClientTls::from_files(&ca_file(dir.path()), None).unwrap());
+        for given in [
+            "10.0.0.1:7001",
+            "http://10.0.0.1:7001",
+            "HTTP://10.0.0.1:7001",
+            "https://10.0.0.1:7001",
+        ] {
+            let endpoint = tls.endpoint(given).unwrap();
+            assert_eq!(endpoint.uri().scheme_str(), Some("https"), "{given}");
+        }
+        let err = tls.endpoint("grpc://10.0.0.1:7001").unwrap_err();
+        assert!(err.to_string().contains("scheme"), "{err}");
+        let plain = Credentials::default().endpoint("10.0.0.1:7001").unwrap();
+        assert_eq!(plain.uri().scheme_str(), Some("http"));
+    }
+
+    #[test]
+    fn flags_read_files_name_problems_and_never_print_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "# the storefront's\n\n  storefront-token-0001  \n").unwrap();
+        let args = SecurityArgs {
+            tls_ca: Some(ca_file(dir.path())),
+            token_file: Some(token_file),
+            ..SecurityArgs::default()
+        };
+        let credentials = args.credentials().unwrap();
+        let mut request = tonic::Request::new(());
+        credentials.authorize(&mut request);
+        let header = request.metadata().get(cart_proto::AUTHORIZATION_HEADER).unwrap();
+        assert_eq!(header.to_str().unwrap(), "Bearer storefront-token-0001");
+        let shown = format!(
+            "{credentials:?} {:?}",
+            SecurityArgs {
+                token: Some("storefront-token-0001".into()),
+                ..SecurityArgs::default()
+            }
+        );
+        assert!(!shown.contains("storefront-token-0001"), "{shown}");
+        // A key in place of a CA, a missing file, a certificate without its CA: refused by name.
+        let not_a_ca = SecurityArgs {
+            tls_ca: Some(dir.path().join("token")),
+            ..SecurityArgs::default()
+        };
+        assert!(not_a_ca.credentials().unwrap_err().to_string().contains("--tls-ca"));
+        let no_ca = SecurityArgs {
+            tls_domain: Some("cart-a.internal".into()),
+            ..SecurityArgs::default()
+        };
+        assert!(no_ca.credentials().unwrap_err().to_string().contains("need --tls-ca"));
     }
 }

@@ -146,8 +146,7 @@ struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    #[serde(default)]
-    tokens: Vec<String>,
+    tokens: Option<Vec<String>>,
     tokens_file: Option<PathBuf>,
 }
 
@@ -228,8 +227,20 @@ impl NodeConfig {
         Self::parse(&text, path, node)
     }
 
-    /// Parses and validates `text`; `origin` only names the file in errors.
+    /// Parses and validates `text`; `origin` only names the file in errors. Settings the
+    /// environment may give instead of the file (the cluster secret, API tokens) are read from
+    /// the process environment.
     pub fn parse(text: &str, origin: &Path, node: Option<&str>) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, origin, node, &crate::security::process_env)
+    }
+
+    /// [`NodeConfig::parse`] with the environment given (tests).
+    pub fn parse_with_env(
+        text: &str,
+        origin: &Path,
+        node: Option<&str>,
+        env: crate::security::Env,
+    ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string(),
@@ -261,7 +272,7 @@ impl NodeConfig {
                 raw.shutdown_delay_ms
             )));
         }
-        let cluster = cluster_of(&raw.cluster, &nodes).map_err(invalid)?;
+        let cluster = cluster_of(&raw.cluster, &nodes, env).map_err(invalid)?;
         let tls = match &raw.tls {
             None => None,
             Some(t) => {
@@ -275,11 +286,12 @@ impl NodeConfig {
                 Some(settings.map_err(invalid)?)
             }
         };
-        if !raw.auth.tokens.is_empty() && raw.auth.tokens_file.is_some() {
+        if raw.auth.tokens.is_some() && raw.auth.tokens_file.is_some() {
             return Err(invalid("[auth] has both tokens and tokens_file: use one".into()));
         }
-        let api_tokens = crate::security::ApiTokens::from_config(&raw.auth.tokens, raw.auth.tokens_file.as_deref())
-            .map_err(invalid)?;
+        let api_tokens =
+            crate::security::ApiTokens::from_config(raw.auth.tokens.as_deref(), raw.auth.tokens_file.as_deref(), env)
+                .map_err(invalid)?;
         Ok(NodeConfig {
             node_id: me.node_id.clone(),
             listen_addr: me.addr,
@@ -417,7 +429,7 @@ pub const SECRET_ENV: &str = "CARTDB_CLUSTER_SECRET";
 /// A file holding the cluster secret (instead of `[cluster] secret`).
 pub const SECRET_FILE_ENV: &str = "CARTDB_CLUSTER_SECRET_FILE";
 
-fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, String> {
+fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode], env: crate::security::Env) -> Result<ClusterConfig, String> {
     let members: Vec<Member> = nodes
         .iter()
         .map(|n| Member {
@@ -433,13 +445,10 @@ fn cluster_of(raw: &RawCluster, nodes: &[ParsedNode]) -> Result<ClusterConfig, S
     }
     // The secret may stay out of the file: the environment, or a file the environment names
     // (a Kubernetes Secret mounted as a file), wins over `[cluster] secret`.
-    let secret = match (std::env::var(SECRET_ENV), std::env::var(SECRET_FILE_ENV)) {
-        (Ok(secret), _) => secret,
-        (Err(_), Ok(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| format!("{SECRET_FILE_ENV} = {path:?}: {e}"))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned(),
-        _ => raw.secret.clone().unwrap_or_default(),
+    let secret = match crate::security::from_env(env, SECRET_ENV, SECRET_FILE_ENV)? {
+        Some((secret, SECRET_ENV)) => secret,
+        Some((contents, _)) => contents.trim_end_matches(['\n', '\r']).to_owned(),
+        None => raw.secret.clone().unwrap_or_default(),
     };
     if members.len() > 1 && secret.len() < 8 {
         return Err("[cluster] secret must be set (8 characters or more) when there are several nodes".into());
@@ -531,8 +540,9 @@ fn text_ms(v: Option<&str>, default: u64, name: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    /// Parses with an empty environment (the test process's own must not leak in).
     fn parse(text: &str, node: Option<&str>) -> Result<NodeConfig, ConfigError> {
-        NodeConfig::parse(text, Path::new("test.toml"), node)
+        NodeConfig::parse_with_env(text, Path::new("test.toml"), node, &|_| None)
     }
 
     const SINGLE: &str = "node_id = \"n1\"\nlisten_addr = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
@@ -661,6 +671,7 @@ mod tests {
             .admits(b"storefront-token-0001"));
         let cases = [
             (format!("{text}[auth]\ntokens = [\"short\"]\n"), "at least 16"),
+            (format!("{text}[auth]\ntokens = []\n"), "gives no token"),
             (
                 format!("{text}[auth]\ntokens = [\"storefront-token-0001\"]\ntokens_file = \"t\"\n"),
                 "both tokens and tokens_file",
@@ -679,6 +690,37 @@ mod tests {
             let err = parse(&text, Some("n2")).unwrap_err().to_string();
             assert!(err.contains(expected), "{expected:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-the-file-0001\n").unwrap();
+        let path = file.display().to_string();
+        let both = |name: &str| match name {
+            SECRET_ENV => Some("from-the-variable-01".into()),
+            SECRET_FILE_ENV => Some(path.clone().into()),
+            _ => None,
+        };
+        let only_file = |name: &str| (name == SECRET_FILE_ENV).then(|| path.clone().into());
+        let at = Path::new("test.toml");
+        let secret = |env: crate::security::Env| {
+            NodeConfig::parse_with_env(&three(), at, Some("n1"), env).map(|c| c.cluster.secret)
+        };
+        assert_eq!(secret(&both).unwrap(), "from-the-variable-01");
+        assert_eq!(
+            secret(&only_file).unwrap(),
+            "from-the-file-0001",
+            "trailing newline dropped"
+        );
+        assert_eq!(
+            secret(&|_| None).unwrap(),
+            "0123456789",
+            "else the file's [cluster] secret"
+        );
+        let missing = |name: &str| (name == SECRET_FILE_ENV).then(|| "/nonexistent/secret".into());
+        assert!(secret(&missing).unwrap_err().to_string().contains(SECRET_FILE_ENV));
     }
 
     #[test]

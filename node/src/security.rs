@@ -16,19 +16,50 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use cart_proto::AUTHORIZATION_HEADER;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
 use crate::metrics::{Credential, Metrics};
 
-/// The header a bearer token travels in.
-pub const AUTHORIZATION: &str = "authorization";
 /// API tokens from the environment, comma-separated (instead of `[auth] tokens`).
 pub const TOKENS_ENV: &str = "CARTDB_API_TOKENS";
 /// A file of API tokens, one per line (instead of `[auth] tokens`).
 pub const TOKENS_FILE_ENV: &str = "CARTDB_API_TOKENS_FILE";
 /// Shortest token accepted: a guessable token is no protection.
 pub const TOKEN_MIN_CHARS: usize = 16;
+/// How long a connection may take to finish its TLS handshake (a connection that never sends
+/// one is dropped, not kept).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads an environment variable (`std::env::var_os` for real; tests pass their own).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<std::ffi::OsString>;
+
+/// The process environment.
+pub fn process_env(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
+}
+
+/// A setting that may come from the environment instead of the config file: the value of `var`,
+/// else the contents of the file `file_var` names; with the variable's name (for messages).
+/// `None` when neither is set. A value that is not UTF-8, or a file that cannot be read, is an
+/// error naming the variable.
+pub fn from_env(env: Env, var: &'static str, file_var: &'static str) -> Result<Option<(String, &'static str)>, String> {
+    let text = |name: &str, value: std::ffi::OsString| value.into_string().map_err(|_| format!("{name} is not UTF-8"));
+    if let Some(value) = env(var) {
+        return Ok(Some((text(var, value)?, var)));
+    }
+    match env(file_var) {
+        None => Ok(None),
+        Some(path) => {
+            let path = text(file_var, path)?;
+            let contents = std::fs::read_to_string(&path).map_err(|e| format!("{file_var} = {path:?}: {e}"))?;
+            Ok(Some((contents, file_var)))
+        }
+    }
+}
 
 /// This node's TLS material, read once at start.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,25 +95,33 @@ impl TlsSettings {
             peer_mtls,
             cert_file: cert_file.to_owned(),
         };
-        // Build both sides once so a bad file fails the start, not the first connection.
+        for (name, path, pem) in [
+            ("cert_file", cert_file, &settings.cert_pem),
+            ("ca_file", ca_file, &settings.ca_pem),
+        ] {
+            if !has_pem_certificate(pem) {
+                return Err(format!(
+                    "[tls] {name} = {:?}: no PEM certificate in the file",
+                    path.display().to_string()
+                ));
+            }
+        }
+        // Build both sides once so a bad key fails the start, not the first connection.
         tonic::transport::Server::builder()
             .tls_config(settings.server())
-            .map_err(|e| format!("[tls] cert_file / key_file: {e}"))?;
+            .map_err(|e| format!("[tls] cert_file / key_file / ca_file: {e}"))?;
         Endpoint::from_static("https://check.invalid:1")
             .tls_config(settings.peer_client())
             .map_err(|e| format!("[tls] ca_file / cert_file / key_file: {e}"))?;
-        for (name, pem) in [("cert_file", &settings.cert_pem), ("ca_file", &settings.ca_pem)] {
-            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(format!("[tls] {name}: no PEM certificate in the file"));
-            }
-        }
         Ok(settings)
     }
 
     /// The served side: this node's identity; the CA for client certificates (optional on the
     /// port; the replica API requires one when `peer_mtls`).
     pub fn server(&self) -> ServerTlsConfig {
-        let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(HANDSHAKE_TIMEOUT);
         if self.peer_mtls {
             config
                 .client_ca_root(Certificate::from_pem(&self.ca_pem))
@@ -102,6 +141,11 @@ impl TlsSettings {
             config
         }
     }
+}
+
+/// Whether `pem` holds a PEM certificate block.
+pub fn has_pem_certificate(pem: &[u8]) -> bool {
+    String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
 }
 
 /// The endpoint a node dials a peer (or a join seed) at: `http://ADDR`, or `https://ADDR` with
@@ -150,30 +194,48 @@ impl ApiTokens {
         Ok(ApiTokens(Arc::new(digests)))
     }
 
-    /// The tokens of `[auth]`, unless the environment names some: `CARTDB_API_TOKENS` (comma-
-    /// separated) or `CARTDB_API_TOKENS_FILE` (one per line; blank lines and `#` comments skipped).
-    pub fn from_config(configured: &[String], file: Option<&Path>) -> Result<Self, String> {
-        let from_file = |path: &Path, origin: &str| -> Result<Self, String> {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{origin} = {:?}: {e}", path.display().to_string()))?;
-            let lines = text
+    /// The tokens the environment names (`CARTDB_API_TOKENS`, comma-separated, or
+    /// `CARTDB_API_TOKENS_FILE`, one per line, blank lines and `#` comments skipped), else
+    /// `[auth] tokens_file` (the same format), else `[auth] tokens`. A source that is named must
+    /// give a token: an empty variable or file would otherwise leave the API open unnoticed.
+    pub fn from_config(configured: Option<&[String]>, file: Option<&Path>, env: Env) -> Result<Self, String> {
+        let lines = |text: &str| -> Vec<String> {
+            let kept = text
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'));
-            Self::new(lines, origin)
+            kept.map(str::to_owned).collect()
         };
-        match (std::env::var(TOKENS_ENV), std::env::var(TOKENS_FILE_ENV)) {
-            (Ok(list), _) => Self::new(list.split(',').map(str::trim).filter(|t| !t.is_empty()), TOKENS_ENV),
-            (Err(_), Ok(path)) => from_file(Path::new(&path), TOKENS_FILE_ENV),
-            _ => match file {
-                Some(path) => from_file(path, "[auth] tokens_file"),
-                None => Self::new(configured, "[auth] tokens"),
+        let (tokens, origin): (Vec<String>, &str) = match from_env(env, TOKENS_ENV, TOKENS_FILE_ENV)? {
+            Some((list, TOKENS_ENV)) => {
+                let tokens = list.split(',').map(str::trim).filter(|t| !t.is_empty());
+                (tokens.map(str::to_owned).collect(), TOKENS_ENV)
+            }
+            Some((text, origin)) => (lines(&text), origin),
+            None => match (file, configured) {
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("[auth] tokens_file = {:?}: {e}", path.display().to_string()))?;
+                    (lines(&text), "[auth] tokens_file")
+                }
+                (None, Some(tokens)) => (tokens.to_vec(), "[auth] tokens"),
+                (None, None) => return Ok(ApiTokens::default()),
             },
+        };
+        if tokens.is_empty() {
+            return Err(format!(
+                "{origin} gives no token: list at least one, or remove it to leave the API open"
+            ));
         }
+        Self::new(tokens, origin)
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Whether `presented` is one of the tokens. Every digest is compared, each in constant time.
@@ -209,7 +271,7 @@ pub fn check_token(
         }
         let presented = request
             .metadata()
-            .get(AUTHORIZATION)
+            .get(AUTHORIZATION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
@@ -264,7 +326,10 @@ pub fn write_dev_pki(dir: &Path, nodes: &[&str], hosts: &[&str]) -> Result<DevPk
         let key = KeyPair::generate().map_err(|e| fail(node, &e))?;
         let cert = params.signed_by(&key, &ca).map_err(|e| fail(node, &e))?;
         write(format!("{node}.pem"), cert.pem())?;
-        write(format!("{node}.key"), key.serialize_pem())?;
+        let key_file = write(format!("{node}.key"), key.serialize_pem())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| fail(&key_file.display().to_string(), &e))?;
     }
     Ok(DevPki {
         dir: dir.to_owned(),
@@ -310,6 +375,87 @@ mod tests {
     }
 
     #[test]
+    fn the_token_check_reads_the_bearer_header() {
+        let tokens = ApiTokens::new(["storefront-token-0001"], "test").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let check = check_token(tokens, metrics);
+        let with = |value: Option<&str>| {
+            let mut request = Request::new(());
+            if let Some(value) = value {
+                request
+                    .metadata_mut()
+                    .insert(AUTHORIZATION_HEADER, value.parse().unwrap());
+            }
+            check(request)
+                .map(|_| ())
+                .map_err(|s| (s.code(), s.message().to_owned()))
+        };
+        assert!(with(Some("Bearer storefront-token-0001")).is_ok());
+        assert!(
+            with(Some("bearer  storefront-token-0001 ")).is_ok(),
+            "scheme case and spaces"
+        );
+        for refused in [
+            None,
+            Some("storefront-token-0001"),
+            Some("Basic storefront-token-0001"),
+            Some("Bearer x"),
+        ] {
+            let (code, message) = with(refused).unwrap_err();
+            assert_eq!(code, tonic::Code::Unauthenticated, "{refused:?}");
+            assert!(message.starts_with("authorization"), "{message}");
+        }
+        let open = check_token(ApiTokens::default(), Arc::new(Metrics::new()));
+        assert!(open(Request::new(())).is_ok(), "no tokens configured: open");
+    }
+
+    #[test]
+    fn tokens_come_from_the_environment_first_and_a_named_source_must_give_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "# storefronts\n\nstorefront-token-0001\ncheckout-token-00002\n").unwrap();
+        let listed = vec!["listed-token-0000001".to_owned()];
+        let env_of = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.into())
+        };
+        let none = env_of(vec![]);
+        assert!(
+            ApiTokens::from_config(None, None, &none).unwrap().is_empty(),
+            "nothing named: open"
+        );
+        let from_list = ApiTokens::from_config(Some(&listed), None, &none).unwrap();
+        assert!(from_list.admits(b"listed-token-0000001"));
+        let from_file = ApiTokens::from_config(Some(&listed), Some(&file), &none).unwrap();
+        assert!(from_file.admits(b"checkout-token-00002") && !from_file.admits(b"listed-token-0000001"));
+        let var = env_of(vec![(TOKENS_ENV, "env-token-000000001, env-token-000000002".into())]);
+        let from_var = ApiTokens::from_config(Some(&listed), Some(&file), &var).unwrap();
+        assert!(from_var.admits(b"env-token-000000002") && !from_var.admits(b"storefront-token-0001"));
+        let var_file = env_of(vec![(TOKENS_FILE_ENV, file.display().to_string())]);
+        assert!(ApiTokens::from_config(None, None, &var_file)
+            .unwrap()
+            .admits(b"storefront-token-0001"));
+        // Named but empty: refused, naming the source, never an open API.
+        std::fs::write(dir.path().join("empty"), "# none yet\n").unwrap();
+        let empty_file = Some(dir.path().join("empty"));
+        let no_tokens: &[String] = &[];
+        let cases = [
+            (
+                env_of(vec![(TOKENS_ENV, String::new())]),
+                Some(listed.as_slice()),
+                None,
+                TOKENS_ENV,
+            ),
+            (env_of(vec![(TOKENS_ENV, " , ".into())]), None, None, TOKENS_ENV),
+            (env_of(vec![]), Some(no_tokens), None, "[auth] tokens"),
+            (env_of(vec![]), None, empty_file, "[auth] tokens_file"),
+        ];
+        for (env, configured, file, origin) in cases {
+            let err = ApiTokens::from_config(configured, file.as_deref(), &env).unwrap_err();
+            assert!(err.starts_with(origin) && err.contains("no token"), "{err}");
+        }
+    }
+
+    #[test]
     fn dev_pki_loads_and_bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let pki = write_dev_pki(dir.path(), &["n1"], &["127.0.0.1", "localhost"]).unwrap();
@@ -322,5 +468,13 @@ mod tests {
         assert!(err.contains("cert_file"), "{err}");
         let err = TlsSettings::load(&cert, &key, &dir.path().join("nope.pem"), false).unwrap_err();
         assert!(err.contains("ca_file") && err.contains("nope.pem"), "{err}");
+        let err = TlsSettings::load(&cert, &key, &key, true).unwrap_err();
+        assert!(
+            err.starts_with("[tls] ca_file") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key files are the owner's only: {mode:o}");
     }
 }

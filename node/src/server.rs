@@ -230,6 +230,12 @@ impl Node {
         if let Some(tls) = &self.config.tls {
             builder = builder.tls_config(tls.server())?;
         }
+        tracing::info!(
+            tls = self.config.tls.is_some(),
+            peer_mtls,
+            api_tokens = self.config.api_tokens.len(),
+            "wire security (README \"TLS and tokens\")"
+        );
         let server = builder
             // Clients hedge and cancel: a node resuming from a pause finds hundreds of streams
             // opened and reset while it slept. h2's default (20) would answer that with a

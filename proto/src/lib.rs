@@ -37,6 +37,8 @@ pub mod admin_pb {
 
 /// Metadata header carrying the cluster secret on internal calls.
 pub const SECRET_HEADER: &str = "x-cartdb-secret";
+/// Metadata header carrying an API token (`Bearer TOKEN`) on public and admin calls.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
 /// Metadata header on an error status whose operation may nevertheless have been applied (a write
 /// that missed its quorum): value `unknown`. Such a write must not be retried elsewhere, or it
 /// could count twice; without the header, `UNAVAILABLE` means the operation was not applied.

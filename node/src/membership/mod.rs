@@ -198,7 +198,7 @@ pub async fn fetch_from_seed(
             Ok(reply) => return parse_doc(&reply.into_inner()),
             Err(status) if status.code() == tonic::Code::Unauthenticated => {
                 return Err(NodeError::Config {
-                    reason: format!("--join {seed}: the seed refused our [cluster] secret"),
+                    reason: format!("--join {seed}: the seed refused us: {}", status.message()),
                 })
             }
             Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
