@@ -126,6 +126,13 @@ start_cluster() {
     if [[ -n "$extra" ]]; then
         extra_args=(--extra-toml "$extra")
     fi
+    # CLUSTER_TLS=1: TLS and mutual TLS between the nodes (`cartd dev --tls`); clients then need
+    # --tls-ca "$CLUSTER_TLS_CA".
+    CLUSTER_TLS_CA=""
+    if [[ "${CLUSTER_TLS:-0}" == 1 ]]; then
+        extra_args+=(--tls)
+        CLUSTER_TLS_CA="$CLUSTER_DIR/tls/ca.pem"
+    fi
     "$BIN_DIR/cartd" dev --nodes "$nodes" --base-port "$port" --data-dir "$CLUSTER_DIR" "${extra_args[@]}" \
         >"$CLUSTER_DIR/dev.log" 2>&1 &
     CLUSTER_PID=$!
