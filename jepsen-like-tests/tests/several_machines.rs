@@ -374,6 +374,12 @@ impl Cluster {
         Ok(out.stdout)
     }
 
+    /// `cartctl --endpoint cart-a.internal:7001 cart add user:alice ARGS…`.
+    fn add_through_cart_a(&self, args: &[&str]) -> Result<String> {
+        let head = ["--endpoint", "cart-a.internal:7001", "cart", "add", "user:alice"];
+        self.cartctl(&head.iter().chain(args).copied().collect::<Vec<_>>())
+    }
+
     fn cartctl_output(&self, args: &[&str]) -> Result<Output> {
         let mut command = self.machines.exec(&self.machines.bridge_ns(), &self.cartctl);
         command.args(args).env_remove("CARTDB_SECRET");
@@ -469,12 +475,7 @@ fn the_readme_cluster_file_runs_on_three_machines() -> Result<()> {
     }
 
     // The tour's first write, through cart-a; read back through cart-b.
-    cluster.cartctl(&[
-        "--endpoint",
-        "cart-a.internal:7001",
-        "cart",
-        "add",
-        "user:alice",
+    cluster.add_through_cart_a(&[
         "sku-1",
         "--name",
         "Mug",
@@ -549,20 +550,7 @@ fn the_readme_cluster_file_runs_on_three_machines() -> Result<()> {
     n3.kill9()?;
     drop(n3);
     println!("n3 killed");
-    cluster.cartctl(&[
-        "--endpoint",
-        "cart-a.internal:7001",
-        "cart",
-        "add",
-        "user:alice",
-        "sku-2",
-        "--name",
-        "Tea",
-        "--price",
-        "450",
-        "--currency",
-        "EUR",
-    ])?;
+    cluster.add_through_cart_a(&["sku-2", "--name", "Tea", "--price", "450", "--currency", "EUR"])?;
     println!("write through n1 acknowledged with n3 down");
 
     // n3 comes back and gets the write (hinted handoff or anti-entropy).
