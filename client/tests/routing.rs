@@ -287,7 +287,10 @@ fn cart(k: usize) -> String {
 #[tokio::test]
 async fn a_client_given_one_endpoint_sends_each_cart_to_its_owner() {
     let fakes = Fakes::start(3, 1).await;
-    let client = CartClient::connect_with([fakes.addr(1)], fast()).await.unwrap();
+    // No hedging: on a loaded machine a read slower than the recent p99 is also sent, by
+    // design, to the next node of its route (seen in CI: one GetCart at n1 as well).
+    let options = ClientOptions { hedge: false, ..fast() };
+    let client = CartClient::connect_with([fakes.addr(1)], options).await.unwrap();
     let membership = client.membership().expect("learned at connect");
     assert_eq!(membership.members.len(), 3);
     assert_eq!(membership.n, 1);
@@ -418,6 +421,7 @@ async fn a_client_that_is_not_ring_aware_never_asks_for_the_membership() {
     let fakes = Fakes::start(3, 1).await;
     let options = ClientOptions {
         ring_aware: false,
+        hedge: false, // a hedged read would be counted twice at the one endpoint
         ..fast()
     };
     let client = CartClient::connect_with([fakes.addr(0)], options).await.unwrap();
