@@ -159,8 +159,12 @@ async fn wrong_credentials_are_refused_change_nothing_and_are_counted() {
     assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
     let plain = client(&cluster, Credentials::default().with_token(TOKEN).unwrap()).await;
     let err = plain.add_item("user:mallory", "sku-1", 1, mug()).await.unwrap_err();
-    // The server answers plain HTTP/2 with a TLS alert: the client sees a broken protocol.
-    assert!(matches!(err.code(), Some(Code::Unavailable | Code::Internal)), "{err}");
+    // The server answers plain HTTP/2 with a TLS alert and closes: the client sees a broken
+    // protocol or a connection dropped under its request, whichever it notices first.
+    assert!(
+        matches!(err.code(), Some(Code::Unavailable | Code::Internal | Code::Cancelled)),
+        "{err}"
+    );
 
     // None of it changed anything; the second configured token works too.
     let good = client(&cluster, credentials(&ca, Some("checkout-token-9876543210"))).await;
