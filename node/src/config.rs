@@ -38,6 +38,10 @@ pub struct NodeConfig {
     pub http_addr: Option<SocketAddr>,
     /// `[storage] engine`: `"fjall"` (default; flushes end in fdatasync) or `"sled"`.
     pub storage_engine: crate::storage::Engine,
+    /// `[storage] commit_window_ms` (2 by default, 0 turns it off): how long a storage flush
+    /// waits for more writers to share it while writes come at least one per window (see
+    /// `crate::commit`).
+    pub commit_window: Duration,
     pub limits: Limits,
     /// Writes in flight on this node beyond this are refused with `RESOURCE_EXHAUSTED`.
     pub max_inflight_writes: usize,
@@ -151,11 +155,22 @@ struct RawAuth {
 }
 
 /// `[storage]`: which engine keeps this node's data.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     #[serde(default)]
     engine: crate::storage::Engine,
+    #[serde(default = "defaults::commit_window_ms")]
+    commit_window_ms: u64,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            engine: Default::default(),
+            commit_window_ms: defaults::commit_window_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +223,9 @@ mod defaults {
     }
     pub fn shutdown_grace_ms() -> u64 {
         10_000
+    }
+    pub fn commit_window_ms() -> u64 {
+        2
     }
     pub fn keepalive_interval_ms() -> u64 {
         10_000
@@ -266,6 +284,12 @@ impl NodeConfig {
                 raw.keepalive_interval_ms
             )));
         }
+        if raw.storage.commit_window_ms > 100 {
+            return Err(invalid(format!(
+                "[storage] commit_window_ms = {} must be at most 100",
+                raw.storage.commit_window_ms
+            )));
+        }
         if raw.shutdown_delay_ms > 120_000 {
             return Err(invalid(format!(
                 "shutdown_delay_ms = {} must be at most 120000",
@@ -298,6 +322,7 @@ impl NodeConfig {
             http_addr: me.http_addr,
             data_dir: me.data_dir.clone(),
             storage_engine: raw.storage.engine,
+            commit_window: Duration::from_millis(raw.storage.commit_window_ms),
             limits: raw.limits,
             max_inflight_writes: raw.max_inflight_writes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
@@ -570,6 +595,11 @@ mod tests {
         assert_eq!(parse(SINGLE, None).unwrap().storage_engine, Engine::Fjall);
         let sled = format!("{SINGLE}[storage]\nengine = \"sled\"\n");
         assert_eq!(parse(&sled, None).unwrap().storage_engine, Engine::Sled);
+        // The commit window: 2 ms unless set; 0 turns it off.
+        assert_eq!(parse(SINGLE, None).unwrap().commit_window, Duration::from_millis(2));
+        assert_eq!(parse(&sled, None).unwrap().commit_window, Duration::from_millis(2));
+        let off = format!("{SINGLE}[storage]\ncommit_window_ms = 0\n");
+        assert_eq!(parse(&off, None).unwrap().commit_window, Duration::ZERO);
     }
 
     #[test]
@@ -595,6 +625,11 @@ mod tests {
                 "max_lines_per_cart",
             ),
             (format!("{SINGLE}[storage]\nengine = \"rocks\"\n"), None, "engine"),
+            (
+                format!("{SINGLE}[storage]\ncommit_window_ms = 500\n"),
+                None,
+                "commit_window_ms",
+            ),
             (
                 format!("{SINGLE}[limits]\nmax_quantity = 99999999999\n"),
                 None,

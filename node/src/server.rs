@@ -79,6 +79,7 @@ impl Node {
             fresh_actor,
         )
         .await?
+        .with_commit_window(config.commit_window)
         .with_expiry(config.cluster.expiry);
         let mut config = config;
         let stored = match membership::load(&store)? {

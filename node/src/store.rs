@@ -121,7 +121,7 @@ impl CartStore {
         let hints = HintCounts::load(storage.as_ref())?;
         let metrics = Arc::new(Metrics::new());
         Ok(CartStore {
-            commit: GroupCommit::start(storage.clone(), metrics.clone()),
+            commit: GroupCommit::start(storage.clone(), metrics.clone(), std::time::Duration::ZERO),
             metrics,
             storage,
             locks: (0..KEY_LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
@@ -144,6 +144,14 @@ impl CartStore {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Sets the group commit's window (see [`crate::commit`]; none by default). Call it right
+    /// after [`CartStore::open`], before any write: the flusher is started anew (the first one
+    /// stops with its queue).
+    pub fn with_commit_window(mut self, window: std::time::Duration) -> Self {
+        self.commit = GroupCommit::start(self.storage.clone(), self.metrics.clone(), window);
+        self
     }
 
     /// Sets how long carts live (the default is [`Expiry::DEFAULT`]).
