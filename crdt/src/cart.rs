@@ -297,6 +297,39 @@ impl Cart {
         }
     }
 
+    /// About how many bytes the cart takes in memory: each entry's own size plus the text it
+    /// owns (a budget's estimate, for the node's cart cache; O(entries)).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn text(s: &ItemSnapshot) -> usize {
+            s.name.len()
+                + s.currency.len()
+                + s.image_url.as_ref().map_or(0, String::len)
+                + s.attributes.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>()
+        }
+        let line = |l: &LineEntry| {
+            size_of::<LineEntry>()
+                + l.product_id.as_str().len()
+                + match &l.kind {
+                    LineKind::Snapshot(s) => text(s),
+                    LineKind::Refresh(r) => text(&r.snapshot),
+                    LineKind::Reset { base, seen, .. } => (base.len() + seen.len()) * 48,
+                    LineKind::Total(_) => 0,
+                }
+        };
+        size_of::<Cart>()
+            + self.context.entries() * size_of::<Dot>()
+            + self.lines.iter().map(line).sum::<usize>()
+            + self
+                .saved
+                .iter()
+                .map(|s| size_of::<SavedEntry>() + s.product_id.as_str().len() + text(&s.snapshot))
+                .sum::<usize>()
+            + self.coupons.iter().map(|c| size_of::<CouponEntry>() + c.code.as_str().len()).sum::<usize>()
+            // A request record owns at most a product id (or, for a checkout, its order).
+            + self.requests.len() * (size_of::<RequestEntry>() + 32)
+    }
+
     pub fn touched_at_ms(&self) -> u64 {
         self.touched_at_ms
     }

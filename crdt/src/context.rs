@@ -39,6 +39,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// Entries held (clock and cloud), for estimates of memory.
+    pub fn entries(&self) -> usize {
+        self.clock.len() + self.cloud.len()
+    }
+
     /// The highest counter of `actor` below which nothing is missing.
     fn contiguous(&self, actor: Actor) -> u64 {
         match self.clock.binary_search_by_key(&actor, |(a, _)| *a) {

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     /// waits for more writers to share it while writes come at least one per window (see
     /// `crate::commit`).
     pub commit_window: Duration,
+    /// `[storage] cache_mb` (128 by default): memory for decoded carts, in bytes.
+    pub cache_bytes: u64,
     pub limits: Limits,
     /// Writes in flight on this node beyond this are refused with `RESOURCE_EXHAUSTED`.
     pub max_inflight_writes: usize,
@@ -162,6 +164,8 @@ struct RawStorage {
     engine: crate::storage::Engine,
     #[serde(default = "defaults::commit_window_ms")]
     commit_window_ms: u64,
+    #[serde(default = "defaults::cache_mb")]
+    cache_mb: u64,
 }
 
 impl Default for RawStorage {
@@ -169,6 +173,7 @@ impl Default for RawStorage {
         RawStorage {
             engine: Default::default(),
             commit_window_ms: defaults::commit_window_ms(),
+            cache_mb: defaults::cache_mb(),
         }
     }
 }
@@ -226,6 +231,9 @@ mod defaults {
     }
     pub fn commit_window_ms() -> u64 {
         2
+    }
+    pub fn cache_mb() -> u64 {
+        crate::store::CART_CACHE_BYTES_DEFAULT >> 20
     }
     pub fn keepalive_interval_ms() -> u64 {
         10_000
@@ -290,6 +298,12 @@ impl NodeConfig {
                 raw.storage.commit_window_ms
             )));
         }
+        if !(1..=65_536).contains(&raw.storage.cache_mb) {
+            return Err(invalid(format!(
+                "[storage] cache_mb = {} must be between 1 and 65536",
+                raw.storage.cache_mb
+            )));
+        }
         if raw.shutdown_delay_ms > 120_000 {
             return Err(invalid(format!(
                 "shutdown_delay_ms = {} must be at most 120000",
@@ -323,6 +337,7 @@ impl NodeConfig {
             data_dir: me.data_dir.clone(),
             storage_engine: raw.storage.engine,
             commit_window: Duration::from_millis(raw.storage.commit_window_ms),
+            cache_bytes: raw.storage.cache_mb << 20,
             limits: raw.limits,
             max_inflight_writes: raw.max_inflight_writes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
@@ -600,6 +615,10 @@ mod tests {
         assert_eq!(parse(&sled, None).unwrap().commit_window, Duration::from_millis(2));
         let off = format!("{SINGLE}[storage]\ncommit_window_ms = 0\n");
         assert_eq!(parse(&off, None).unwrap().commit_window, Duration::ZERO);
+        // The cart cache: 128 MiB unless set.
+        assert_eq!(parse(SINGLE, None).unwrap().cache_bytes, 128 << 20);
+        let small = format!("{SINGLE}[storage]\ncache_mb = 4\n");
+        assert_eq!(parse(&small, None).unwrap().cache_bytes, 4 << 20);
     }
 
     #[test]
@@ -630,6 +649,7 @@ mod tests {
                 None,
                 "commit_window_ms",
             ),
+            (format!("{SINGLE}[storage]\ncache_mb = 0\n"), None, "cache_mb"),
             (
                 format!("{SINGLE}[limits]\nmax_quantity = 99999999999\n"),
                 None,

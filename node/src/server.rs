@@ -80,6 +80,7 @@ impl Node {
         )
         .await?
         .with_commit_window(config.commit_window)
+        .with_cache_bytes(config.cache_bytes)
         .with_expiry(config.cluster.expiry);
         let mut config = config;
         let stored = match membership::load(&store)? {

@@ -44,9 +44,13 @@ const ACTOR_KEY: &[u8] = b"actor";
 /// Present only between a clean shutdown and the next start.
 const CLEAN_SHUTDOWN_KEY: &[u8] = b"clean-shutdown";
 
-/// Decoded carts kept in memory (most recently used), so hot carts are not decoded on every
-/// request. Entries are replaced under the cart's lock whenever the stored cart changes.
-pub const CART_CACHE_ENTRIES: usize = 4096;
+/// Decoded carts kept in memory, so hot carts are not loaded and decoded on every request (and
+/// carts that do not exist are not looked up again): up to this many bytes by
+/// [`Cart::approx_bytes`] (`[storage] cache_mb` sets it). Entries are replaced under the cart's
+/// lock whenever the stored cart changes.
+pub const CART_CACHE_BYTES_DEFAULT: u64 = 128 << 20;
+/// What a cache entry costs beyond its cart (key, bookkeeping): an absent cart weighs this.
+const CACHE_ENTRY_BYTES: u64 = 128;
 
 /// Deltas stored after a cart's base at most; the next write stores the whole cart again.
 pub const DELTAS_PER_BASE: u32 = 16;
@@ -59,6 +63,33 @@ pub const DELTA_BYTES_MAX: usize = 2048;
 struct Held {
     cart: Arc<Cart>,
     stored: Stored,
+    /// Its weight in the cache (bytes, estimated once).
+    weight: u64,
+}
+
+impl Held {
+    fn new(cart: Arc<Cart>, stored: Stored) -> Self {
+        let weight = CACHE_ENTRY_BYTES + cart.approx_bytes() as u64;
+        Held { cart, stored, weight }
+    }
+}
+
+/// The cart cache's weigher: each entry's estimate, made when it was cached.
+#[derive(Clone)]
+struct HeldWeight;
+
+impl quick_cache::Weighter<CartId, Held> for HeldWeight {
+    fn weight(&self, _id: &CartId, held: &Held) -> u64 {
+        held.weight
+    }
+}
+
+type CartCache = quick_cache::sync::Cache<CartId, Held, HeldWeight>;
+
+fn cart_cache(bytes: u64) -> CartCache {
+    // The estimate only sizes the hash table: a cart of a few lines weighs ~1 KiB.
+    let items = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(16);
+    CartCache::with_weighter(items, bytes.max(1), HeldWeight)
 }
 
 /// Where a cart's stored form stands.
@@ -95,7 +126,7 @@ pub struct CartStore {
     write_permits: Semaphore,
     max_inflight_writes: usize,
     hints: HintCounts,
-    cache: quick_cache::sync::Cache<CartId, Held>,
+    cache: CartCache,
     /// Anti-entropy digests of the replicas, kept up to date by every change below.
     pub digests: RangeDigests,
     /// Whether the storage takes writes (every engine failure is recorded here).
@@ -132,7 +163,7 @@ impl CartStore {
             write_permits: Semaphore::new(max_inflight_writes),
             max_inflight_writes,
             hints,
-            cache: quick_cache::sync::Cache::new(CART_CACHE_ENTRIES),
+            cache: cart_cache(CART_CACHE_BYTES_DEFAULT),
             digests: RangeDigests::default(),
             health,
         })
@@ -144,6 +175,13 @@ impl CartStore {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Sets the cart cache's budget in bytes ([`CART_CACHE_BYTES_DEFAULT`] unless set). Call it
+    /// right after [`CartStore::open`]: the cache starts empty.
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = cart_cache(bytes);
+        self
     }
 
     /// Sets the group commit's window (see [`crate::commit`]; none by default). Call it right
@@ -212,11 +250,11 @@ impl CartStore {
     /// [`CartStore::store_locked`], or the cache simply misses next time.
     /// Puts back a cart taken with [`CartStore::take_locked`] that this write left unchanged.
     fn put_back(&self, id: &CartId, cart: Arc<Cart>, stored: Stored) {
-        self.cache.insert(id.clone(), Held { cart, stored });
+        self.cache.insert(id.clone(), Held::new(cart, stored));
     }
 
     fn take_locked(&self, id: &CartId) -> Result<(Cart, Stored), NodeError> {
-        let Held { cart, stored } = match self.cache.remove(id) {
+        let Held { cart, stored, .. } = match self.cache.remove(id) {
             Some((_, held)) => held,
             None => self.load(id)?,
         };
@@ -250,10 +288,7 @@ impl CartStore {
     /// Base merged with every delta stored after it.
     fn load(&self, id: &CartId) -> Result<Held, NodeError> {
         let (cart, stored) = load_stored(self.storage.as_ref(), id.as_str())?;
-        Ok(Held {
-            cart: Arc::new(cart.unwrap_or_default()),
-            stored,
-        })
+        Ok(Held::new(Arc::new(cart.unwrap_or_default()), stored))
     }
 
     /// Stores a changed replica (caller holds the cart's lock): as one more delta when `delta`
@@ -293,13 +328,7 @@ impl CartStore {
             }
         };
         let cart = Arc::new(cart);
-        self.cache.insert(
-            id.clone(),
-            Held {
-                cart: cart.clone(),
-                stored,
-            },
-        );
+        self.cache.insert(id.clone(), Held::new(cart.clone(), stored));
         Ok(cart)
     }
 
@@ -1090,6 +1119,45 @@ mod tests {
 
     fn stored(storage: &MemoryStorage, tree: Tree) -> usize {
         storage.scan(tree, b"", None, usize::MAX).unwrap().len()
+    }
+
+    /// The cart cache keeps to its budget in bytes: carts pushed out are read from storage
+    /// again, the same; a cart that grows weighs more.
+    #[tokio::test]
+    async fn the_cart_cache_keeps_to_its_byte_budget() {
+        let storage = Arc::new(MemoryStorage::default());
+        let budget = 64 << 10;
+        let store = open(&storage, 1).await.with_cache_bytes(budget);
+        let ids: Vec<CartId> = (0..200)
+            .map(|i| CartId::parse(&format!("user:c{i}"), &Limits::DEFAULT).unwrap())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            for line in 0..(1 + i % 5) {
+                store.write(id, &add(&format!("sku-{line}"))).await.unwrap();
+            }
+        }
+        assert!(store.cache.weight() <= budget, "{} > {budget}", store.cache.weight());
+        assert!(store.cache.len() < ids.len(), "some carts were pushed out");
+        for (i, id) in ids.iter().enumerate() {
+            let cart = store.read(id).unwrap();
+            let products: BTreeSet<_> = cart.lines().iter().map(|l| l.product_id.clone()).collect();
+            assert_eq!(products.len(), 1 + i % 5, "{id}");
+        }
+        let one = Held::new(
+            Arc::new(store.read(&ids[0]).unwrap().as_ref().clone()),
+            Stored {
+                based: true,
+                last_seq: 0,
+            },
+        );
+        let five = Held::new(
+            store.read(&ids[4]).unwrap(),
+            Stored {
+                based: true,
+                last_seq: 0,
+            },
+        );
+        assert!(five.weight > one.weight + 4 * 40, "{} vs {}", five.weight, one.weight);
     }
 
     /// Writes store deltas after a base, at most `DELTAS_PER_BASE` of them, and a store opened
