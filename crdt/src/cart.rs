@@ -7,7 +7,7 @@ use crate::error::CartError;
 use crate::ids::{Actor, CartId, CouponCode, ProductId};
 use crate::lifecycle::{
     Effect, MergeMode, MergedInto, Order, RequestEntry, RequestId, Version, ORDERS_KEPT, REQUESTS_PER_CART_MAX,
-    REQUEST_WINDOW_MS,
+    REQUESTS_PRUNE_SLACK, REQUEST_WINDOW_MS,
 };
 use crate::limits::Limits;
 use crate::snapshot::ItemSnapshot;
@@ -1159,12 +1159,15 @@ impl Writer<'_> {
         }
     }
 
-    /// Forgets requests older than the window, then the oldest beyond the per-cart bound; an id
+    /// Forgets requests older than the window, then (once the cart holds the slack beyond the
+    /// per-cart bound) the oldest beyond the bound; an id
     /// applied twice is kept until its writer settled it (its effect would count again).
     fn prune_requests(&mut self) {
         let now = self.now_ms;
         let old = |r: &RequestEntry| r.at_ms.saturating_add(REQUEST_WINDOW_MS) < now;
-        if self.cart.requests.len() <= REQUESTS_PER_CART_MAX && !self.cart.requests.iter().any(old) {
+        if self.cart.requests.len() <= REQUESTS_PER_CART_MAX + REQUESTS_PRUNE_SLACK
+            && !self.cart.requests.iter().any(old)
+        {
             return;
         }
         let twice: std::collections::BTreeSet<RequestId> = self.cart.duplicates().iter().map(|r| r.id).collect();

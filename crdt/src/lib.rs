@@ -47,7 +47,7 @@ pub use error::CartError;
 pub use ids::{Actor, CartId, CouponCode, OwnerKind, ProductId};
 pub use lifecycle::{
     Effect, Expiry, MergeMode, MergedInto, Order, OrderLine, RequestEntry, RequestId, Version, VersionLine,
-    VersionSaved, ORDERS_KEPT, REQUESTS_PER_CART_MAX, REQUEST_ID_MAX_BYTES, REQUEST_WINDOW_MS,
+    VersionSaved, ORDERS_KEPT, REQUESTS_PER_CART_MAX, REQUESTS_PRUNE_SLACK, REQUEST_ID_MAX_BYTES, REQUEST_WINDOW_MS,
 };
 pub use limits::Limits;
 pub use snapshot::{format_money, ItemSnapshot, Money};

@@ -9,7 +9,8 @@
 //! of every entry but the one with the lowest dot is taken back: at once in every view (the
 //! quantity is shown without it) and for good by the entry's own writer, which subtracts it from
 //! its running total and drops the entry in one delta. An entry is kept [`REQUEST_WINDOW_MS`]
-//! and among the newest [`REQUESTS_PER_CART_MAX`] of its cart; entries of an id applied twice
+//! and among the newest [`REQUESTS_PER_CART_MAX`] of its cart (up to [`REQUESTS_PRUNE_SLACK`]
+//! more are held before the oldest go); entries of an id applied twice
 //! stay until that is settled. A retry is safe within that window; a retry whose first attempt
 //! reached only replicas that then stayed cut off for longer than the window may count twice.
 //!
@@ -40,6 +41,10 @@ pub const REQUEST_WINDOW_MS: u64 = 60 * 60 * 1000;
 /// brought back an item removed meanwhile). A record is ~70 bytes: 1,024 are ~70 KiB, and only
 /// a cart that takes that many requests within the hour holds them.
 pub const REQUESTS_PER_CART_MAX: usize = 1024;
+/// Request records a cart may hold beyond [`REQUESTS_PER_CART_MAX`] before the oldest are
+/// forgotten, all at once, down to the bound: pruning sorts the records, so it runs once per
+/// this many writes to a full cart rather than on every one.
+pub const REQUESTS_PRUNE_SLACK: usize = REQUESTS_PER_CART_MAX / 8;
 /// Checkouts remembered per cart beyond the request window (for refusing stale versions).
 pub const ORDERS_KEPT: usize = 16;
 /// Bytes of a request id's text.

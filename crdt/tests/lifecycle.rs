@@ -378,3 +378,33 @@ fn a_late_duplicate_add_does_not_undo_a_later_remove() {
     assert_eq!(qty(&b, "tea"), 0, "b: {:?}", b.view());
     assert_eq!(qty(&c, "tea"), 0, "c: {:?}", c.view());
 }
+
+/// A cart keeps at least the newest `REQUESTS_PER_CART_MAX` request records and never more than
+/// `REQUESTS_PRUNE_SLACK` beyond them: the oldest go in bulk once the slack is used up.
+#[test]
+fn request_records_stay_between_the_bound_and_its_slack() {
+    use cart_crdt::{REQUESTS_PER_CART_MAX, REQUESTS_PRUNE_SLACK};
+    let mut a = Replica::new(1);
+    a.ok(add("tea", 1));
+    let writes = REQUESTS_PER_CART_MAX + 3 * REQUESTS_PRUNE_SLACK;
+    let mut pruned_at = Vec::new();
+    for i in 0..writes {
+        let before = a.cart.requests().len();
+        a.apply_request(&LIMITS, &adjust("tea", 1), Some(rid(&format!("req-{i}"))))
+            .expect("applies");
+        let held = a.cart.requests().len();
+        assert!(
+            held <= REQUESTS_PER_CART_MAX + REQUESTS_PRUNE_SLACK,
+            "{held} after write {i}"
+        );
+        if held < before {
+            pruned_at.push(i);
+        }
+    }
+    assert_eq!(pruned_at.len(), 2, "pruned in bulk, twice: {pruned_at:?}");
+    // Every one of the newest REQUESTS_PER_CART_MAX is still known (a retry is answered).
+    let newest = writes - REQUESTS_PER_CART_MAX..writes;
+    assert!(newest.clone().all(|i| a.cart.seen_request(rid(&format!("req-{i}")))));
+    assert!(!a.cart.seen_request(rid("req-0")), "the oldest went");
+    assert_eq!(qty(&a, "tea"), 1 + writes as u64);
+}

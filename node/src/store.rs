@@ -3,8 +3,10 @@
 //! (`hints` tree).
 //!
 //! A replica is stored as a *base* (the whole cart) plus the *deltas* written after it: a write
-//! stores only its delta (a few hundred bytes, not the whole cart), and every
-//! [`DELTAS_PER_BASE`]th write stores the whole cart again and drops the deltas. Loading merges
+//! stores only its delta (a few hundred bytes, not the whole cart), and once [`DELTAS_PER_BASE`]
+//! deltas are stored and they add up to a quarter of the base (or [`DELTAS_PER_BASE_MAX`] are
+//! stored), the next write stores the whole cart again and drops the deltas: a big cart (a hot
+//! one holds ~1,000 request records, ~70 KB) is rewritten less often than a small one. Loading merges
 //! base and deltas; merging is idempotent, so a crash between storing a base and dropping the
 //! deltas it covers loses nothing and double-counts nothing.
 //!
@@ -52,8 +54,13 @@ pub const CART_CACHE_BYTES_DEFAULT: u64 = 128 << 20;
 /// What a cache entry costs beyond its cart (key, bookkeeping): an absent cart weighs this.
 const CACHE_ENTRY_BYTES: u64 = 128;
 
-/// Deltas stored after a cart's base at most; the next write stores the whole cart again.
+/// Deltas stored after a cart's base before the next write may store the whole cart again: it
+/// does once the deltas add up to [`DELTAS_BASE_FRACTION`] of the base's bytes.
 pub const DELTAS_PER_BASE: u32 = 16;
+/// Deltas stored after a base at most, whatever their size.
+pub const DELTAS_PER_BASE_MAX: u32 = 256;
+/// The deltas' bytes, as a fraction (1/N) of the base's, that bring a new base.
+const DELTAS_BASE_FRACTION: u64 = 4;
 
 /// A replicated state bigger than this is stored as a new base rather than as a delta.
 pub const DELTA_BYTES_MAX: usize = 2048;
@@ -93,13 +100,26 @@ fn cart_cache(bytes: u64) -> CartCache {
 }
 
 /// Where a cart's stored form stands.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Stored {
     /// Whether a base is stored (a cart's first write stores one, so the `carts` tree lists every
     /// cart this node holds).
     based: bool,
     /// The highest delta sequence number stored after the base (0: none).
     last_seq: u32,
+    /// Bytes of the stored base, and of the deltas after it.
+    base_bytes: u64,
+    delta_bytes: u64,
+}
+
+impl Stored {
+    /// Whether one more delta (of `bytes`) is stored as such, rather than as a new base.
+    fn takes_delta(&self, bytes: usize) -> bool {
+        if !self.based || bytes > DELTA_BYTES_MAX || self.last_seq >= DELTAS_PER_BASE_MAX {
+            return false;
+        }
+        self.last_seq < DELTAS_PER_BASE || self.delta_bytes * DELTAS_BASE_FRACTION < self.base_bytes
+    }
 }
 
 /// What a local write produced: the new cart, the write's delta (encoded), which is what the
@@ -295,12 +315,13 @@ impl CartStore {
     /// holds its encoding and there is room, else as a new base that replaces the deltas.
     fn store_locked(&self, id: &CartId, cart: Cart, was: Stored, delta: Option<&[u8]>) -> Result<Arc<Cart>, NodeError> {
         let stored = match delta {
-            Some(delta) if was.based && was.last_seq < DELTAS_PER_BASE && delta.len() <= DELTA_BYTES_MAX => {
+            Some(delta) if was.takes_delta(delta.len()) => {
                 let seq = was.last_seq + 1;
                 self.put(Tree::Deltas, &delta_key(id, seq), delta)?;
                 Stored {
-                    based: true,
                     last_seq: seq,
+                    delta_bytes: was.delta_bytes + delta.len() as u64,
+                    ..was
                 }
             }
             _ => {
@@ -310,8 +331,8 @@ impl CartStore {
                     self.storage
                         .put(Tree::Leaves, &leaf_index_key(id.as_str().as_bytes()), b"")?;
                 }
-                self.storage
-                    .put(Tree::Carts, id.as_str().as_bytes(), &codec::encode(&cart)?)?;
+                let base = codec::encode(&cart)?;
+                self.storage.put(Tree::Carts, id.as_str().as_bytes(), &base)?;
                 // After the base: a crash in between leaves deltas the base already holds, and so
                 // does a failed delete (a leftover merges idempotently, so it is only logged).
                 for seq in 1..=was.last_seq {
@@ -324,6 +345,8 @@ impl CartStore {
                 Stored {
                     based: true,
                     last_seq: 0,
+                    base_bytes: base.len() as u64,
+                    delta_bytes: 0,
                 }
             }
         };
@@ -940,12 +963,14 @@ pub fn read_stored(storage: &dyn Storage, cart_id: &str) -> Result<Option<Cart>,
 fn load_stored(storage: &dyn Storage, cart_id: &str) -> Result<(Option<Cart>, Stored), NodeError> {
     let base = storage.get(Tree::Carts, cart_id.as_bytes())?;
     let based = base.is_some();
+    let base_bytes = base.as_ref().map_or(0, |b| b.len() as u64);
     let mut cart = match base {
         Some(bytes) => Some(codec::decode(&bytes)?),
         None => None,
     };
     let prefix = delta_prefix(cart_id);
     let mut last_seq = 0;
+    let mut delta_bytes = 0;
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = storage.scan(Tree::Deltas, &prefix, after.as_deref(), 64)?;
@@ -954,9 +979,18 @@ fn load_stored(storage: &dyn Storage, cart_id: &str) -> Result<(Option<Cart>, St
         for (key, bytes) in page {
             cart.get_or_insert_with(Cart::default).merge(codec::decode(&bytes)?);
             last_seq = last_seq.max(delta_seq(&key));
+            delta_bytes += bytes.len() as u64;
         }
     }
-    Ok((cart, Stored { based, last_seq }))
+    Ok((
+        cart,
+        Stored {
+            based,
+            last_seq,
+            base_bytes,
+            delta_bytes,
+        },
+    ))
 }
 
 fn delta_prefix(id: &str) -> Vec<u8> {
@@ -1143,21 +1177,43 @@ mod tests {
             let products: BTreeSet<_> = cart.lines().iter().map(|l| l.product_id.clone()).collect();
             assert_eq!(products.len(), 1 + i % 5, "{id}");
         }
-        let one = Held::new(
-            Arc::new(store.read(&ids[0]).unwrap().as_ref().clone()),
-            Stored {
-                based: true,
-                last_seq: 0,
-            },
-        );
-        let five = Held::new(
-            store.read(&ids[4]).unwrap(),
-            Stored {
-                based: true,
-                last_seq: 0,
-            },
-        );
+        let one = Held::new(store.read(&ids[0]).unwrap(), Stored::default());
+        let five = Held::new(store.read(&ids[4]).unwrap(), Stored::default());
         assert!(five.weight > one.weight + 4 * 40, "{} vs {}", five.weight, one.weight);
+    }
+
+    /// A big cart (one holding many request records) takes deltas until they add up to a
+    /// quarter of its base, beyond `DELTAS_PER_BASE`; and reads back the same from storage.
+    #[tokio::test]
+    async fn a_big_cart_takes_more_deltas_before_its_next_base() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 7).await;
+        let id = CartId::parse("user:big", &Limits::DEFAULT).unwrap();
+        let limits = Limits::DEFAULT;
+        let adjust = |product: &str| CartOp::AdjustQuantity {
+            product_id: ProductId::parse(product, &limits).unwrap(),
+            delta: 1,
+        };
+        store.write(&id, &add("sku-0")).await.unwrap();
+        let mut most = 0;
+        for i in 0..600 {
+            let request = RequestId::parse(&format!("request-{i}"), "request_id").unwrap();
+            store
+                .write_with(&id, &adjust("sku-0"), Some(request), |_| {})
+                .await
+                .unwrap();
+            let deltas = stored(&storage, Tree::Deltas);
+            assert!(deltas <= DELTAS_PER_BASE_MAX as usize);
+            most = most.max(deltas);
+        }
+        assert!(
+            most > DELTAS_PER_BASE as usize,
+            "at most {most} deltas after a 30 KB base"
+        );
+        let written = store.read(&id).unwrap();
+        store.close(std::time::Duration::from_secs(1)).await.unwrap();
+        let reopened = open(&storage, 8).await;
+        assert_eq!(*reopened.read(&id).unwrap(), *written);
     }
 
     /// Writes store deltas after a base, at most `DELTAS_PER_BASE` of them, and a store opened
