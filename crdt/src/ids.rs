@@ -1,6 +1,7 @@
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::CartError;
 use crate::limits::Limits;
@@ -74,17 +75,53 @@ impl fmt::Display for CartId {
 }
 
 /// A validated product id (SKU): printable ASCII without spaces, at most `max_id_bytes`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ProductId(String);
+///
+/// Shared text: a cart repeats its product ids in many entries (each line's snapshot, running
+/// totals and resets, and a request record per write), and a write to a cart a reader still
+/// holds copies the whole cart, so a copy is a reference count, not an allocation. Encoded as
+/// the text itself, like a `String` (the storage and wire formats do not change).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProductId(Arc<str>);
 
 impl ProductId {
     pub fn parse(raw: &str, limits: &Limits) -> Result<Self, CartError> {
         check_token("product_id", raw, limits.max_id_bytes)?;
-        Ok(ProductId(raw.to_owned()))
+        Ok(ProductId(Arc::from(raw)))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for ProductId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_struct("ProductId", &*self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProductId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes the text as borrowed or owned, whichever the format gives, or the newtype.
+        struct Text;
+
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = ProductId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a product id")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ProductId, E> {
+                Ok(ProductId(Arc::from(v)))
+            }
+
+            fn visit_newtype_struct<D: Deserializer<'de>>(self, inner: D) -> Result<ProductId, D::Error> {
+                inner.deserialize_str(Text)
+            }
+        }
+
+        deserializer.deserialize_newtype_struct("ProductId", Text)
     }
 }
 
@@ -134,4 +171,30 @@ fn check_token(field: &'static str, raw: &str, max_bytes: usize) -> Result<(), C
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared text encodes exactly as the `String` it replaced (stored carts and peer
+    /// messages stay readable both ways), and decodes from it.
+    #[test]
+    fn a_product_id_encodes_as_its_text_did() {
+        #[derive(Serialize, Deserialize)]
+        struct Before(String);
+        let id = ProductId::parse("sku-42", &Limits::DEFAULT).unwrap();
+        let config = bincode::config::standard();
+        let now = bincode::serde::encode_to_vec(&id, config).unwrap();
+        let before = bincode::serde::encode_to_vec(Before("sku-42".into()), config).unwrap();
+        assert_eq!(now, before);
+        let (back, _): (ProductId, usize) = bincode::serde::decode_from_slice(&before, config).unwrap();
+        assert_eq!(back, id);
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"sku-42\"");
+        assert_eq!(serde_json::from_str::<ProductId>("\"sku-42\"").unwrap(), id);
+        assert!(serde_json::from_str::<ProductId>("42").is_err());
+        // Ordered and hashed as the text.
+        let other = ProductId::parse("sku-5", &Limits::DEFAULT).unwrap();
+        assert_eq!(id.cmp(&other), "sku-42".cmp("sku-5"));
+    }
 }
