@@ -298,7 +298,7 @@ impl Cart {
     }
 
     /// About how many bytes the cart takes in memory: each entry's own size plus the text it
-    /// owns (a budget's estimate, for the node's cart cache; O(entries)).
+    /// owns, orders included (a budget's estimate, for the node's cart cache; O(entries)).
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
         fn text(s: &ItemSnapshot) -> usize {
@@ -325,9 +325,35 @@ impl Cart {
                 .iter()
                 .map(|s| size_of::<SavedEntry>() + s.product_id.as_str().len() + text(&s.snapshot))
                 .sum::<usize>()
-            + self.coupons.iter().map(|c| size_of::<CouponEntry>() + c.code.as_str().len()).sum::<usize>()
-            // A request record owns at most a product id (or, for a checkout, its order).
-            + self.requests.len() * (size_of::<RequestEntry>() + 32)
+            + self
+                .coupons
+                .iter()
+                .map(|c| size_of::<CouponEntry>() + c.code.as_str().len())
+                .sum::<usize>()
+            + self
+                .requests
+                .iter()
+                .map(|r| {
+                    size_of::<RequestEntry>()
+                        + match &r.effect {
+                            Effect::Added { product_id, .. } => product_id.as_str().len(),
+                            Effect::Order(order) => {
+                                order
+                                    .lines
+                                    .iter()
+                                    .map(|l| {
+                                        size_of::<crate::lifecycle::OrderLine>()
+                                            + l.product_id.as_str().len()
+                                            + text(&l.snapshot)
+                                    })
+                                    .sum::<usize>()
+                                    + order.coupons.iter().map(|c| 24 + c.as_str().len()).sum::<usize>()
+                            }
+                            Effect::None => 0,
+                        }
+                })
+                .sum::<usize>()
+            + self.merged_into.as_ref().map_or(0, |m| m.into.as_str().len())
     }
 
     pub fn touched_at_ms(&self) -> u64 {

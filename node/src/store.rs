@@ -93,10 +93,27 @@ impl quick_cache::Weighter<CartId, Held> for HeldWeight {
 
 type CartCache = quick_cache::sync::Cache<CartId, Held, HeldWeight>;
 
+/// Bytes each shard of the cart cache holds at least: quick_cache refuses an entry heavier than
+/// its shard, and a hot cart (~1,100 request records) weighs ~150 KB; fewer shards than cores ×
+/// 4 (quick_cache's default) when the budget is small.
+const CACHE_SHARD_BYTES_MIN: u64 = 8 << 20;
+
 fn cart_cache(bytes: u64) -> CartCache {
+    let bytes = bytes.max(1);
     // The estimate only sizes the hash table: a cart of a few lines weighs ~1 KiB.
     let items = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(16);
-    CartCache::with_weighter(items, bytes.max(1), HeldWeight)
+    let most = std::thread::available_parallelism().map_or(4, |n| n.get() * 4) as u64;
+    let shards = (bytes / CACHE_SHARD_BYTES_MIN).clamp(1, most);
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(items)
+        .weight_capacity(bytes)
+        .shards(usize::try_from(shards).unwrap_or(1))
+        .build();
+    match options {
+        Ok(options) => CartCache::with_options(options, HeldWeight, Default::default(), Default::default()),
+        // Unreachable (both required settings are set); the library's own sharding then.
+        Err(_) => CartCache::with_weighter(items, bytes, HeldWeight),
+    }
 }
 
 /// Where a cart's stored form stands.
@@ -1180,6 +1197,23 @@ mod tests {
         let one = Held::new(store.read(&ids[0]).unwrap(), Stored::default());
         let five = Held::new(store.read(&ids[4]).unwrap(), Stored::default());
         assert!(five.weight > one.weight + 4 * 40, "{} vs {}", five.weight, one.weight);
+    }
+
+    /// A small budget is one shard: a cart heavier than a per-core share of it is still cached.
+    #[tokio::test]
+    async fn a_big_cart_fits_a_small_cache() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 1).await.with_cache_bytes(1 << 20);
+        let id = CartId::parse("user:heavy", &Limits::DEFAULT).unwrap();
+        for i in 0..150 {
+            let request = RequestId::parse(&format!("request-{i}"), "request_id").unwrap();
+            store
+                .write_with(&id, &add(&format!("sku-{}", i % 100)), Some(request), |_| {})
+                .await
+                .unwrap();
+        }
+        let held = store.cache.get(&id).expect("the cart is cached");
+        assert!(held.weight > (1 << 20) / 64, "{} bytes", held.weight);
     }
 
     /// A big cart (one holding many request records) takes deltas until they add up to a
