@@ -284,19 +284,28 @@ pub(crate) fn route_order(ring: &Ring, n: usize, key: &[u8], endpoints: &[String
     // `walk` offers every member once: its first `n` are the preference list, the rest follow in
     // ring order, which is what "owners first, then anyone" needs.
     debug_assert!(ring.walk(key, n).take(n).eq(ring.preference_list(key, n)));
-    let mut seen = HashSet::new();
-    let mut order = Vec::new();
+    // A handful of addresses: a linear search, no hashing or URI strings (this runs per call).
+    let mut order: Vec<String> = Vec::with_capacity(ring.members().len() + endpoints.len());
     for member in ring.walk(key, n) {
-        if dialable(&member.addr) && seen.insert(uri_of(&member.addr)) {
+        if dialable(&member.addr) && !order.iter().any(|a| same_uri(a, &member.addr)) {
             order.push(member.addr.clone());
         }
     }
     for endpoint in endpoints {
-        if seen.insert(uri_of(endpoint)) {
+        if !order.iter().any(|a| same_uri(a, endpoint)) {
             order.push(endpoint.clone());
         }
     }
     order
+}
+
+/// `uri_of(a) == uri_of(b)`, without building either.
+fn same_uri(a: &str, b: &str) -> bool {
+    match (a.contains("://"), b.contains("://")) {
+        (true, false) => a.strip_prefix("http://") == Some(b),
+        (false, true) => b.strip_prefix("http://") == Some(a),
+        _ => a == b,
+    }
 }
 
 /// Whether a member's address can be dialled from elsewhere.
@@ -397,13 +406,17 @@ struct Inner {
 
 impl Inner {
     fn channel(&self, address: &str) -> Result<Channel, ClientError> {
-        let uri = uri_of(address);
+        self.channel_at(address, &uri_of(address))
+    }
+
+    /// [`Inner::channel`] when the caller has `uri_of(address)` at hand.
+    fn channel_at(&self, address: &str, uri: &str) -> Result<Channel, ClientError> {
         let mut channels = lock(&self.channels);
-        if let Some(channel) = channels.get(&uri) {
+        if let Some(channel) = channels.get(uri) {
             return Ok(channel.clone());
         }
         let channel = (self.connect)(endpoint(address, &self.options)?);
-        channels.insert(uri, channel.clone());
+        channels.insert(uri.to_owned(), channel.clone());
         Ok(channel)
     }
 
@@ -1042,10 +1055,11 @@ impl CartClient {
                     .metadata_mut()
                     .insert(cart_proto::DEADLINE_HEADER, tonic::metadata::MetadataValue::from(ms));
             }
-            let call = rpc(CartServiceClient::new(inner.channel(&address)?), request);
+            let uri = uri_of(&address);
+            let call = rpc(CartServiceClient::new(inner.channel_at(&address, &uri)?), request);
             let began = Instant::now();
-            Ok((uri_of(&address), began, async move {
-                (address, began, deadline_ms, call.await)
+            Ok((uri.clone(), began, async move {
+                (address, uri, began, deadline_ms, call.await)
             }))
         };
         let start = |i: usize, running: &mut FuturesUnordered<_>, inflight: &mut Vec<(String, Instant)>| {
@@ -1074,7 +1088,7 @@ impl CartClient {
         let mut slow_at = slow_after.map(|after| call_began + after);
         loop {
             let hedge_at = hedging.then(|| Instant::now() + inner.hedge_delay.delay() * hedge_wait);
-            let (address, began, deadline_ms, result) = tokio::select! {
+            let (address, uri, began, deadline_ms, result) = tokio::select! {
                 biased; // fixed branch order: deterministic under simulation
                 done = running.next() => match done {
                     Some(done) => done,
@@ -1103,7 +1117,6 @@ impl CartClient {
                     continue;
                 }
             };
-            let uri = uri_of(&address);
             inflight.retain(|(u, b)| !(u == &uri && *b == began));
             let status = match result {
                 Ok(reply) => {
@@ -1439,6 +1452,22 @@ mod tests {
         assert_eq!(order.len(), 6);
         assert_eq!(order[5], "lb.example:7000");
         assert_eq!(order.iter().filter(|a| a.contains("10.0.0.2")).count(), 1);
+    }
+
+    #[test]
+    fn same_uri_is_equality_of_uri_of() {
+        let addrs = [
+            "10.0.0.1:7001",
+            "http://10.0.0.1:7001",
+            "https://10.0.0.1:7001",
+            "10.0.0.1:7002",
+            "http://x",
+        ];
+        for a in addrs {
+            for b in addrs {
+                assert_eq!(same_uri(a, b), uri_of(a) == uri_of(b), "{a} {b}");
+            }
+        }
     }
 
     #[test]
