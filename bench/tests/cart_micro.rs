@@ -7,7 +7,7 @@ use std::process::Command;
 fn cart_micro_measures_every_operation() {
     let json = std::env::temp_dir().join(format!("cart-micro-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_cart-micro"))
-        .args(["--lines", "12", "--iterations", "50", "--json"])
+        .args(["--lines", "12", "--iterations", "50", "--requests", "40", "--json"])
         .arg(&json)
         .output()
         .expect("cart-micro runs");
@@ -24,7 +24,25 @@ fn cart_micro_measures_every_operation() {
         report["encoded_bytes"].as_u64().is_some_and(|b| b > 12 * 50),
         "a 12-line cart encodes to more than 600 bytes"
     );
-    for op in ["view", "encode", "decode", "clone", "apply", "merge_delta"] {
+    assert_eq!(
+        report["request_records"],
+        12 + 40,
+        "one record per add and per --requests write"
+    );
+    assert!(
+        report["catch_up_bytes"].as_u64() < report["encoded_bytes"].as_u64(),
+        "a catch-up one write behind is smaller than the whole state: {report}"
+    );
+    for op in [
+        "view",
+        "encode",
+        "decode",
+        "clone",
+        "apply",
+        "merge_delta",
+        "catch_up",
+        "rebuild",
+    ] {
         let p50 = report["ops"][op]["p50_us"].as_f64();
         assert!(p50.is_some_and(|us| us > 0.0), "{op} has a p50: {report}");
     }

@@ -125,6 +125,36 @@ fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, CartError> {
     Ok(value)
 }
 
+/// The first byte of a catch-up's bytes ([`encode_catch_up`]).
+pub const CATCH_UP_V1: u8 = 1;
+
+/// Encodes a catch-up (a read's reply to a reader whose copy differs, see [`crate::catchup`]).
+pub fn encode_catch_up(catch_up: &crate::catchup::CatchUp) -> Result<Vec<u8>, CartError> {
+    let mut out = Vec::with_capacity(256);
+    out.push(CATCH_UP_V1);
+    bincode::serde::encode_into_std_write(catch_up, &mut out, bincode_config()).map_err(encode_error)?;
+    Ok(out)
+}
+
+/// Decodes bytes written by [`encode_catch_up`]; refuses other versions, trailing bytes and
+/// unsorted sets.
+pub fn decode_catch_up(bytes: &[u8]) -> Result<crate::catchup::CatchUp, CartError> {
+    let catch_up: crate::catchup::CatchUp = match bytes.split_first() {
+        Some((&CATCH_UP_V1, body)) => decode_exact(body)?,
+        _ => {
+            return Err(CartError::Decode {
+                reason: "not a catch-up".into(),
+            })
+        }
+    };
+    if !catch_up.is_well_formed() {
+        return Err(CartError::Decode {
+            reason: "catch-up not in canonical order".into(),
+        });
+    }
+    Ok(catch_up)
+}
+
 /// Encodes a cart's context (what a digest read sends and compares; sorted, so canonical).
 pub fn encode_context(context: &crate::Context) -> Result<Vec<u8>, CartError> {
     bincode::serde::encode_to_vec(context, bincode_config()).map_err(encode_error)

@@ -14,6 +14,9 @@
 //!   errors name the offending field.
 //! - [`codec`] stores a cart as one format-version byte followed by bincode 2; every container
 //!   of a cart is sorted, so equal states encode to equal bytes.
+//! - [`catchup`]: a state shipped to a reader that holds the cart at a known context, as what
+//!   that context lacks plus the dots of the rest; [`Cart::rebuild`] makes it a state whose
+//!   merge with the reader's equals the merge with the whole state.
 //!
 //! - Feature `test-broken-merge` (tests only, never in a release build) adds [`sabotage`]: a
 //!   per-thread switch that turns `merge` into last-writer-wins, so harness tests can show their
@@ -25,6 +28,7 @@
 //! This crate never does IO, async, networking or storage.
 
 mod cart;
+pub mod catchup;
 pub mod codec;
 mod context;
 mod error;

@@ -355,6 +355,40 @@ proptest! {
         }
     }
 
+    /// A catch-up (a read's reply to a reader whose copy differs) rebuilds into a state with the
+    /// sender's context whose merge with the reader's state, either way round, is the merge with
+    /// the sender's whole state; it round-trips through its codec, is never much bigger than the
+    /// whole state, and is refused by a reader it was not made for.
+    #[test]
+    fn catch_ups_merge_like_whole_states(steps in schedule(), picks in any::<[Index; 4]>()) {
+        let run = run(&steps);
+        let mut states = carts(&run);
+        if !run.history.is_empty() {
+            let at = |i: &Index| run.history[i.index(run.history.len())].clone();
+            states.push(merged(&at(&picks[0]), &at(&picks[1])));
+            states.extend(picks[2..].iter().map(at));
+        }
+        for x in &states {
+            for s in &states {
+                let catch_up = s.catch_up(x.context()).expect("a context encodes");
+                let bytes = cart_crdt::codec::encode_catch_up(&catch_up).expect("a catch-up encodes");
+                let decoded = cart_crdt::codec::decode_catch_up(&bytes).expect("own encoding decodes");
+                prop_assert_eq!(&decoded, &catch_up);
+                prop_assert!(bytes.len() <= enc(s).len() + 16, "{} bytes for a {}-byte state", bytes.len(), enc(s).len());
+                let rebuilt = x.rebuild(decoded, x.context()).expect("made for this reader");
+                prop_assert_eq!(rebuilt.context(), s.context());
+                prop_assert_eq!(enc(&merged(x, &rebuilt)), enc(&merged(x, s)), "x ⊔ S' == x ⊔ S");
+                prop_assert_eq!(enc(&merged(&rebuilt, x)), enc(&merged(s, x)), "S' ⊔ x == S ⊔ x");
+                for y in &states {
+                    if y.context() != x.context() {
+                        let other = s.catch_up(y.context()).expect("a context encodes");
+                        prop_assert!(x.rebuild(other, x.context()).is_err(), "made for another reader");
+                    }
+                }
+            }
+        }
+    }
+
     /// Stored bytes round-trip for every reachable state, and equal states encode equally
     /// whatever HashMap order they were built in.
     #[test]

@@ -102,6 +102,7 @@ pub fn peer_message(data: &[u8]) {
                 for result in reply.results {
                     if let Some(reply) = result.reply {
                         stored_cart(&reply.state);
+                        catch_up(&reply.catch_up);
                     }
                 }
             }
@@ -119,6 +120,21 @@ fn context(bytes: &[u8]) {
     if let Ok(ctx) = codec::decode_context(bytes) {
         let again = codec::encode_context(&ctx).expect("a decoded context encodes");
         assert_eq!(codec::decode_context(&again).ok(), Some(ctx), "context round trip");
+    }
+}
+
+/// A read's catch-up: round-trips, and rebuilding it from an empty cart (whose context is not
+/// the one it was made for) is refused, never a panic.
+fn catch_up(bytes: &[u8]) {
+    if let Ok(catch_up) = codec::decode_catch_up(bytes) {
+        let again = codec::encode_catch_up(&catch_up).expect("a decoded catch-up encodes");
+        assert_eq!(
+            codec::decode_catch_up(&again).ok().as_ref(),
+            Some(&catch_up),
+            "catch-up round trip"
+        );
+        let empty = cart_crdt::Cart::default();
+        let _ = empty.rebuild(catch_up, empty.context());
     }
 }
 
@@ -187,6 +203,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     };
     let mut cart = cart_crdt::Cart::default();
     let mut ops = Vec::new();
+    // The cart as a reader that saw only the first op holds it: what a catch-up is made for.
+    let mut first = None;
     for (i, req) in [add.clone().into_domain(limits), coupon.clone().into_domain(limits)]
         .into_iter()
         .flatten()
@@ -201,7 +219,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         if cart.apply(&ctx, &req.op).is_ok() {
             ops.push(req.op);
         }
+        first.get_or_insert_with(|| cart.context().clone());
     }
+    let catch_up = first
+        .and_then(|known| cart.catch_up(&known).ok())
+        .and_then(|c| codec::encode_catch_up(&c).ok())
+        .unwrap_or_default();
     let state = codec::encode(&cart).unwrap_or_default();
     let context = codec::encode_context(cart.context()).unwrap_or_default();
     let members = (1..=3).map(|i| cart_ring::Member {
@@ -245,6 +268,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     items: vec![replica_pb::ReadRequest {
                         cart_id: "user:alice".into(),
                         known_context: context,
+                        catch_up: true,
                     }],
                 }
                 .encode_to_vec(),
@@ -255,6 +279,19 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     cart_id: "user:alice".into(),
                     op: ops.first().and_then(|op| codec::encode_op(op).ok()).unwrap_or_default(),
                     ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            tagged(
+                3,
+                replica_pb::ReadBatchReply {
+                    results: vec![replica_pb::ReadResult {
+                        reply: Some(replica_pb::ReadReply {
+                            catch_up,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
                 }
                 .encode_to_vec(),
             ),

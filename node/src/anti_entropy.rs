@@ -249,6 +249,7 @@ async fn repair_one(coordinator: &Coordinator, peer_id: &str, id: &CartId) -> Re
         .read(cluster.request(ReadRequest {
             cart_id: id.to_string(),
             known_context: Vec::new(),
+            catch_up: false,
         }))
         .await
         .map_err(NodeError::Remote)?

@@ -731,7 +731,7 @@ impl Coordinator {
     async fn call_read(&self, node: &str, id: &CartId, known: Option<Known>) -> Result<Option<Arc<Cart>>, NodeError> {
         let known_context = known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default();
         let began = tokio::time::Instant::now();
-        let result = self.peer_read(node, id, known_context).await;
+        let result = self.peer_read(node, id, known_context, known.is_some()).await;
         match &result {
             Ok(_) => self.read_tail.delay.record(began.elapsed()),
             Err(_) => {
@@ -743,6 +743,16 @@ impl Coordinator {
         let reply = result?;
         match known {
             Some(known) if reply.unchanged => return Ok(Some(known.cart)),
+            // What this node lacks and the dots of the rest: the peer's copy, rebuilt here.
+            Some(known) if !reply.catch_up.is_empty() => {
+                let catch_up = codec::decode_catch_up(&reply.catch_up)?;
+                return Ok(Some(Arc::new(known.cart.rebuild(catch_up, known.cart.context())?)));
+            }
+            None if !reply.catch_up.is_empty() => {
+                return Err(NodeError::Cart(cart_crdt::CartError::Decode {
+                    reason: format!("{node} sent a catch-up for a read that asked for none"),
+                }))
+            }
             _ => {}
         }
         // Empty, or `behind`: nothing to merge; either way the owner differs from the merge and
@@ -753,15 +763,23 @@ impl Coordinator {
         Ok(Some(Arc::new(codec::decode(&reply.state)?)))
     }
 
-    /// One `ReplicaService.Read` of `node` (a digest read when `known_context` is not empty),
-    /// within the peer timeout; the outcome feeds the failure detector.
-    async fn peer_read(&self, node: &str, id: &CartId, known_context: Vec<u8>) -> Result<PeerReadReply, NodeError> {
+    /// One `ReplicaService.Read` of `node` (a digest read when `known_context` is not empty, which
+    /// a catch-up may answer when `catch_up`), within the peer timeout; the outcome feeds the
+    /// failure detector.
+    async fn peer_read(
+        &self,
+        node: &str,
+        id: &CartId,
+        known_context: Vec<u8>,
+        catch_up: bool,
+    ) -> Result<PeerReadReply, NodeError> {
         let peer = self.cluster.peer(node).ok_or_else(|| NodeError::Config {
             reason: format!("unknown peer {node}"),
         })?;
         let call = peer.read(ReadRequest {
             cart_id: id.to_string(),
             known_context,
+            catch_up,
         });
         let result = self.cluster.within(self.cluster.config.peer_timeout, call).await;
         self.cluster.record(node, result.as_ref().map(|_| ()));
@@ -775,11 +793,16 @@ impl Coordinator {
         let Ok(context) = codec::encode_context(merged) else {
             return false;
         };
-        let Ok(reply) = self.peer_read(node, id, context).await else {
+        // Only the owner's context matters here: a catch-up carries it without the request
+        // records a whole hot cart would bring (an owner without catch-ups sends the cart).
+        let Ok(reply) = self.peer_read(node, id, context, true).await else {
             return false;
         };
         if reply.unchanged {
             return false;
+        }
+        if !reply.catch_up.is_empty() {
+            return codec::decode_catch_up(&reply.catch_up).is_ok_and(|now| !now.context().covers(merged));
         }
         if reply.state.is_empty() {
             return true; // behind, or holds nothing

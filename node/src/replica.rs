@@ -116,6 +116,14 @@ impl ReplicaApi {
                     ..ReadReply::default()
                 });
             }
+            // The coordinator holds the cart at `known`: what it lacks, and the dots of the rest.
+            if req.catch_up {
+                let catch_up = cart.catch_up(&known).map_err(encoding)?;
+                return Ok(ReadReply {
+                    catch_up: codec::encode_catch_up(&catch_up).map_err(encoding)?,
+                    ..ReadReply::default()
+                });
+            }
         }
         Ok(ReadReply {
             state: codec::encode(&cart).map_err(encoding)?,

@@ -431,7 +431,7 @@ async fn peer_calls_without_the_cluster_secret_are_refused() {
 
 /// Digest reads: a replica whose cart has the context the coordinator sends answers
 /// "unchanged" without the cart, one whose context that context covers answers "behind" without
-/// it; any other context (or none) gets the whole cart.
+/// it; any other context (or none) gets the whole cart, or a catch-up when the read asks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_answers_a_digest_read_with_unchanged_or_behind_and_ships_only_news() {
     let dir = tempfile::tempdir().unwrap();
@@ -439,7 +439,7 @@ async fn a_replica_answers_a_digest_read_with_unchanged_or_behind_and_ships_only
     let (a, b, c) = three(&cluster);
     add_via(a, "user:dora", "sku-1", 3).await.unwrap();
     let peer = ReplicaServiceClient::connect(format!("http://{b}")).await.unwrap();
-    let read = |known_context: Vec<u8>| read_at(&peer, "user:dora", known_context);
+    let read = |known_context: Vec<u8>| read_at(&peer, "user:dora", known_context, false);
     let full = read(Vec::new()).await;
     assert!(!full.unchanged && !full.state.is_empty());
     let cart = cart_crdt::codec::decode(&full.state).unwrap();
@@ -449,17 +449,35 @@ async fn a_replica_answers_a_digest_read_with_unchanged_or_behind_and_ships_only
     assert!(same.state.is_empty(), "an unchanged answer carries no cart");
     // After one more write the old context is stale: the whole cart comes back.
     add_via(a, "user:dora", "sku-2", 3).await.unwrap();
-    let stale = read(context).await;
+    let stale = read(context.clone()).await;
     assert!(!stale.unchanged);
     let newer = cart_crdt::codec::decode(&stale.state).unwrap();
     assert!(newer.covers(&cart) && !cart.covers(&newer));
     assert!(!stale.behind);
+    // Asked for a catch-up instead: what the old copy lacks and the dots of the rest, which
+    // rebuild from the old copy into the replica's cart.
+    let caught = read_at(&peer, "user:dora", context, true).await;
+    assert!(caught.state.is_empty() && !caught.unchanged && !caught.behind);
+    let catch_up = cart_crdt::codec::decode_catch_up(&caught.catch_up).unwrap();
+    // Only lines and request records here: the second add's travel, the first's as dots.
+    assert_eq!(
+        catch_up.news() + catch_up.kept(),
+        newer.lines().len() + newer.requests().len()
+    );
+    assert!(
+        catch_up.news() >= 1 && catch_up.kept() >= 1,
+        "{} news, {} kept",
+        catch_up.news(),
+        catch_up.kept()
+    );
+    let rebuilt = cart.rebuild(catch_up, cart.context()).unwrap();
+    assert_eq!(rebuilt, newer, "the old copy and the catch-up make the replica's cart");
     // A coordinator ahead of the replica (it has seen every dot the replica has, and more):
     // the replica's cart adds nothing, so it answers "behind" and ships nothing. (A context
     // with a dot of another writer: the one of a cart written through the third node.)
     let other = add_via(c, "user:eve", "sku-1", 3).await.unwrap();
     assert_eq!(other.lines.len(), 1);
-    let eve = read_at(&peer, "user:eve", Vec::new()).await;
+    let eve = read_at(&peer, "user:eve", Vec::new(), false).await;
     let mut ahead = newer.context().clone();
     ahead.merge(cart_crdt::codec::decode(&eve.state).unwrap().context());
     let behind = read(cart_crdt::codec::encode_context(&ahead).unwrap()).await;
@@ -478,10 +496,12 @@ async fn read_at(
     peer: &ReplicaServiceClient<tonic::transport::Channel>,
     cart: &str,
     known_context: Vec<u8>,
+    catch_up: bool,
 ) -> cart_proto::replica_pb::ReadReply {
     let mut request = tonic::Request::new(ReadRequest {
         cart_id: cart.into(),
         known_context,
+        catch_up,
     });
     request
         .metadata_mut()

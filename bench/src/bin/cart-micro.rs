@@ -13,9 +13,15 @@
 //! - `encode` / `decode`: the storage and replication codec;
 //! - `clone`: what a write pays when a reader still holds the cached cart;
 //! - `apply`: one AdjustQuantity on an owned cart (the clone it needs is not counted);
-//! - `merge_delta`: a replica merging a write's delta (likewise without the clone).
+//! - `merge_delta`: a replica merging a write's delta (likewise without the clone);
+//! - `catch_up` / `rebuild`: a read's reply to a coordinator one write behind, made and encoded
+//!   by the replica, decoded and rebuilt into the replica's state by the coordinator, against
+//!   `encode` / `decode` of the whole state it replaces; the sizes of both are printed.
 //!
-//! `cart-micro --lines 50 --iterations 20000 [--json FILE]`. One thread; noisy machines still
+//! `--requests N` first applies N more writes with request ids, each leaving a request record
+//! (a busy cart keeps up to 1,152; the storefront's hottest cart ~1,100).
+//!
+//! `cart-micro --lines 50 --iterations 20000 [--requests 0] [--json FILE]`. One thread; noisy machines still
 //! move the absolute figures, so compare two builds by alternating runs.
 
 use std::path::PathBuf;
@@ -39,6 +45,9 @@ struct Args {
     /// Runs of each operation.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: u32,
+    /// Writes with request ids applied to the cart first (each keeps a request record).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    requests: u32,
     /// Also write the percentiles as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -136,7 +145,16 @@ fn main() -> Result<()> {
     };
     limits.check().map_err(anyhow::Error::msg)?;
     let id = CartId::parse("user:micro", &limits)?;
-    let cart = build_cart(args.lines, &limits)?;
+    let mut cart = build_cart(args.lines, &limits)?;
+    for i in 0..args.requests {
+        let ctx = WriteCtx {
+            actor: Actor(ACTORS[(i % 3) as usize]),
+            now_ms: u64::from(args.lines) + u64::from(i),
+            limits: &limits,
+            request: Some(cart_crdt::RequestId(u128::from(args.lines + i))),
+        };
+        cart.apply(&ctx, &adjust_op(i % args.lines, &limits)?)?;
+    }
     let bytes = codec::encode(&cart)?;
     let writer = WriteCtx {
         actor: Actor(ACTORS[0]),
@@ -146,6 +164,11 @@ fn main() -> Result<()> {
     };
     let adjust = adjust_op(0, &limits)?;
     let delta = cart.clone().apply(&writer, &adjust)?;
+    // A replica one write ahead of the coordinator's `cart`.
+    let mut ahead = cart.clone();
+    ahead.apply(&writer, &adjust)?;
+    let ahead_bytes = codec::encode(&ahead)?;
+    let catch_up_bytes = codec::encode_catch_up(&ahead.catch_up(cart.context())?)?;
     let n = args.iterations;
     let mut with_coupons = cart.clone();
     for code in ["TENOFF", "SUMMER"] {
@@ -192,13 +215,35 @@ fn main() -> Result<()> {
                 },
             )?,
         ),
+        (
+            "catch_up",
+            measure(
+                n,
+                || (),
+                |()| ahead.catch_up(cart.context()).and_then(|c| codec::encode_catch_up(&c)),
+            )?,
+        ),
+        (
+            "rebuild",
+            measure(
+                n,
+                || (),
+                |()| codec::decode_catch_up(&catch_up_bytes).and_then(|c| cart.rebuild(c, cart.context())),
+            )?,
+        ),
     ];
 
     println!(
-        "cart of {} lines ({} bytes encoded), {} runs each, µs:",
+        "cart of {} lines and {} request records ({} bytes encoded), {} runs each, µs:",
         args.lines,
+        cart.requests().len(),
         bytes.len(),
         n
+    );
+    println!(
+        "a read one write behind: whole state {} bytes, catch-up {} bytes",
+        ahead_bytes.len(),
+        catch_up_bytes.len()
     );
     println!("{:<12} {:>9} {:>9} {:>9} {:>9}", "op", "p50", "p99", "p99.9", "max");
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
@@ -226,8 +271,14 @@ fn main() -> Result<()> {
     println!("view_priced / view_coupons at p50: {ratio:.2}x");
     json.insert("priced_view_ratio_p50".into(), serde_json::json!(ratio));
     if let Some(path) = args.json {
-        let report =
-            serde_json::json!({"lines": args.lines, "encoded_bytes": bytes.len(), "iterations": n, "ops": json});
+        let report = serde_json::json!({
+            "lines": args.lines,
+            "request_records": cart.requests().len(),
+            "encoded_bytes": bytes.len(),
+            "catch_up_bytes": catch_up_bytes.len(),
+            "iterations": n,
+            "ops": json
+        });
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("write {}", path.display()))?;
     }

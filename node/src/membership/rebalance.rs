@@ -422,6 +422,7 @@ async fn send_to_all(
             let known = peer.read(ReadRequest {
                 cart_id: id.to_string(),
                 known_context: context.clone(),
+                catch_up: false,
             });
             let same = m.cluster.within(m.cluster.config.peer_timeout, known).await;
             if same.is_ok_and(|reply| reply.unchanged) {
