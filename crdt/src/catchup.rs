@@ -213,13 +213,7 @@ impl Cart {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dot(actor: u64, counter: u64) -> Dot {
-        Dot {
-            actor: Actor(actor),
-            counter,
-        }
-    }
+    use crate::context::dot;
 
     #[test]
     fn kept_dots_are_gaps_per_actor_and_come_back_sorted() {

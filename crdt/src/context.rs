@@ -163,16 +163,18 @@ impl Context {
     }
 }
 
+/// A dot from plain numbers (tests).
+#[cfg(test)]
+pub(crate) fn dot(actor: u64, counter: u64) -> Dot {
+    Dot {
+        actor: Actor(actor),
+        counter,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dot(actor: u64, counter: u64) -> Dot {
-        Dot {
-            actor: Actor(actor),
-            counter,
-        }
-    }
 
     #[test]
     fn out_of_order_dots_fold_into_the_clock_once_the_gap_fills() {

@@ -77,6 +77,17 @@ fn carts(run: &Run) -> Vec<Cart> {
     run.replicas.iter().map(|r| r.cart.clone()).collect()
 }
 
+/// The final states of a run, the merge of two states it passed through and two more of them.
+fn reached(run: &Run, picks: &[Index; 4]) -> Vec<Cart> {
+    let mut states = carts(run);
+    if !run.history.is_empty() {
+        let at = |i: &Index| run.history[i.index(run.history.len())].clone();
+        states.push(merged(&at(&picks[0]), &at(&picks[1])));
+        states.extend(picks[2..].iter().map(at));
+    }
+    states
+}
+
 /// The merge of every replica's state.
 fn merge_all(carts: &[Cart]) -> Cart {
     carts.iter().fold(Cart::default(), |acc, c| merged(&acc, c))
@@ -338,12 +349,7 @@ proptest! {
     #[test]
     fn equal_contexts_mean_equal_states(steps in schedule(), picks in any::<[Index; 4]>()) {
         let run = run(&steps);
-        let mut states = carts(&run);
-        if !run.history.is_empty() {
-            let at = |i: &Index| run.history[i.index(run.history.len())].clone();
-            states.push(merged(&at(&picks[0]), &at(&picks[1])));
-            states.extend(picks[2..].iter().map(at));
-        }
+        let mut states = reached(&run, &picks);
         states.extend(run.deltas.iter().take(8).map(|(_, d)| d.as_cart().clone()));
         for x in &states {
             for y in &states {
@@ -361,13 +367,7 @@ proptest! {
     /// whole state, and is refused by a reader it was not made for.
     #[test]
     fn catch_ups_merge_like_whole_states(steps in schedule(), picks in any::<[Index; 4]>()) {
-        let run = run(&steps);
-        let mut states = carts(&run);
-        if !run.history.is_empty() {
-            let at = |i: &Index| run.history[i.index(run.history.len())].clone();
-            states.push(merged(&at(&picks[0]), &at(&picks[1])));
-            states.extend(picks[2..].iter().map(at));
-        }
+        let states = reached(&run(&steps), &picks);
         for x in &states {
             for s in &states {
                 let catch_up = s.catch_up(x.context()).expect("a context encodes");
