@@ -26,6 +26,7 @@ use crate::ids::Actor;
 /// A replica's state as a reader with a known context needs it (see the module doc). Encode it
 /// with [`crate::codec::encode_catch_up`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CatchUpWire")]
 pub struct CatchUp {
     /// The entries whose dots the reader lacks, with the sender's whole context, touch time and
     /// merge mark.
@@ -35,6 +36,32 @@ pub struct CatchUp {
     kept: [KeptDots; 4],
     /// Which context the split was made for ([`known_hash`]): a reader rebuilds only its own.
     known: u64,
+}
+
+/// [`CatchUp`] as decoded, before its form is checked: every way of deserializing a catch-up
+/// checks it, so [`Cart::rebuild`] can rely on sorted sets and dots within the context.
+#[derive(Deserialize)]
+struct CatchUpWire {
+    news: Cart,
+    kept: [KeptDots; 4],
+    known: u64,
+}
+
+impl TryFrom<CatchUpWire> for CatchUp {
+    type Error = &'static str;
+
+    fn try_from(wire: CatchUpWire) -> Result<CatchUp, Self::Error> {
+        let catch_up = CatchUp {
+            news: wire.news,
+            kept: wire.kept,
+            known: wire.known,
+        };
+        if catch_up.is_well_formed() {
+            Ok(catch_up)
+        } else {
+            Err("a catch-up not in canonical order, or with dots beyond its context")
+        }
+    }
 }
 
 /// A sorted set of dots, compact on the wire: per actor (ascending), its first counter and then
@@ -105,9 +132,9 @@ impl CatchUp {
         self.kept.iter().map(KeptDots::len).sum()
     }
 
-    /// Whether the bytes decoded into something a sender could have made: sorted sets, every
-    /// dot within the sender's context.
-    pub(crate) fn is_well_formed(&self) -> bool {
+    /// Whether this is something a sender could have made: sorted sets, every dot within the
+    /// sender's context.
+    fn is_well_formed(&self) -> bool {
         self.news.is_well_formed()
             && self.kept.iter().all(|kept| {
                 kept.dots()
@@ -175,8 +202,7 @@ impl Cart {
 
     /// The sender's state, as far as it matters to this one, from a catch-up made for a
     /// context `known` that this state covers (see [`crate::catchup`]); refused if it was
-    /// made for another context or this state does not cover `known`. The catch-up must come
-    /// from [`Cart::catch_up`] or [`crate::codec::decode_catch_up`] (which checks its form).
+    /// made for another context or this state does not cover `known`.
     pub fn rebuild(&self, catch_up: CatchUp, known: &Context) -> Result<Cart, CartError> {
         if catch_up.known != known_hash(known)? || !self.context.covers(known) {
             return Err(CartError::Decode {
@@ -203,8 +229,9 @@ impl Cart {
             touched_at_ms: news.touched_at_ms,
             merged_into: news.merged_into,
         };
-        // Well-formed by construction: this state's entries and the news (checked when decoded)
-        // are sorted and merged in order, and every kept dot is within the news' context.
+        // Well-formed by construction: this state's entries and the news (checked by every
+        // decode, see `CatchUpWire`) are sorted and merged in order, and every kept dot is within
+        // the news' context.
         debug_assert!(rebuilt.is_well_formed());
         Ok(rebuilt)
     }
@@ -232,6 +259,18 @@ mod tests {
         assert_eq!(kept.dots(), Some(dots));
         assert_eq!(kept.len(), 5);
         assert_eq!(KeptDots::default().dots(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_catch_up_with_dots_beyond_its_context_does_not_decode() {
+        let cart = Cart::default();
+        let mut catch_up = cart.catch_up(cart.context()).unwrap();
+        let bytes = crate::codec::encode_catch_up(&catch_up).unwrap();
+        assert_eq!(crate::codec::decode_catch_up(&bytes).unwrap(), catch_up);
+        catch_up.kept[3] = KeptDots::from_sorted(&[dot(99, 5)]);
+        let bytes = crate::codec::encode_catch_up(&catch_up).unwrap();
+        let refused = crate::codec::decode_catch_up(&bytes).unwrap_err();
+        assert!(refused.to_string().contains("beyond its context"), "{refused}");
     }
 
     #[test]

@@ -363,8 +363,9 @@ proptest! {
 
     /// A catch-up (a read's reply to a reader whose copy differs) rebuilds into a state with the
     /// sender's context whose merge with the reader's state, either way round, is the merge with
-    /// the sender's whole state; it round-trips through its codec, is never much bigger than the
-    /// whole state, and is refused by a reader it was not made for.
+    /// the sender's whole state (also for a reader whose state has moved on since); it round-trips
+    /// through its codec, is never much bigger than the whole state, and is refused by a reader
+    /// it was not made for.
     #[test]
     fn catch_ups_merge_like_whole_states(steps in schedule(), picks in any::<[Index; 4]>()) {
         let states = reached(&run(&steps), &picks);
@@ -375,7 +376,7 @@ proptest! {
                 let decoded = cart_crdt::codec::decode_catch_up(&bytes).expect("own encoding decodes");
                 prop_assert_eq!(&decoded, &catch_up);
                 prop_assert!(bytes.len() <= enc(s).len() + 16, "{} bytes for a {}-byte state", bytes.len(), enc(s).len());
-                let rebuilt = x.rebuild(decoded, x.context()).expect("made for this reader");
+                let rebuilt = x.rebuild(decoded.clone(), x.context()).expect("made for this reader");
                 prop_assert_eq!(rebuilt.context(), s.context());
                 prop_assert_eq!(enc(&merged(x, &rebuilt)), enc(&merged(x, s)), "x ⊔ S' == x ⊔ S");
                 prop_assert_eq!(enc(&merged(&rebuilt, x)), enc(&merged(s, x)), "S' ⊔ x == S ⊔ x");
@@ -384,6 +385,10 @@ proptest! {
                         let other = s.catch_up(y.context()).expect("a context encodes");
                         prop_assert!(x.rebuild(other, x.context()).is_err(), "made for another reader");
                     }
+                    // A reader that has moved on since it sent its context (x ⊔ y covers x's).
+                    let later = merged(x, y);
+                    let rebuilt = later.rebuild(decoded.clone(), x.context()).expect("covers the context");
+                    prop_assert_eq!(enc(&merged(&later, &rebuilt)), enc(&merged(&later, s)), "(x ⊔ y) ⊔ S' == (x ⊔ y) ⊔ S");
                 }
             }
         }

@@ -123,8 +123,8 @@ fn context(bytes: &[u8]) {
     }
 }
 
-/// A read's catch-up: round-trips, and rebuilding it from an empty cart (whose context is not
-/// the one it was made for) is refused, never a panic.
+/// A read's catch-up: round-trips, and rebuilds from the reader the seed's was made for (the
+/// seed cart after its first op) into a cart that encodes and decodes, or is refused.
 fn catch_up(bytes: &[u8]) {
     if let Ok(catch_up) = codec::decode_catch_up(bytes) {
         let again = codec::encode_catch_up(&catch_up).expect("a decoded catch-up encodes");
@@ -133,8 +133,11 @@ fn catch_up(bytes: &[u8]) {
             Some(&catch_up),
             "catch-up round trip"
         );
-        let empty = cart_crdt::Cart::default();
-        let _ = empty.rebuild(catch_up, empty.context());
+        let (add, coupon) = seed_requests();
+        let (reader, _, _) = seed_carts(&add, &coupon);
+        if let Ok(rebuilt) = reader.rebuild(catch_up, reader.context()) {
+            stored_cart(&codec::encode(&rebuilt).expect("a rebuilt cart encodes"));
+        }
     }
 }
 
@@ -178,9 +181,36 @@ pub const TARGETS: [(&str, Target); 4] = [
     ("layout", layout),
 ];
 
-/// Valid inputs of `target` to start from (the fuzzers mutate them).
-pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+/// The seeds' cart after its first op (a reader that saw only that) and after both, and the ops.
+fn seed_carts(
+    add: &pb::AddItemRequest,
+    coupon: &pb::ApplyCouponRequest,
+) -> (cart_crdt::Cart, cart_crdt::Cart, Vec<cart_crdt::CartOp>) {
     let limits = &Limits::DEFAULT;
+    let mut cart = cart_crdt::Cart::default();
+    let mut first = None;
+    let mut ops = Vec::new();
+    for (i, req) in [add.clone().into_domain(limits), coupon.clone().into_domain(limits)]
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let ctx = cart_crdt::WriteCtx {
+            actor: cart_crdt::Actor(7),
+            now_ms: 1_700_000_000_000 + i as u64,
+            limits,
+            request: req.request,
+        };
+        if cart.apply(&ctx, &req.op).is_ok() {
+            ops.push(req.op);
+        }
+        first.get_or_insert_with(|| cart.clone());
+    }
+    (first.unwrap_or_default(), cart, ops)
+}
+
+/// The requests the seeds are made of.
+fn seed_requests() -> (pb::AddItemRequest, pb::ApplyCouponRequest) {
     let snapshot = pb::ItemSnapshot {
         name: "Mug".into(),
         unit_price_minor: 1299,
@@ -201,29 +231,16 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         code: "TENOFF".into(),
         ..Default::default()
     };
-    let mut cart = cart_crdt::Cart::default();
-    let mut ops = Vec::new();
-    // The cart as a reader that saw only the first op holds it: what a catch-up is made for.
-    let mut first = None;
-    for (i, req) in [add.clone().into_domain(limits), coupon.clone().into_domain(limits)]
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let ctx = cart_crdt::WriteCtx {
-            actor: cart_crdt::Actor(7),
-            now_ms: 1_700_000_000_000 + i as u64,
-            limits,
-            request: req.request,
-        };
-        if cart.apply(&ctx, &req.op).is_ok() {
-            ops.push(req.op);
-        }
-        first.get_or_insert_with(|| cart.context().clone());
-    }
-    let catch_up = first
-        .and_then(|known| cart.catch_up(&known).ok())
-        .and_then(|c| codec::encode_catch_up(&c).ok())
+    (add, coupon)
+}
+
+/// Valid inputs of `target` to start from (the fuzzers mutate them).
+pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let (add, coupon) = seed_requests();
+    let (first, cart, ops) = seed_carts(&add, &coupon);
+    let catch_up = cart
+        .catch_up(first.context())
+        .and_then(|c| codec::encode_catch_up(&c))
         .unwrap_or_default();
     let state = codec::encode(&cart).unwrap_or_default();
     let context = codec::encode_context(cart.context()).unwrap_or_default();

@@ -675,9 +675,14 @@ impl Coordinator {
                 continue;
             }
             // This node first (sorted so), read once in place: its reply, and, when it holds the
-            // cart, the context that turns the other reads into digest reads.
+            // cart, the context that turns the other reads into digest reads. Not an expired
+            // copy: `gather` drops it, so replies must stand without it (a catch-up rebuilt from
+            // it would lack what it had removed before it expired).
             let state = self.store.read_with_hints(id);
-            if let Ok(Some(cart)) = &state {
+            if let Ok(Some(cart)) = state
+                .as_ref()
+                .map(|s| s.as_ref().filter(|c| !self.store.expired(id, c)))
+            {
                 known = Some(Known {
                     context: Arc::new(codec::encode_context(cart.context())?),
                     cart: cart.clone(),
@@ -727,7 +732,7 @@ impl Coordinator {
     }
 
     /// One peer's state of the cart: `known`'s cart itself when the peer says its context is the
-    /// same (a digest read).
+    /// same (a digest read), rebuilt from `known`'s cart when the peer answers with a catch-up.
     async fn call_read(&self, node: &str, id: &CartId, known: Option<Known>) -> Result<Option<Arc<Cart>>, NodeError> {
         let known_context = known.as_ref().map(|k| k.context.to_vec()).unwrap_or_default();
         let began = tokio::time::Instant::now();

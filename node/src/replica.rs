@@ -91,8 +91,8 @@ impl ReplicaApi {
     }
 
     /// This node's state of one cart (replica merged with hints), or, for a digest read,
-    /// `unchanged` when its context is the one the coordinator holds and `behind` when that
-    /// context covers it.
+    /// `unchanged` when its context is the one the coordinator holds, `behind` when that
+    /// context covers it, and otherwise a catch-up if the read asks for one.
     fn read_one(&self, req: ReadRequest) -> Result<ReadReply, Status> {
         let id = self.cart_id(&req.cart_id)?;
         let encoding = |e| Status::from(NodeError::from(e));
