@@ -83,6 +83,10 @@ pub struct Args {
     /// cartdb: hedge writes too (`ClientOptions::hedge_writes`, off by default).
     #[arg(long, conflicts_with = "no_hedge")]
     pub hedge_writes: bool,
+    /// cartdb: a unary gRPC call per request instead of the client's pipeline streams
+    /// (`ClientOptions::pipeline`, on by default).
+    #[arg(long)]
+    pub unary: bool,
     /// cartdb targets: TLS (`--tls-ca`) and the bearer token (`--token`).
     #[command(flatten)]
     pub security: cart_client::SecurityArgs,
@@ -202,6 +206,7 @@ impl Args {
             redis_connections: self.redis_connections,
             hedge: !self.no_hedge,
             hedge_writes: self.hedge_writes,
+            pipeline: !self.unary,
             credentials: self.security.credentials().map_err(|e| BenchError::InvalidOption {
                 option: "--tls-ca / --token",
                 reason: e.to_string(),

@@ -222,6 +222,8 @@ pub struct ConnectOptions {
     pub hedge: bool,
     /// cartdb: and writes too (not its default).
     pub hedge_writes: bool,
+    /// cartdb: calls on the client's pipeline streams (its default), or a unary call each.
+    pub pipeline: bool,
     /// cartdb: TLS and the bearer token (`--tls-ca`, `--token`).
     pub credentials: cart_client::Credentials,
 }
@@ -232,6 +234,7 @@ impl Default for ConnectOptions {
             redis_connections: redis_target::DEFAULT_REDIS_CONNECTIONS,
             hedge: true,
             hedge_writes: false,
+            pipeline: true,
             credentials: cart_client::Credentials::default(),
         }
     }
@@ -256,6 +259,7 @@ impl AnyTarget {
                     ClientOptions {
                         hedge: options.hedge,
                         hedge_writes: options.hedge_writes,
+                        pipeline: options.pipeline,
                         credentials: options.credentials,
                         ..ClientOptions::default()
                     },

@@ -15,6 +15,8 @@ use cart_proto::pb::cart_service_client::CartServiceClient;
 use cart_proto::pb::{self, CartReply};
 use cart_proto::{Consistency, OrderView, MEMBERSHIP_HEADER};
 use cart_ring::{Member, Ring};
+
+use crate::pipe::{Answer, Pipe, Pipelined};
 use futures::stream::{FuturesUnordered, StreamExt};
 use thiserror::Error;
 use tokio::time::Instant;
@@ -105,6 +107,9 @@ pub struct ClientOptions {
     /// TLS towards the nodes (endpoints are dialled over `https`) and the bearer token every call
     /// carries; the default: plain HTTP/2, no token.
     pub credentials: crate::security::Credentials,
+    /// Calls travel on one `Pipeline` stream per node (README "Pipelined calls"); off: a unary
+    /// call each. A node that does not serve `Pipeline` gets unary calls either way.
+    pub pipeline: bool,
 }
 
 /// The system's wall clock, ms since the Unix epoch (the default [`ClientOptions::clock`]).
@@ -134,6 +139,7 @@ impl Default for ClientOptions {
             clock: system_clock_ms,
             clock_skew: Duration::from_millis(500),
             credentials: crate::security::Credentials::default(),
+            pipeline: true,
         }
     }
 }
@@ -364,9 +370,12 @@ fn header_version(metadata: &MetadataMap) -> Option<u64> {
     u64::from_str_radix(text, 16).ok()
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// A pipeline stream being opened or open (`None`: the node does not serve `Pipeline`).
+type PipeCell = Arc<tokio::sync::OnceCell<Option<Arc<Pipe>>>>;
 
 /// A version a reply showed that differs from ours, and who sent it.
 struct Seen {
@@ -382,6 +391,9 @@ struct Inner {
     connect: Connect,
     /// One channel per address (keyed by URI), created on first use; pruned on refresh.
     channels: Mutex<HashMap<String, Channel>>,
+    /// One pipeline stream per address (keyed by URI), opened on first use and again after it
+    /// ends; `None` inside: the node does not serve `Pipeline`. Pruned with the channels.
+    pipes: Mutex<HashMap<String, PipeCell>>,
     /// `None` until a membership is known (or when not ring-aware).
     routes: RwLock<Option<Arc<Routes>>>,
     /// The newest version a reply showed that differed from `routes` at the time.
@@ -418,6 +430,69 @@ impl Inner {
         let channel = (self.connect)(endpoint(address, &self.options)?);
         channels.insert(uri.to_owned(), channel.clone());
         Ok(channel)
+    }
+
+    /// The open pipeline stream to `address`, opened if there is none (or it ended); `None`:
+    /// the node does not serve `Pipeline`.
+    async fn pipe(&self, address: &str, uri: &str, channel: Channel) -> Result<Option<Arc<Pipe>>, Status> {
+        for _ in 0..2 {
+            let cell = lock(&self.pipes).entry(uri.to_owned()).or_default().clone();
+            let pipe = cell
+                .get_or_try_init(|| Pipe::open(channel.clone(), &self.options))
+                .await?;
+            match pipe {
+                Some(pipe) if !pipe.is_open() => {
+                    // Ended (the node restarted, the connection broke): open another.
+                    let mut pipes = lock(&self.pipes);
+                    if pipes.get(uri).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                        pipes.remove(uri);
+                    }
+                }
+                pipe => return Ok(pipe.clone()),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "the pipeline stream to {address} ended as it opened"
+        )))
+    }
+
+    /// One attempt of a call on one node: on its pipeline stream, or as a unary call (pipelining
+    /// off, or a node without it), within the request timeout either way.
+    async fn attempt<Req, Resp, F, Fut>(
+        &self,
+        address: &str,
+        uri: &str,
+        channel: Channel,
+        message: Req,
+        deadline_ms: Option<u64>,
+        rpc: &F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Pipelined,
+        Resp: Answer,
+        F: Fn(CartServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let timeout = self.options.request_timeout;
+        if self.options.pipeline {
+            let until = Instant::now() + timeout;
+            let pipe = tokio::time::timeout_at(until, self.pipe(address, uri, channel.clone()))
+                .await
+                .unwrap_or_else(expired)?;
+            if let Some(pipe) = pipe {
+                return tokio::time::timeout_at(until, pipe.call(message, timeout, deadline_ms))
+                    .await
+                    .unwrap_or_else(expired);
+            }
+            // The node does not serve Pipeline: a unary call.
+        }
+        let mut request = self.options.request(message);
+        if let Some(ms) = deadline_ms {
+            request
+                .metadata_mut()
+                .insert(cart_proto::DEADLINE_HEADER, tonic::metadata::MetadataValue::from(ms));
+        }
+        rpc(CartServiceClient::new(channel), request).await
     }
 
     fn routes(&self) -> Option<Arc<Routes>> {
@@ -586,6 +661,7 @@ impl Inner {
         );
         *self.routes.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(routes));
         lock(&self.channels).retain(|uri, _| keep.contains(uri));
+        lock(&self.pipes).retain(|uri, _| keep.contains(uri));
         self.outliers.retain(|uri| keep.contains(uri));
         self.write_outliers.retain(|uri| keep.contains(uri));
     }
@@ -641,6 +717,7 @@ impl CartClient {
             options,
             connect,
             channels: Mutex::default(),
+            pipes: Mutex::default(),
             routes: RwLock::default(),
             seen: Mutex::default(),
             failed: AtomicBool::new(false),
@@ -999,7 +1076,7 @@ impl CartClient {
     /// Runs one call that answers with a cart.
     async fn call<Req, F, Fut>(&self, cart_id: &str, retry: Retry, req: Req, rpc: F) -> Result<CartView, ClientError>
     where
-        Req: Clone,
+        Req: Clone + Pipelined,
         F: Fn(CartServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<CartReply>, Status>>,
     {
@@ -1016,7 +1093,8 @@ impl CartClient {
         rpc: F,
     ) -> Result<Resp, ClientError>
     where
-        Req: Clone,
+        Req: Clone + Pipelined,
+        Resp: Answer,
         F: Fn(CartServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
@@ -1044,22 +1122,19 @@ impl CartClient {
         let mut started = 0;
         let mut running = FuturesUnordered::new();
         let mut inflight: Vec<(String, Instant)> = Vec::new();
+        let rpc = &rpc;
         let launch = |i: usize| -> Result<_, ClientError> {
             let address = route[i % route.len()].clone();
-            let mut request = inner.options.request(req.clone());
             // Writes carry their deadline: a node does not begin one after it.
             let deadline_ms =
                 write.then(|| (inner.options.clock)().saturating_add(inner.options.request_timeout.as_millis() as u64));
-            if let Some(ms) = deadline_ms {
-                request
-                    .metadata_mut()
-                    .insert(cart_proto::DEADLINE_HEADER, tonic::metadata::MetadataValue::from(ms));
-            }
             let uri = uri_of(&address);
-            let call = rpc(CartServiceClient::new(inner.channel_at(&address, &uri)?), request);
+            let channel = inner.channel_at(&address, &uri)?;
+            let message = req.clone();
             let began = Instant::now();
             Ok((uri.clone(), began, async move {
-                (address, uri, began, deadline_ms, call.await)
+                let result = inner.attempt(&address, &uri, channel, message, deadline_ms, rpc).await;
+                (address, uri, began, deadline_ms, result)
             }))
         };
         let start = |i: usize, running: &mut FuturesUnordered<_>, inflight: &mut Vec<(String, Instant)>| {
@@ -1323,6 +1398,11 @@ fn outcome_unknown(status: &Status) -> bool {
         && !cart_proto::outcome_none(status))
         || (status.code() == Code::ResourceExhausted && no_answer(status))
         || cart_proto::outcome_unknown(status)
+}
+
+/// What tonic answers when a unary call's timeout passes.
+fn expired<T>(_: tokio::time::error::Elapsed) -> Result<T, Status> {
+    Err(Status::cancelled("Timeout expired"))
 }
 
 /// A fresh request id: 128 random bits in hex.

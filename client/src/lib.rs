@@ -62,6 +62,7 @@
 pub mod cli;
 mod client;
 pub mod cluster_cli;
+mod pipe;
 pub mod security;
 
 pub use cart_crdt::pricing::{CurrencySummary, Discount, NotApplied, PricingSummary};

@@ -80,6 +80,16 @@ macro_rules! cart_service {
             async fn checkout(&self, _: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
                 Err(Status::unimplemented("fake"))
             }
+
+            type PipelineStream = futures::stream::Empty<Result<pb::PipelineResult, Status>>;
+
+            /// As a node of the version before `Pipeline`: the client falls back to unary calls.
+            async fn pipeline(
+                &self,
+                _: Request<tonic::Streaming<pb::PipelineCall>>,
+            ) -> Result<Response<Self::PipelineStream>, Status> {
+                Err(Status::unimplemented("fake: a node of the version before Pipeline"))
+            }
         }
     };
 }

@@ -212,6 +212,7 @@ impl Node {
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let delay = self.config.shutdown_delay;
+        let pipelines = in_flight.clone();
         let signal = async move {
             shutdown.await;
             health.set_not_serving::<CartServiceServer<CartApi>>().await;
@@ -226,6 +227,7 @@ impl Node {
                 tokio::time::sleep(delay).await;
             }
             tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+            pipelines.stop();
             let _ = stopping_tx.send(());
         };
         let mut builder = Server::builder();

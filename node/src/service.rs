@@ -8,15 +8,21 @@ use cart_crdt::{Cart, CartError, CartId, CartOp, Context, CouponCode, Limits};
 use cart_proto::pb::cart_service_server::CartService;
 use cart_proto::pb::{self, CartReply};
 use cart_proto::{CheckoutRequest, GetRequest, IntoDomain, MergeRequest, Priced, MEMBERSHIP_HEADER};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
 use crate::error::NodeError;
 use crate::lifecycle;
 
-pub struct CartApi {
+/// The service as tonic serves it: cheap to clone into the tasks of pipelined calls.
+#[derive(Clone)]
+pub struct CartApi(Arc<Api>);
+
+pub struct Api {
     coordinator: Arc<Coordinator>,
     in_flight: Arc<InFlight>,
     /// The membership header of the last reply, rebuilt when the layout changes.
@@ -26,6 +32,8 @@ pub struct CartApi {
     /// rebuilt (view, version token) but cloned. (The touch time tells apart a cart swept after
     /// its expiry and written again, whose new dots may repeat the old ones.)
     replies: quick_cache::sync::Cache<CartId, Arc<CachedReply>, ReplyWeight>,
+    /// Whether `Pipeline` is served (off: `UNIMPLEMENTED`; see [`NO_PIPELINE_ENV`]).
+    pipeline: bool,
 }
 
 /// A cached GetCart reply and the state it shows.
@@ -52,17 +60,34 @@ const REPLY_CACHE_LINES: u64 = 65_536;
 const REPLY_CACHE_CARTS: usize = 8_192;
 
 /// Counts requests being handled, so shutdown can wait for them rather than for idle connections
-/// (hyper's graceful shutdown can wait on an idle keepalive connection indefinitely).
-#[derive(Default)]
-pub struct InFlight(AtomicUsize);
+/// (hyper's graceful shutdown can wait on an idle keepalive connection indefinitely), and tells
+/// pipeline streams when shutdown begins (they take no new calls from then).
+pub struct InFlight {
+    count: AtomicUsize,
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            count: AtomicUsize::new(0),
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
 
 impl InFlight {
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown began: pipeline streams answer the calls they hold and end.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
         InFlightGuard(self.clone())
     }
 }
@@ -71,9 +96,18 @@ struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// Calls of one pipeline stream running at once at most; beyond, the stream is not read (HTTP/2
+/// flow control then holds the client back).
+pub const PIPELINE_IN_FLIGHT: usize = 1024;
+
+/// Compatibility drill (tests of a cluster being upgraded): with this set, the node answers
+/// `Pipeline` with `UNIMPLEMENTED`, like a node of the version before it, so clients fall back
+/// to unary calls. Never set in production.
+pub const NO_PIPELINE_ENV: &str = "CARTD_COMPAT_NO_PIPELINE";
 
 /// What a reply is priced with.
 struct PricedWith {
@@ -89,14 +123,21 @@ fn header(version: u64) -> MetadataValue<Ascii> {
 impl CartApi {
     pub fn new(coordinator: Arc<Coordinator>, in_flight: Arc<InFlight>) -> Self {
         let version = coordinator.cluster.version();
-        CartApi {
+        let pipeline = std::env::var_os(NO_PIPELINE_ENV).is_none();
+        if !pipeline {
+            tracing::warn!("{NO_PIPELINE_ENV} set: Pipeline refused, as by an older version");
+        }
+        CartApi(Arc::new(Api {
             coordinator,
             in_flight,
             membership: std::sync::Mutex::new((version, header(version))),
             replies: quick_cache::sync::Cache::with_weighter(REPLY_CACHE_CARTS, REPLY_CACHE_LINES, ReplyWeight),
-        }
+            pipeline,
+        }))
     }
+}
 
+impl Api {
     fn limits(&self) -> &Limits {
         self.coordinator.store.limits()
     }
@@ -275,7 +316,7 @@ impl CartApi {
 }
 
 /// The calls behind the measured methods of [`CartService`].
-impl CartApi {
+impl Api {
     /// Runs one public call and records its method, status code and time in the metrics.
     async fn measured<T>(
         &self,
@@ -365,63 +406,246 @@ impl CartApi {
     }
 }
 
+/// The pipelined form of each call: the same handler as its unary method.
+impl Api {
+    /// Runs one call of a pipeline stream, with its timeout, and shapes its result.
+    async fn pipelined(&self, call: pb::PipelineCall) -> pb::PipelineResult {
+        use pb::pipeline_call::Call;
+        use pb::pipeline_result::Result as Out;
+        let pb::PipelineCall {
+            id,
+            timeout_ms,
+            deadline_ms,
+            call,
+        } = call;
+        // The unary form of the call, its write deadline in the metadata.
+        fn request<T>(message: T, deadline_ms: u64) -> Request<T> {
+            let mut request = Request::new(message);
+            if deadline_ms > 0 {
+                request
+                    .metadata_mut()
+                    .insert(cart_proto::DEADLINE_HEADER, MetadataValue::from(deadline_ms));
+            }
+            request
+        }
+        let run = async {
+            match call {
+                None => Err(Status::invalid_argument(
+                    "call: one of get_cart, add_item, set_quantity, … is required",
+                )),
+                Some(Call::GetCart(m)) => answer(
+                    self.measured("get_cart", self.get_cart_call(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::AddItem(m)) => answer(
+                    self.measured("add_item", self.mutate(request(m, deadline_ms))).await,
+                    Out::Cart,
+                ),
+                Some(Call::SetQuantity(m)) => answer(
+                    self.measured("set_quantity", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::AdjustQuantity(m)) => answer(
+                    self.measured("adjust_quantity", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::RemoveItem(m)) => answer(
+                    self.measured("remove_item", self.mutate(request(m, deadline_ms))).await,
+                    Out::Cart,
+                ),
+                Some(Call::ClearCart(m)) => answer(
+                    self.measured("clear_cart", self.mutate(request(m, deadline_ms))).await,
+                    Out::Cart,
+                ),
+                Some(Call::SaveForLater(m)) => answer(
+                    self.measured("save_for_later", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::MoveToCart(m)) => answer(
+                    self.measured("move_to_cart", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::ApplyCoupon(m)) => answer(
+                    self.measured("apply_coupon", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::RemoveCoupon(m)) => answer(
+                    self.measured("remove_coupon", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::RefreshItems(m)) => answer(
+                    self.measured("refresh_items", self.mutate(request(m, deadline_ms)))
+                        .await,
+                    Out::Cart,
+                ),
+                Some(Call::MergeCarts(m)) => answer(
+                    self.measured("merge_carts", self.merge_carts_call(request(m, deadline_ms)))
+                        .await,
+                    Out::MergeCarts,
+                ),
+                Some(Call::Checkout(m)) => answer(
+                    self.measured("checkout", self.checkout_call(request(m, deadline_ms)))
+                        .await,
+                    Out::Checkout,
+                ),
+            }
+        };
+        let outcome = match timeout_ms {
+            0 => run.await,
+            ms => tokio::time::timeout(std::time::Duration::from_millis(ms), run)
+                .await
+                // What tonic answers when a unary call's grpc-timeout passes.
+                .unwrap_or_else(|_| Err(Status::cancelled("Timeout expired"))),
+        };
+        let (membership, result) = match outcome {
+            Ok(ok) => ok,
+            Err(status) => {
+                let header = |name| {
+                    status
+                        .metadata()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                        .unwrap_or_default()
+                };
+                let error = pb::CallError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    outcome: header(cart_proto::OUTCOME_HEADER),
+                };
+                (header(MEMBERSHIP_HEADER), Out::Error(error))
+            }
+        };
+        pb::PipelineResult {
+            id,
+            membership,
+            result: Some(result),
+        }
+    }
+}
+
+/// A unary reply as a pipeline result: its membership header and message.
+fn answer<T>(
+    reply: Result<Response<T>, Status>,
+    wrap: fn(T) -> pb::pipeline_result::Result,
+) -> Result<(String, pb::pipeline_result::Result), Status> {
+    let reply = reply?;
+    let membership = reply
+        .metadata()
+        .get(MEMBERSHIP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    Ok((membership, wrap(reply.into_inner())))
+}
+
 #[tonic::async_trait]
 impl CartService for CartApi {
     async fn get_cart(&self, request: Request<pb::GetCartRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("get_cart", self.get_cart_call(request)).await
+        self.0.measured("get_cart", self.0.get_cart_call(request)).await
     }
 
     async fn add_item(&self, request: Request<pb::AddItemRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("add_item", self.mutate(request)).await
+        self.0.measured("add_item", self.0.mutate(request)).await
     }
 
     async fn set_quantity(&self, request: Request<pb::SetQuantityRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("set_quantity", self.mutate(request)).await
+        self.0.measured("set_quantity", self.0.mutate(request)).await
     }
 
     async fn adjust_quantity(
         &self,
         request: Request<pb::AdjustQuantityRequest>,
     ) -> Result<Response<CartReply>, Status> {
-        self.measured("adjust_quantity", self.mutate(request)).await
+        self.0.measured("adjust_quantity", self.0.mutate(request)).await
     }
 
     async fn remove_item(&self, request: Request<pb::RemoveItemRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("remove_item", self.mutate(request)).await
+        self.0.measured("remove_item", self.0.mutate(request)).await
     }
 
     async fn clear_cart(&self, request: Request<pb::ClearCartRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("clear_cart", self.mutate(request)).await
+        self.0.measured("clear_cart", self.0.mutate(request)).await
     }
 
     async fn save_for_later(&self, request: Request<pb::SaveForLaterRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("save_for_later", self.mutate(request)).await
+        self.0.measured("save_for_later", self.0.mutate(request)).await
     }
 
     async fn move_to_cart(&self, request: Request<pb::MoveToCartRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("move_to_cart", self.mutate(request)).await
+        self.0.measured("move_to_cart", self.0.mutate(request)).await
     }
 
     async fn apply_coupon(&self, request: Request<pb::ApplyCouponRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("apply_coupon", self.mutate(request)).await
+        self.0.measured("apply_coupon", self.0.mutate(request)).await
     }
 
     async fn remove_coupon(&self, request: Request<pb::RemoveCouponRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("remove_coupon", self.mutate(request)).await
+        self.0.measured("remove_coupon", self.0.mutate(request)).await
     }
 
     async fn refresh_items(&self, request: Request<pb::RefreshItemsRequest>) -> Result<Response<CartReply>, Status> {
-        self.measured("refresh_items", self.mutate(request)).await
+        self.0.measured("refresh_items", self.0.mutate(request)).await
     }
 
     async fn merge_carts(
         &self,
         request: Request<pb::MergeCartsRequest>,
     ) -> Result<Response<pb::MergeCartsReply>, Status> {
-        self.measured("merge_carts", self.merge_carts_call(request)).await
+        self.0.measured("merge_carts", self.0.merge_carts_call(request)).await
     }
 
     async fn checkout(&self, request: Request<pb::CheckoutRequest>) -> Result<Response<pb::CheckoutReply>, Status> {
-        self.measured("checkout", self.checkout_call(request)).await
+        self.0.measured("checkout", self.0.checkout_call(request)).await
+    }
+
+    type PipelineStream = ReceiverStream<Result<pb::PipelineResult, Status>>;
+
+    /// Reads calls while fewer than [`PIPELINE_IN_FLIGHT`] run, each in a task of its own (as
+    /// each unary call is); results leave as they are ready. Once shutdown begins the stream
+    /// takes no more calls and ends when the ones it took have answered.
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<pb::PipelineCall>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        if !self.0.pipeline {
+            return Err(Status::unimplemented(format!("Pipeline is off ({NO_PIPELINE_ENV})")));
+        }
+        let mut calls = request.into_inner();
+        let (results, out) = mpsc::channel(PIPELINE_IN_FLIGHT);
+        let api = self.0.clone();
+        let mut stopping = api.in_flight.stopping.subscribe();
+        let running = Arc::new(tokio::sync::Semaphore::new(PIPELINE_IN_FLIGHT));
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = running.clone().acquire_owned().await else {
+                    return;
+                };
+                let call = tokio::select! {
+                    biased; // fixed branch order: deterministic under simulation
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
+                    call = calls.message() => match call {
+                        Ok(Some(call)) => call,
+                        // The client closed the stream or the connection went.
+                        Ok(None) | Err(_) => return,
+                    },
+                };
+                let api = api.clone();
+                let results = results.clone();
+                tokio::spawn(async move {
+                    let result = api.pipelined(call).await;
+                    let _ = results.send(Ok(result)).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
     }
 }
