@@ -1,15 +1,16 @@
 //! The public `CartService`: decode and validate (in `cart-proto`), coordinate, answer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use cart_crdt::pricing::{PricingContext, PricingRules};
 use cart_crdt::{Cart, CartError, CartId, CartOp, Context, CouponCode, Limits};
 use cart_proto::pb::cart_service_server::CartService;
 use cart_proto::pb::{self, CartReply};
 use cart_proto::{CheckoutRequest, GetRequest, IntoDomain, MergeRequest, Priced, MEMBERSHIP_HEADER};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::stream::FuturesUnordered;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -62,18 +63,10 @@ const REPLY_CACHE_CARTS: usize = 8_192;
 /// Counts requests being handled, so shutdown can wait for them rather than for idle connections
 /// (hyper's graceful shutdown can wait on an idle keepalive connection indefinitely), and tells
 /// pipeline streams when shutdown begins (they take no new calls from then).
+#[derive(Default)]
 pub struct InFlight {
     count: AtomicUsize,
-    stopping: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        InFlight {
-            count: AtomicUsize::new(0),
-            stopping: tokio::sync::watch::Sender::new(false),
-        }
-    }
+    stopping: AtomicBool,
 }
 
 impl InFlight {
@@ -81,9 +74,14 @@ impl InFlight {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Shutdown began: pipeline streams answer the calls they hold and end.
+    /// Shutdown began: pipeline streams take no new calls (they answer `UNAVAILABLE`, not
+    /// applied), answer those they hold, and end.
     pub fn stop(&self) {
-        self.stopping.send_replace(true);
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     fn enter(self: &Arc<Self>) -> InFlightGuard {
@@ -606,11 +604,8 @@ impl CartService for CartApi {
         self.0.measured("checkout", self.0.checkout_call(request)).await
     }
 
-    type PipelineStream = ReceiverStream<Result<pb::PipelineResult, Status>>;
+    type PipelineStream = Pipeline;
 
-    /// Reads calls while fewer than [`PIPELINE_IN_FLIGHT`] run, each in a task of its own (as
-    /// each unary call is); results leave as they are ready. Once shutdown begins the stream
-    /// takes no more calls and ends when the ones it took have answered.
     async fn pipeline(
         &self,
         request: Request<Streaming<pb::PipelineCall>>,
@@ -618,34 +613,66 @@ impl CartService for CartApi {
         if !self.0.pipeline {
             return Err(Status::unimplemented(format!("Pipeline is off ({NO_PIPELINE_ENV})")));
         }
-        let mut calls = request.into_inner();
-        let (results, out) = mpsc::channel(PIPELINE_IN_FLIGHT);
-        let api = self.0.clone();
-        let mut stopping = api.in_flight.stopping.subscribe();
-        let running = Arc::new(tokio::sync::Semaphore::new(PIPELINE_IN_FLIGHT));
-        tokio::spawn(async move {
-            loop {
-                let Ok(slot) = running.clone().acquire_owned().await else {
-                    return;
-                };
-                let call = tokio::select! {
-                    biased; // fixed branch order: deterministic under simulation
-                    _ = stopping.wait_for(|stopping| *stopping) => return,
-                    call = calls.message() => match call {
-                        Ok(Some(call)) => call,
-                        // The client closed the stream or the connection went.
-                        Ok(None) | Err(_) => return,
-                    },
-                };
-                let api = api.clone();
-                let results = results.clone();
-                tokio::spawn(async move {
-                    let result = api.pipelined(call).await;
-                    let _ = results.send(Ok(result)).await;
-                    drop(slot);
-                });
+        Ok(Response::new(Pipeline {
+            api: self.0.clone(),
+            calls: Some(request.into_inner()),
+            running: FuturesUnordered::new(),
+        }))
+    }
+}
+
+/// One pipeline stream's results, as the stream the node answers with: polling it reads calls
+/// (while fewer than [`PIPELINE_IN_FLIGHT`] run) and runs them, all in the one task HTTP/2
+/// polls the stream in (no task, and no hand-off between threads, per call). Results leave as
+/// they are ready. Once shutdown begins a call that arrives is answered `UNAVAILABLE` (not
+/// applied) and the stream ends when the calls it took have answered.
+pub struct Pipeline {
+    api: Arc<Api>,
+    /// `None` once the client ended its side (or the connection went, or shutdown began).
+    calls: Option<Streaming<pb::PipelineCall>>,
+    running: FuturesUnordered<Pin<Box<dyn std::future::Future<Output = pb::PipelineResult> + Send>>>,
+}
+
+impl futures::Stream for Pipeline {
+    type Item = Result<pb::PipelineResult, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        while this.running.len() < PIPELINE_IN_FLIGHT {
+            let Some(calls) = this.calls.as_mut() else { break };
+            match Pin::new(calls).poll_next(cx) {
+                Poll::Ready(Some(Ok(call))) => {
+                    if this.api.in_flight.stopping() {
+                        this.calls = None;
+                        let id = call.id;
+                        this.running.push(Box::pin(async move { shutting_down(id) }));
+                        break;
+                    }
+                    let api = this.api.clone();
+                    this.running.push(Box::pin(async move { api.pipelined(call).await }));
+                }
+                Poll::Ready(Some(Err(_)) | None) => this.calls = None,
+                Poll::Pending => break,
             }
-        });
-        Ok(Response::new(ReceiverStream::new(out)))
+        }
+        match Pin::new(&mut this.running).poll_next(cx) {
+            Poll::Ready(Some(result)) => Poll::Ready(Some(Ok(result))),
+            // Nothing running: the stream ends once no more calls can come.
+            Poll::Ready(None) if this.calls.is_none() => Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The answer to a call that arrived after shutdown began: not applied, try another node.
+fn shutting_down(id: u64) -> pb::PipelineResult {
+    pb::PipelineResult {
+        id,
+        membership: String::new(),
+        result: Some(pb::pipeline_result::Result::Error(pb::CallError {
+            code: tonic::Code::Unavailable as i32,
+            message: "the node is shutting down; nothing was applied".into(),
+            outcome: cart_proto::OUTCOME_NONE.into(),
+        })),
     }
 }
