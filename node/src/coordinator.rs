@@ -259,9 +259,15 @@ impl Coordinator {
             // for a deadline this node's clock says has passed: another owner's clock decides
             // (a node whose clock runs ahead does not refuse what the others would take).
             Err(e @ (NodeError::Degraded { .. } | NodeError::Storage(_) | NodeError::DeadlinePassed { .. })) => {
-                return match forwarded {
-                    true => Err(e),
-                    false => Ok(shape(&self.forward(req).await?)),
+                if forwarded {
+                    return Err(e);
+                }
+                return match self.forward(req).await {
+                    Ok(cart) => Ok(shape(&cart)),
+                    // No other owner (a cluster of one): this node's "deadline passed, nothing
+                    // applied" is the answer, not "no replica reachable".
+                    Err(NodeError::NoReplica { .. }) if matches!(e, NodeError::DeadlinePassed { .. }) => Err(e),
+                    Err(other) => Err(other),
                 };
             }
             Err(e) => return Err(e),
