@@ -15,14 +15,14 @@ use cart_proto::pb::cart_service_client::CartServiceClient;
 use cart_proto::pb::{self, CartReply};
 use cart_proto::{Consistency, OrderView, MEMBERSHIP_HEADER};
 use cart_ring::{Member, Ring};
-
-use crate::pipe::{Answer, Pipe, Pipelined};
 use futures::stream::{FuturesUnordered, StreamExt};
 use thiserror::Error;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
+
+use crate::pipe::{Answer, Pipe, Pipelined};
 
 /// With [`ClientOptions::max_attempts`] = 0 (the default), a call makes one attempt per node it
 /// may try, but at least this many…
@@ -436,7 +436,13 @@ impl Inner {
     /// the node does not serve `Pipeline`.
     async fn pipe(&self, address: &str, uri: &str, channel: Channel) -> Result<Option<Arc<Pipe>>, Status> {
         for _ in 0..2 {
-            let cell = lock(&self.pipes).entry(uri.to_owned()).or_default().clone();
+            let cell = {
+                let mut pipes = lock(&self.pipes);
+                match pipes.get(uri) {
+                    Some(cell) => cell.clone(),
+                    None => pipes.entry(uri.to_owned()).or_default().clone(),
+                }
+            };
             let pipe = cell
                 .get_or_try_init(|| Pipe::open(channel.clone(), &self.options))
                 .await?;

@@ -19,11 +19,11 @@ use crate::coordinator::Coordinator;
 use crate::error::NodeError;
 use crate::lifecycle;
 
-/// The service as tonic serves it: cheap to clone into the tasks of pipelined calls.
+/// The service as tonic serves it: its state is shared with the pipelined calls' futures.
 #[derive(Clone)]
 pub struct CartApi(Arc<Api>);
 
-pub struct Api {
+struct Api {
     coordinator: Arc<Coordinator>,
     in_flight: Arc<InFlight>,
     /// The membership header of the last reply, rebuilt when the layout changes.
