@@ -90,11 +90,12 @@ pub struct Args {
     /// cartdb targets: TLS (`--tls-ca`) and the bearer token (`--token`).
     #[command(flatten)]
     pub security: cart_client::SecurityArgs,
-    /// Threads the load generator runs on: 0 (the default) is tokio's multi-threaded runtime
-    /// with one worker per core; 1 a single-threaded runtime (no hand-offs between threads: in
-    /// a closed loop it cut the load generator's CPU per operation by about a fifth for cartdb
-    /// and for Redis here, in an open loop it did not; bench/README.md); N > 1 that many workers.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Threads the load generator runs on: 1 (the default) a single-threaded runtime, with no
+    /// hand-offs between threads (against the multi-threaded one it cut the load generator's CPU
+    /// per operation to 0.7–0.8× for cartdb and for Redis, closed and open loop, and raised
+    /// Redis's throughput: bench/README.md); 0 tokio's multi-threaded runtime with one worker
+    /// per core; N > 1 that many workers.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
 }
 
@@ -246,8 +247,8 @@ mod tests {
         assert_eq!(plan.duration, Duration::from_secs(20));
         assert_eq!(plan.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
         assert_eq!(plan.max_ops, None);
-        assert_eq!(args.threads, 0, "the multi-threaded runtime by default");
-        assert_eq!(parse(&["--threads", "1"]).expect("parses").threads, 1);
+        assert_eq!(args.threads, 1, "one thread by default");
+        assert_eq!(parse(&["--threads", "0"]).expect("parses").threads, 0);
         let preload = parse(&["--distribution", "sequential", "--carts", "1000000", "--ops", "1000000"])
             .expect("parses")
             .plan(1)

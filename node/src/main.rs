@@ -77,31 +77,39 @@ fn run_cli() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start tokio runtime")?;
     match cli.command {
-        Cmd::Run { config, node, join } => runtime.block_on(run(&config, node.as_deref(), join)),
+        Cmd::Run { config, node, join } => {
+            let config_path = config;
+            let mut config = NodeConfig::load(&config_path, node.as_deref())?;
+            if join.is_some() && config.cluster.secret.is_empty() {
+                bail!(
+                    "--join needs the cluster's secret: set [cluster] secret in {}",
+                    config_path.display()
+                );
+            }
+            config.join = join;
+            runtime(config.worker_threads)?.block_on(run(config))
+        }
         Cmd::Dev {
             nodes,
             base_port,
             data_dir,
             extra_toml,
             tls,
-        } => runtime.block_on(dev(nodes, base_port, &data_dir, extra_toml.as_deref(), tls)),
+        } => runtime(0)?.block_on(dev(nodes, base_port, &data_dir, extra_toml.as_deref(), tls)),
     }
 }
 
-async fn run(config_path: &Path, node: Option<&str>, join: Option<String>) -> Result<()> {
-    let mut config = NodeConfig::load(config_path, node)?;
-    if join.is_some() && config.cluster.secret.is_empty() {
-        bail!(
-            "--join needs the cluster's secret: set [cluster] secret in {}",
-            config_path.display()
-        );
+/// The multi-threaded runtime, with `workers` threads (0: one per core).
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
     }
-    config.join = join;
+    builder.enable_all().build().context("start tokio runtime")
+}
+
+async fn run(mut config: NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
     let storage = open_storage(config.storage_engine, &config.data_dir)?;
@@ -304,6 +312,7 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Pa
     if let Some(path) = extra_toml {
         spec.top_toml = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     }
+    spec = spec.sharing_cores();
     let tls_flag = if tls {
         spec = spec.with_tls(true)?;
         format!("--tls-ca {} ", spec.tls_ca_file().display())

@@ -38,6 +38,11 @@ async fn cartd_dev_runs_three_replicating_nodes_and_stops_them_all() {
         assert!(Instant::now() < deadline, "no 'cluster up' line");
     };
     assert_eq!(endpoints.len(), 3, "three nodes by default: {endpoints:?}");
+    // The nodes share this machine's cores: each runs cores / 3 request threads (at least one).
+    let file = std::fs::read_to_string(dir.path().join("cluster.toml")).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let expected = format!("worker_threads = {}\n", (cores / 3).max(1));
+    assert!(file.starts_with(&expected), "{file}");
 
     let first = common::client(endpoints[0].parse().unwrap()).await;
     first
