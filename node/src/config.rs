@@ -59,8 +59,8 @@ pub struct NodeConfig {
     /// HTTP/2 keepalive ping interval on every connection, served and dialled.
     pub keepalive_interval: Duration,
     /// `worker_threads` (0 by default: one per core): the threads serving requests. Nodes
-    /// sharing a machine (`cartd dev` sets cores / nodes) spend less CPU per request on fewer
-    /// threads: fewer hand-offs and wake-ups between them.
+    /// sharing a machine spend less CPU per request on fewer threads (fewer hand-offs and
+    /// wake-ups between them), but recover more slowly from a burst (bench/README.md).
     pub worker_threads: usize,
     /// Below this much free space on the data directory's file system the node takes no new
     /// writes (degraded, with the reason in `cartctl status`) until space returns.

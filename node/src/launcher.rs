@@ -124,19 +124,6 @@ impl ClusterSpec {
         Ok(self)
     }
 
-    /// Gives each node `cores / nodes` request threads (at least one), unless `top_toml` sets
-    /// `worker_threads`: nodes sharing one machine serve requests with less CPU on fewer
-    /// threads (`cartd dev`; bench/README.md has the measurements).
-    pub fn sharing_cores(mut self) -> Self {
-        let set = toml::from_str::<toml::Table>(&self.top_toml).is_ok_and(|t| t.contains_key("worker_threads"));
-        if !set {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let threads = (cores / self.nodes.len().max(1)).max(1);
-            self.top_toml = format!("worker_threads = {threads}\n{}", self.top_toml);
-        }
-        self
-    }
-
     /// The CA file of [`ClusterSpec::with_tls`] (what clients trust).
     pub fn tls_ca_file(&self) -> PathBuf {
         self.dir.join("tls").join("ca.pem")
@@ -551,20 +538,6 @@ fn tail(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nodes_sharing_a_machine_share_its_cores_unless_told_otherwise() {
-        let spec = ClusterSpec::loopback(Path::new("/tmp/x"), 3, 7001)
-            .expect("spec")
-            .sharing_cores();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let file: toml::Table = toml::from_str(&spec.to_toml()).expect("valid TOML");
-        assert_eq!(file["worker_threads"].as_integer(), Some((cores / 3).max(1) as i64));
-        let mut given = ClusterSpec::loopback(Path::new("/tmp/x"), 3, 7001).expect("spec");
-        given.top_toml = "worker_threads = 7\n[limits]\nmax_lines_per_cart = 5\n".into();
-        let file: toml::Table = toml::from_str(&given.sharing_cores().to_toml()).expect("valid TOML");
-        assert_eq!(file["worker_threads"].as_integer(), Some(7));
-    }
 
     #[test]
     fn ready_line_gives_the_bound_address() {

@@ -312,7 +312,6 @@ async fn dev(nodes: u16, base_port: u16, data_dir: &Path, extra_toml: Option<&Pa
     if let Some(path) = extra_toml {
         spec.top_toml = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     }
-    spec = spec.sharing_cores();
     let tls_flag = if tls {
         spec = spec.with_tls(true)?;
         format!("--tls-ca {} ", spec.tls_ca_file().display())
