@@ -78,8 +78,11 @@ fn run_cli() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Cmd::Run { config, node, join } => {
-            let config_path = config;
+        Cmd::Run {
+            config: config_path,
+            node,
+            join,
+        } => {
             let mut config = NodeConfig::load(&config_path, node.as_deref())?;
             if join.is_some() && config.cluster.secret.is_empty() {
                 bail!(
