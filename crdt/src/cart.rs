@@ -722,30 +722,19 @@ impl Cart {
         let mut lines = Vec::new();
         view::for_each_line(self, |product_id, acc| {
             if let (true, Some(snapshot)) = (acc.visible(), acc.snapshot()) {
-                lines.push(crate::lifecycle::VersionLine {
-                    product_id: product_id.clone(),
-                    quantity: acc.quantity() as u64,
-                    snapshot: snapshot.clone(),
-                    totals: acc.totals(),
-                    seen: acc.seen(),
-                });
+                lines.push(view::version_line(product_id, acc.quantity(), snapshot, acc));
             }
         });
-        let saved = self
-            .saved_products()
-            .into_iter()
-            .map(|(product_id, e)| crate::lifecycle::VersionSaved {
-                product_id: product_id.clone(),
-                quantity: e.quantity,
-                snapshot: e.snapshot.clone(),
-            })
-            .collect();
         Version {
             cart: Version::cart_hash(id),
             at_ms: self.touched_at_ms,
             context: self.context.clone(),
             lines,
-            saved,
+            saved: self
+                .saved_products()
+                .into_iter()
+                .map(|(p, e)| view::version_saved(p, e))
+                .collect(),
             coupons: self.coupon_codes().into_iter().cloned().collect(),
         }
     }
@@ -857,7 +846,14 @@ impl Cart {
 
     /// The read model: visible lines sorted by product id, saved items, coupons, subtotals.
     pub fn view(&self, cart_id: &CartId) -> CartView {
-        view::build(self, cart_id)
+        view::build(self, cart_id, false).0
+    }
+
+    /// The view and the [`Version`] a reader of it sees, from one walk over the lines (equal to
+    /// [`Cart::view`] and [`Cart::version`]).
+    pub fn view_with_version(&self, cart_id: &CartId) -> (CartView, Version) {
+        let (view, version) = view::build(self, cart_id, true);
+        (view, version.unwrap_or_else(|| self.version(cart_id)))
     }
 
     pub(crate) fn line_entries(&self) -> impl Iterator<Item = &LineEntry> {

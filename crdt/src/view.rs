@@ -2,9 +2,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cart::{newer, Cart, LineEntry, LineKind, Refresh};
+use crate::cart::{newer, Cart, LineEntry, LineKind, Refresh, SavedEntry};
 use crate::context::Dot;
 use crate::ids::{Actor, CartId, OwnerKind, ProductId};
+use crate::lifecycle::{Version, VersionLine, VersionSaved};
 use crate::snapshot::{ItemSnapshot, Money};
 
 /// What a storefront renders: the cart's read model.
@@ -230,32 +231,83 @@ impl<'a> LineAcc<'a> {
 }
 
 /// Calls `f` with each product's entries folded, in product id order: the one walk over a cart's
-/// lines by product. One sort of entry references and one accumulator reused for every line: this
-/// runs for every reply, so it allocates twice per cart, not per line.
-pub(crate) fn for_each_line<'a>(cart: &'a Cart, mut f: impl FnMut(&'a ProductId, &LineAcc<'a>)) {
-    let mut entries: Vec<&'a LineEntry> = cart.line_entries().collect();
-    // Within a product, dot order, as the entries are stored: the fold's saturating sums then
-    // add up in the same order as the fold of a single line (`Cart::line_state`).
-    entries.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id).then_with(|| a.dot.cmp(&b.dot)));
+/// lines by product. This runs for every reply, so it sorts no strings per entry: entries are
+/// grouped by a hash of their product id (a sort of integer pairs), and only the groups, one per
+/// line, are sorted by product id. Within a product, entries keep their stored (dot) order, so
+/// the fold's saturating sums add up in the same order as the fold of a single line
+/// (`Cart::line_state`). One accumulator is reused for every line.
+pub(crate) fn for_each_line<'a>(cart: &'a Cart, f: impl FnMut(&'a ProductId, &LineAcc<'a>)) {
+    walk_lines(cart, false, f);
+}
+
+/// [`for_each_line`]; `sorting` takes the fallback grouping (tests compare the two).
+fn walk_lines<'a>(cart: &'a Cart, sorting: bool, mut f: impl FnMut(&'a ProductId, &LineAcc<'a>)) {
+    let entries = &cart.lines;
     let mut dups = cart.duplicate_applications();
     let mut acc = LineAcc::default();
-    for group in entries.chunk_by(|a, b| a.product_id == b.product_id) {
+    let mut fold = |group: &mut dyn Iterator<Item = &'a LineEntry>| {
         acc.clear();
+        let mut product = None;
         for e in group {
+            product = Some(&e.product_id);
             acc.push(e);
         }
-        acc.dups = dups.remove(&group[0].product_id).unwrap_or_default();
-        f(&group[0].product_id, &acc);
+        if let Some(product_id) = product {
+            acc.dups = dups.remove(product_id).unwrap_or_default();
+            f(product_id, &acc);
+        }
+    };
+    let count = match u32::try_from(entries.len()) {
+        Ok(count) if !sorting => count,
+        _ => return by_sorting(entries, &mut fold),
+    };
+    // (hash of the product id, position): positions ascend within a hash, as dots do.
+    let mut keyed: Vec<(u64, u32)> = (0..count)
+        .map(|i| (product_hash(&entries[i as usize].product_id), i))
+        .collect();
+    keyed.sort_unstable();
+    let mut groups: Vec<&[(u64, u32)]> = keyed.chunk_by(|a, b| a.0 == b.0).collect();
+    let first = |g: &[(u64, u32)]| &entries[g[0].1 as usize].product_id;
+    // Two products sharing a hash (xxh3, 64 bits: not expected in practice) would share a group:
+    // then the cart takes the plain sort.
+    if groups
+        .iter()
+        .any(|g| g.iter().any(|(_, i)| entries[*i as usize].product_id != *first(g)))
+    {
+        return by_sorting(entries, &mut fold);
+    }
+    groups.sort_unstable_by(|a, b| first(a).cmp(first(b)));
+    for group in groups {
+        fold(&mut group.iter().map(|(_, i)| &entries[*i as usize]));
     }
 }
 
-pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
+/// [`for_each_line`]'s grouping by a sort of the entries by product id, then dot.
+fn by_sorting<'a>(entries: &'a [LineEntry], fold: &mut dyn FnMut(&mut dyn Iterator<Item = &'a LineEntry>)) {
+    let mut sorted: Vec<&'a LineEntry> = entries.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.product_id.cmp(&b.product_id).then_with(|| a.dot.cmp(&b.dot)));
+    for group in sorted.chunk_by(|a, b| a.product_id == b.product_id) {
+        fold(&mut group.iter().copied());
+    }
+}
+
+fn product_hash(product_id: &ProductId) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(product_id.as_str().as_bytes())
+}
+
+/// The view of `cart`, and with `with_version` the [`Version`] a reader of it saw, from one walk
+/// over its lines (a GetCart reply carries both).
+pub(crate) fn build(cart: &Cart, cart_id: &CartId, with_version: bool) -> (CartView, Option<Version>) {
     let mut lines: Vec<LineView> = Vec::new();
+    let mut version_lines = Vec::new();
     // Refreshes of saved items live among the line entries of their product.
     let mut refreshed: BTreeMap<&ProductId, &Refresh> = BTreeMap::new();
     for_each_line(cart, |product_id, acc| {
         let quantity = acc.quantity();
         if let (true, Some(snapshot)) = (quantity >= 1, acc.snapshot()) {
+            if with_version {
+                version_lines.push(version_line(product_id, quantity, snapshot, acc));
+            }
             lines.push(LineView {
                 product_id: product_id.to_string(),
                 quantity: quantity as u64,
@@ -279,8 +331,17 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
             amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
         })
         .collect();
-    let saved = cart
-        .saved_products()
+    let saved_products = cart.saved_products();
+    let coupons = cart.coupon_codes();
+    let version = with_version.then(|| Version {
+        cart: Version::cart_hash(cart_id),
+        at_ms: cart.touched_at_ms,
+        context: cart.context.clone(),
+        lines: version_lines,
+        saved: saved_products.iter().map(|(p, e)| version_saved(p, e)).collect(),
+        coupons: coupons.iter().map(|c| (*c).clone()).collect(),
+    });
+    let saved = saved_products
         .into_iter()
         .map(|(product_id, e)| SavedView {
             product_id: product_id.to_string(),
@@ -289,18 +350,44 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId) -> CartView {
             current: refreshed.get(product_id).map(|r| Current::of(&e.snapshot, r)),
         })
         .collect();
-    CartView {
+    let view = CartView {
         cart_id: cart_id.to_string(),
         owner: cart_id.owner(),
         lines,
         saved,
-        coupons: cart.coupon_codes().into_iter().map(|c| c.to_string()).collect(),
+        coupons: coupons.into_iter().map(|c| c.to_string()).collect(),
         subtotals,
         touched_at_ms: cart.touched_at_ms,
         merged_into: cart.merged_into.as_ref().map(|m| m.into.to_string()),
         version: String::new(),
         expires_at_ms: 0,
         pricing: None,
+    };
+    (view, version)
+}
+
+/// A visible line as a [`Version`] holds it.
+pub(crate) fn version_line(
+    product_id: &ProductId,
+    quantity: i64,
+    snapshot: &ItemSnapshot,
+    acc: &LineAcc<'_>,
+) -> VersionLine {
+    VersionLine {
+        product_id: product_id.clone(),
+        quantity: quantity as u64,
+        snapshot: snapshot.clone(),
+        totals: acc.totals(),
+        seen: acc.seen(),
+    }
+}
+
+/// A saved item as a [`Version`] holds it.
+pub(crate) fn version_saved(product_id: &ProductId, entry: &SavedEntry) -> VersionSaved {
+    VersionSaved {
+        product_id: product_id.clone(),
+        quantity: entry.quantity,
+        snapshot: entry.snapshot.clone(),
     }
 }
 
@@ -366,5 +453,9 @@ mod tests {
         let mut folded = Vec::new();
         for_each_line(&cart, |p, acc| folded.push((p.to_string(), acc.quantity())));
         assert_eq!(folded, expected);
+        // The grouping by plain sort (taken if two products' hashes collide) folds the same.
+        let mut sorted = Vec::new();
+        walk_lines(&cart, true, |p, acc| sorted.push((p.to_string(), acc.quantity())));
+        assert_eq!(sorted, expected);
     }
 }

@@ -405,6 +405,16 @@ proptest! {
             prop_assert_eq!(enc(&decoded), bytes);
         }
     }
+
+    /// A GetCart reply's view and version, made in one walk, are the view and the version.
+    #[test]
+    fn view_with_version_is_view_and_version(steps in schedule()) {
+        for cart in carts(&run(&steps)) {
+            let (view, version) = cart.view_with_version(&cart_id());
+            prop_assert_eq!(view, cart.view(&cart_id()));
+            prop_assert_eq!(version, cart.version(&cart_id()));
+        }
+    }
 }
 
 // ---- (d): quantities are counters, also while every actor rewrites its total concurrently ----

@@ -227,11 +227,14 @@ impl Api {
         } else {
             cart
         };
-        let mut view = cart.view(id);
+        let mut view = if with_version {
+            let (mut view, version) = cart.view_with_version(id);
+            view.version = cart_crdt::codec::encode_version(&version)?;
+            view
+        } else {
+            cart.view(id)
+        };
         view.expires_at_ms = store.expiry().expires_at_ms(id, cart.touched_at_ms()).unwrap_or(0);
-        if with_version {
-            view.version = cart_crdt::codec::encode_version(&cart.version(id))?;
-        }
         if let Some(p) = priced {
             view.pricing = Some(
                 cart_crdt::pricing::price(&view, &p.rules, &p.context, &|_| false).map_err(|e| {

@@ -7,6 +7,7 @@
 //! operation runs `--iterations` times on that cart; the table gives HDR percentiles in µs:
 //!
 //! - `view`: the read model every reply is built from;
+//! - `view_version`: a GetCart reply's view with its version token (what a checkout takes);
 //! - `view_coupons` / `view_priced`: the same cart with two coupons applied (TENOFF, SUMMER),
 //!   its view alone and with the pricing summary a priced reply adds (`cluster-config/pricing.toml`,
 //!   region DE); the ratio of their p50s is printed;
@@ -194,6 +195,18 @@ fn main() -> Result<()> {
                     let mut view = with_coupons.view(&id);
                     view.pricing = cart_crdt::pricing::price(&view, &rules, &pricing, &|_| false).ok();
                     view
+                },
+            )?,
+        ),
+        (
+            "view_version",
+            measure(
+                n,
+                || (),
+                |()| {
+                    let (mut view, version) = cart.view_with_version(&id);
+                    view.version = codec::encode_version(&version)?;
+                    Ok::<_, cart_crdt::CartError>(view)
                 },
             )?,
         ),
