@@ -107,6 +107,7 @@ struct Inner {
     ring: Option<Placement>,
     /// Sorted owners → leaves.
     sets: HashMap<Vec<String>, Leaves>,
+    memo: Option<SetMemo>,
     /// `None`: ready.
     scan: Option<Scan>,
     carts: u64,
@@ -127,6 +128,7 @@ impl Default for RangeDigests {
                 layout_version: 0,
                 ring: None,
                 sets: HashMap::new(),
+                memo: None,
                 scan: Some(Scan {
                     from: None,
                     cursor: Vec::new(),
@@ -168,17 +170,53 @@ fn set_in(placement: &Placement, key: &[u8]) -> Vec<String> {
     owners
 }
 
-impl Inner {
-    fn xor_in(&mut self, set: Vec<String>, key: &[u8], hash: u64) {
-        let leaves = self.sets.entry(set).or_insert_with(|| Box::new([0; LEAVES]));
-        leaves[leaf_of(key)] ^= hash;
-    }
+/// Replica sets of recently changed keys by one placement (the current ring): a hot cart written
+/// many times a second walks the ring once, not on every write. It holds its placement, so a
+/// placement it is compared with by pointer is never another one at a reused address.
+struct SetMemo {
+    placement: Placement,
+    sets: HashMap<Box<[u8]>, Vec<String>>,
+}
 
+/// Keys a [`SetMemo`] holds at most: full, it is emptied and fills again (~150 bytes a key).
+const SET_MEMO_KEYS: usize = 4096;
+
+fn xor_in(sets: &mut HashMap<Vec<String>, Leaves>, set: &[String], key: &[u8], hash: u64) {
+    match sets.get_mut(set) {
+        Some(leaves) => leaves[leaf_of(key)] ^= hash,
+        None => {
+            let mut leaves: Leaves = Box::new([0; LEAVES]);
+            leaves[leaf_of(key)] ^= hash;
+            sets.insert(set.to_vec(), leaves);
+        }
+    }
+}
+
+impl Inner {
     /// XORs `hash` into the tree of `key`'s set by `placement`.
     fn xor(&mut self, placement: Option<Placement>, key: &[u8], hash: u64) {
-        if let Some(placement) = placement {
-            self.xor_in(set_in(&placement, key), key, hash);
+        let Some(placement) = placement else {
+            return;
+        };
+        if !self.ring.as_ref().is_some_and(|ring| Arc::ptr_eq(ring, &placement)) {
+            // The old placement of a move: rare, not memoized.
+            return xor_in(&mut self.sets, &set_in(&placement, key), key, hash);
         }
+        let memo = match &mut self.memo {
+            Some(memo) if Arc::ptr_eq(&memo.placement, &placement) => memo,
+            memo => memo.insert(SetMemo {
+                placement: placement.clone(),
+                sets: HashMap::new(),
+            }),
+        };
+        if let Some(set) = memo.sets.get(key) {
+            return xor_in(&mut self.sets, set, key, hash);
+        }
+        if memo.sets.len() >= SET_MEMO_KEYS {
+            memo.sets.clear();
+        }
+        let set = memo.sets.entry(key.into()).or_insert(set_in(&placement, key));
+        xor_in(&mut self.sets, set, key, hash);
     }
 
     fn scan_of(&mut self, generation: u64) -> Option<&mut Scan> {
@@ -565,6 +603,41 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The memo of replica sets gives every key its set by the current placement: past its
+    /// bound (emptied and refilled) and after a new layout (a new placement).
+    #[test]
+    fn memoized_sets_are_the_sets_of_the_current_layout() {
+        for (first, second) in [(layout(5), layout(6)), (layout(6), layout(5))] {
+            let d = RangeDigests::default();
+            let mut want: HashMap<Vec<String>, Leaves> = HashMap::new();
+            for (round, mut l) in [first, second].into_iter().enumerate() {
+                l.version = round as u64 + 1;
+                let g = d.reset(&l).expect("newer layout");
+                d.built(g);
+                want.clear();
+                let placement = placement_of(&l).expect("a placement");
+                // Each key twice (memo hits), more keys than the memo holds.
+                for i in 0..SET_MEMO_KEYS + 500 {
+                    let key = format!("user:{i}");
+                    for h in [i as u64 + 1, (round as u64 + 7) << 32] {
+                        d.changed(key.as_bytes(), None, Some(h));
+                        d.changed(key.as_bytes(), Some(h), None);
+                        d.changed(key.as_bytes(), None, Some(h));
+                        let leaves = want
+                            .entry(set_in(&placement, key.as_bytes()))
+                            .or_insert_with(|| Box::new([0; LEAVES]));
+                        leaves[leaf_of(key.as_bytes())] ^= h;
+                    }
+                }
+                let inner = lock(&d.inner);
+                assert_eq!(inner.sets.len(), want.len());
+                for (set, leaves) in &want {
+                    assert_eq!(inner.sets.get(set), Some(leaves), "set {set:?}");
+                }
+            }
+        }
     }
 
     /// A cart created while a page of a scan is read may or may not be in that page: either way
