@@ -75,8 +75,12 @@ struct Held {
 }
 
 impl Held {
-    fn new(cart: Arc<Cart>, stored: Stored) -> Self {
-        let weight = CACHE_ENTRY_BYTES + cart.approx_bytes() as u64;
+    /// `stored.weight` when it has one, else the cart measured now.
+    fn new(cart: Arc<Cart>, mut stored: Stored) -> Self {
+        if stored.weight == 0 {
+            stored.weight = CACHE_ENTRY_BYTES + cart.approx_bytes() as u64;
+        }
+        let weight = stored.weight;
         Held { cart, stored, weight }
     }
 }
@@ -127,6 +131,12 @@ struct Stored {
     /// Bytes of the stored base, and of the deltas after it.
     base_bytes: u64,
     delta_bytes: u64,
+    /// The cart's weight in the cache ([`Held`]; 0: not measured yet): measured when its base
+    /// was stored or it was loaded, then grown by each delta's own estimate, so a write to a big
+    /// cart does not walk all of it again. An upper bound (what a delta supersedes is not taken
+    /// off) until the next base, at most a quarter of the base's bytes or
+    /// [`DELTAS_PER_BASE`] deltas later.
+    weight: u64,
 }
 
 impl Stored {
@@ -330,7 +340,16 @@ impl CartStore {
 
     /// Stores a changed replica (caller holds the cart's lock): as one more delta when `delta`
     /// holds its encoding and there is room, else as a new base that replaces the deltas.
-    fn store_locked(&self, id: &CartId, cart: Cart, was: Stored, delta: Option<&[u8]>) -> Result<Arc<Cart>, NodeError> {
+    /// `grown` is the change's own size estimate ([`Cart::approx_bytes`] of the delta or state
+    /// merged), added to the cart's weight while it takes deltas.
+    fn store_locked(
+        &self,
+        id: &CartId,
+        cart: Cart,
+        was: Stored,
+        delta: Option<&[u8]>,
+        grown: usize,
+    ) -> Result<Arc<Cart>, NodeError> {
         let stored = match delta {
             Some(delta) if was.takes_delta(delta.len()) => {
                 let seq = was.last_seq + 1;
@@ -338,6 +357,11 @@ impl CartStore {
                 Stored {
                     last_seq: seq,
                     delta_bytes: was.delta_bytes + delta.len() as u64,
+                    weight: match was.weight {
+                        0 => 0,
+                        // Less the delta's own `Cart`: the entries join the stored one.
+                        w => w.saturating_add(grown.saturating_sub(std::mem::size_of::<Cart>()) as u64),
+                    },
                     ..was
                 }
             }
@@ -364,6 +388,7 @@ impl CartStore {
                     last_seq: 0,
                     base_bytes: base.len() as u64,
                     delta_bytes: 0,
+                    weight: 0,
                 }
             }
         };
@@ -453,10 +478,11 @@ impl CartStore {
                     return Err(refused.into());
                 }
             };
+            let grown = delta.as_cart().approx_bytes();
             let delta = Arc::new(codec::encode(delta.as_cart())?);
             let as_delta = (!expired).then_some(&delta[..]);
             let written = Written {
-                cart: self.store_locked(id, cart, stored, as_delta)?,
+                cart: self.store_locked(id, cart, stored, as_delta, grown)?,
                 delta,
                 deps,
                 repeated: false,
@@ -515,6 +541,7 @@ impl CartStore {
         drop(current);
         let (mut cart, stored) = self.take_locked(id)?;
         let mut encoded = encoded;
+        let grown = incoming.approx_bytes();
         if replace {
             // The expired entries go; the dots they used stay seen, so this node never issues
             // them again (a replica whose clock is behind may still hold them).
@@ -528,7 +555,7 @@ impl CartStore {
         if cart.settle(self.actor, now_ms, &self.limits).is_some() {
             encoded = None;
         }
-        let merged = self.store_locked(id, cart, stored, encoded)?;
+        let merged = self.store_locked(id, cart, stored, encoded, grown)?;
         self.digests.changed(key, old_hash, entry_hash(key, merged.context())?);
         Ok((merged, true))
     }
@@ -1006,6 +1033,7 @@ fn load_stored(storage: &dyn Storage, cart_id: &str) -> Result<(Option<Cart>, St
             last_seq,
             base_bytes,
             delta_bytes,
+            weight: 0,
         },
     ))
 }
@@ -1197,6 +1225,38 @@ mod tests {
         let one = Held::new(store.read(&ids[0]).unwrap(), Stored::default());
         let five = Held::new(store.read(&ids[4]).unwrap(), Stored::default());
         assert!(five.weight > one.weight + 4 * 40, "{} vs {}", five.weight, one.weight);
+    }
+
+    /// A cart's cache weight grows by each delta's own estimate rather than being measured on
+    /// every write: never below the cart measured, not far above it, and measured again with
+    /// each new base.
+    #[tokio::test]
+    async fn cache_weight_grows_by_deltas_and_is_measured_at_each_base() {
+        let storage = Arc::new(MemoryStorage::default());
+        let store = open(&storage, 1).await;
+        let id = CartId::parse("user:weighed", &Limits::DEFAULT).unwrap();
+        let (mut bases, mut deltas, mut worst) = (0, 0, 0.0f64);
+        for i in 0..400 {
+            let request = RequestId::parse(&format!("request-{i}"), "request_id").unwrap();
+            store
+                .write_with(&id, &add(&format!("sku-{}", i % 20)), Some(request), |_| {})
+                .await
+                .unwrap();
+            let held = store.cache.get(&id).expect("the cart is cached");
+            let measured = CACHE_ENTRY_BYTES + held.cart.approx_bytes() as u64;
+            assert!(held.weight >= measured, "write {i}: {} < {measured}", held.weight);
+            worst = worst.max(held.weight as f64 / measured as f64);
+            match held.stored.last_seq {
+                0 => {
+                    assert_eq!(held.weight, measured, "write {i}: a new base is measured");
+                    bases += 1;
+                }
+                _ => deltas += 1,
+            }
+        }
+        assert!(bases >= 2 && deltas > bases, "{bases} bases, {deltas} deltas");
+        // 1.59x here: a line's superseded running total stays counted until the next base.
+        assert!(worst < 1.75, "weight up to {worst:.2}x the cart measured");
     }
 
     /// A small budget is one shard: a cart heavier than a per-core share of it is still cached.
