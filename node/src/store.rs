@@ -1227,6 +1227,15 @@ mod tests {
         assert!(five.weight > one.weight + 4 * 40, "{} vs {}", five.weight, one.weight);
     }
 
+    /// Adds `product` with request id `request-{i}` (each such write leaves a request record).
+    async fn add_once(store: &CartStore, id: &CartId, product: &str, i: usize) {
+        let request = RequestId::parse(&format!("request-{i}"), "request_id").unwrap();
+        store
+            .write_with(id, &add(product), Some(request), |_| {})
+            .await
+            .unwrap();
+    }
+
     /// A cart's cache weight grows by each delta's own estimate rather than being measured on
     /// every write: never below the cart measured, not far above it, and measured again with
     /// each new base.
@@ -1237,11 +1246,7 @@ mod tests {
         let id = CartId::parse("user:weighed", &Limits::DEFAULT).unwrap();
         let (mut bases, mut deltas, mut worst) = (0, 0, 0.0f64);
         for i in 0..400 {
-            let request = RequestId::parse(&format!("request-{i}"), "request_id").unwrap();
-            store
-                .write_with(&id, &add(&format!("sku-{}", i % 20)), Some(request), |_| {})
-                .await
-                .unwrap();
+            add_once(&store, &id, &format!("sku-{}", i % 20), i).await;
             let held = store.cache.get(&id).expect("the cart is cached");
             let measured = CACHE_ENTRY_BYTES + held.cart.approx_bytes() as u64;
             assert!(held.weight >= measured, "write {i}: {} < {measured}", held.weight);
@@ -1266,11 +1271,7 @@ mod tests {
         let store = open(&storage, 1).await.with_cache_bytes(1 << 20);
         let id = CartId::parse("user:heavy", &Limits::DEFAULT).unwrap();
         for i in 0..150 {
-            let request = RequestId::parse(&format!("request-{i}"), "request_id").unwrap();
-            store
-                .write_with(&id, &add(&format!("sku-{}", i % 100)), Some(request), |_| {})
-                .await
-                .unwrap();
+            add_once(&store, &id, &format!("sku-{}", i % 100), i).await;
         }
         let held = store.cache.get(&id).expect("the cart is cached");
         assert!(held.weight > (1 << 20) / 64, "{} bytes", held.weight);
