@@ -725,18 +725,7 @@ impl Cart {
                 lines.push(view::version_line(product_id, acc.quantity(), snapshot, acc));
             }
         });
-        Version {
-            cart: Version::cart_hash(id),
-            at_ms: self.touched_at_ms,
-            context: self.context.clone(),
-            lines,
-            saved: self
-                .saved_products()
-                .into_iter()
-                .map(|(p, e)| view::version_saved(p, e))
-                .collect(),
-            coupons: self.coupon_codes().into_iter().cloned().collect(),
-        }
+        view::version(self, id, lines)
     }
 
     /// An expired cart about to be written again: every entry goes, the context stays (so no
@@ -846,14 +835,15 @@ impl Cart {
 
     /// The read model: visible lines sorted by product id, saved items, coupons, subtotals.
     pub fn view(&self, cart_id: &CartId) -> CartView {
-        view::build(self, cart_id, false).0
+        view::build(self, cart_id, None)
     }
 
     /// The view and the [`Version`] a reader of it sees, from one walk over the lines (equal to
     /// [`Cart::view`] and [`Cart::version`]).
     pub fn view_with_version(&self, cart_id: &CartId) -> (CartView, Version) {
-        let (view, version) = view::build(self, cart_id, true);
-        (view, version.unwrap_or_else(|| self.version(cart_id)))
+        let mut lines = Vec::new();
+        let view = view::build(self, cart_id, Some(&mut lines));
+        (view, view::version(self, cart_id, lines))
     }
 
     pub(crate) fn line_entries(&self) -> impl Iterator<Item = &LineEntry> {

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cart::{newer, Cart, LineEntry, LineKind, Refresh, SavedEntry};
+use crate::cart::{newer, Cart, LineEntry, LineKind, Refresh};
 use crate::context::Dot;
 use crate::ids::{Actor, CartId, OwnerKind, ProductId};
 use crate::lifecycle::{Version, VersionLine, VersionSaved};
@@ -295,17 +295,16 @@ fn product_hash(product_id: &ProductId) -> u64 {
     xxhash_rust::xxh3::xxh3_64(product_id.as_str().as_bytes())
 }
 
-/// The view of `cart`, and with `with_version` the [`Version`] a reader of it saw, from one walk
-/// over its lines (a GetCart reply carries both).
-pub(crate) fn build(cart: &Cart, cart_id: &CartId, with_version: bool) -> (CartView, Option<Version>) {
+/// The view of `cart`; with `version_lines`, also each visible line as a [`Version`] holds it,
+/// from the same walk over the lines (a GetCart reply carries both: see [`version`]).
+pub(crate) fn build(cart: &Cart, cart_id: &CartId, mut version_lines: Option<&mut Vec<VersionLine>>) -> CartView {
     let mut lines: Vec<LineView> = Vec::new();
-    let mut version_lines = Vec::new();
     // Refreshes of saved items live among the line entries of their product.
     let mut refreshed: BTreeMap<&ProductId, &Refresh> = BTreeMap::new();
     for_each_line(cart, |product_id, acc| {
         let quantity = acc.quantity();
         if let (true, Some(snapshot)) = (quantity >= 1, acc.snapshot()) {
-            if with_version {
+            if let Some(version_lines) = version_lines.as_deref_mut() {
                 version_lines.push(version_line(product_id, quantity, snapshot, acc));
             }
             lines.push(LineView {
@@ -331,17 +330,8 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId, with_version: bool) -> (CartV
             amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
         })
         .collect();
-    let saved_products = cart.saved_products();
-    let coupons = cart.coupon_codes();
-    let version = with_version.then(|| Version {
-        cart: Version::cart_hash(cart_id),
-        at_ms: cart.touched_at_ms,
-        context: cart.context.clone(),
-        lines: version_lines,
-        saved: saved_products.iter().map(|(p, e)| version_saved(p, e)).collect(),
-        coupons: coupons.iter().map(|c| (*c).clone()).collect(),
-    });
-    let saved = saved_products
+    let saved = cart
+        .saved_products()
         .into_iter()
         .map(|(product_id, e)| SavedView {
             product_id: product_id.to_string(),
@@ -350,20 +340,40 @@ pub(crate) fn build(cart: &Cart, cart_id: &CartId, with_version: bool) -> (CartV
             current: refreshed.get(product_id).map(|r| Current::of(&e.snapshot, r)),
         })
         .collect();
-    let view = CartView {
+    CartView {
         cart_id: cart_id.to_string(),
         owner: cart_id.owner(),
         lines,
         saved,
-        coupons: coupons.into_iter().map(|c| c.to_string()).collect(),
+        coupons: cart.coupon_codes().into_iter().map(|c| c.to_string()).collect(),
         subtotals,
         touched_at_ms: cart.touched_at_ms,
         merged_into: cart.merged_into.as_ref().map(|m| m.into.to_string()),
         version: String::new(),
         expires_at_ms: 0,
         pricing: None,
-    };
-    (view, version)
+    }
+}
+
+/// What a reader of `cart` sees, as a [`Version`]: its visible `lines` (from [`build`] or
+/// [`for_each_line`] with [`version_line`]), saved items and coupons.
+pub(crate) fn version(cart: &Cart, cart_id: &CartId, lines: Vec<VersionLine>) -> Version {
+    Version {
+        cart: Version::cart_hash(cart_id),
+        at_ms: cart.touched_at_ms,
+        context: cart.context.clone(),
+        lines,
+        saved: cart
+            .saved_products()
+            .into_iter()
+            .map(|(product_id, e)| VersionSaved {
+                product_id: product_id.clone(),
+                quantity: e.quantity,
+                snapshot: e.snapshot.clone(),
+            })
+            .collect(),
+        coupons: cart.coupon_codes().into_iter().cloned().collect(),
+    }
 }
 
 /// A visible line as a [`Version`] holds it.
@@ -379,15 +389,6 @@ pub(crate) fn version_line(
         snapshot: snapshot.clone(),
         totals: acc.totals(),
         seen: acc.seen(),
-    }
-}
-
-/// A saved item as a [`Version`] holds it.
-pub(crate) fn version_saved(product_id: &ProductId, entry: &SavedEntry) -> VersionSaved {
-    VersionSaved {
-        product_id: product_id.clone(),
-        quantity: entry.quantity,
-        snapshot: entry.snapshot.clone(),
     }
 }
 

@@ -70,8 +70,6 @@ pub const DELTA_BYTES_MAX: usize = 2048;
 struct Held {
     cart: Arc<Cart>,
     stored: Stored,
-    /// Its weight in the cache (bytes, estimated once).
-    weight: u64,
 }
 
 impl Held {
@@ -80,8 +78,12 @@ impl Held {
         if stored.weight == 0 {
             stored.weight = CACHE_ENTRY_BYTES + cart.approx_bytes() as u64;
         }
-        let weight = stored.weight;
-        Held { cart, stored, weight }
+        Held { cart, stored }
+    }
+
+    /// Its weight in the cache (bytes).
+    fn weight(&self) -> u64 {
+        self.stored.weight
     }
 }
 
@@ -91,7 +93,7 @@ struct HeldWeight;
 
 impl quick_cache::Weighter<CartId, Held> for HeldWeight {
     fn weight(&self, _id: &CartId, held: &Held) -> u64 {
-        held.weight
+        held.weight()
     }
 }
 
@@ -339,19 +341,18 @@ impl CartStore {
     }
 
     /// Stores a changed replica (caller holds the cart's lock): as one more delta when `delta`
-    /// holds its encoding and there is room, else as a new base that replaces the deltas.
-    /// `grown` is the change's own size estimate ([`Cart::approx_bytes`] of the delta or state
-    /// merged), added to the cart's weight while it takes deltas.
+    /// holds its encoding and there is room, else as a new base that replaces the deltas. With
+    /// the encoding comes the delta's own size estimate ([`Cart::approx_bytes`]), added to the
+    /// cart's weight while it takes deltas.
     fn store_locked(
         &self,
         id: &CartId,
         cart: Cart,
         was: Stored,
-        delta: Option<&[u8]>,
-        grown: usize,
+        delta: Option<(&[u8], usize)>,
     ) -> Result<Arc<Cart>, NodeError> {
         let stored = match delta {
-            Some(delta) if was.takes_delta(delta.len()) => {
+            Some((delta, grown)) if was.takes_delta(delta.len()) => {
                 let seq = was.last_seq + 1;
                 self.put(Tree::Deltas, &delta_key(id, seq), delta)?;
                 Stored {
@@ -480,9 +481,9 @@ impl CartStore {
             };
             let grown = delta.as_cart().approx_bytes();
             let delta = Arc::new(codec::encode(delta.as_cart())?);
-            let as_delta = (!expired).then_some(&delta[..]);
+            let as_delta = (!expired).then_some((&delta[..], grown));
             let written = Written {
-                cart: self.store_locked(id, cart, stored, as_delta, grown)?,
+                cart: self.store_locked(id, cart, stored, as_delta)?,
                 delta,
                 deps,
                 repeated: false,
@@ -540,8 +541,9 @@ impl CartStore {
         let old_hash = entry_hash(key, current.cart.context())?;
         drop(current);
         let (mut cart, stored) = self.take_locked(id)?;
-        let mut encoded = encoded;
-        let grown = incoming.approx_bytes();
+        // Only a state that came encoded may be stored as a delta, so only it is weighed here
+        // (a new base is measured whole).
+        let mut encoded = encoded.map(|bytes| (bytes, incoming.approx_bytes()));
         if replace {
             // The expired entries go; the dots they used stay seen, so this node never issues
             // them again (a replica whose clock is behind may still hold them).
@@ -555,7 +557,7 @@ impl CartStore {
         if cart.settle(self.actor, now_ms, &self.limits).is_some() {
             encoded = None;
         }
-        let merged = self.store_locked(id, cart, stored, encoded, grown)?;
+        let merged = self.store_locked(id, cart, stored, encoded)?;
         self.digests.changed(key, old_hash, entry_hash(key, merged.context())?);
         Ok((merged, true))
     }
@@ -1224,7 +1226,12 @@ mod tests {
         }
         let one = Held::new(store.read(&ids[0]).unwrap(), Stored::default());
         let five = Held::new(store.read(&ids[4]).unwrap(), Stored::default());
-        assert!(five.weight > one.weight + 4 * 40, "{} vs {}", five.weight, one.weight);
+        assert!(
+            five.weight() > one.weight() + 4 * 40,
+            "{} vs {}",
+            five.weight(),
+            one.weight()
+        );
     }
 
     /// Adds `product` with request id `request-{i}` (each such write leaves a request record).
@@ -1249,11 +1256,11 @@ mod tests {
             add_once(&store, &id, &format!("sku-{}", i % 20), i).await;
             let held = store.cache.get(&id).expect("the cart is cached");
             let measured = CACHE_ENTRY_BYTES + held.cart.approx_bytes() as u64;
-            assert!(held.weight >= measured, "write {i}: {} < {measured}", held.weight);
-            worst = worst.max(held.weight as f64 / measured as f64);
+            assert!(held.weight() >= measured, "write {i}: {} < {measured}", held.weight());
+            worst = worst.max(held.weight() as f64 / measured as f64);
             match held.stored.last_seq {
                 0 => {
-                    assert_eq!(held.weight, measured, "write {i}: a new base is measured");
+                    assert_eq!(held.weight(), measured, "write {i}: a new base is measured");
                     bases += 1;
                 }
                 _ => deltas += 1,
@@ -1274,7 +1281,7 @@ mod tests {
             add_once(&store, &id, &format!("sku-{}", i % 100), i).await;
         }
         let held = store.cache.get(&id).expect("the cart is cached");
-        assert!(held.weight > (1 << 20) / 64, "{} bytes", held.weight);
+        assert!(held.weight() > (1 << 20) / 64, "{} bytes", held.weight());
     }
 
     /// A big cart (one holding many request records) takes deltas until they add up to a
